@@ -1,0 +1,27 @@
+"""MLflow pyfunc flavour of a slaflow model, so ``mlflow.pyfunc.load_model(uri)`` works."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import mlflow.pyfunc
+
+from ray_jobs.model_format import Predictor, find_model_dir
+
+
+class SlaflowPyfunc(mlflow.pyfunc.PythonModel):
+    """Wraps the exported SavedModel; ``predict`` takes a DataFrame of the feature columns."""
+
+    def load_context(self, context: Any) -> None:
+        self._predictor = Predictor(find_model_dir(context.artifacts["model_dir"]))
+
+    def predict(self, context: Any, model_input: Any, params: Any = None) -> Any:
+        import pandas as pd
+
+        md = self._predictor.metadata
+        frame = pd.DataFrame(model_input)
+        names = list(md.feature_names)
+        x = frame[names] if set(names) <= set(frame.columns) else frame
+        proba = self._predictor.predict_proba(x.to_numpy(dtype="float32"))
+        return pd.DataFrame({"prediction": [md.classes[i] for i in proba.argmax(axis=1)],
+                             "confidence": proba.max(axis=1)})

@@ -1,0 +1,489 @@
+"""Operators of the ``ml_lifecycle`` DAG: thin adapters from policies to engines.
+
+Each stage is one operator; inputs arrive as templated XComs (the DAG renders templates as
+native objects), outputs are small JSON-able dicts. Decisions come from ``policies``; clients
+come from ``operators.hooks``; each ``execute`` is safe to retry (see each docstring).
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+import time
+from collections.abc import Sequence
+from typing import Any
+
+from airflow.sdk import BaseOperator
+from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
+
+from operators.hooks import MlflowHook, RayHook, SparkHook
+from operators.links import MlflowRunLink, ModelVersionLink, RayDashboardLink, ServeEndpointLink
+from operators.ray_job import RayJobFailed, RayJobRunner, submission_base_id
+from policies import (
+    CHAMPION,
+    ContractError,
+    InfeasibleError,
+    RunContract,
+    decide_promotion,
+    plan_workers,
+    required_accuracy,
+)
+
+
+def _contract(plan: dict[str, Any]) -> RunContract:
+    return RunContract.from_dict(plan["contract"])
+
+
+def _run_key(context: Any) -> str:
+    return submission_base_id("run", context["dag"].dag_id, context["run_id"])
+
+
+class _StageOperator(BaseOperator):
+    """Common parameters: which connections to use."""
+
+    ui_color = "#e8f1fb"
+
+    def __init__(self, *, ray_conn_id: str = "slaflow_ray",
+                 mlflow_conn_id: str = "slaflow_mlflow", **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.ray_conn_id = ray_conn_id
+        self.mlflow_conn_id = mlflow_conn_id
+
+    @property
+    def ray(self) -> RayHook:
+        if not hasattr(self, "_ray_hook"):
+            self._ray_hook = RayHook(self.ray_conn_id)
+        return self._ray_hook
+
+    @property
+    def mlflow(self) -> MlflowHook:
+        if not hasattr(self, "_mlflow_hook"):
+            self._mlflow_hook = MlflowHook(self.mlflow_conn_id)
+        return self._mlflow_hook
+
+
+class PlanRunOperator(_StageOperator):
+    """Validate the contract and size training before any compute is spent.
+
+    Fails without retry (AirflowFailException) on a bad contract or a cluster too small for
+    one worker; the message names the field or resource and the fix. Read-only: retry-safe.
+    """
+
+    def execute(self, context: Any) -> dict[str, Any]:
+        try:
+            contract = RunContract.from_dict(dict(context["params"]))
+        except ContractError as exc:
+            raise AirflowFailException(str(exc)) from exc
+        from mlflow_config.registry import get_champion
+
+        champion = get_champion(self.mlflow.client, contract.model_name)
+        stop_accuracy = required_accuracy(contract.target_accuracy,
+                                          contract.min_gain_over_champion, champion)
+        free = self.ray.free_cpus()
+        try:
+            workers = plan_workers(contract.max_workers, contract.cpus_per_worker, free)
+        except InfeasibleError as exc:
+            raise AirflowFailException(f"contract infeasible: {exc}") from exc
+        self.log.info("Contract v%s for model %s: deadline %.0fs, target accuracy %.4f",
+                      contract.contract_version, contract.model_name, contract.deadline_s,
+                      contract.target_accuracy)
+        self.log.info("Champion: %s; training stops early at val accuracy %.4f",
+                      "none" if champion is None else
+                      f"v{champion.version} ({champion.accuracy:.4f})", stop_accuracy)
+        self.log.info("Workers: %s", workers.reason)
+        return {
+            "contract": contract.to_dict(),
+            "run_key": _run_key(context),
+            "num_workers": workers.num_workers,
+            "cpus_per_worker": workers.cpus_per_worker,
+            "worker_reason": workers.reason,
+            "champion": None if champion is None else
+            {"version": champion.version, "accuracy": champion.accuracy},
+            "stop_accuracy": stop_accuracy,
+        }
+
+
+class PrepareDataOperator(_StageOperator):
+    """Spark job: validate, split and write Parquet under ``SLAFLOW_DATA_DIR/<run key>``.
+
+    Writes with mode overwrite into a folder owned by this DAG run: a retry redoes it whole.
+    """
+
+    template_fields: Sequence[str] = ("plan",)
+
+    def __init__(self, *, plan: Any, spark_conn_id: str = "slaflow_spark", **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.plan = plan
+        self.spark_conn_id = spark_conn_id
+
+    def execute(self, context: Any) -> dict[str, Any]:
+        from slaflow.settings import Endpoints, home
+        from spark_jobs.prepare import DataError, run_prepare
+
+        contract = _contract(self.plan)
+        hook = SparkHook(self.spark_conn_id)
+        output = f"{Endpoints.from_env().data_dir.rstrip('/')}/{self.plan['run_key']}"
+        self.log.info("Preparing %s on Spark master %s -> %s", contract.data_source,
+                      hook.master, output)
+        spark = hook.session(f"slaflow-prepare-{self.plan['run_key']}")
+        started = time.monotonic()
+        try:
+            profile = run_prepare(
+                spark, source=contract.data_source, label_column=contract.label_column,
+                output_dir=output, validation_fraction=contract.validation_fraction,
+                test_fraction=contract.test_fraction, seed=contract.seed,
+                cache_dir=home() / "datasets",
+            )
+        except DataError as exc:
+            raise AirflowFailException(f"data rejected: {exc}") from exc
+        profile["prepare_seconds"] = time.monotonic() - started
+        self.log.info("Rows read %d (dropped incomplete: %d); split %s; %d features, %d classes",
+                      profile["rows_read"], profile["rows_dropped_incomplete"],
+                      profile["split_counts"], len(profile["feature_names"]),
+                      len(profile["classes"]))
+        return profile
+
+
+class TrainModelOperator(_StageOperator):
+    """Ray Train job under the contract's deadline and accuracy target.
+
+    One MLflow run per DAG run (found by its run-key tag on retry); the Ray job's submission id
+    is deterministic, so a retry attaches to the running or finished job, and a resubmitted job
+    resumes from its last checkpoint. The deadline clock starts at the first try.
+    """
+
+    template_fields: Sequence[str] = ("plan", "profile")
+    operator_extra_links = (MlflowRunLink(), RayDashboardLink())
+
+    def __init__(self, *, plan: Any, profile: Any, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.plan = plan
+        self.profile = profile
+
+    def execute(self, context: Any) -> dict[str, Any]:
+        from mlflow_config import registry as reg
+        from slaflow.settings import Endpoints
+
+        contract = _contract(self.plan)
+        client = self.mlflow.client
+        exp_id = reg.get_or_create_experiment(client, reg.experiment_name(contract.model_name),
+                                              self.mlflow.artifact_location)
+        run_id, created = reg.find_or_create_run(
+            client, exp_id, self.plan["run_key"],
+            run_name=f"{context['dag'].dag_id}/{context['run_id']}",
+            tags={reg.TAG_AIRFLOW_RUN_ID: context["run_id"],
+                  reg.TAG_DAG_ID: context["dag"].dag_id,
+                  reg.TAG_CONTRACT: json.dumps(contract.to_dict()),
+                  reg.TAG_STARTED_AT: repr(time.time())},
+        )
+        if created:
+            from mlflow.entities import Param
+
+            params = {**contract.to_dict(), "num_workers": self.plan["num_workers"],
+                      "stop_accuracy": self.plan["stop_accuracy"]}
+            client.log_batch(run_id, params=[Param(k, str(v)) for k, v in params.items()])
+        started_at = float(client.get_run(run_id).data.tags[reg.TAG_STARTED_AT])
+        self._persist_links(context, run_id, exp_id)
+        spec = {
+            "run_name": self.plan["run_key"], "storage_path": Endpoints.from_env().ray_storage,
+            "tracking_uri": self.mlflow.tracking_uri, "mlflow_run_id": run_id,
+            "profile": self.profile, "train_path": self.profile["paths"]["train"],
+            "val_path": self.profile["paths"]["val"],
+            "hidden_units": list(contract.hidden_units), "learning_rate": contract.learning_rate,
+            "batch_size": contract.batch_size, "max_epochs": contract.max_epochs,
+            "seed": contract.seed, "deadline_s": contract.deadline_s,
+            "stop_accuracy": self.plan["stop_accuracy"], "started_at": started_at,
+            "num_workers": self.plan["num_workers"],
+            "cpus_per_worker": self.plan["cpus_per_worker"],
+        }
+        self.log.info("Training %s with %d workers (%s); deadline %.0fs, started %.1fs ago",
+                      contract.model_name, spec["num_workers"], self.plan["worker_reason"],
+                      contract.deadline_s, time.time() - started_at)
+        runner = RayJobRunner(self.ray.job_client, self.log.info)
+        self._runner = runner
+        try:
+            result = runner.run(base_id=submission_base_id("train", context["dag"].dag_id,
+                                                           context["run_id"]),
+                                module="ray_jobs.train", spec=spec,
+                                timeout_s=contract.deadline_s + 600)
+        except RayJobFailed as exc:
+            raise RuntimeError(str(exc)) from exc  # retryable: the next try resumes
+        self.log.info("Trained %d epochs in %.1fs (deadline %s): stop reason %s, best val "
+                      "accuracy %.4f at epoch %d", result["epochs"], result["training_seconds"],
+                      "met" if result["deadline_met"] else "MISSED", result["stop_reason"],
+                      result["best_val_accuracy"], result["best_epoch"])
+        return {**result, "mlflow_run_id": run_id, "experiment_id": exp_id,
+                "ray_submission_id": runner.last_submission_id}
+
+    def _persist_links(self, context: Any, run_id: str, exp_id: str) -> None:
+        base = self.mlflow.tracking_uri
+        ui = base if base.startswith("http") else "http://127.0.0.1:5000"
+        context["ti"].xcom_push(key="mlflow_run_url",
+                                value=f"{ui}/#/experiments/{exp_id}/runs/{run_id}")
+        context["ti"].xcom_push(key="ray_dashboard_url",
+                                value=f"{self.ray.endpoints['dashboard_url']}/#/jobs")
+
+    def on_kill(self) -> None:
+        runner = getattr(self, "_runner", None)
+        if runner is not None and getattr(runner, "last_submission_id", None):
+            runner.stop(runner.last_submission_id)
+
+
+class EvaluateModelOperator(_StageOperator):
+    """Ray job: test-set metrics logged to the training run. Re-running logs the same values."""
+
+    template_fields: Sequence[str] = ("plan", "profile", "train")
+
+    def __init__(self, *, plan: Any, profile: Any, train: Any, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.plan, self.profile, self.train = plan, profile, train
+
+    def execute(self, context: Any) -> dict[str, Any]:
+        spec = {"tracking_uri": self.mlflow.tracking_uri,
+                "mlflow_run_id": self.train["mlflow_run_id"],
+                "model_uri": self.train["model_uri"], "test_path": self.profile["paths"]["test"]}
+        runner = RayJobRunner(self.ray.job_client, self.log.info)
+        self._runner = runner
+        try:
+            metrics = runner.run(base_id=submission_base_id("eval", context["dag"].dag_id,
+                                                            context["run_id"]),
+                                 module="ray_jobs.evaluate", spec=spec, timeout_s=600)
+        except RayJobFailed as exc:
+            raise RuntimeError(str(exc)) from exc
+        self.log.info("Test accuracy %.4f (95%% CI %.4f-%.4f) on %d rows; test loss %.4f",
+                      metrics["test_accuracy"], metrics["test_accuracy_ci_low"],
+                      metrics["test_accuracy_ci_high"], metrics["test_rows"],
+                      metrics["test_loss"])
+        return metrics
+
+    def on_kill(self) -> None:
+        runner = getattr(self, "_runner", None)
+        if runner is not None and getattr(runner, "last_submission_id", None):
+            runner.stop(runner.last_submission_id)
+
+
+class RegisterModelOperator(_StageOperator):
+    """MLflow model version with contract, metrics and lineage; one version per MLflow run."""
+
+    template_fields: Sequence[str] = ("plan", "train", "evaluation")
+    operator_extra_links = (ModelVersionLink(),)
+
+    def __init__(self, *, plan: Any, train: Any, evaluation: Any, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.plan, self.train, self.evaluation = plan, train, evaluation
+
+    def execute(self, context: Any) -> dict[str, Any]:
+        from mlflow_config import registry as reg
+
+        contract = _contract(self.plan)
+        acc = self.evaluation["test_accuracy"]
+        tags = {
+            reg.TAG_AIRFLOW_RUN_ID: context["run_id"], reg.TAG_DAG_ID: context["dag"].dag_id,
+            reg.TAG_CONTRACT: json.dumps(contract.to_dict()), reg.TAG_TEST_ACCURACY: repr(acc),
+            "slaflow.stop_reason": str(self.train["stop_reason"]),
+            "slaflow.deadline_met": str(self.train["deadline_met"]).lower(),
+            "slaflow.training_seconds": f"{self.train['training_seconds']:.1f}",
+        }
+        description = (
+            f"Trained by Airflow run {context['dag'].dag_id}/{context['run_id']}: test accuracy "
+            f"{acc:.4f} (95% CI {self.evaluation['test_accuracy_ci_low']:.4f}-"
+            f"{self.evaluation['test_accuracy_ci_high']:.4f}), target "
+            f"{contract.target_accuracy:.4f}; {self.train['epochs']} epochs in "
+            f"{self.train['training_seconds']:.0f}s of a {contract.deadline_s:.0f}s deadline "
+            f"({self.train['stop_reason']})."
+        )
+        version, created = reg.register_version(
+            self.mlflow.client, contract.model_name, self.train["model_uri"],
+            self.train["mlflow_run_id"], tags, description)
+        self.log.info("%s model version %s v%s", "Registered" if created else "Found existing",
+                      contract.model_name, version.version)
+        context["ti"].xcom_push(key="model_version_url", value=(
+            f"http://127.0.0.1:5000/#/models/{contract.model_name}/versions/{version.version}"))
+        return {"model_name": contract.model_name, "model_version": str(version.version),
+                "mlflow_run_id": self.train["mlflow_run_id"], "created": created}
+
+
+class PromoteModelOperator(_StageOperator):
+    """Promotion gate: ``champion`` if the target and the gain over the champion are met.
+
+    The champion is re-read here (not at plan time) and this task runs one at a time per DAG
+    (``max_active_tis_per_dag=1``), so two runs cannot both promote against a stale champion.
+    """
+
+    template_fields: Sequence[str] = ("plan", "evaluation", "registration")
+
+    def __init__(self, *, plan: Any, evaluation: Any, registration: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("max_active_tis_per_dag", 1)
+        super().__init__(**kwargs)
+        self.plan, self.evaluation, self.registration = plan, evaluation, registration
+
+    def execute(self, context: Any) -> dict[str, Any]:
+        from mlflow_config import registry as reg
+
+        contract = _contract(self.plan)
+        client = self.mlflow.client
+        version = self.registration["model_version"]
+        champion = reg.get_champion(client, contract.model_name)
+        if champion is not None and champion.version == version:
+            self.log.info("v%s is already champion (a previous try promoted it)", version)
+            return {"promoted": True, "alias": CHAMPION, "model_version": version,
+                    "decision": json.loads(client.get_model_version(
+                        contract.model_name, version).tags.get(reg.TAG_GATE_REPORT, "{}"))}
+        decision = decide_promotion(self.evaluation["test_accuracy"], contract.target_accuracy,
+                                    contract.min_gain_over_champion, champion)
+        for reason in decision.reasons:
+            self.log.info("Gate: %s", reason)
+        moved = reg.apply_promotion(client, contract.model_name, version, decision)
+        client.set_tag(self.registration["mlflow_run_id"], "slaflow.gate.decision",
+                       "promoted" if decision.promote else "not_promoted")
+        self.log.info("Decision for %s v%s: %s; aliases set %s", contract.model_name, version,
+                      decision.summary(), moved)
+        return {"promoted": decision.promote, "alias": decision.alias, "model_version": version,
+                "decision": decision.to_dict(), "aliases_moved": moved}
+
+
+class DeployModelOperator(_StageOperator):
+    """Serve the ``champion`` on Ray Serve; a no-op when that version is already serving.
+
+    Skips (with the reason) when the model has no champion yet. A new version replaces the old
+    one by Serve's rolling update: old replicas serve until new ones are healthy.
+    """
+
+    template_fields: Sequence[str] = ("plan", "promotion")
+    operator_extra_links = (ServeEndpointLink(),)
+
+    def __init__(self, *, plan: Any, promotion: Any, ready_timeout_s: float = 300,
+                 **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.plan, self.promotion = plan, promotion
+        self.ready_timeout_s = ready_timeout_s
+
+    def execute(self, context: Any) -> dict[str, Any]:
+        from mlflow_config.registry import get_alias_version
+
+        contract = _contract(self.plan)
+        champion = get_alias_version(self.mlflow.client, contract.model_name, CHAMPION)
+        if champion is None:
+            raise AirflowSkipException(
+                f"{contract.model_name} has no champion (this run was not promoted and none was "
+                f"before): nothing to serve")
+        version = str(champion.version)
+        endpoint = f"{self.ray.endpoints['serve_url']}/{contract.model_name}"
+        context["ti"].xcom_push(key="endpoint_url", value=endpoint)
+        served = _served_version(endpoint)
+        if served == version:
+            self.log.info("%s already serves %s v%s: nothing to do", endpoint,
+                          contract.model_name, version)
+            return {"endpoint_url": endpoint, "model_version": version, "changed": False}
+        self.log.info("Deploying %s v%s (now serving: %s) to %s", contract.model_name, version,
+                      served or "nothing", endpoint)
+        self.ray.connect()
+        from ray import serve
+
+        from ray_jobs.serve_app import build_app
+
+        serve.start(http_options={"host": self.ray.endpoints["serve_host"],
+                                  "port": int(self.ray.endpoints["serve_port"])})
+        app = build_app(f"models:/{contract.model_name}/{version}", self.mlflow.tracking_uri,
+                        contract.model_name, version, contract.serving_replicas)
+        serve.run(app, name=contract.model_name, route_prefix=f"/{contract.model_name}",
+                  blocking=False)
+        deadline = time.monotonic() + self.ready_timeout_s
+        while _served_version(endpoint) != version:
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"{endpoint} did not serve v{version} within "
+                                   f"{self.ready_timeout_s:.0f}s; see the Ray dashboard's "
+                                   f"Serve tab")
+            time.sleep(1)
+        self.log.info("Serving %s v%s at %s", contract.model_name, version, endpoint)
+        return {"endpoint_url": endpoint, "model_version": version, "changed": True}
+
+
+def _served_version(endpoint: str) -> str | None:
+    import requests
+
+    try:
+        resp = requests.get(endpoint, timeout=5)
+        return str(resp.json()["model_version"]) if resp.ok else None
+    except (requests.RequestException, ValueError, KeyError):
+        return None
+
+
+class VerifyEndpointOperator(_StageOperator):
+    """Real HTTP requests from the test set: answers checked, latency p50/p99 recorded.
+
+    Also sends one malformed request and requires a 4xx. Read-only apart from metrics.
+    """
+
+    template_fields: Sequence[str] = ("plan", "profile", "train", "evaluation", "registration",
+                                      "promotion", "deployment")
+
+    def __init__(self, *, plan: Any, profile: Any, train: Any, evaluation: Any,
+                 registration: Any, promotion: Any, deployment: Any, requests_count: int = 200,
+                 **kwargs: Any) -> None:
+        kwargs.setdefault("trigger_rule", "none_failed")
+        super().__init__(**kwargs)
+        self.plan, self.profile, self.train = plan, profile, train
+        self.evaluation, self.registration = evaluation, registration
+        self.promotion, self.deployment = promotion, deployment
+        self.requests_count = requests_count
+
+    def execute(self, context: Any) -> dict[str, Any]:
+        contract = _contract(self.plan)
+        summary: dict[str, Any] = {
+            "contract": contract.to_dict(),
+            "accuracy": self.evaluation["test_accuracy"],
+            "deadline_met": self.train["deadline_met"],
+            "training_seconds": round(self.train["training_seconds"], 2),
+            "stop_reason": self.train["stop_reason"],
+            "mlflow_run_id": self.train["mlflow_run_id"],
+            "model_name": contract.model_name,
+            "model_version": self.registration["model_version"],
+            "alias": self.promotion["alias"],
+            "promoted": self.promotion["promoted"],
+            "endpoint_url": None, "served_version": None,
+            "verify_p50_ms": None, "verify_p99_ms": None, "verify_accuracy": None,
+        }
+        if not self.deployment:
+            self.log.warning("Nothing deployed (no champion): endpoint not verified")
+            return summary
+        result = self._probe(self.deployment["endpoint_url"], contract)
+        summary.update(result, endpoint_url=self.deployment["endpoint_url"],
+                       served_version=self.deployment["model_version"])
+        client = self.mlflow.client
+        for key in ("verify_p50_ms", "verify_p99_ms", "verify_accuracy"):
+            client.log_metric(self.train["mlflow_run_id"], key, float(result[key]))
+        return summary
+
+    def _probe(self, endpoint: str, contract: RunContract) -> dict[str, Any]:
+        import numpy as np
+        import requests
+
+        from ray_jobs import data_io
+
+        x, y = data_io.read_xy(self.profile["paths"]["test"], self.profile["feature_names"])
+        classes = self.profile["classes"]
+        n = min(self.requests_count, len(x))
+        latencies, correct = [], 0
+        with requests.Session() as http:
+            bad = http.post(endpoint, json={"instances": [[1.0, 2.0]]}, timeout=10)
+            if not 400 <= bad.status_code < 500:
+                raise RuntimeError(f"a malformed request got HTTP {bad.status_code}, not 4xx")
+            for i in range(n):
+                t0 = time.perf_counter()
+                resp = http.post(endpoint, json={"instances": [x[i].tolist()]}, timeout=10)
+                latencies.append((time.perf_counter() - t0) * 1000)
+                if resp.status_code != 200:
+                    raise RuntimeError(f"request {i} got HTTP {resp.status_code}: {resp.text}")
+                correct += resp.json()["predictions"][0] == classes[int(y[i])]
+        p50 = statistics.median(latencies)
+        p99 = float(np.percentile(latencies, 99))
+        slo_p = float(np.percentile(latencies, contract.latency_percentile))
+        slo_met = slo_p <= contract.latency_slo_ms
+        self.log.info("%d requests: p50 %.2f ms, p99 %.2f ms, p%d %.2f ms vs SLO %.0f ms (%s); "
+                      "served accuracy %.4f; malformed request -> HTTP %d", n, p50, p99,
+                      contract.latency_percentile, slo_p, contract.latency_slo_ms,
+                      "met" if slo_met else "MISSED", correct / n, bad.status_code)
+        return {"verify_p50_ms": round(p50, 3), "verify_p99_ms": round(p99, 3),
+                "verify_accuracy": correct / n, "verify_requests": n, "latency_slo_met": slo_met,
+                "bad_request_status": bad.status_code}

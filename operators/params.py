@@ -1,0 +1,25 @@
+"""The trigger form: Airflow ``Param``s generated from the run contract's JSON schema."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from airflow.sdk import Param
+
+from policies import contract_json_schema
+
+
+def contract_params() -> dict[str, Param]:
+    """One ``Param`` per contract field, with its bounds, enum, title, description, section.
+
+    Airflow validates ``dag_run.conf`` against these before any task runs (HTTP 400 over REST,
+    a message in the UI form), so a bad value never starts a run.
+    """
+    params: dict[str, Param] = {}
+    for name, schema in contract_json_schema()["properties"].items():
+        if name == "contract_version":
+            continue
+        schema = dict(schema)
+        default: Any = schema.pop("default")
+        params[name] = Param(default, **schema)
+    return params

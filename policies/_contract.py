@@ -1,0 +1,330 @@
+"""The run contract: what one model run must achieve, as one typed, versioned object.
+
+One table of :class:`FieldSpec` is the single source of truth: it validates a contract in
+Python, generates the JSON schema, and (through ``operators.params``) the Airflow trigger form.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Final
+
+CONTRACT_VERSION: Final = 1
+
+
+class ContractError(ValueError):
+    """A contract value is invalid. Names the field, the problem and the fix."""
+
+    def __init__(self, field_name: str, problem: str, fix: str) -> None:
+        self.field = field_name
+        self.problem = problem
+        self.fix = fix
+        super().__init__(f"contract field '{field_name}': {problem}. Fix: {fix}")
+
+
+@dataclass(frozen=True)
+class FieldSpec:
+    """One contract field: its type, bounds, default and the words the trigger form shows."""
+
+    name: str
+    type: str  # JSON-schema type: number | integer | string | boolean | array
+    default: Any
+    title: str
+    description: str
+    section: str
+    fix: str
+    minimum: float | None = None
+    maximum: float | None = None
+    exclusive_minimum: float | None = None
+    exclusive_maximum: float | None = None
+    enum: tuple[Any, ...] | None = None
+    pattern: str | None = None
+    items: Mapping[str, Any] | None = None
+    min_items: int | None = None
+    max_items: int | None = None
+
+    def json_schema(self) -> dict[str, Any]:
+        """JSON schema of this field (without default/title, which the caller adds)."""
+        schema: dict[str, Any] = {"type": self.type}
+        for key, value in (
+            ("minimum", self.minimum),
+            ("maximum", self.maximum),
+            ("exclusiveMinimum", self.exclusive_minimum),
+            ("exclusiveMaximum", self.exclusive_maximum),
+            ("pattern", self.pattern),
+            ("minItems", self.min_items),
+            ("maxItems", self.max_items),
+        ):
+            if value is not None:
+                schema[key] = value
+        if self.enum is not None:
+            schema["enum"] = list(self.enum)
+        if self.items is not None:
+            schema["items"] = dict(self.items)
+        if self.type == "string" and self.pattern is None:
+            schema["minLength"] = 1
+        return schema
+
+
+_S_QUALITY = "Deadline and quality"
+_S_BUDGET = "Budget"
+_S_SERVING = "Serving"
+_S_DATA = "Data"
+_S_MODEL = "Model"
+
+FIELDS: Final[tuple[FieldSpec, ...]] = (
+    FieldSpec(
+        "deadline_s", "number", 600.0, "Training deadline (s)",
+        "Wall-clock seconds training may take, counted from the start of the train task. "
+        "Training stops in time to meet it and keeps the best model so far.",
+        _S_QUALITY, "give the training budget in seconds, e.g. 600",
+        exclusive_minimum=0, maximum=7 * 86400,
+    ),
+    FieldSpec(
+        "target_accuracy", "number", 0.9, "Target accuracy",
+        "Test-set accuracy the model must reach to be promoted (0 < x < 1).",
+        _S_QUALITY, "use a fraction below 1.0, e.g. 0.9 (no held-out metric is reliably 1.0)",
+        exclusive_minimum=0, exclusive_maximum=1,
+    ),
+    FieldSpec(
+        "min_gain_over_champion", "number", 0.0, "Minimum gain over champion",
+        "Accuracy the new model must add to the model now serving (champion) to replace it.",
+        _S_QUALITY, "use a fraction between 0 and 0.5, e.g. 0.005",
+        minimum=0, maximum=0.5,
+    ),
+    FieldSpec(
+        "max_workers", "integer", 2, "Max training workers",
+        "Most Ray Train workers this run may use at once.",
+        _S_BUDGET, "use a whole number from 1 to 64",
+        minimum=1, maximum=64,
+    ),
+    FieldSpec(
+        "cpus_per_worker", "number", 1.0, "CPUs per worker",
+        "Logical CPUs each training worker reserves on the Ray cluster.",
+        _S_BUDGET, "use a number from 0.25 to 64",
+        minimum=0.25, maximum=64,
+    ),
+    FieldSpec(
+        "latency_slo_ms", "number", 100.0, "Latency SLO (ms)",
+        "Serving latency objective per request, at the percentile below.",
+        _S_SERVING, "give milliseconds above 0, e.g. 100",
+        exclusive_minimum=0, maximum=60_000,
+    ),
+    FieldSpec(
+        "latency_percentile", "integer", 99, "Latency percentile",
+        "Percentile of request latency the SLO applies to.",
+        _S_SERVING, "choose one of 50, 90, 95, 99",
+        enum=(50, 90, 95, 99),
+    ),
+    FieldSpec(
+        "serving_replicas", "integer", 1, "Serving replicas",
+        "Ray Serve replicas for the champion.",
+        _S_SERVING, "use a whole number from 1 to 16",
+        minimum=1, maximum=16,
+    ),
+    FieldSpec(
+        "data_source", "string", "sklearn:digits", "Data source",
+        "CSV or Parquet path/URI with one row per example, or 'sklearn:digits' for the "
+        "bundled digits data set.",
+        _S_DATA, "give a readable .csv or .parquet path, or sklearn:digits",
+    ),
+    FieldSpec(
+        "label_column", "string", "label", "Label column",
+        "Column holding the class label; every other column must be numeric.",
+        _S_DATA, "name the column of the data that holds the class label",
+    ),
+    FieldSpec(
+        "validation_fraction", "number", 0.15, "Validation fraction",
+        "Share of rows held out for per-epoch validation.",
+        _S_DATA, "use a fraction from 0.05 to 0.4",
+        minimum=0.05, maximum=0.4,
+    ),
+    FieldSpec(
+        "test_fraction", "number", 0.15, "Test fraction",
+        "Share of rows held out for the final test metrics and the promotion gate.",
+        _S_DATA, "use a fraction from 0.05 to 0.4",
+        minimum=0.05, maximum=0.4,
+    ),
+    FieldSpec(
+        "model_name", "string", "slaflow-digits", "Registered model name",
+        "Name of the model in the MLflow registry; also the Serve application and route.",
+        _S_MODEL, "use letters, digits, '-', '_' or '.', starting with a letter or digit",
+        pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$",
+    ),
+    FieldSpec(
+        "hidden_units", "array", [64, 64], "Hidden layer sizes",
+        "Units of each hidden Dense layer of the Keras MLP.",
+        _S_MODEL, "give 1 to 8 whole numbers from 1 to 4096, e.g. [64, 64]",
+        items={"type": "integer", "minimum": 1, "maximum": 4096}, min_items=1, max_items=8,
+    ),
+    FieldSpec(
+        "max_epochs", "integer", 30, "Max epochs",
+        "Upper bound on epochs; training stops earlier at the target or the deadline.",
+        _S_MODEL, "use a whole number from 1 to 1000",
+        minimum=1, maximum=1000,
+    ),
+    FieldSpec(
+        "batch_size", "integer", 64, "Batch size per worker",
+        "Examples per worker per step.",
+        _S_MODEL, "use a whole number from 1 to 65536",
+        minimum=1, maximum=65536,
+    ),
+    FieldSpec(
+        "learning_rate", "number", 0.005, "Learning rate",
+        "Adam learning rate.",
+        _S_MODEL, "use a number above 0 and at most 1, e.g. 0.005",
+        exclusive_minimum=0, maximum=1,
+    ),
+    FieldSpec(
+        "seed", "integer", 42, "Seed",
+        "Seed for the data split and weight initialisation.",
+        _S_MODEL, "use a whole number from 0 to 2147483647",
+        minimum=0, maximum=2**31 - 1,
+    ),
+)
+
+FIELDS_BY_NAME: Final[Mapping[str, FieldSpec]] = {f.name: f for f in FIELDS}
+
+
+@dataclass(frozen=True)
+class RunContract:
+    """What one run must achieve. Build it with :meth:`from_dict`, which validates."""
+
+    deadline_s: float
+    target_accuracy: float
+    min_gain_over_champion: float
+    max_workers: int
+    cpus_per_worker: float
+    latency_slo_ms: float
+    latency_percentile: int
+    serving_replicas: int
+    data_source: str
+    label_column: str
+    validation_fraction: float
+    test_fraction: float
+    model_name: str
+    hidden_units: tuple[int, ...]
+    max_epochs: int
+    batch_size: int
+    learning_rate: float
+    seed: int
+    contract_version: int = field(default=CONTRACT_VERSION)
+
+    @classmethod
+    def defaults(cls) -> RunContract:
+        return cls.from_dict({})
+
+    @classmethod
+    def from_dict(cls, raw: Mapping[str, Any]) -> RunContract:
+        """Validate ``raw`` (missing fields take defaults) and build the contract.
+
+        Raises :class:`ContractError` naming the first bad field and how to fix it.
+        """
+        if not isinstance(raw, Mapping):
+            raise ContractError("<contract>", f"must be a JSON object, got {type(raw).__name__}",
+                                "pass the contract as a mapping of field name to value")
+        known = set(FIELDS_BY_NAME) | {"contract_version"}
+        unknown = sorted(set(raw) - known)
+        if unknown:
+            raise ContractError(
+                unknown[0], "is not a field of run contract v1",
+                f"remove it or use one of: {', '.join(sorted(known))}",
+            )
+        version = raw.get("contract_version", CONTRACT_VERSION)
+        if version != CONTRACT_VERSION:
+            raise ContractError("contract_version", f"version {version!r} is not supported",
+                                f"use contract_version {CONTRACT_VERSION}")
+        values = {spec.name: _validate(spec, raw.get(spec.name, spec.default)) for spec in FIELDS}
+        if values["validation_fraction"] + values["test_fraction"] > 0.6:
+            raise ContractError(
+                "test_fraction",
+                "validation_fraction + test_fraction leave less than 40% of rows for training",
+                "lower one of them so that they add up to at most 0.6",
+            )
+        values["hidden_units"] = tuple(values["hidden_units"])
+        return cls(**values)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-able form; round-trips through :meth:`from_dict`."""
+        out = dataclasses.asdict(self)
+        out["hidden_units"] = list(self.hidden_units)
+        return out
+
+
+def _validate(spec: FieldSpec, value: Any) -> Any:
+    name = spec.name
+    if spec.type in ("number", "integer"):
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise ContractError(name, f"must be a {spec.type}, got {value!r}", spec.fix)
+        if spec.type == "integer":
+            if isinstance(value, float) and not value.is_integer():
+                raise ContractError(name, f"must be a whole number, got {value!r}", spec.fix)
+            value = int(value)
+        else:
+            if not math.isfinite(value):
+                raise ContractError(name, f"must be finite, got {value!r}", spec.fix)
+            value = float(value)
+        _check_bounds(spec, value)
+    elif spec.type == "string":
+        if not isinstance(value, str) or not value.strip():
+            raise ContractError(name, f"must be a non-empty string, got {value!r}", spec.fix)
+        if spec.pattern is not None and not re.fullmatch(spec.pattern, value):
+            raise ContractError(name, f"{value!r} does not match {spec.pattern}", spec.fix)
+    elif spec.type == "array":
+        value = _validate_int_list(spec, value)
+    if spec.enum is not None and value not in spec.enum:
+        raise ContractError(name, f"{value!r} is not one of {list(spec.enum)}", spec.fix)
+    return value
+
+
+def _check_bounds(spec: FieldSpec, value: float) -> None:
+    checks = (
+        (spec.minimum, lambda b: value >= b, ">="),
+        (spec.maximum, lambda b: value <= b, "<="),
+        (spec.exclusive_minimum, lambda b: value > b, ">"),
+        (spec.exclusive_maximum, lambda b: value < b, "<"),
+    )
+    for bound, ok, op in checks:
+        if bound is not None and not ok(bound):
+            raise ContractError(spec.name, f"must be {op} {bound:g}, got {value!r}", spec.fix)
+
+
+def _validate_int_list(spec: FieldSpec, value: Any) -> list[int]:
+    if isinstance(value, str) or not isinstance(value, Sequence):
+        raise ContractError(spec.name, f"must be a list of whole numbers, got {value!r}", spec.fix)
+    items = list(value)
+    lo, hi = spec.min_items or 0, spec.max_items or len(items)
+    if not lo <= len(items) <= hi:
+        raise ContractError(spec.name, f"needs {lo} to {hi} entries, got {len(items)}", spec.fix)
+    item_schema = spec.items or {}
+    out: list[int] = []
+    for item in items:
+        if isinstance(item, bool) or not isinstance(item, int):
+            raise ContractError(spec.name, f"entry {item!r} is not a whole number", spec.fix)
+        if not item_schema.get("minimum", item) <= item <= item_schema.get("maximum", item):
+            raise ContractError(spec.name, f"entry {item} is out of range", spec.fix)
+        out.append(item)
+    return out
+
+
+def contract_json_schema() -> dict[str, Any]:
+    """JSON schema (draft 2020-12) of run contract v1, with titles, sections and defaults."""
+    properties: dict[str, Any] = {}
+    for spec in FIELDS:
+        prop = spec.json_schema()
+        prop.update(title=spec.title, description=spec.description, default=spec.default,
+                    section=spec.section)
+        properties[spec.name] = prop
+    properties["contract_version"] = {"type": "integer", "const": CONTRACT_VERSION,
+                                      "default": CONTRACT_VERSION}
+    return {
+        "$schema": "https://json-schema.org/draft/2020-12/schema",
+        "title": f"slaflow run contract v{CONTRACT_VERSION}",
+        "type": "object",
+        "properties": properties,
+        "additionalProperties": False,
+    }

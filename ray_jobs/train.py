@@ -1,0 +1,279 @@
+"""Ray Train job: a Keras MLP trained data-parallel with ``TensorflowTrainer``.
+
+Runs as a Ray Job (``python -m ray_jobs.train``), submitted by ``TrainModelOperator``.
+Every epoch: a checkpoint (latest and best weights + state), per-epoch metrics to MLflow from
+rank 0, a progress line in the log, and the deadline/accuracy decision of
+``policies.next_epoch_decision`` broadcast from rank 0 so all workers stop together.
+A resubmitted job (Airflow retry, or a failed driver) resumes from the newest checkpoint in
+its storage folder, so no finished epoch is lost.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ray_jobs import data_io
+from ray_jobs._entry import run_entrypoint
+
+STATE_FILE = "state.json"
+LATEST_WEIGHTS = "latest.npz"
+BEST_WEIGHTS = "best.npz"
+
+
+def _save_weights(path: Path, weights: list[np.ndarray]) -> None:
+    np.savez(path, *weights)
+
+
+def _load_weights(path: Path) -> list[np.ndarray]:
+    with np.load(path) as data:
+        return [data[f"arr_{i}"] for i in range(len(data.files))]
+
+
+def train_loop_per_worker(config: dict[str, Any]) -> None:
+    os.environ["TF_USE_LEGACY_KERAS"] = "1"
+    import ray.train
+    import tensorflow as tf
+    from ray.train.collective import broadcast_from_rank_zero
+
+    from policies import next_epoch_decision
+    from ray_jobs.model_format import _keras, build_mlp
+
+    keras = _keras()
+    ctx = ray.train.get_context()
+    rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    profile = config["profile"]
+    x_train, y_train = data_io.read_xy(config["train_path"], profile["feature_names"])
+    x_val, y_val = data_io.read_xy(config["val_path"], profile["feature_names"])
+
+    strategy = tf.distribute.MultiWorkerMirroredStrategy()
+    with strategy.scope():
+        model = build_mlp(len(profile["feature_names"]), len(profile["classes"]),
+                          config["hidden_units"], profile["feature_mean"], profile["feature_std"],
+                          config["seed"])
+        model.compile(optimizer=keras.optimizers.Adam(config["learning_rate"]),
+                      loss="sparse_categorical_crossentropy", metrics=["accuracy"])
+
+    state: dict[str, Any] = {"epoch": 0, "history": [], "best_val_accuracy": -1.0,
+                             "best_epoch": 0, "durations": []}
+    best_weights = model.get_weights()
+    checkpoint = ray.train.get_checkpoint()
+    if checkpoint is not None:
+        with checkpoint.as_directory() as d:
+            state = json.loads((Path(d) / STATE_FILE).read_text())
+            model.set_weights(_load_weights(Path(d) / LATEST_WEIGHTS))
+            best_weights = _load_weights(Path(d) / BEST_WEIGHTS)
+        if rank == 0:
+            print(f"[slaflow] resumed from checkpoint at epoch {state['epoch']}", flush=True)
+
+    # Each worker trains on its own shard; all run the same number of steps (MWMS needs it).
+    batch = int(config["batch_size"])
+    shard_x, shard_y = x_train[rank::world], y_train[rank::world]
+    steps = max(1, len(x_train) // world // batch)
+    options = tf.data.Options()
+    options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.OFF
+    dataset = (tf.data.Dataset.from_tensor_slices((shard_x, shard_y))
+               .shuffle(len(shard_x), seed=config["seed"] + rank).repeat()
+               .batch(batch * world).with_options(options))
+
+    mlflow_client = None
+    if rank == 0 and config.get("mlflow_run_id"):
+        from mlflow.tracking import MlflowClient
+
+        mlflow_client = MlflowClient(config["tracking_uri"])
+
+    started_at = float(config["started_at"])
+    run_next = True
+    while run_next:
+        epoch_start = time.time()
+        hist = model.fit(dataset, epochs=state["epoch"] + 1, initial_epoch=state["epoch"],
+                         steps_per_epoch=steps, verbose=0).history
+        val_proba = model(x_val, training=False).numpy()
+        val_acc = float(np.mean(np.argmax(val_proba, axis=1) == y_val))
+        val_loss = float(np.mean(-np.log(np.clip(val_proba[np.arange(len(y_val)), y_val],
+                                                 1e-7, 1.0))))
+        state["epoch"] += 1
+        state["durations"].append(time.time() - epoch_start)
+        row = {"epoch": state["epoch"], "loss": float(hist["loss"][-1]),
+               "accuracy": float(hist["accuracy"][-1]), "val_loss": val_loss,
+               "val_accuracy": val_acc, "workers": world,
+               "elapsed_s": time.time() - started_at}
+        state["history"].append(row)
+        if val_acc > state["best_val_accuracy"]:
+            state["best_val_accuracy"], state["best_epoch"] = val_acc, state["epoch"]
+            best_weights = model.get_weights()
+
+        # The decision is taken on rank 0 (one clock) and broadcast, so no worker is left
+        # waiting in a collective that the others skipped.
+        local = next_epoch_decision(
+            elapsed_s=time.time() - started_at, epoch_durations_s=state["durations"],
+            epochs_done=state["epoch"], max_epochs=config["max_epochs"],
+            deadline_s=config["deadline_s"], val_accuracy=val_acc,
+            stop_accuracy=config["stop_accuracy"],
+        )
+        decision = broadcast_from_rank_zero(local)
+        run_next = decision.run_next
+        state["stop_reason"] = None if decision.stop_reason is None else decision.stop_reason.value
+
+        metrics = {**row, "best_val_accuracy": state["best_val_accuracy"],
+                   "stop": not decision.run_next}
+        if rank == 0:
+            print(f"[slaflow] epoch {state['epoch']}/{config['max_epochs']} "
+                  f"val_acc={val_acc:.4f} target={config['stop_accuracy']:.4f} "
+                  f"elapsed={row['elapsed_s']:.1f}s deadline={config['deadline_s']:g}s "
+                  f"workers={world} -> {'continue' if decision.run_next else 'stop'}: "
+                  f"{decision.detail}", flush=True)
+            if mlflow_client is not None:
+                _log_epoch(mlflow_client, config["mlflow_run_id"], row)
+            with tempfile.TemporaryDirectory() as d:
+                _save_weights(Path(d) / LATEST_WEIGHTS, model.get_weights())
+                _save_weights(Path(d) / BEST_WEIGHTS, best_weights)
+                (Path(d) / STATE_FILE).write_text(json.dumps(state))
+                ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(d))
+        else:
+            ray.train.report(metrics)
+
+
+def _log_epoch(client: Any, run_id: str, row: dict[str, Any]) -> None:
+    from mlflow.entities import Metric
+
+    ts = int(time.time() * 1000)
+    keys = ("loss", "accuracy", "val_loss", "val_accuracy", "workers", "elapsed_s")
+    client.log_batch(run_id, metrics=[Metric(k, float(row[k]), ts, row["epoch"]) for k in keys])
+
+
+def latest_checkpoint_path(storage_path: str, run_name: str) -> str | None:
+    """Newest checkpoint folder (by trained epochs) a previous attempt of this run left."""
+    import pyarrow.fs as pafs
+
+    fs, root = pafs.FileSystem.from_uri(storage_path) if "://" in storage_path \
+        else (pafs.LocalFileSystem(), storage_path)
+    base = f"{root.rstrip('/')}/{run_name}"
+    try:
+        infos = fs.get_file_info(pafs.FileSelector(base, recursive=False))
+    except (FileNotFoundError, OSError):
+        return None
+    best: tuple[int, str] | None = None
+    for info in infos:
+        if info.type != pafs.FileType.Directory or not info.base_name.startswith("checkpoint_"):
+            continue
+        try:
+            with fs.open_input_stream(f"{info.path}/{STATE_FILE}") as fh:
+                epoch = int(json.loads(fh.read())["epoch"])
+        except (FileNotFoundError, OSError, ValueError, KeyError):
+            continue  # a checkpoint cut off mid-write is skipped, not trusted
+        if best is None or epoch > best[0]:
+            best = (epoch, info.path)
+    if best is None:
+        return None
+    return best[1] if "://" not in storage_path else storage_path.split("://")[0] + "://" + best[1]
+
+
+def run_training(spec: dict[str, Any]) -> dict[str, Any]:
+    """Driver side: fit with Ray Train, then export the best weights and log the model."""
+    import ray
+    from ray.train import Checkpoint, CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train.tensorflow import TensorflowTrainer
+
+    ray.init(runtime_env={"env_vars": {"TF_USE_LEGACY_KERAS": "1"}})
+    resume = latest_checkpoint_path(spec["storage_path"], spec["run_name"])
+    if resume and _checkpoint_state(resume).get("stop_reason"):
+        # A previous attempt finished training and died later (e.g. while logging the model).
+        print(f"[slaflow] run {spec['run_name']} already trained; exporting {resume}", flush=True)
+        return _finish(spec, resume, resume)
+    if resume:
+        print(f"[slaflow] resuming run {spec['run_name']} from {resume}", flush=True)
+    trainer = TensorflowTrainer(
+        train_loop_per_worker,
+        train_loop_config=spec,
+        scaling_config=ScalingConfig(num_workers=spec["num_workers"],
+                                     resources_per_worker={"CPU": spec["cpus_per_worker"]}),
+        run_config=RunConfig(
+            name=spec["run_name"], storage_path=spec["storage_path"],
+            failure_config=FailureConfig(max_failures=2),
+            checkpoint_config=CheckpointConfig(num_to_keep=2),
+            worker_runtime_env={"env_vars": {"TF_USE_LEGACY_KERAS": "1"}},
+        ),
+        resume_from_checkpoint=Checkpoint.from_directory(resume) if resume else None,
+    )
+    result = trainer.fit()
+    if result.checkpoint is None:
+        raise RuntimeError(f"training reported no checkpoint: {result.error}")
+    return _finish(spec, result.checkpoint.path, resume)
+
+
+def _checkpoint_state(path: str) -> dict[str, Any]:
+    from ray.train import Checkpoint
+
+    with Checkpoint.from_directory(path).as_directory() as d:
+        return json.loads((Path(d) / STATE_FILE).read_text())  # type: ignore[no-any-return]
+
+
+def _finish(spec: dict[str, Any], checkpoint_path: str, resume: str | None) -> dict[str, Any]:
+    from ray.train import Checkpoint
+
+    with Checkpoint.from_directory(checkpoint_path).as_directory() as d:
+        state = json.loads((Path(d) / STATE_FILE).read_text())
+        best = _load_weights(Path(d) / BEST_WEIGHTS)
+    training_seconds = time.time() - float(spec["started_at"])
+    model_uri = _export_and_log(spec, best, state, training_seconds)
+    return {
+        "epochs": state["epoch"],
+        "best_epoch": state["best_epoch"],
+        "best_val_accuracy": state["best_val_accuracy"],
+        "stop_reason": state.get("stop_reason"),
+        "history": state["history"],
+        "training_seconds": training_seconds,
+        "deadline_met": training_seconds <= float(spec["deadline_s"]),
+        "num_workers": spec["num_workers"],
+        "checkpoint_path": checkpoint_path,
+        "resumed_from": resume,
+        "model_uri": model_uri,
+    }
+
+
+def _export_and_log(spec: dict[str, Any], weights: list[np.ndarray], state: dict[str, Any],
+                    training_seconds: float) -> str:
+    import mlflow
+    from mlflow.models import infer_signature
+
+    from mlflow_config.pyfunc import SlaflowPyfunc
+    from ray_jobs.model_format import ModelMetadata, build_mlp, export_saved_model
+
+    profile = spec["profile"]
+    model = build_mlp(len(profile["feature_names"]), len(profile["classes"]),
+                      spec["hidden_units"], profile["feature_mean"], profile["feature_std"],
+                      spec["seed"])
+    model.set_weights(weights)
+    metadata = ModelMetadata(tuple(profile["feature_names"]), tuple(profile["classes"]),
+                             tuple(spec["hidden_units"]))
+    mlflow.set_tracking_uri(spec["tracking_uri"])
+    with tempfile.TemporaryDirectory() as tmp, mlflow.start_run(run_id=spec["mlflow_run_id"]):
+        model_dir = export_saved_model(model, metadata, Path(tmp) / "model")
+        import pandas as pd
+
+        example = pd.DataFrame(np.zeros((2, metadata.n_features), dtype="float32"),
+                               columns=list(metadata.feature_names))
+        output = pd.DataFrame({"prediction": [metadata.classes[0]] * 2,
+                               "confidence": [1.0, 1.0]})
+        info = mlflow.pyfunc.log_model(
+            name="model", python_model=SlaflowPyfunc(),
+            artifacts={"model_dir": str(model_dir)},
+            signature=infer_signature(example, output),
+            pip_requirements=["tensorflow-cpu==2.21.0", "pandas", "numpy"],
+        )
+        mlflow.log_metrics({"training_seconds": training_seconds,
+                            "epochs": state["epoch"], "best_epoch": state["best_epoch"],
+                            "best_val_accuracy": state["best_val_accuracy"]})
+        mlflow.set_tag("slaflow.stop_reason", str(state.get("stop_reason")))
+    return str(info.model_uri)
+
+
+if __name__ == "__main__":
+    run_entrypoint(run_training)

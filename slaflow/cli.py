@@ -1,0 +1,264 @@
+"""``slaflow`` command line: the embedded cluster, the Airflow environment and the demo.
+
+    slaflow ray-up | ray-down | ray-status   the long-lived local Ray cluster (Serve lives on it)
+    slaflow demo [--conf FILE]               run ml_lifecycle end to end, print the summary
+    slaflow env                              print the environment the DAGs run with
+
+Airflow and Ray read their environment at import time, so this module sets it up first and
+imports them only inside the commands.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shlex
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlparse
+
+from slaflow.settings import Endpoints, ensure_ray_client_env, home
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+LOCAL_HOSTS = {"127.0.0.1", "localhost", "::1"}
+
+
+def airflow_env() -> dict[str, str]:
+    """Airflow on SQLite under $SLAFLOW_HOME/airflow, DAGs from this checkout (overridable)."""
+    airflow_home = Path(os.environ.get("AIRFLOW_HOME", home() / "airflow"))
+    return {
+        "AIRFLOW_HOME": str(airflow_home),
+        "AIRFLOW__CORE__DAGS_FOLDER": os.environ.get("AIRFLOW__CORE__DAGS_FOLDER",
+                                                     str(REPO_ROOT / "dags")),
+        "AIRFLOW__CORE__LOAD_EXAMPLES": os.environ.get("AIRFLOW__CORE__LOAD_EXAMPLES", "False"),
+        "AIRFLOW__CORE__DAGBAG_IMPORT_TIMEOUT": "60",
+    }
+
+
+def apply_env() -> None:
+    for key, value in airflow_env().items():
+        os.environ.setdefault(key, value)
+    ensure_ray_client_env(create_token=True)
+    venv_bin = str(Path(sys.executable).parent)
+    if venv_bin not in os.environ.get("PATH", "").split(os.pathsep):
+        os.environ["PATH"] = venv_bin + os.pathsep + os.environ.get("PATH", "")
+
+
+def _log(msg: str) -> None:
+    print(f"[slaflow] {msg}", file=sys.stderr, flush=True)
+
+
+# --------------------------------------------------------------------------- Ray cluster
+
+
+def ray_reachable(timeout_s: float = 3.0) -> bool:
+    import urllib.error
+    import urllib.request
+
+    url = Endpoints.from_env().ray_dashboard_url.rstrip("/") + "/api/version"
+    try:
+        with urllib.request.urlopen(url, timeout=timeout_s) as resp:
+            return bool(resp.status == 200)
+    except urllib.error.HTTPError:
+        return True  # it answered (401 without the token): the cluster is up
+    except OSError:
+        return False
+
+
+def ray_up(num_cpus: int | None = None) -> None:
+    """Start the embedded head node on loopback unless a cluster already answers."""
+    apply_env()
+    ep = Endpoints.from_env()
+    if ray_reachable():
+        _log(f"Ray cluster already up: dashboard {ep.ray_dashboard_url}, GCS {ep.ray_address}")
+        return
+    host, _, gcs_port = ep.ray_address.rpartition(":")
+    dash = urlparse(ep.ray_dashboard_url)
+    if host not in LOCAL_HOSTS or dash.hostname not in LOCAL_HOSTS:
+        raise SystemExit(
+            f"SLAFLOW_RAY_ADDRESS={ep.ray_address} / SLAFLOW_RAY_DASHBOARD_URL="
+            f"{ep.ray_dashboard_url} point at an external cluster that does not answer: start "
+            f"that cluster, or unset them to use the embedded one")
+    cpus = num_cpus or int(os.environ.get("SLAFLOW_LOCAL_RAY_CPUS", "4"))
+    cmd = [str(Path(sys.executable).parent / "ray"), "start", "--head",
+           f"--port={gcs_port}", f"--node-ip-address={host}",
+           f"--dashboard-host={dash.hostname}", f"--dashboard-port={dash.port or 8265}",
+           f"--num-cpus={cpus}", "--disable-usage-stats"]
+    _log(f"Starting the embedded Ray cluster ({cpus} logical CPUs, loopback only)")
+    started = time.monotonic()
+    proc = subprocess.run(cmd, env=os.environ.copy(), capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise SystemExit(f"`ray start` failed:\n{proc.stdout[-2000:]}\n{proc.stderr[-2000:]}")
+    for _ in range(60):
+        if ray_reachable():
+            break
+        time.sleep(1)
+    _log(f"Ray cluster up in {time.monotonic() - started:.1f}s: dashboard "
+         f"{ep.ray_dashboard_url}, GCS {ep.ray_address}")
+
+
+def ray_down() -> None:
+    """Stop the embedded cluster (and its Serve applications).
+
+    ``ray stop`` ends every Ray process of this machine's user, not only slaflow's.
+    """
+    apply_env()
+    subprocess.run([str(Path(sys.executable).parent / "ray"), "stop", "--force"],
+                   env=os.environ.copy(), check=False)
+
+
+# --------------------------------------------------------------------------- Airflow
+
+
+def airflow_db_ready() -> None:
+    """``airflow db migrate`` once per Airflow version (it costs ~7 s)."""
+    apply_env()
+    stamp = Path(os.environ["AIRFLOW_HOME"]) / ".slaflow-migrated"
+    import airflow
+
+    if stamp.exists() and stamp.read_text() == airflow.__version__:
+        return
+    _log("Initialising the Airflow metadata database (airflow db migrate)")
+    Path(os.environ["AIRFLOW_HOME"]).mkdir(parents=True, exist_ok=True)
+    subprocess.run([str(Path(sys.executable).parent / "airflow"), "db", "migrate"],
+                   env=os.environ.copy(), check=True, capture_output=True)
+    stamp.write_text(airflow.__version__)
+
+
+def load_dag(dag_id: str = "ml_lifecycle") -> Any:
+    from airflow.dag_processing.dagbag import DagBag
+
+    bag = DagBag(dag_folder=os.environ["AIRFLOW__CORE__DAGS_FOLDER"])
+    if bag.import_errors:
+        raise SystemExit(f"DAG import errors: {bag.import_errors}")
+    return bag.get_dag(dag_id)
+
+
+def task_results(dag_run: Any) -> dict[str, Any]:
+    """Return-value XComs and timings of each task of a finished DAG run."""
+    from airflow.models.taskinstance import TaskInstance
+    from airflow.models.xcom import XComModel
+    from airflow.utils.session import create_session
+    from sqlalchemy import select
+
+    out: dict[str, Any] = {}
+    with create_session() as session:
+        tis = session.scalars(select(TaskInstance).where(
+            TaskInstance.dag_id == dag_run.dag_id, TaskInstance.run_id == dag_run.run_id)).all()
+        for ti in tis:
+            row = session.scalars(XComModel.get_many(
+                run_id=dag_run.run_id, key="return_value", dag_ids=dag_run.dag_id,
+                task_ids=ti.task_id)).first()
+            out[ti.task_id] = {
+                "state": str(ti.state),
+                "seconds": None if ti.duration is None else round(float(ti.duration), 2),
+                "value": None if row is None else XComModel.deserialize_value(row),
+            }
+    return out
+
+
+def run_lifecycle(conf: dict[str, Any]) -> dict[str, Any]:
+    """Trigger ml_lifecycle in-process (``dag.test``) and gather its summary."""
+    apply_env()
+    airflow_db_ready()
+    ray_up()
+    dag = load_dag()
+    started = time.monotonic()
+    dag_run = dag.test(run_conf=conf)
+    wall = time.monotonic() - started
+    results = task_results(dag_run)
+    return {"state": str(dag_run.state), "wall_seconds": round(wall, 1), "tasks": results}
+
+
+STAGES = ("plan", "prepare", "train", "evaluate", "register", "promote", "deploy", "verify")
+
+
+def _close_engines() -> None:
+    """Stop the in-process Spark session and Ray driver now, so their shutdown logs come
+    before the summary (the JSON must be the last line of stdout)."""
+    if "pyspark" in sys.modules:
+        from pyspark.sql import SparkSession
+
+        active = SparkSession.getActiveSession()
+        if active is not None:
+            active.stop()
+    if "ray" in sys.modules:
+        import ray
+
+        ray.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+
+
+def demo(conf: dict[str, Any]) -> int:
+    outcome = run_lifecycle(conf)
+    _close_engines()
+    tasks = outcome["tasks"]
+    lines = ["", "slaflow demo: ml_lifecycle " + outcome["state"] +
+             f" in {outcome['wall_seconds']}s", "  stage      state      seconds"]
+    for stage in STAGES:
+        t = tasks.get(stage, {})
+        lines.append(f"  {stage:<10} {t.get('state', '-'):<10} {t.get('seconds') or '-'}")
+    summary = (tasks.get("verify") or {}).get("value")
+    if summary:
+        summary["stage_seconds"] = {s: tasks.get(s, {}).get("seconds") for s in STAGES}
+        summary["demo_wall_seconds"] = outcome["wall_seconds"]
+        lines += [
+            f"  model {summary['model_name']} v{summary['model_version']} -> alias "
+            f"{summary['alias']}; test accuracy {summary['accuracy']:.4f}",
+            f"  training {summary['training_seconds']}s, deadline "
+            f"{'met' if summary['deadline_met'] else 'MISSED'} ({summary['stop_reason']})",
+            f"  endpoint {summary['endpoint_url']}: p50 {summary['verify_p50_ms']} ms, "
+            f"p99 {summary['verify_p99_ms']} ms",
+            f"  MLflow UI: make mlflow-ui  (run {summary['mlflow_run_id']})",
+            f"  try: curl -s -X POST {summary['endpoint_url']} -H 'Content-Type: application/"
+            f"json' -d @{REPO_ROOT / 'examples' / 'digit_request.json'}",
+        ]
+    print("\n".join(lines), flush=True)
+    if not summary:
+        failed = [s for s, t in tasks.items() if "success" not in t["state"]]
+        print(json.dumps({"state": outcome["state"], "failed_or_skipped": failed}), flush=True)
+        return 1
+    print(json.dumps(summary), flush=True)
+    return 0 if "success" in outcome["state"] else 1
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="slaflow")
+    sub = parser.add_subparsers(dest="cmd", required=True)
+    up = sub.add_parser("ray-up", help="start the embedded Ray cluster (loopback only)")
+    up.add_argument("--num-cpus", type=int, default=None)
+    sub.add_parser("ray-down", help="stop the embedded Ray cluster (ray stop)")
+    sub.add_parser("ray-status", help="say whether the configured Ray cluster answers")
+    d = sub.add_parser("demo", help="run ml_lifecycle end to end and print the JSON summary")
+    d.add_argument("--conf", type=Path, help="JSON file with contract fields (else defaults)")
+    sub.add_parser("env", help="print the environment for airflow/mlflow commands")
+    args = parser.parse_args(argv)
+    apply_env()
+    if args.cmd == "ray-up":
+        ray_up(args.num_cpus)
+    elif args.cmd == "ray-down":
+        ray_down()
+    elif args.cmd == "ray-status":
+        ok = ray_reachable()
+        print(f"Ray at {Endpoints.from_env().ray_dashboard_url}: {'up' if ok else 'down'}")
+        return 0 if ok else 1
+    elif args.cmd == "demo":
+        conf = json.loads(args.conf.read_text()) if args.conf else {}
+        return demo(conf)
+    elif args.cmd == "env":
+        ep = Endpoints.from_env()
+        env = {**airflow_env(), "SLAFLOW_HOME": str(home()),
+               "SLAFLOW_MLFLOW_TRACKING_URI": ep.mlflow_tracking_uri,
+               "RAY_AUTH_TOKEN_PATH": os.environ.get("RAY_AUTH_TOKEN_PATH", "")}
+        for key, value in env.items():
+            print(f"export {key}={shlex.quote(value)}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

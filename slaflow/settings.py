@@ -1,0 +1,80 @@
+"""Where every engine lives. Embedded defaults, each overridable by environment.
+
+Resolution order for an endpoint (see ``operators.hooks``): an Airflow connection if one
+exists (``slaflow_ray``, ``slaflow_mlflow``, ``slaflow_spark``), else the environment variable
+below, else the embedded default. Nothing here runs at import time but reading variables.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+from dataclasses import dataclass
+from pathlib import Path
+
+_REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+def home() -> Path:
+    """Project state folder: MLflow store, data, Ray storage, Airflow home (SLAFLOW_HOME)."""
+    return Path(os.environ.get("SLAFLOW_HOME", _REPO_ROOT / ".slaflow")).resolve()
+
+
+@dataclass(frozen=True)
+class Endpoints:
+    ray_address: str  # GCS address for ray.init (Serve deployment, resource queries)
+    ray_dashboard_url: str  # Job API / dashboard
+    serve_url: str  # Ray Serve HTTP proxy
+    serve_host: str
+    serve_port: int
+    spark_master: str
+    mlflow_tracking_uri: str
+    data_dir: str  # where prepared Parquet goes; a shared path/URI on a cluster
+    ray_storage: str  # Ray Train storage_path (checkpoints); shared on a cluster
+
+    @classmethod
+    def from_env(cls) -> Endpoints:
+        h = home()
+        serve_host = os.environ.get("SLAFLOW_SERVE_HOST", "127.0.0.1")
+        serve_port = int(os.environ.get("SLAFLOW_SERVE_PORT", "8000"))
+        return cls(
+            ray_address=os.environ.get("SLAFLOW_RAY_ADDRESS", "127.0.0.1:6390"),
+            ray_dashboard_url=os.environ.get("SLAFLOW_RAY_DASHBOARD_URL", "http://127.0.0.1:8265"),
+            serve_url=os.environ.get("SLAFLOW_SERVE_URL", f"http://{serve_host}:{serve_port}"),
+            serve_host=serve_host,
+            serve_port=serve_port,
+            spark_master=os.environ.get("SLAFLOW_SPARK_MASTER", "local[*]"),
+            mlflow_tracking_uri=os.environ.get(
+                "SLAFLOW_MLFLOW_TRACKING_URI", f"sqlite:///{h / 'mlflow' / 'mlflow.db'}"
+            ),
+            data_dir=os.environ.get("SLAFLOW_DATA_DIR", str(h / "data")),
+            ray_storage=os.environ.get("SLAFLOW_RAY_STORAGE", str(h / "ray_storage")),
+        )
+
+
+def mlflow_artifact_root() -> str:
+    """Artifact root for experiments created on the embedded SQLite store."""
+    return os.environ.get("SLAFLOW_MLFLOW_ARTIFACT_ROOT", str(home() / "mlflow" / "artifacts"))
+
+
+def ray_token_path() -> Path:
+    return Path(os.environ.get("RAY_AUTH_TOKEN_PATH", home() / "ray" / "auth_token"))
+
+
+def ensure_ray_client_env(create_token: bool = False) -> None:
+    """Make Ray clients find the cluster's auth token. Call before ``import ray``.
+
+    Ray 2.60 turns token auth on and reads these variables when it is imported. Users of a
+    real cluster set ``RAY_AUTH_TOKEN`` or ``RAY_AUTH_TOKEN_PATH`` themselves; the embedded
+    cluster keeps its token in ``$SLAFLOW_HOME/ray/auth_token`` (mode 600).
+    """
+    os.environ.setdefault("RAY_AUTH_MODE", "token")
+    if os.environ["RAY_AUTH_MODE"] != "token" or os.environ.get("RAY_AUTH_TOKEN"):
+        return
+    path = ray_token_path()
+    os.environ["RAY_AUTH_TOKEN_PATH"] = str(path)
+    if create_token and not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as fh:
+            fh.write(secrets.token_hex(32))

@@ -1,0 +1,173 @@
+"""Spark job: read the data, check its schema, index labels, split, write Parquet + profile.
+
+``run_prepare(spark, ...)`` takes any SparkSession (``local[*]`` or a cluster master), so the
+operator can run it in client mode and ``spark-submit`` can run ``main()`` the same way.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+BUILTIN_DIGITS = "sklearn:digits"
+LABEL_INDEX = "__label_index"
+PROFILE_FILE = "profile.json"
+SPLITS = ("train", "val", "test")
+MAX_CLASSES = 1000
+
+
+class DataError(ValueError):
+    """The data cannot be used as given; the message names the problem and the fix."""
+
+
+def materialize_builtin(source: str, cache_dir: Path) -> str:
+    """Write scikit-learn's bundled digits (1797 x 64) to CSV once; return its path."""
+    if source != BUILTIN_DIGITS:
+        raise DataError(f"unknown built-in data set {source!r}: the only one is {BUILTIN_DIGITS}")
+    path = cache_dir / "digits.csv"
+    if not path.exists():
+        from sklearn.datasets import load_digits
+
+        frame = load_digits(as_frame=True).frame.rename(columns={"target": "label"})
+        frame.columns = [c.replace("pixel_", "px") for c in frame.columns]
+        cache_dir.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp")
+        frame.to_csv(tmp, index=False)
+        tmp.replace(path)  # atomic: a concurrent reader never sees half a file
+    return str(path)
+
+
+def resolve_source(source: str, cache_dir: Path) -> str:
+    if source.startswith("sklearn:"):
+        return materialize_builtin(source, cache_dir)
+    local = source[len("file://"):] if source.startswith("file://") else source
+    if "://" not in local and not Path(local).exists():
+        raise DataError(
+            f"data_source {source!r} does not exist: give the path of a readable .csv or "
+            f".parquet file (absolute, or a URI like s3://bucket/key), or {BUILTIN_DIGITS}"
+        )
+    return source
+
+
+def _read(spark: Any, path: str) -> Any:
+    lowered = path.lower().rstrip("/")
+    if lowered.endswith(".csv"):
+        return spark.read.csv(path, header=True, inferSchema=True)
+    if lowered.endswith(".parquet") or lowered.endswith(".pq") or Path(path).is_dir():
+        return spark.read.parquet(path)
+    raise DataError(f"data_source {path!r}: unknown format; use a .csv or .parquet path")
+
+
+def run_prepare(
+    spark: Any,
+    *,
+    source: str,
+    label_column: str,
+    output_dir: str,
+    validation_fraction: float,
+    test_fraction: float,
+    seed: int,
+    cache_dir: Path,
+) -> dict[str, Any]:
+    from pyspark.sql import functions as F
+    from pyspark.sql.types import NumericType
+
+    frame = _read(spark, resolve_source(source, cache_dir))
+    columns = frame.columns
+    if label_column not in columns:
+        raise DataError(
+            f"label_column {label_column!r} is not in the data (columns: "
+            f"{', '.join(columns[:20])}{' ...' if len(columns) > 20 else ''}): set "
+            f"label_column to the column that holds the class label"
+        )
+    features = [c for c in columns if c != label_column]
+    if not features:
+        raise DataError("the data has no feature columns besides the label")
+    bad = [f for f in frame.schema.fields
+           if f.name in features and not isinstance(f.dataType, NumericType)]
+    if bad:
+        first = bad[0].name
+        sample = frame.where(F.col(first).isNotNull()).select(first).first()
+        raise DataError(
+            f"feature column {first!r} is {bad[0].dataType.simpleString()} "
+            f"(e.g. {None if sample is None else sample[0]!r}), but features must be numeric: "
+            f"encode or drop {', '.join(repr(b.name) for b in bad)} before training"
+        )
+    total = frame.count()
+    complete = frame.dropna(subset=[label_column, *features])
+    kept = complete.count()
+    if kept == 0:
+        raise DataError(f"no complete rows: all {total} rows have a missing value")
+    classes = sorted(r[0] for r in complete.select(label_column).distinct().limit(MAX_CLASSES + 1)
+                     .collect())
+    if len(classes) > MAX_CLASSES:
+        raise DataError(f"label_column {label_column!r} has over {MAX_CLASSES} distinct values: "
+                        f"a classification label is expected")
+    if len(classes) < 2:
+        raise DataError(f"label_column {label_column!r} has {len(classes)} class(es): "
+                        f"need at least 2 to train a classifier")
+    mapping = F.create_map(*[x for i, c in enumerate(classes) for x in (F.lit(c), F.lit(i))])
+    indexed = complete.select(
+        *[F.col(f).cast("float").alias(f) for f in features],
+        mapping[F.col(label_column)].cast("int").alias(LABEL_INDEX),
+    )
+    train_fraction = 1.0 - validation_fraction - test_fraction
+    parts = indexed.randomSplit([train_fraction, validation_fraction, test_fraction], seed=seed)
+    counts: dict[str, int] = {}
+    for name, part in zip(SPLITS, parts, strict=True):
+        part.write.mode("overwrite").parquet(f"{output_dir.rstrip('/')}/{name}")
+        counts[name] = spark.read.parquet(f"{output_dir.rstrip('/')}/{name}").count()
+    stats = parts[0].agg(*[F.mean(f).alias(f"m_{i}") for i, f in enumerate(features)],
+                         *[F.stddev_pop(f).alias(f"s_{i}") for i, f in enumerate(features)],
+                         *[F.min(f).alias(f"lo_{i}") for i, f in enumerate(features)],
+                         *[F.max(f).alias(f"hi_{i}") for i, f in enumerate(features)]).first()
+    label_counts = {classes[r[0]]: r[1] for r in
+                    parts[0].groupBy(LABEL_INDEX).count().collect()}
+    profile = {
+        "source": source,
+        "label_column": label_column,
+        "feature_names": features,
+        "classes": [_jsonable(c) for c in classes],
+        "rows_read": total,
+        "rows_dropped_incomplete": total - kept,
+        "split_counts": counts,
+        "feature_mean": [float(stats[f"m_{i}"] or 0.0) for i in range(len(features))],
+        "feature_std": [float(stats[f"s_{i}"] or 0.0) for i in range(len(features))],
+        "feature_min": [float(stats[f"lo_{i}"]) for i in range(len(features))],
+        "feature_max": [float(stats[f"hi_{i}"]) for i in range(len(features))],
+        "train_label_counts": {str(k): v for k, v in sorted(label_counts.items())},
+        "paths": {name: f"{output_dir.rstrip('/')}/{name}" for name in SPLITS},
+    }
+    if min(counts.values()) == 0:
+        raise DataError(f"a split is empty ({counts}) with {kept} rows: use more data or "
+                        f"larger validation_fraction/test_fraction")
+    _write_text(f"{output_dir.rstrip('/')}/{PROFILE_FILE}", json.dumps(profile, indent=2))
+    return profile
+
+
+def _jsonable(value: Any) -> Any:
+    return value.item() if hasattr(value, "item") else value
+
+
+def _write_text(uri: str, text: str) -> None:
+    import pyarrow.fs as pafs
+
+    fs, path = pafs.FileSystem.from_uri(uri) if "://" in uri else (pafs.LocalFileSystem(), uri)
+    with fs.open_output_stream(path) as fh:
+        fh.write(text.encode())
+
+
+def main() -> None:  # pragma: no cover - spark-submit entrypoint
+    """``spark-submit spark_jobs/prepare.py`` with the spec as JSON in SLAFLOW_JOB_SPEC."""
+    from pyspark.sql import SparkSession
+
+    spec = json.loads(os.environ["SLAFLOW_JOB_SPEC"])
+    spark = SparkSession.builder.appName("slaflow-prepare").getOrCreate()
+    spec["cache_dir"] = Path(spec["cache_dir"])
+    print(json.dumps(run_prepare(spark, **spec)))
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()
