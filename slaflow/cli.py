@@ -11,6 +11,7 @@ imports them only inside the commands.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import shlex
@@ -19,12 +20,11 @@ import sys
 import time
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlparse
 
+from slaflow.local_cluster import ClusterError, LocalRayCluster
 from slaflow.settings import Endpoints, ensure_ray_client_env, home
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-LOCAL_HOSTS = {"127.0.0.1", "localhost", "::1"}
 
 
 def airflow_env() -> dict[str, str]:
@@ -55,17 +55,15 @@ def _log(msg: str) -> None:
 # --------------------------------------------------------------------------- Ray cluster
 
 
-def ray_reachable(timeout_s: float = 3.0) -> bool:
-    import urllib.error
-    import urllib.request
+def ray_reachable() -> bool:
+    return LocalRayCluster.from_env().reachable() if _is_local() else True
 
-    url = Endpoints.from_env().ray_dashboard_url.rstrip("/") + "/api/version"
+
+def _is_local() -> bool:
     try:
-        with urllib.request.urlopen(url, timeout=timeout_s) as resp:
-            return bool(resp.status == 200)
-    except urllib.error.HTTPError:
-        return True  # it answered (401 without the token): the cluster is up
-    except OSError:
+        LocalRayCluster.from_env()
+        return True
+    except ClusterError:
         return False
 
 
@@ -73,42 +71,33 @@ def ray_up(num_cpus: int | None = None) -> None:
     """Start the embedded head node on loopback unless a cluster already answers."""
     apply_env()
     ep = Endpoints.from_env()
-    if ray_reachable():
-        _log(f"Ray cluster already up: dashboard {ep.ray_dashboard_url}, GCS {ep.ray_address}")
+    if not _is_local():
+        _log(f"Using the external Ray cluster at {ep.ray_dashboard_url} (GCS {ep.ray_address})")
         return
-    host, _, gcs_port = ep.ray_address.rpartition(":")
-    dash = urlparse(ep.ray_dashboard_url)
-    if host not in LOCAL_HOSTS or dash.hostname not in LOCAL_HOSTS:
-        raise SystemExit(
-            f"SLAFLOW_RAY_ADDRESS={ep.ray_address} / SLAFLOW_RAY_DASHBOARD_URL="
-            f"{ep.ray_dashboard_url} point at an external cluster that does not answer: start "
-            f"that cluster, or unset them to use the embedded one")
-    cpus = num_cpus or int(os.environ.get("SLAFLOW_LOCAL_RAY_CPUS", "4"))
-    cmd = [str(Path(sys.executable).parent / "ray"), "start", "--head",
-           f"--port={gcs_port}", f"--node-ip-address={host}",
-           f"--dashboard-host={dash.hostname}", f"--dashboard-port={dash.port or 8265}",
-           f"--num-cpus={cpus}", "--disable-usage-stats"]
-    _log(f"Starting the embedded Ray cluster ({cpus} logical CPUs, loopback only)")
+    cluster = LocalRayCluster.from_env()
+    if num_cpus:
+        cluster = dataclasses.replace(cluster, num_cpus=num_cpus)
     started = time.monotonic()
-    proc = subprocess.run(cmd, env=os.environ.copy(), capture_output=True, text=True)
-    if proc.returncode != 0:
-        raise SystemExit(f"`ray start` failed:\n{proc.stdout[-2000:]}\n{proc.stderr[-2000:]}")
-    for _ in range(60):
-        if ray_reachable():
-            break
-        time.sleep(1)
-    _log(f"Ray cluster up in {time.monotonic() - started:.1f}s: dashboard "
-         f"{ep.ray_dashboard_url}, GCS {ep.ray_address}")
+    try:
+        if cluster.start():
+            _log(f"Ray cluster up in {time.monotonic() - started:.1f}s ({cluster.num_cpus} "
+                 f"logical CPUs): dashboard {ep.ray_dashboard_url}, GCS {ep.ray_address}; "
+                 f"log {cluster.log_file}")
+        else:
+            _log(f"Ray cluster already up: dashboard {ep.ray_dashboard_url}")
+    except ClusterError as exc:
+        raise SystemExit(str(exc)) from exc
 
 
 def ray_down() -> None:
-    """Stop the embedded cluster (and its Serve applications).
-
-    ``ray stop`` ends every Ray process of this machine's user, not only slaflow's.
-    """
+    """Stop the embedded cluster this project started (its Serve applications end with it)."""
     apply_env()
-    subprocess.run([str(Path(sys.executable).parent / "ray"), "stop", "--force"],
-                   env=os.environ.copy(), check=False)
+    cluster = LocalRayCluster.from_env()
+    if cluster.stop():
+        _log("Embedded Ray cluster stopped")
+    else:
+        _log(f"No embedded Ray cluster recorded in {cluster.pid_file}; a cluster started by "
+             f"hand with `ray start` stops with `ray stop`")
 
 
 # --------------------------------------------------------------------------- Airflow

@@ -1,0 +1,62 @@
+# slaflow: the two commands are `make demo` and `make test`; the rest are helpers.
+# Every target installs what it needs first (a venv in .venv, reused while pyproject.toml
+# is unchanged; pip's wheel cache makes a reinstall fast).
+
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.slaflow-installed
+PYTEST_ARGS ?=
+
+export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
+
+.PHONY: install demo test test-fast test-integration test-e2e lint ray-up ray-down \
+        mlflow-ui airflow clean
+
+$(STAMP): pyproject.toml
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --disable-pip-version-check -q -e ".[dev]" \
+	    --config-settings editable_mode=compat
+	@touch $(STAMP)
+
+install: $(STAMP)
+
+## Run ml_lifecycle end to end on the embedded defaults; last stdout line is a JSON summary.
+demo: install
+	$(PY) -m slaflow.cli demo $(if $(CONF),--conf $(CONF))
+
+## The whole suite: unit, integration (real Ray/Spark/MLflow/Serve), end-to-end DAG runs.
+test: install
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+test-fast: install
+	$(PY) -m pytest -m unit $(PYTEST_ARGS)
+
+test-integration: install
+	$(PY) -m pytest -m integration $(PYTEST_ARGS)
+
+test-e2e: install
+	$(PY) -m pytest -m e2e $(PYTEST_ARGS)
+
+lint: install
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/mypy policies
+
+## The embedded, long-lived Ray cluster (Serve applications live on it).
+ray-up: install
+	$(PY) -m slaflow.cli ray-up
+
+ray-down: install
+	$(PY) -m slaflow.cli ray-down
+
+## MLflow UI on the same store the DAGs write to: http://127.0.0.1:5000
+mlflow-ui: install
+	eval "$$($(PY) -m slaflow.cli env)" && $(VENV)/bin/mlflow ui \
+	    --backend-store-uri "$$SLAFLOW_MLFLOW_TRACKING_URI" --host 127.0.0.1 --port 5000
+
+## Airflow UI with the DAGs loaded (standalone, SQLite): http://127.0.0.1:8080
+airflow: install ray-up
+	eval "$$($(PY) -m slaflow.cli env)" && $(VENV)/bin/airflow standalone
+
+clean: ray-down
+	rm -rf .slaflow

@@ -1,0 +1,103 @@
+from __future__ import annotations
+
+import jsonschema
+import pytest
+
+from policies import FIELDS, ContractError, RunContract, contract_json_schema
+
+pytestmark = pytest.mark.unit
+
+
+def test_defaults_are_a_valid_contract() -> None:
+    c = RunContract.defaults()
+    assert c.deadline_s == 600.0
+    assert c.data_source == "sklearn:digits"
+    assert c.contract_version == 1
+    assert RunContract.from_dict(c.to_dict()) == c
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "words"),
+    [
+        ("deadline_s", 0, "must be > 0"),
+        ("deadline_s", -5, "must be > 0"),
+        ("deadline_s", 10**9, "must be <= 604800"),
+        ("deadline_s", "soon", "must be a number"),
+        ("deadline_s", float("nan"), "finite"),
+        ("target_accuracy", 1.0, "must be < 1"),
+        ("target_accuracy", 0, "must be > 0"),
+        ("min_gain_over_champion", -0.1, "must be >= 0"),
+        ("max_workers", 0, "must be >= 1"),
+        ("max_workers", 2.5, "whole number"),
+        ("max_workers", True, "must be a integer"),
+        ("latency_percentile", 97, "is not one of"),
+        ("label_column", "", "non-empty string"),
+        ("model_name", "bad name!", "does not match"),
+        ("hidden_units", [], "needs 1 to 8 entries"),
+        ("hidden_units", [64, "x"], "not a whole number"),
+        ("hidden_units", "64,64", "list of whole numbers"),
+        ("hidden_units", [0], "out of range"),
+        ("test_fraction", 0.9, "must be <= 0.4"),
+    ],
+)
+def test_bad_values_name_the_field_and_a_fix(field: str, value: object, words: str) -> None:
+    with pytest.raises(ContractError) as info:
+        RunContract.from_dict({field: value})
+    err = info.value
+    assert err.field == field
+    assert words in err.problem
+    assert str(err).startswith(f"contract field '{field}':")
+    assert "Fix:" in str(err) and err.fix
+
+
+def test_unknown_field_is_rejected_with_the_known_ones() -> None:
+    with pytest.raises(ContractError) as info:
+        RunContract.from_dict({"deadline": 60})
+    assert info.value.field == "deadline"
+    assert "deadline_s" in info.value.fix
+
+
+def test_fractions_must_leave_rows_to_train_on() -> None:
+    with pytest.raises(ContractError) as info:
+        RunContract.from_dict({"validation_fraction": 0.3, "test_fraction": 0.35})
+    assert info.value.field == "test_fraction"
+
+
+def test_unsupported_version_is_rejected() -> None:
+    with pytest.raises(ContractError) as info:
+        RunContract.from_dict({"contract_version": 2})
+    assert info.value.field == "contract_version"
+
+
+def test_integers_given_as_floats_are_accepted_when_whole() -> None:
+    assert RunContract.from_dict({"max_workers": 3.0}).max_workers == 3
+
+
+def test_schema_describes_every_field_for_the_form() -> None:
+    schema = contract_json_schema()
+    props = schema["properties"]
+    assert set(props) == {f.name for f in FIELDS} | {"contract_version"}
+    for f in FIELDS:
+        assert props[f.name]["title"] and props[f.name]["description"]
+        assert props[f.name]["section"]
+        assert props[f.name]["default"] == f.default
+    assert schema["additionalProperties"] is False
+
+
+@pytest.mark.parametrize(
+    "override",
+    [{"deadline_s": 0}, {"target_accuracy": 1.0}, {"max_workers": 0}, {"latency_percentile": 97},
+     {"model_name": "bad name!"}, {"hidden_units": []}, {"test_fraction": 0.9},
+     {"deadline": 5}],
+)
+def test_schema_and_python_validation_agree(override: dict[str, object]) -> None:
+    """What the Airflow form rejects, the operators reject too (one source of truth)."""
+    doc = {**RunContract.defaults().to_dict(), **override}
+    with pytest.raises(jsonschema.ValidationError):
+        jsonschema.validate(doc, contract_json_schema())
+    with pytest.raises(ContractError):
+        RunContract.from_dict(doc)
+
+
+def test_schema_accepts_the_defaults() -> None:
+    jsonschema.validate(RunContract.defaults().to_dict(), contract_json_schema())
