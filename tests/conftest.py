@@ -1,0 +1,134 @@
+"""Test environment: a private SLAFLOW_HOME and a private Ray cluster on other ports.
+
+Set at import (before Ray or Airflow are imported, as both read their environment then), so
+the suite never touches a developer's demo cluster, MLflow store or Airflow database. The
+embedded engines are real: a Ray head started with ``ray start --block`` (stopped at the
+end), Spark ``local[*]``, MLflow on SQLite.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+_HOME = Path(tempfile.mkdtemp(prefix="slaflow-test-"))
+for _var in ("RAY_ADDRESS", "RAY_AUTH_TOKEN", "MLFLOW_TRACKING_URI"):
+    os.environ.pop(_var, None)
+os.environ.update({
+    "SLAFLOW_HOME": str(_HOME),
+    "SLAFLOW_RAY_ADDRESS": "127.0.0.1:6410",
+    "SLAFLOW_RAY_DASHBOARD_URL": "http://127.0.0.1:8266",
+    "SLAFLOW_SERVE_PORT": "8011",
+    "SLAFLOW_LOCAL_RAY_CPUS": "4",
+    "RAY_AUTH_MODE": "token",
+    "RAY_AUTH_TOKEN_PATH": str(_HOME / "ray" / "auth_token"),
+    "AIRFLOW_HOME": str(_HOME / "airflow"),
+    "AIRFLOW__CORE__DAGS_FOLDER": str(REPO / "dags"),
+    "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+    "AIRFLOW__CORE__UNIT_TEST_MODE": "False",
+    "TF_CPP_MIN_LOG_LEVEL": "2",
+})
+
+
+logging.getLogger("py4j").setLevel(logging.WARNING)  # its exit-time log hits closed streams
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    # Cheap layers first, so a broken policy fails the run in seconds.
+    order = {"unit": 0, "integration": 1, "e2e": 2}
+
+    def rank(item: pytest.Item) -> int:
+        return min((order[m.name] for m in item.iter_markers() if m.name in order), default=1)
+
+    items.sort(key=rank)
+
+
+@pytest.fixture(scope="session")
+def slaflow_home() -> Path:
+    return _HOME
+
+
+@pytest.fixture(scope="session")
+def ray_cluster() -> Iterator[Any]:
+    from slaflow.local_cluster import LocalRayCluster
+
+    cluster = LocalRayCluster.from_env()
+    started = cluster.start()
+    yield cluster
+    if "ray" in __import__("sys").modules:
+        import ray
+
+        ray.shutdown()
+    if started:
+        cluster.stop()
+
+
+@pytest.fixture(scope="session")
+def tracking_uri() -> str:
+    from operators.hooks import MlflowHook
+
+    hook = MlflowHook()
+    hook.client  # creates the store folder, sets the process-wide URIs
+    return hook.tracking_uri
+
+
+@pytest.fixture(scope="session")
+def spark() -> Iterator[Any]:
+    from operators.hooks import SparkHook
+
+    session = SparkHook().session("slaflow-tests")
+    yield session
+    session.stop()
+
+
+@pytest.fixture(scope="session")
+def prepared(spark: Any, slaflow_home: Path) -> dict[str, Any]:
+    from spark_jobs.prepare import run_prepare
+
+    return run_prepare(spark, source="sklearn:digits", label_column="label",
+                       output_dir=str(slaflow_home / "data" / "fixture"),
+                       validation_fraction=0.15, test_fraction=0.15, seed=7,
+                       cache_dir=slaflow_home / "datasets")
+
+
+def train_spec(prepared: dict[str, Any], tracking_uri: str, run_id: str, run_name: str,
+               **overrides: Any) -> dict[str, Any]:
+    from slaflow.settings import Endpoints
+
+    spec = {
+        "run_name": run_name, "storage_path": Endpoints.from_env().ray_storage,
+        "tracking_uri": tracking_uri, "mlflow_run_id": run_id, "profile": prepared,
+        "train_path": prepared["paths"]["train"], "val_path": prepared["paths"]["val"],
+        "hidden_units": [32], "learning_rate": 0.01, "batch_size": 64, "max_epochs": 3,
+        "seed": 7, "deadline_s": 300.0, "stop_accuracy": 0.999, "started_at": time.time(),
+        "num_workers": 2, "cpus_per_worker": 1.0,
+    }
+    spec.update(overrides)
+    return spec
+
+
+@pytest.fixture(scope="session")
+def trained(ray_cluster: Any, prepared: dict[str, Any], tracking_uri: str) -> dict[str, Any]:
+    """One real Ray Train run (2 workers, 3 epochs), shared by the train and serve tests."""
+    from mlflow_config import registry as reg
+    from operators.hooks import MlflowHook, RayHook
+    from operators.ray_job import RayJobRunner
+
+    client = MlflowHook().client
+    exp = reg.get_or_create_experiment(client, "slaflow/tests", MlflowHook().artifact_location)
+    run_id, _ = reg.find_or_create_run(client, exp, "fixture-run", "fixture", {})
+    logs: list[str] = []
+    runner = RayJobRunner(RayHook().job_client, logs.append)
+    result = runner.run(base_id="slaflow-train-fixture", module="ray_jobs.train",
+                        spec=train_spec(prepared, tracking_uri, run_id, "fixture-run"),
+                        timeout_s=600)
+    return {"result": result, "run_id": run_id, "logs": logs, "runner": runner,
+            "submission_id": runner.last_submission_id}

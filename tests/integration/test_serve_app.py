@@ -1,0 +1,108 @@
+"""The Serve application on the real cluster, over real HTTP."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import numpy as np
+import pytest
+import requests
+
+pytestmark = pytest.mark.integration
+
+APP = "serve-test-model"
+
+
+@pytest.fixture(scope="module")
+def endpoint(trained: dict[str, Any], tracking_uri: str) -> Iterator[str]:
+    from operators.hooks import RayHook
+
+    hook = RayHook()
+    hook.connect()
+    from ray import serve
+
+    from ray_jobs.serve_app import build_app
+
+    serve.start(http_options={"host": hook.endpoints["serve_host"],
+                              "port": int(hook.endpoints["serve_port"])})
+    serve.run(build_app(trained["result"]["model_uri"], tracking_uri, APP, "7"),
+              name=APP, route_prefix=f"/{APP}", blocking=False)
+    yield f"{hook.endpoints['serve_url']}/{APP}"
+    serve.delete(APP)
+
+
+@pytest.fixture(scope="module")
+def test_rows(prepared: dict[str, Any]) -> tuple[np.ndarray, np.ndarray]:
+    from ray_jobs.data_io import read_xy
+
+    return read_xy(prepared["paths"]["test"], prepared["feature_names"])
+
+
+def test_info(endpoint: str, prepared: dict[str, Any]) -> None:
+    info = requests.get(endpoint, timeout=10).json()
+    assert info["model_version"] == "7"
+    assert info["features"] == prepared["feature_names"]
+    assert info["classes"] == prepared["classes"]
+
+
+def test_predictions_match_the_model_in_process(endpoint: str, trained: dict[str, Any],
+                                                prepared: dict[str, Any],
+                                                test_rows: tuple[np.ndarray, np.ndarray]) -> None:
+    import mlflow
+    import pandas as pd
+
+    x, _ = test_rows
+    resp = requests.post(endpoint, json={"instances": x[:50].tolist()}, timeout=10)
+    assert resp.status_code == 200
+    body = resp.json()
+    local = mlflow.pyfunc.load_model(trained["result"]["model_uri"]).predict(
+        pd.DataFrame(x[:50], columns=prepared["feature_names"]))
+    assert body["predictions"] == local["prediction"].tolist()
+    assert np.allclose(np.sum(body["probabilities"], axis=1), 1.0, atol=1e-4)
+
+
+def test_rows_by_feature_name(endpoint: str, prepared: dict[str, Any],
+                              test_rows: tuple[np.ndarray, np.ndarray]) -> None:
+    x, _ = test_rows
+    named = dict(zip(prepared["feature_names"], x[0].tolist(), strict=True))
+    by_name = requests.post(endpoint, json={"instances": [named]}, timeout=10).json()
+    by_list = requests.post(endpoint, json={"instances": [x[0].tolist()]}, timeout=10).json()
+    assert by_name["predictions"] == by_list["predictions"]
+
+
+def test_concurrent_requests_are_batched_and_all_answered(
+        endpoint: str, test_rows: tuple[np.ndarray, np.ndarray]) -> None:
+    x, _ = test_rows
+
+    def one(i: int) -> int:
+        return requests.post(endpoint, json={"instances": [x[i].tolist()]},
+                             timeout=30).status_code
+
+    with ThreadPoolExecutor(16) as pool:
+        assert set(pool.map(one, range(64))) == {200}
+
+
+@pytest.mark.parametrize(
+    ("body", "status", "words"),
+    [
+        ({"instances": [[1.0, 2.0]]}, 400, "must be a list of 64 numbers"),
+        ({"instances": [["a"] * 64]}, 400, "must be a finite number, got 'a'"),
+        ({"rows": []}, 400, "with an 'instances' list"),
+        ({"instances": []}, 400, "non-empty list"),
+        ({"instances": [{"px0_0": 1.0}]}, 400, "lacks feature(s)"),
+        ({"instances": [[0.0] * 64] * 1025}, 413, "at most 1024"),
+    ],
+)
+def test_bad_requests_get_4xx_with_the_fix(endpoint: str, body: Any, status: int,
+                                           words: str) -> None:
+    resp = requests.post(endpoint, json=body, timeout=10)
+    assert resp.status_code == status
+    assert words in resp.json()["error"]
+
+
+def test_invalid_json_and_wrong_method(endpoint: str) -> None:
+    resp = requests.post(endpoint, data=b"{not json", timeout=10)
+    assert resp.status_code == 400 and "not valid JSON" in resp.json()["error"]
+    assert requests.put(endpoint, json={}, timeout=10).status_code == 405

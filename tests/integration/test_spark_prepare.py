@@ -1,0 +1,74 @@
+"""The prepare job on a real Spark session (local[*])."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import pytest
+
+from spark_jobs.prepare import LABEL_INDEX, DataError, run_prepare
+
+pytestmark = pytest.mark.integration
+
+
+def test_digits_are_split_profiled_and_written(prepared: dict[str, Any]) -> None:
+    counts = prepared["split_counts"]
+    assert sum(counts.values()) == prepared["rows_read"] == 1797
+    assert 0.6 < counts["train"] / 1797 < 0.8
+    assert prepared["classes"] == list(range(10))
+    assert len(prepared["feature_names"]) == 64 == len(prepared["feature_mean"])
+    train = pd.read_parquet(prepared["paths"]["train"])
+    assert len(train) == counts["train"]
+    assert set(train[LABEL_INDEX].unique()) == set(range(10))
+    written = json.loads((Path(prepared["paths"]["train"]).parent / "profile.json").read_text())
+    assert written["split_counts"] == counts
+
+
+def _prepare(spark: Any, tmp_path: Path, source: str, label: str = "label") -> dict[str, Any]:
+    return run_prepare(spark, source=source, label_column=label,
+                       output_dir=str(tmp_path / "out"), validation_fraction=0.2,
+                       test_fraction=0.2, seed=1, cache_dir=tmp_path)
+
+
+def _csv(tmp_path: Path, frame: pd.DataFrame) -> str:
+    path = tmp_path / "data.csv"
+    frame.to_csv(path, index=False)
+    return str(path)
+
+
+def test_missing_file_says_what_to_give(spark: Any, tmp_path: Path) -> None:
+    with pytest.raises(DataError, match=r"does not exist: give the path of a readable \.csv"):
+        _prepare(spark, tmp_path, str(tmp_path / "nope.csv"))
+
+
+def test_missing_label_column_is_named(spark: Any, tmp_path: Path) -> None:
+    src = _csv(tmp_path, pd.DataFrame({"a": range(30), "y": [0, 1] * 15}))
+    with pytest.raises(DataError, match=r"label_column 'label' is not in the data \(columns: a, y"):
+        _prepare(spark, tmp_path, src)
+
+
+def test_non_numeric_feature_is_named(spark: Any, tmp_path: Path) -> None:
+    src = _csv(tmp_path, pd.DataFrame({"a": range(30), "color": ["red", "blue"] * 15,
+                                       "label": [0, 1] * 15}))
+    with pytest.raises(DataError, match=r"feature column 'color' is string .*'red'"):
+        _prepare(spark, tmp_path, src)
+
+
+def test_incomplete_rows_are_counted_not_hidden(spark: Any, tmp_path: Path) -> None:
+    frame = pd.DataFrame({"a": [float(i) for i in range(60)], "b": [1.0] * 60,
+                          "label": ["x", "y"] * 30})
+    frame.loc[[3, 10, 11], "b"] = None
+    profile = _prepare(spark, tmp_path, _csv(tmp_path, frame))
+    assert profile["rows_read"] == 60
+    assert profile["rows_dropped_incomplete"] == 3
+    assert sum(profile["split_counts"].values()) == 57
+    assert profile["classes"] == ["x", "y"]
+
+
+def test_single_class_is_rejected(spark: Any, tmp_path: Path) -> None:
+    src = _csv(tmp_path, pd.DataFrame({"a": range(30), "label": [1] * 30}))
+    with pytest.raises(DataError, match="need at least 2"):
+        _prepare(spark, tmp_path, src)
