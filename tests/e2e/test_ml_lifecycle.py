@@ -1,0 +1,92 @@
+"""ml_lifecycle end to end through dag.test() on the real stack (Ray, Spark, MLflow, Serve)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+import requests
+
+pytestmark = pytest.mark.e2e
+
+MODEL = "e2e-digits"
+SMALL = {"model_name": MODEL, "max_epochs": 12, "hidden_units": [32], "target_accuracy": 0.85,
+         "learning_rate": 0.01}
+REQUEST = json.loads((Path(__file__).resolve().parents[2] / "examples" /
+                      "digit_request.json").read_text())  # the digits 0 and 1
+
+
+@pytest.fixture(scope="module")
+def lifecycle(ray_cluster: Any) -> Any:
+    from slaflow import cli
+
+    cli.airflow_db_ready()
+    dag = cli.load_dag()
+
+    def run(conf: dict[str, Any]) -> dict[str, Any]:
+        dag_run = dag.test(run_conf=conf)
+        return {"state": str(dag_run.state), "tasks": cli.task_results(dag_run)}
+
+    return run
+
+
+@pytest.fixture(scope="module")
+def registry(lifecycle: Any) -> Any:
+    from operators.hooks import MlflowHook
+
+    return MlflowHook().client
+
+
+def _alias(client: Any, alias: str) -> str:
+    return str(client.get_model_version_by_alias(MODEL, alias).version)
+
+
+def test_first_run_trains_registers_promotes_and_serves(lifecycle: Any, registry: Any) -> None:
+    out = lifecycle(SMALL)
+    states = {t: v["state"] for t, v in out["tasks"].items()}
+    assert out["state"] == "success", states
+    assert set(states.values()) == {"success"}
+    summary = out["tasks"]["verify"]["value"]
+    assert summary["model_version"] == "1" and summary["alias"] == "champion"
+    assert summary["deadline_met"] is True
+    assert summary["accuracy"] >= 0.85 and summary["verify_accuracy"] > 0.8
+    assert summary["bad_request_status"] == 400
+    assert summary["verify_p50_ms"] > 0 and summary["verify_p99_ms"] >= summary["verify_p50_ms"]
+    assert _alias(registry, "champion") == "1"
+    version = registry.get_model_version(MODEL, "1")
+    assert json.loads(version.tags["slaflow.contract"])["max_epochs"] == 12
+    assert version.tags["slaflow.gate.decision"] == "promoted"
+    assert version.tags["slaflow.airflow_run_id"].startswith("manual__")
+    run = registry.get_run(summary["mlflow_run_id"])
+    assert run.data.metrics["test_accuracy"] == pytest.approx(summary["accuracy"])
+    answer = requests.post(summary["endpoint_url"], json=REQUEST, timeout=10).json()
+    assert answer["predictions"] == [0, 1] and answer["model_version"] == "1"
+
+
+def test_run_that_fails_the_gate_leaves_champion_serving(lifecycle: Any, registry: Any) -> None:
+    out = lifecycle({**SMALL, "min_gain_over_champion": 0.5})
+    assert out["state"] == "success"
+    promote = out["tasks"]["promote"]["value"]
+    assert promote["promoted"] is False and promote["alias"] == "challenger"
+    assert any("FAIL gain_over_champion" in c for c in
+               [f"{'PASS' if c['passed'] else 'FAIL'} {c['name']}"
+                for c in promote["decision"]["checks"]])
+    assert out["tasks"]["deploy"]["value"]["changed"] is False
+    assert _alias(registry, "champion") == "1" and _alias(registry, "challenger") == "2"
+    assert registry.get_model_version(MODEL, "2").tags["slaflow.gate.decision"] == "not_promoted"
+    summary = out["tasks"]["verify"]["value"]
+    assert summary["served_version"] == "1"
+    answer = requests.post(summary["endpoint_url"], json=REQUEST, timeout=10).json()
+    assert answer["model_version"] == "1"
+
+
+def test_bad_contract_never_starts_a_run_and_harms_nothing(lifecycle: Any,
+                                                           registry: Any) -> None:
+    from airflow.sdk.exceptions import ParamValidationError
+
+    with pytest.raises(ParamValidationError, match="deadline_s"):
+        lifecycle({**SMALL, "deadline_s": -1})
+    assert _alias(registry, "champion") == "1"
+    assert len(registry.search_model_versions(f"name = '{MODEL}'")) == 2
