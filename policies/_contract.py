@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import operator
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final
 
@@ -282,14 +283,14 @@ def _validate(spec: FieldSpec, value: Any) -> Any:
 
 
 def _check_bounds(spec: FieldSpec, value: float) -> None:
-    checks = (
-        (spec.minimum, lambda b: value >= b, ">="),
-        (spec.maximum, lambda b: value <= b, "<="),
-        (spec.exclusive_minimum, lambda b: value > b, ">"),
-        (spec.exclusive_maximum, lambda b: value < b, "<"),
+    checks: tuple[tuple[float | None, Callable[[float, float], bool], str], ...] = (
+        (spec.minimum, operator.ge, ">="),
+        (spec.maximum, operator.le, "<="),
+        (spec.exclusive_minimum, operator.gt, ">"),
+        (spec.exclusive_maximum, operator.lt, "<"),
     )
     for bound, ok, op in checks:
-        if bound is not None and not ok(bound):
+        if bound is not None and not ok(value, bound):
             raise ContractError(spec.name, f"must be {op} {bound:g}, got {value!r}", spec.fix)
 
 

@@ -76,7 +76,7 @@ def tracking_uri() -> str:
     from operators.hooks import MlflowHook
 
     hook = MlflowHook()
-    hook.client  # creates the store folder, sets the process-wide URIs
+    assert hook.client is not None  # creates the store folder, sets process-wide URIs
     return hook.tracking_uri
 
 

@@ -56,7 +56,8 @@ def test_versions_and_aliases_follow_the_gate(trained: dict[str, Any], tracking_
     run_c = _new_run(client, "reg-c")
     v3, _ = reg.register_version(client, name, uri, run_c, {reg.TAG_TEST_ACCURACY: "0.935"}, "c")
     decision = decide_promotion(0.935, 0.9, 0.01, reg.get_champion(client, name))
-    assert reg.apply_promotion(client, name, v3.version, decision) == {"challenger": str(v3.version)}
+    moved = reg.apply_promotion(client, name, v3.version, decision)
+    assert moved == {"challenger": str(v3.version)}
     assert client.get_model_version_by_alias(name, "champion").version == v2.version
     tags = client.get_model_version(name, v3.version).tags
     assert tags[reg.TAG_GATE_DECISION] == "not_promoted"
