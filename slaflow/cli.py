@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import logging
 import os
 import shlex
 import subprocess
@@ -179,6 +180,9 @@ def _close_engines() -> None:
         import ray
 
         ray.shutdown()
+    # py4j logs "Closing down clientserver connection" from a destructor at interpreter exit,
+    # to stdout: quiet it so the JSON summary stays the last line.
+    logging.getLogger("py4j").setLevel(logging.WARNING)
     sys.stdout.flush()
     sys.stderr.flush()
 

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -65,19 +68,25 @@ def test_first_run_trains_registers_promotes_and_serves(lifecycle: Any, registry
     assert answer["predictions"] == [0, 1] and answer["model_version"] == "1"
 
 
-def test_run_that_fails_the_gate_leaves_champion_serving(lifecycle: Any, registry: Any) -> None:
-    out = lifecycle({**SMALL, "min_gain_over_champion": 0.5})
-    assert out["state"] == "success"
-    promote = out["tasks"]["promote"]["value"]
-    assert promote["promoted"] is False and promote["alias"] == "challenger"
-    assert any("FAIL gain_over_champion" in c for c in
-               [f"{'PASS' if c['passed'] else 'FAIL'} {c['name']}"
-                for c in promote["decision"]["checks"]])
-    assert out["tasks"]["deploy"]["value"]["changed"] is False
+def test_cli_run_that_fails_the_gate_leaves_champion_serving(lifecycle: Any, registry: Any,
+                                                             tmp_path: Path) -> None:
+    """Through the demo's own CLI: its last stdout line is the JSON summary."""
+    conf = tmp_path / "contract.json"
+    conf.write_text(json.dumps({**SMALL, "min_gain_over_champion": 0.5}))
+    proc = subprocess.run([sys.executable, "-m", "slaflow.cli", "demo", "--conf", str(conf)],
+                          capture_output=True, text=True, env=os.environ.copy(), timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    summary = json.loads(proc.stdout.strip().splitlines()[-1])
+    for key in ("contract", "accuracy", "deadline_met", "training_seconds", "mlflow_run_id",
+                "model_name", "model_version", "alias", "endpoint_url", "verify_p50_ms",
+                "verify_p99_ms"):
+        assert key in summary, key
+    assert summary["model_version"] == "2" and summary["alias"] == "challenger"
+    assert summary["promoted"] is False and summary["served_version"] == "1"
     assert _alias(registry, "champion") == "1" and _alias(registry, "challenger") == "2"
+    report = json.loads(registry.get_model_version(MODEL, "2").tags["slaflow.gate.report"])
+    assert [c["passed"] for c in report["checks"]] == [True, False]
     assert registry.get_model_version(MODEL, "2").tags["slaflow.gate.decision"] == "not_promoted"
-    summary = out["tasks"]["verify"]["value"]
-    assert summary["served_version"] == "1"
     answer = requests.post(summary["endpoint_url"], json=REQUEST, timeout=10).json()
     assert answer["model_version"] == "1"
 
