@@ -10,8 +10,8 @@ PYTEST_ARGS ?=
 
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 
-.PHONY: install demo test test-fast test-integration test-e2e lint ray-up ray-down \
-        mlflow-ui airflow clean
+.PHONY: install demo test test-fast test-integration test-e2e test-cluster lint ray-up ray-down \
+        mlflow-ui airflow bench-lifecycle clean
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -38,6 +38,9 @@ test-integration: install
 test-e2e: install
 	$(PY) -m pytest -m e2e $(PYTEST_ARGS)
 
+test-cluster: install
+	$(PY) -m pytest -m cluster -s $(PYTEST_ARGS)
+
 lint: install
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/mypy policies
@@ -57,6 +60,10 @@ mlflow-ui: install
 ## Airflow UI with the DAGs loaded (standalone, SQLite): http://127.0.0.1:8080
 airflow: install ray-up
 	eval "$$($(PY) -m slaflow.cli env)" && $(VENV)/bin/airflow standalone
+
+## Stage timings of ml_lifecycle (2 demo runs) -> benchmarks/results/lifecycle.json
+bench-lifecycle: install
+	$(PY) benchmarks/lifecycle.py --runs 2
 
 clean: ray-down
 	rm -rf .slaflow

@@ -95,8 +95,11 @@ def register_version(
     existing = client.search_model_versions(f"name = '{model_name}' and run_id = '{run_id}'")
     if existing:
         return min(existing, key=lambda v: int(v.version)), False
+    # A tracking server requires the logged model's id with a ``models:/m-...`` source.
+    model_id = model_uri[len("models:/"):] if model_uri.startswith("models:/m-") else None
     version = client.create_model_version(
-        model_name, source=model_uri, run_id=run_id, tags=tags, description=description
+        model_name, source=model_uri, run_id=run_id, tags=tags, description=description,
+        model_id=model_id,
     )
     deadline = time.monotonic() + timeout_s
     while version.status == "PENDING_REGISTRATION" and time.monotonic() < deadline:

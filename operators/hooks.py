@@ -66,10 +66,10 @@ class RayHook(BaseHook):
 
     @cached_property
     def job_client(self) -> Any:
+        url = self.endpoints["dashboard_url"]  # first: a connection's token must precede import
         ensure_ray_client_env()
         from ray.job_submission import JobSubmissionClient
 
-        url = self.endpoints["dashboard_url"]
         try:
             return JobSubmissionClient(url)
         except Exception as exc:
@@ -81,11 +81,11 @@ class RayHook(BaseHook):
 
     def connect(self) -> Any:
         """``ray.init`` to the cluster as a driver (idempotent within a process)."""
+        address = self.endpoints["address"]  # first: a connection's token must precede import
         ensure_ray_client_env()
         import ray
 
         if not ray.is_initialized():
-            address = self.endpoints["address"]
             try:
                 ray.init(address=address, log_to_driver=False, logging_level="WARNING")
             except Exception as exc:
@@ -133,8 +133,23 @@ class MlflowHook(BaseHook):
         """Artifact root for new experiments on the embedded store; a server decides its own."""
         return None if self.tracking_uri.startswith("http") else mlflow_artifact_root()
 
+    def _probe_server(self) -> None:
+        """Fail in seconds when a tracking server is down (MLflow's client retries for minutes)."""
+        import requests
+
+        try:
+            requests.get(f"{self.tracking_uri.rstrip('/')}/health", timeout=10)
+        except requests.RequestException as exc:
+            raise EndpointError(
+                f"cannot reach the MLflow server at {self.tracking_uri} ({type(exc).__name__}). "
+                f"Start it, or set SLAFLOW_MLFLOW_TRACKING_URI (or the '{self.mlflow_conn_id}' "
+                f"connection) to a reachable tracking URI"
+            ) from exc
+
     @cached_property
     def client(self) -> Any:
+        if self.tracking_uri.startswith("http"):
+            self._probe_server()
         if self.tracking_uri.startswith("sqlite:///"):
             from pathlib import Path
 
@@ -180,7 +195,25 @@ class SparkHook(BaseHook):
             return f"{conn.host}:{conn.port}" if conn.port else conn.host
         return Endpoints.from_env().spark_master
 
+    def _probe_master(self) -> None:
+        """A standalone master that is gone would leave the job waiting for executors forever."""
+        import socket
+
+        if not self.master.startswith("spark://"):
+            return
+        for hostport in self.master[len("spark://"):].split(","):
+            host, _, port = hostport.rpartition(":")
+            try:
+                socket.create_connection((host, int(port)), timeout=5).close()
+                return
+            except OSError:
+                continue
+        raise EndpointError(
+            f"cannot reach the Spark master {self.master}. Start it, or set SLAFLOW_SPARK_MASTER "
+            f"(or the '{self.spark_conn_id}' connection) to a reachable master, or local[*]")
+
     def session(self, app_name: str) -> Any:
+        self._probe_master()
         from pyspark.sql import SparkSession
 
         conn = _connection(self.spark_conn_id)

@@ -79,6 +79,13 @@ class PlanRunOperator(_StageOperator):
         champion = get_champion(self.mlflow.client, contract.model_name)
         stop_accuracy = required_accuracy(contract.target_accuracy,
                                           contract.min_gain_over_champion, champion)
+        ray = self.ray.connect()
+        resource = contract.serving_node_resource
+        if resource and resource not in ray.cluster_resources():
+            raise AirflowFailException(
+                f"contract field 'serving_node_resource': no node of the Ray cluster at "
+                f"{self.ray.endpoints['address']} has resource {resource!r}. Fix: start a node "
+                f"with --resources='{{\"{resource}\": 1}}', or leave the field empty")
         free = self.ray.free_cpus()
         try:
             workers = plan_workers(contract.max_workers, contract.cpus_per_worker, free)
@@ -385,7 +392,8 @@ class DeployModelOperator(_StageOperator):
         serve.start(http_options={"host": self.ray.endpoints["serve_host"],
                                   "port": int(self.ray.endpoints["serve_port"])})
         app = build_app(f"models:/{contract.model_name}/{version}", self.mlflow.tracking_uri,
-                        contract.model_name, version, contract.serving_replicas)
+                        contract.model_name, version, contract.serving_replicas,
+                        contract.serving_node_resource)
         serve.run(app, name=contract.model_name, route_prefix=f"/{contract.model_name}",
                   blocking=False)
         deadline = time.monotonic() + self.ready_timeout_s

@@ -128,6 +128,13 @@ FIELDS: Final[tuple[FieldSpec, ...]] = (
         minimum=1, maximum=16,
     ),
     FieldSpec(
+        "serving_node_resource", "string", "", "Serving node resource",
+        "Custom Ray resource the Serve replicas must be placed on (e.g. 'large' or 'gpu_node'); "
+        "empty: any node.",
+        _S_SERVING, "name a custom resource some Ray node was started with, or leave it empty",
+        pattern=r"^[A-Za-z0-9_.-]{0,64}$",
+    ),
+    FieldSpec(
         "data_source", "string", "sklearn:digits", "Data source",
         "CSV or Parquet path/URI with one row per example, or 'sklearn:digits' for the "
         "bundled digits data set.",
@@ -203,6 +210,7 @@ class RunContract:
     latency_slo_ms: float
     latency_percentile: int
     serving_replicas: int
+    serving_node_resource: str
     data_source: str
     label_column: str
     validation_fraction: float
@@ -271,7 +279,7 @@ def _validate(spec: FieldSpec, value: Any) -> Any:
             value = float(value)
         _check_bounds(spec, value)
     elif spec.type == "string":
-        if not isinstance(value, str) or not value.strip():
+        if not isinstance(value, str) or (spec.pattern is None and not value.strip()):
             raise ContractError(name, f"must be a non-empty string, got {value!r}", spec.fix)
         if spec.pattern is not None and not re.fullmatch(spec.pattern, value):
             raise ContractError(name, f"{value!r} does not match {spec.pattern}", spec.fix)

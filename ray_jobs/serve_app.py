@@ -119,6 +119,11 @@ class ModelServer:
 
 
 def build_app(model_uri: str, tracking_uri: str, model_name: str, version: str,
-              num_replicas: int = 1) -> Any:
-    return ModelServer.options(num_replicas=num_replicas).bind(
+              num_replicas: int = 1, node_resource: str = "") -> Any:
+    """The application; ``node_resource`` pins replicas to nodes that have that resource."""
+    actor_options: dict[str, Any] = {"num_cpus": 0.5}
+    if node_resource:
+        actor_options["resources"] = {node_resource: 0.01}
+    return ModelServer.options(num_replicas=num_replicas,
+                               ray_actor_options=actor_options).bind(
         model_uri, tracking_uri, model_name, version)

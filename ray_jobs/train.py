@@ -148,6 +148,34 @@ def _log_epoch(client: Any, run_id: str, row: dict[str, Any]) -> None:
     client.log_batch(run_id, metrics=[Metric(k, float(row[k]), ts, row["epoch"]) for k in keys])
 
 
+def learning_curve(history: list[dict[str, Any]], stop_accuracy: float,
+                   deadline_s: float) -> Any:
+    """Accuracy per epoch against the target, and elapsed time against the deadline."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    epochs = [row["epoch"] for row in history]
+    fig, (acc_ax, time_ax) = plt.subplots(1, 2, figsize=(10, 4))
+    acc_ax.plot(epochs, [row["accuracy"] for row in history], marker="o", label="train")
+    acc_ax.plot(epochs, [row["val_accuracy"] for row in history], marker="o", label="validation")
+    acc_ax.axhline(stop_accuracy, color="red", linestyle="--", label="stop accuracy")
+    acc_ax.set(xlabel="epoch", ylabel="accuracy", title="Accuracy vs target")
+    acc_ax.legend()
+    time_ax.plot(epochs, [row["elapsed_s"] for row in history], marker="o", label="elapsed")
+    time_ax.axhline(deadline_s, color="red", linestyle="--", label="deadline")
+    time_ax.set(xlabel="epoch", ylabel="seconds since train task start",
+                title="Progress vs deadline", ylim=(0, max(deadline_s * 1.05, 1.0)))
+    time_ax.legend()
+    from matplotlib.ticker import MaxNLocator
+
+    for ax in (acc_ax, time_ax):
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    fig.tight_layout()
+    return fig
+
+
 def latest_checkpoint_path(storage_path: str, run_name: str) -> str | None:
     """Newest checkpoint folder (by trained epochs) a previous attempt of this run left."""
     import pyarrow.fs as pafs
@@ -205,7 +233,20 @@ def run_training(spec: dict[str, Any]) -> dict[str, Any]:
     result = trainer.fit()
     if result.checkpoint is None:
         raise RuntimeError(f"training reported no checkpoint: {result.error}")
-    return _finish(spec, result.checkpoint.path, resume)
+    return {**_finish(spec, result.checkpoint.path, resume), "worker_nodes": _worker_nodes()}
+
+
+def _worker_nodes() -> list[dict[str, str]]:
+    """Where this job's Ray Train workers ran (from Ray's state API), for the record."""
+    import ray
+    from ray.util.state import list_actors
+
+    job_id = ray.get_runtime_context().get_job_id()
+    ips = {n["NodeID"]: n["NodeManagerAddress"] for n in ray.nodes()}
+    actors = list_actors(filters=[("class_name", "=", "RayTrainWorker")], detail=True,
+                         limit=1000, raise_on_missing_output=False)
+    return sorted(({"node_id": a.node_id, "ip": ips.get(a.node_id, "?")} for a in actors
+                   if a.job_id == job_id), key=lambda d: d["node_id"])
 
 
 def _checkpoint_state(path: str) -> dict[str, Any]:
@@ -272,6 +313,8 @@ def _export_and_log(spec: dict[str, Any], weights: list[np.ndarray], state: dict
                             "epochs": state["epoch"], "best_epoch": state["best_epoch"],
                             "best_val_accuracy": state["best_val_accuracy"]})
         mlflow.set_tag("slaflow.stop_reason", str(state.get("stop_reason")))
+        mlflow.log_figure(learning_curve(state["history"], float(spec["stop_accuracy"]),
+                                         float(spec["deadline_s"])), "training/learning_curve.png")
     return str(info.model_uri)
 
 

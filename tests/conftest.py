@@ -43,7 +43,7 @@ logging.getLogger("py4j").setLevel(logging.WARNING)  # its exit-time log hits cl
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     # Cheap layers first, so a broken policy fails the run in seconds.
-    order = {"unit": 0, "integration": 1, "e2e": 2}
+    order = {"unit": 0, "integration": 1, "e2e": 2, "cluster": 3}
 
     def rank(item: pytest.Item) -> int:
         return min((order[m.name] for m in item.iter_markers() if m.name in order), default=1)

@@ -28,6 +28,9 @@ def test_trains_with_two_workers_checkpoints_and_logs(trained: dict[str, Any],
     history = MlflowClient(tracking_uri).get_metric_history(trained["run_id"], "val_accuracy")
     assert sorted(m.step for m in history) == [1, 2, 3]
     assert any("[slaflow] epoch 3/3" in line for line in trained["logs"])
+    artifacts = {a.path for a in MlflowClient(tracking_uri).list_artifacts(trained["run_id"],
+                                                                            "training")}
+    assert "training/learning_curve.png" in artifacts
 
 
 def test_logged_model_predicts_the_test_set(trained: dict[str, Any],

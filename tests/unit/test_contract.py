@@ -33,6 +33,7 @@ def test_defaults_are_a_valid_contract() -> None:
         ("latency_percentile", 97, "is not one of"),
         ("label_column", "", "non-empty string"),
         ("model_name", "bad name!", "does not match"),
+        ("serving_node_resource", "two words", "does not match"),
         ("hidden_units", [], "needs 1 to 8 entries"),
         ("hidden_units", [64, "x"], "not a whole number"),
         ("hidden_units", "64,64", "list of whole numbers"),
@@ -67,6 +68,12 @@ def test_unsupported_version_is_rejected() -> None:
     with pytest.raises(ContractError) as info:
         RunContract.from_dict({"contract_version": 2})
     assert info.value.field == "contract_version"
+
+
+def test_serving_node_resource_may_be_empty() -> None:
+    assert RunContract.defaults().serving_node_resource == ""
+    pinned = RunContract.from_dict({"serving_node_resource": "large"})
+    assert pinned.serving_node_resource == "large"
 
 
 def test_integers_given_as_floats_are_accepted_when_whole() -> None:

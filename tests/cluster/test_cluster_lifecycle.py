@@ -1,0 +1,144 @@
+"""ml_lifecycle on the production topology, triggered through Airflow's REST API."""
+
+from __future__ import annotations
+
+import ast
+import json
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import requests
+
+from tests.cluster.topology import PORTS, Topology
+
+pytestmark = pytest.mark.cluster
+MODEL = "cluster-digits"
+CONF = {"model_name": MODEL, "max_epochs": 12, "hidden_units": [32], "target_accuracy": 0.85,
+        "learning_rate": 0.01, "serving_node_resource": "large"}
+REQUEST = json.loads((Path(__file__).resolve().parents[2] / "examples" /
+                      "digit_request.json").read_text())
+
+
+def _tails(topo: Topology) -> str:
+    out = []
+    for log in sorted((topo.root / "logs").glob("*.log")):
+        out.append(f"--- {log.name}\n{log.read_text(errors='replace')[-1500:]}")
+    return "\n".join(out)
+
+
+@pytest.fixture(scope="module")
+def topology() -> Iterator[Topology]:
+    topo = Topology(root=Path(tempfile.mkdtemp(prefix="slaflow-cluster-", dir="/tmp")))
+    try:
+        try:
+            topo.start()
+        except Exception as exc:
+            raise RuntimeError(f"{exc}\n{_tails(topo)}") from exc
+        yield topo
+    finally:
+        topo.stop()
+
+
+def _wait_run(topo: Topology, run_id: str, timeout_s: float = 1200) -> str:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        _, run = topo.api("GET", f"/dags/ml_lifecycle/dagRuns/{run_id}")
+        if run and run.get("state") in ("success", "failed"):
+            return str(run["state"])
+        time.sleep(5)
+    raise AssertionError(f"run {run_id} did not finish within {timeout_s:.0f}s")
+
+
+def _xcom(topo: Topology, run_id: str, task: str) -> Any:
+    code, body = topo.api("GET", f"/dags/ml_lifecycle/dagRuns/{run_id}/taskInstances/{task}"
+                                 "/xcomEntries/return_value?deserialize=true&stringify=false")
+    assert code == 200, body
+    value = body["value"]
+    if isinstance(value, str):
+        try:
+            return json.loads(value)
+        except ValueError:
+            return ast.literal_eval(value)
+    return value
+
+
+def test_lifecycle_runs_on_postgres_mlflow_server_ray_and_spark_clusters(
+        topology: Topology) -> None:
+    topo = topology
+    started = time.monotonic()
+    deadline = time.monotonic() + 180
+    while topo.api("GET", "/dags/ml_lifecycle")[0] != 200:
+        assert time.monotonic() < deadline, "the DAG processor never parsed ml_lifecycle"
+        time.sleep(3)
+
+    code, body = topo.api("POST", "/dags/ml_lifecycle/dagRuns",
+                          {"logical_date": None, "conf": {"deadline_s": -1}})
+    assert code == 400 and "deadline_s" in json.dumps(body)
+
+    code, run = topo.api("POST", "/dags/ml_lifecycle/dagRuns",
+                         {"logical_date": None, "conf": CONF})
+    assert code == 200, run
+    run_id = run["dag_run_id"]
+    state = _wait_run(topo, run_id)
+    if state != "success":
+        _, tis = topo.api("GET", f"/dags/ml_lifecycle/dagRuns/{run_id}/taskInstances")
+        states = {t["task_id"]: t["state"] for t in tis["task_instances"]}
+        pytest.fail(f"run {state}: {states}\n{_tails(topo)}")
+    run_seconds = time.monotonic() - started
+
+    summary = _xcom(topo, run_id, "verify")
+    assert summary["alias"] == "champion" and summary["model_version"] == "1"
+    assert summary["endpoint_url"] == f"http://127.0.0.1:{PORTS['serve']}/{MODEL}"
+    answer = requests.post(summary["endpoint_url"], json=REQUEST, timeout=10).json()
+    assert answer["predictions"] == [0, 1]
+
+    # MLflow: the server on PostgreSQL holds the version and alias; artifacts went through it.
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=topo.mlflow_url, registry_uri=topo.mlflow_url)
+    assert str(client.get_model_version_by_alias(MODEL, "champion").version) == "1"
+    assert any((topo.root / "shared" / "mlartifacts").rglob("saved_model.pb"))
+
+    # Where things ran: Ray nodes, the training workers, the Serve replica.
+    nodes = topo.ray_query(
+        f"import json, ray; ray.init(address='127.0.0.1:{PORTS['ray_gcs']}', "
+        "logging_level='ERROR'); "
+        "print(json.dumps([{'id': n['NodeID'], 'res': n['Resources']} for n in ray.nodes() "
+        "if n['Alive']]))")
+    assert len(nodes) == 3
+    large = {n["id"] for n in nodes if "large" in n["res"]}
+    head = {n["id"] for n in nodes if "CPU" not in n["res"]}
+    workers = _xcom(topo, run_id, "train")["worker_nodes"]
+    assert len(workers) == 2 and not {w["node_id"] for w in workers} & head
+    replicas = topo.ray_query(
+        "import json, ray; from ray.util.state import list_actors; "
+        f"ray.init(address='127.0.0.1:{PORTS['ray_gcs']}', logging_level='ERROR'); "
+        "print(json.dumps([a.node_id for a in list_actors(filters=[('state', '=', 'ALIVE')], "
+        f"limit=1000) if a.class_name.startswith('ServeReplica:{MODEL}')]))")
+    assert replicas and set(replicas) <= large
+
+    # Spark: the prepare job ran as an application of the standalone master.
+    apps = requests.get(f"http://127.0.0.1:{PORTS['spark_ui']}/json/", timeout=5).json()
+    names = [a["name"] for a in apps.get("completedapps", []) + apps.get("activeapps", [])]
+    assert any(n.startswith("slaflow-prepare-") for n in names), names
+
+    # Airflow's metadata is in PostgreSQL.
+    import psycopg2
+
+    with psycopg2.connect(host="127.0.0.1", user="postgres", dbname=topo.airflow_db) as conn:
+        with conn.cursor() as cur:
+            cur.execute("select count(*) from dag_run where dag_id = 'ml_lifecycle'")
+            assert cur.fetchone()[0] == 1
+
+    report = {"startup_seconds": topo.timings, "run_seconds": round(run_seconds, 1),
+              "stage_seconds": summary.get("stage_seconds"),
+              "training_seconds": summary["training_seconds"],
+              "verify_p50_ms": summary["verify_p50_ms"], "verify_p99_ms": summary["verify_p99_ms"],
+              "training_worker_nodes": workers, "serve_replica_nodes": replicas,
+              "large_nodes": sorted(large), "head_nodes": sorted(head)}
+    (topo.root / "report.json").write_text(json.dumps(report, indent=2))
+    print(json.dumps(report))
