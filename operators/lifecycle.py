@@ -62,6 +62,25 @@ class _StageOperator(BaseOperator):
         return self._mlflow_hook
 
 
+class _RayJobStageOperator(_StageOperator):
+    """A stage whose work runs as a Ray Job: submit-or-attach, stream logs, stop on kill."""
+
+    def run_job(self, context: Any, stage: str, module: str, spec: dict[str, Any],
+                timeout_s: float) -> dict[str, Any]:
+        self._runner = RayJobRunner(self.ray.job_client, self.log.info)
+        base_id = submission_base_id(stage, context["dag"].dag_id, context["run_id"])
+        try:
+            return self._runner.run(base_id=base_id, module=module, spec=spec,
+                                    timeout_s=timeout_s)
+        except RayJobFailed as exc:
+            raise RuntimeError(str(exc)) from exc  # retryable: the next try attaches/resumes
+
+    def on_kill(self) -> None:
+        runner = getattr(self, "_runner", None)
+        if runner is not None and getattr(runner, "last_submission_id", None):
+            runner.stop(runner.last_submission_id)
+
+
 class PlanRunOperator(_StageOperator):
     """Validate the contract and size training before any compute is spent.
 
@@ -151,7 +170,7 @@ class PrepareDataOperator(_StageOperator):
         return profile
 
 
-class TrainModelOperator(_StageOperator):
+class TrainModelOperator(_RayJobStageOperator):
     """Ray Train job under the contract's deadline and accuracy target.
 
     One MLflow run per DAG run (found by its run-key tag on retry); the Ray job's submission id
@@ -206,21 +225,14 @@ class TrainModelOperator(_StageOperator):
         self.log.info("Training %s with %d workers (%s); deadline %.0fs, started %.1fs ago",
                       contract.model_name, spec["num_workers"], self.plan["worker_reason"],
                       contract.deadline_s, time.time() - started_at)
-        runner = RayJobRunner(self.ray.job_client, self.log.info)
-        self._runner = runner
-        try:
-            result = runner.run(base_id=submission_base_id("train", context["dag"].dag_id,
-                                                           context["run_id"]),
-                                module="ray_jobs.train", spec=spec,
-                                timeout_s=contract.deadline_s + 600)
-        except RayJobFailed as exc:
-            raise RuntimeError(str(exc)) from exc  # retryable: the next try resumes
+        result = self.run_job(context, "train", "ray_jobs.train", spec,
+                              timeout_s=contract.deadline_s + 600)
         self.log.info("Trained %d epochs in %.1fs (deadline %s): stop reason %s, best val "
                       "accuracy %.4f at epoch %d", result["epochs"], result["training_seconds"],
                       "met" if result["deadline_met"] else "MISSED", result["stop_reason"],
                       result["best_val_accuracy"], result["best_epoch"])
         return {**result, "mlflow_run_id": run_id, "experiment_id": exp_id,
-                "ray_submission_id": runner.last_submission_id}
+                "ray_submission_id": self._runner.last_submission_id}
 
     def _persist_links(self, context: Any, run_id: str, exp_id: str) -> None:
         base = self.mlflow.tracking_uri
@@ -230,13 +242,7 @@ class TrainModelOperator(_StageOperator):
         context["ti"].xcom_push(key="ray_dashboard_url",
                                 value=f"{self.ray.endpoints['dashboard_url']}/#/jobs")
 
-    def on_kill(self) -> None:
-        runner = getattr(self, "_runner", None)
-        if runner is not None and getattr(runner, "last_submission_id", None):
-            runner.stop(runner.last_submission_id)
-
-
-class EvaluateModelOperator(_StageOperator):
+class EvaluateModelOperator(_RayJobStageOperator):
     """Ray job: test-set metrics logged to the training run. Re-running logs the same values."""
 
     template_fields: Sequence[str] = ("plan", "profile", "train")
@@ -249,24 +255,12 @@ class EvaluateModelOperator(_StageOperator):
         spec = {"tracking_uri": self.mlflow.tracking_uri,
                 "mlflow_run_id": self.train["mlflow_run_id"],
                 "model_uri": self.train["model_uri"], "test_path": self.profile["paths"]["test"]}
-        runner = RayJobRunner(self.ray.job_client, self.log.info)
-        self._runner = runner
-        try:
-            metrics = runner.run(base_id=submission_base_id("eval", context["dag"].dag_id,
-                                                            context["run_id"]),
-                                 module="ray_jobs.evaluate", spec=spec, timeout_s=600)
-        except RayJobFailed as exc:
-            raise RuntimeError(str(exc)) from exc
+        metrics = self.run_job(context, "eval", "ray_jobs.evaluate", spec, timeout_s=600)
         self.log.info("Test accuracy %.4f (95%% CI %.4f-%.4f) on %d rows; test loss %.4f",
                       metrics["test_accuracy"], metrics["test_accuracy_ci_low"],
                       metrics["test_accuracy_ci_high"], metrics["test_rows"],
                       metrics["test_loss"])
         return metrics
-
-    def on_kill(self) -> None:
-        runner = getattr(self, "_runner", None)
-        if runner is not None and getattr(runner, "last_submission_id", None):
-            runner.stop(runner.last_submission_id)
 
 
 class RegisterModelOperator(_StageOperator):

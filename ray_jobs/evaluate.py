@@ -58,7 +58,10 @@ def run_evaluation(spec: dict[str, Any]) -> dict[str, Any]:
 
     from ray_jobs.model_format import Predictor, find_model_dir
 
+    # Both, explicitly: a stray MLFLOW_REGISTRY_URI on the node would otherwise send
+    # model lookups to another registry.
     mlflow.set_tracking_uri(spec["tracking_uri"])
+    mlflow.set_registry_uri(spec["tracking_uri"])
     with tempfile.TemporaryDirectory() as tmp:
         local = mlflow.artifacts.download_artifacts(artifact_uri=spec["model_uri"], dst_path=tmp)
         predictor = Predictor(find_model_dir(local))

@@ -75,7 +75,10 @@ class ModelServer:
 
         from ray_jobs.model_format import Predictor, find_model_dir
 
+        # Both, explicitly: a stray MLFLOW_REGISTRY_URI on the node would otherwise send
+        # model lookups to another registry.
         mlflow.set_tracking_uri(tracking_uri)
+        mlflow.set_registry_uri(tracking_uri)
         self._tmp = tempfile.TemporaryDirectory(prefix="slaflow-serve-")
         local = mlflow.artifacts.download_artifacts(artifact_uri=model_uri, dst_path=self._tmp.name)
         self._predictor = Predictor(find_model_dir(local))

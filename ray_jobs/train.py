@@ -294,7 +294,10 @@ def _export_and_log(spec: dict[str, Any], weights: list[np.ndarray], state: dict
     model.set_weights(weights)
     metadata = ModelMetadata(tuple(profile["feature_names"]), tuple(profile["classes"]),
                              tuple(spec["hidden_units"]))
+    # Both, explicitly: a stray MLFLOW_REGISTRY_URI on the node would otherwise send
+    # model lookups to another registry.
     mlflow.set_tracking_uri(spec["tracking_uri"])
+    mlflow.set_registry_uri(spec["tracking_uri"])
     with tempfile.TemporaryDirectory() as tmp, mlflow.start_run(run_id=spec["mlflow_run_id"]):
         model_dir = export_saved_model(model, metadata, Path(tmp) / "model")
         import pandas as pd

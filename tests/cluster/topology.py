@@ -75,7 +75,10 @@ class Topology:
         return f"http://127.0.0.1:{PORTS['mlflow']}"
 
     def env(self) -> dict[str, str]:
-        env = {k: v for k, v in os.environ.items() if not k.startswith(("SLAFLOW_", "AIRFLOW"))}
+        # Nothing of the suite's own engines leaks in: mlflow.set_tracking_uri() exports
+        # MLFLOW_TRACKING_URI/MLFLOW_REGISTRY_URI into this process's environment.
+        env = {k: v for k, v in os.environ.items()
+               if not k.startswith(("SLAFLOW_", "AIRFLOW", "MLFLOW_"))}
         env.update({
             "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}",
             "SLAFLOW_HOME": str(self.root / "home"),
