@@ -25,9 +25,10 @@ install: $(STAMP)
 demo: install
 	$(PY) -m slaflow.cli demo $(if $(CONF),--conf $(CONF))
 
-## The whole suite: unit, integration (real Ray/Spark/MLflow/Serve), end-to-end DAG runs.
+## The suite: unit, integration (real Ray/Spark/MLflow/Serve), end-to-end DAG runs.
+## The production-topology test runs with `make test-cluster` (see README: Tests).
 test: install
-	$(PY) -m pytest $(PYTEST_ARGS)
+	$(PY) -m pytest -m "not cluster" $(PYTEST_ARGS)
 
 test-fast: install
 	$(PY) -m pytest -m unit $(PYTEST_ARGS)

@@ -37,6 +37,8 @@ def airflow_env() -> dict[str, str]:
                                                      str(REPO_ROOT / "dags")),
         "AIRFLOW__CORE__LOAD_EXAMPLES": os.environ.get("AIRFLOW__CORE__LOAD_EXAMPLES", "False"),
         "AIRFLOW__CORE__DAGBAG_IMPORT_TIMEOUT": "60",
+        # The embedded UI/API answers on loopback only (standalone would bind 0.0.0.0).
+        "AIRFLOW__API__HOST": os.environ.get("AIRFLOW__API__HOST", "127.0.0.1"),
         # The embedded setup is for trying things: a triggered run should start at once.
         "AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION": os.environ.get(
             "AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION", "False"),

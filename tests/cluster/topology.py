@@ -175,9 +175,15 @@ class Topology:
 
     def ray_query(self, code: str) -> Any:
         """Run ``code`` (which prints JSON) as a fresh Ray driver on this topology."""
-        out = subprocess.run([sys.executable, "-c", code], env=self.env(), check=True,
-                             capture_output=True, text=True, timeout=120)
-        return json.loads(out.stdout.strip().splitlines()[-1])
+        errors = []
+        for _ in range(3):  # the state API can time out on a loaded 2-core machine
+            out = subprocess.run([sys.executable, "-c", code], env=self.env(),
+                                 capture_output=True, text=True, timeout=180)
+            if out.returncode == 0:
+                return json.loads(out.stdout.strip().splitlines()[-1])
+            errors.append(out.stderr[-1500:])
+            time.sleep(5)
+        raise RuntimeError("Ray query failed 3 times:\n" + "\n---\n".join(errors))
 
     def _ray_nodes(self) -> int:
         import urllib.request
