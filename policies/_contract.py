@@ -110,6 +110,36 @@ FIELDS: Final[tuple[FieldSpec, ...]] = (
         minimum=0.25, maximum=64,
     ),
     FieldSpec(
+        "resize_policy", "string", "deadline", "Worker sizing",
+        "deadline: the fewest workers that finish by the deadline, resized while training "
+        "runs (checkpoint and restart); static: max_workers from start to end.",
+        _S_BUDGET, "choose 'deadline' or 'static'",
+        enum=("deadline", "static"),
+    ),
+    FieldSpec(
+        "on_infeasible", "string", "fail", "If the contract is infeasible",
+        "fail: stop before any training compute with the reason and what to relax; "
+        "best_effort: train anyway and keep the best model the deadline allows.",
+        _S_QUALITY, "choose 'fail' or 'best_effort'",
+        enum=("fail", "best_effort"),
+    ),
+    FieldSpec(
+        "on_target_unreachable", "string", "stop", "If the target becomes unreachable",
+        "While training, the learning curve is extrapolated; when it cannot reach the target "
+        "by the deadline, stop (keep the best model, save the compute) or continue to the "
+        "deadline.",
+        _S_QUALITY, "choose 'stop' or 'continue'",
+        enum=("stop", "continue"),
+    ),
+    FieldSpec(
+        "tuning_trials", "integer", 0, "Tuning trials (Optuna)",
+        "0: train the given hyperparameters. N > 0: an Optuna study of up to N trials "
+        "(learning rate, hidden units, batch size) on Ray, pruned on validation accuracy and "
+        "bounded by the deadline; the best trial's model goes on.",
+        _S_MODEL, "use a whole number from 0 to 200",
+        minimum=0, maximum=200,
+    ),
+    FieldSpec(
         "latency_slo_ms", "number", 100.0, "Latency SLO (ms)",
         "Serving latency objective per request, at the percentile below.",
         _S_SERVING, "give milliseconds above 0, e.g. 100",
@@ -221,6 +251,10 @@ class RunContract:
     batch_size: int
     learning_rate: float
     seed: int
+    resize_policy: str = "deadline"
+    on_infeasible: str = "fail"
+    on_target_unreachable: str = "stop"
+    tuning_trials: int = 0
     contract_version: int = field(default=CONTRACT_VERSION)
 
     @classmethod

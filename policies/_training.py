@@ -51,6 +51,7 @@ def plan_workers(max_workers: int, cpus_per_worker: float, free_cpus: float) -> 
 class StopReason(StrEnum):
     TARGET_MET = "target_met"
     DEADLINE_TRUNCATED = "deadline_truncated"
+    TARGET_UNREACHABLE = "target_unreachable"
     MAX_EPOCHS = "max_epochs"
 
 
