@@ -1,4 +1,5 @@
-"""ml_lifecycle: plan -> prepare -> train -> evaluate -> register -> promote -> deploy -> verify.
+"""ml_lifecycle: plan -> prepare -> feasibility -> train -> evaluate -> register -> promote
+-> deploy -> verify.
 
 Composition only: every stage is an operator from ``operators.lifecycle``; the trigger form is
 the run contract (``operators.params``). Nothing heavy is imported at parse time.
@@ -13,6 +14,7 @@ from airflow.sdk import DAG
 from operators.lifecycle import (
     DeployModelOperator,
     EvaluateModelOperator,
+    FeasibilityOperator,
     PlanRunOperator,
     PrepareDataOperator,
     PromoteModelOperator,
@@ -41,7 +43,10 @@ with DAG(
 ) as dag:
     plan = PlanRunOperator(task_id="plan")
     prepare = PrepareDataOperator(task_id="prepare", plan=_xcom("plan"))
-    train = TrainModelOperator(task_id="train", plan=_xcom("plan"), profile=_xcom("prepare"))
+    feasibility = FeasibilityOperator(task_id="feasibility", plan=_xcom("plan"),
+                                      profile=_xcom("prepare"))
+    train = TrainModelOperator(task_id="train", plan=_xcom("plan"), profile=_xcom("prepare"),
+                               feasibility=_xcom("feasibility"))
     evaluate = EvaluateModelOperator(task_id="evaluate", plan=_xcom("plan"),
                                      profile=_xcom("prepare"), train=_xcom("train"))
     register = RegisterModelOperator(task_id="register", plan=_xcom("plan"),
@@ -55,4 +60,4 @@ with DAG(
         evaluation=_xcom("evaluate"), registration=_xcom("register"),
         promotion=_xcom("promote"), deployment=_xcom("deploy"))
 
-    plan >> prepare >> train >> evaluate >> register >> promote >> deploy >> verify
+    plan >> prepare >> feasibility >> train >> evaluate >> register >> promote >> deploy >> verify

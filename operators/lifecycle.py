@@ -170,6 +170,115 @@ class PrepareDataOperator(_StageOperator):
         return profile
 
 
+class FeasibilityOperator(_RayJobStageOperator):
+    """Say before any training compute whether the contract can be met, and size training.
+
+    Throughput comes from a calibration measured on this cluster (a short Ray Job, cached in
+    MLflow's ``slaflow-calibration`` experiment per cluster and job shape); the epochs needed
+    come from the learning curves of past runs of the same model in MLflow. An infeasible
+    contract fails here (no retry) with the binding constraint and what to relax, unless the
+    contract says ``on_infeasible: best_effort``. Read-only apart from the cache: retry-safe.
+    """
+
+    template_fields: Sequence[str] = ("plan", "profile")
+
+    def __init__(self, *, plan: Any, profile: Any, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.plan, self.profile = plan, profile
+
+    def execute(self, context: Any) -> dict[str, Any]:
+        import math
+        import os
+
+        from mlflow_config import calibration as cal
+        from mlflow_config import registry as reg
+        from policies import ThroughputModel, assess_feasibility, estimate_epochs_needed
+        from slaflow.settings import Endpoints
+
+        contract = _contract(self.plan)
+        ray = self.ray.connect()
+        total = ray.cluster_resources()
+        cpw = contract.cpus_per_worker
+        capacity = {"cpu": int(self.ray.free_cpus() // cpw + 1e-9)}
+        gpus_free = int(ray.available_resources().get("GPU", 0.0))
+        if gpus_free >= 1:
+            capacity["gpu"] = min(gpus_free, capacity["cpu"])
+        parts = {
+            "cluster_cpus": total.get("CPU", 0.0), "cluster_gpus": total.get("GPU", 0.0),
+            "nodes": len([n for n in ray.nodes() if n.get("Alive")]),
+            "train_rows": self.profile["split_counts"]["train"],
+            "features": len(self.profile["feature_names"]),
+            "classes": len(self.profile["classes"]), "hidden_units": list(contract.hidden_units),
+            "batch_size": contract.batch_size, "cpus_per_worker": cpw,
+        }
+        key = cal.calibration_key(**parts)
+        client = self.mlflow.client
+        models = []
+        for shape in capacity:
+            sizes = sorted({1, min(2, contract.max_workers, capacity[shape]),
+                            min(contract.max_workers, capacity[shape])} - {0})
+            if not sizes:
+                continue
+            found = cal.find_calibration(client, key, shape)
+            if found is None:
+                self.log.info("No calibration for this cluster and job (key %s, %s): measuring "
+                              "%s workers", key, shape, sizes)
+                spec = {**self._worker_spec(contract), "key": key, "shape": shape,
+                        "worker_counts": sizes, "epochs": 2,
+                        "storage_path": Endpoints.from_env().ray_storage}
+                found = self.run_job(context, f"calib-{shape}", "ray_jobs.calibrate", spec,
+                                     timeout_s=900)
+                cal.save_calibration(client, key, found, self.mlflow.artifact_location, parts)
+                found["source"] = "calibration measured now"
+            price = float(os.environ.get("SLAFLOW_GPU_PRICE", "8")) if shape == "gpu" else cpw
+            models.append(ThroughputModel(shape, {int(n): float(t) for n, t in
+                                                  found["epoch_s"].items()},
+                                          float(found["startup_s"]), price, found["source"]))
+            self.log.info("Throughput (%s, %s): %s s/epoch by workers, start-up %.1fs", shape,
+                          found["source"], found["epoch_s"], found["startup_s"])
+        curves = cal.past_curves(client, reg.experiment_name(contract.model_name), key,
+                                 contract.learning_rate)
+        estimate = estimate_epochs_needed(curves, float(self.plan["stop_accuracy"]),
+                                          contract.max_epochs)
+        verdict = assess_feasibility(
+            deadline_s=contract.deadline_s, elapsed_s=0.0, max_workers=contract.max_workers,
+            capacity=capacity, models=models, estimate=estimate, now_unix=time.time())
+        self.log.info("Feasibility: %s", verdict.message)
+        for hint in verdict.suggestions:
+            self.log.info("  to meet it: %s", hint)
+        if not verdict.feasible:
+            if contract.on_infeasible == "fail":
+                raise AirflowFailException(
+                    f"contract infeasible ({verdict.binding}): {verdict.message}. Fix: "
+                    + "; or ".join(verdict.suggestions)
+                    + ". Or set on_infeasible to best_effort to train anyway")
+            self.log.warning("on_infeasible=best_effort: training anyway on the fastest plan")
+        model = next(m for m in models if m.shape == verdict.shape)
+        usable = min(contract.max_workers, capacity[model.shape])
+        if contract.resize_policy == "static" or not verdict.feasible:
+            workers = usable
+        else:
+            workers = max(1, min(verdict.workers, usable))
+        return {
+            "verdict": verdict.to_dict(), "calibration_key": key, "num_workers": workers,
+            "max_usable_workers": usable,
+            "shape": model.shape, "prior_epochs": estimate.epochs,
+            "epochs_source": estimate.source, "past_runs": len(curves),
+            "throughput": {"shape": model.shape, "epoch_s": {str(n): t for n, t in
+                                                             model.epoch_s.items()},
+                           "startup_s": model.startup_s, "source": model.source},
+            "predicted_training_s": verdict.predicted_training_s
+            if math.isfinite(verdict.predicted_training_s) else None,
+        }
+
+    def _worker_spec(self, contract: RunContract) -> dict[str, Any]:
+        return {"profile": self.profile, "train_path": self.profile["paths"]["train"],
+                "val_path": self.profile["paths"]["val"],
+                "hidden_units": list(contract.hidden_units),
+                "learning_rate": contract.learning_rate, "batch_size": contract.batch_size,
+                "seed": contract.seed, "cpus_per_worker": contract.cpus_per_worker}
+
+
 class TrainModelOperator(_RayJobStageOperator):
     """Ray Train job under the contract's deadline and accuracy target.
 
@@ -178,13 +287,14 @@ class TrainModelOperator(_RayJobStageOperator):
     resumes from its last checkpoint. The deadline clock starts at the first try.
     """
 
-    template_fields: Sequence[str] = ("plan", "profile")
+    template_fields: Sequence[str] = ("plan", "profile", "feasibility")
     operator_extra_links = (MlflowRunLink(), RayDashboardLink())
 
-    def __init__(self, *, plan: Any, profile: Any, **kwargs: Any) -> None:
+    def __init__(self, *, plan: Any, profile: Any, feasibility: Any, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.plan = plan
         self.profile = profile
+        self.feasibility = feasibility
 
     def execute(self, context: Any) -> dict[str, Any]:
         from mlflow_config import registry as reg
@@ -200,12 +310,14 @@ class TrainModelOperator(_RayJobStageOperator):
             tags={reg.TAG_AIRFLOW_RUN_ID: context["run_id"],
                   reg.TAG_DAG_ID: context["dag"].dag_id,
                   reg.TAG_CONTRACT: json.dumps(contract.to_dict()),
-                  reg.TAG_STARTED_AT: repr(time.time())},
+                  reg.TAG_STARTED_AT: repr(time.time()),
+                  "slaflow.calibration_key": self.feasibility["calibration_key"],
+                  "slaflow.feasibility": json.dumps(self.feasibility["verdict"])},
         )
         if created:
             from mlflow.entities import Param
 
-            params = {**contract.to_dict(), "num_workers": self.plan["num_workers"],
+            params = {**contract.to_dict(), "num_workers": self.feasibility["num_workers"],
                       "stop_accuracy": self.plan["stop_accuracy"]}
             client.log_batch(run_id, params=[Param(k, str(v)) for k, v in params.items()])
         started_at = float(client.get_run(run_id).data.tags[reg.TAG_STARTED_AT])
@@ -219,18 +331,35 @@ class TrainModelOperator(_RayJobStageOperator):
             "batch_size": contract.batch_size, "max_epochs": contract.max_epochs,
             "seed": contract.seed, "deadline_s": contract.deadline_s,
             "stop_accuracy": self.plan["stop_accuracy"], "started_at": started_at,
-            "num_workers": self.plan["num_workers"],
+            "num_workers": self.feasibility["num_workers"],
             "cpus_per_worker": self.plan["cpus_per_worker"],
+            "max_workers": contract.max_workers, "resize_policy": contract.resize_policy,
+            "on_target_unreachable": contract.on_target_unreachable,
+            "throughput": self.feasibility["throughput"],
+            "prior_epochs": self.feasibility["prior_epochs"],
         }
-        self.log.info("Training %s with %d workers (%s); deadline %.0fs, started %.1fs ago",
-                      contract.model_name, spec["num_workers"], self.plan["worker_reason"],
-                      contract.deadline_s, time.time() - started_at)
-        result = self.run_job(context, "train", "ray_jobs.train", spec,
-                              timeout_s=contract.deadline_s + 600)
-        self.log.info("Trained %d epochs in %.1fs (deadline %s): stop reason %s, best val "
-                      "accuracy %.4f at epoch %d", result["epochs"], result["training_seconds"],
-                      "met" if result["deadline_met"] else "MISSED", result["stop_reason"],
-                      result["best_val_accuracy"], result["best_epoch"])
+        self.log.info("Training %s: %d %s workers to start (%s, resize policy %s); deadline "
+                      "%.0fs, started %.1fs ago", contract.model_name, spec["num_workers"],
+                      self.feasibility["shape"], self.feasibility["verdict"]["message"],
+                      contract.resize_policy, contract.deadline_s, time.time() - started_at)
+        if contract.tuning_trials > 0:
+            # Optuna trials run side by side, one worker's CPUs each, as many as the budget
+            # and the cluster hold.
+            spec.update(tuning_trials=contract.tuning_trials,
+                        num_workers=self.feasibility["max_usable_workers"])
+            self.log.info("Tuning: up to %d Optuna trials, %d in parallel, inside the deadline",
+                          contract.tuning_trials, spec["num_workers"])
+            result = self.run_job(context, "tune", "ray_jobs.tune", spec,
+                                  timeout_s=contract.deadline_s + 600)
+        else:
+            result = self.run_job(context, "train", "ray_jobs.train", spec,
+                                  timeout_s=contract.deadline_s + 600)
+        self.log.info("Trained %d epochs in %.1fs (deadline %s): %s (stop reason %s), best val "
+                      "accuracy %.4f at epoch %d; %.0f worker-seconds, %d resizes",
+                      result["epochs"], result["training_seconds"],
+                      "met" if result["deadline_met"] else "MISSED", result["outcome"],
+                      result["stop_reason"], result["best_val_accuracy"], result["best_epoch"],
+                      result["worker_seconds"], result["resizes"])
         return {**result, "mlflow_run_id": run_id, "experiment_id": exp_id,
                 "ray_submission_id": self._runner.last_submission_id}
 
@@ -282,6 +411,7 @@ class RegisterModelOperator(_StageOperator):
             reg.TAG_AIRFLOW_RUN_ID: context["run_id"], reg.TAG_DAG_ID: context["dag"].dag_id,
             reg.TAG_CONTRACT: json.dumps(contract.to_dict()), reg.TAG_TEST_ACCURACY: repr(acc),
             "slaflow.stop_reason": str(self.train["stop_reason"]),
+            "slaflow.outcome": str(self.train.get("outcome")),
             "slaflow.deadline_met": str(self.train["deadline_met"]).lower(),
             "slaflow.training_seconds": f"{self.train['training_seconds']:.1f}",
         }
@@ -438,6 +568,9 @@ class VerifyEndpointOperator(_StageOperator):
             "deadline_met": self.train["deadline_met"],
             "training_seconds": round(self.train["training_seconds"], 2),
             "stop_reason": self.train["stop_reason"],
+            "outcome": self.train.get("outcome"),
+            "worker_seconds": round(self.train.get("worker_seconds", 0.0), 1),
+            "resizes": self.train.get("resizes", 0),
             "mlflow_run_id": self.train["mlflow_run_id"],
             "model_name": contract.model_name,
             "model_version": self.registration["model_version"],

@@ -36,13 +36,12 @@ def _load_weights(path: Path) -> list[np.ndarray]:
         return [data[f"arr_{i}"] for i in range(len(data.files))]
 
 
-def train_loop_per_worker(config: dict[str, Any]) -> None:
+def _setup_worker(config: dict[str, Any]) -> tuple[Any, Any, int, np.ndarray, np.ndarray]:
+    """Model under MultiWorkerMirroredStrategy, this worker's shard, steps per epoch, val set."""
     os.environ["TF_USE_LEGACY_KERAS"] = "1"
     import ray.train
     import tensorflow as tf
-    from ray.train.collective import broadcast_from_rank_zero
 
-    from policies import next_epoch_decision
     from ray_jobs.model_format import _keras, build_mlp
 
     keras = _keras()
@@ -59,19 +58,6 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
                           config["seed"])
         model.compile(optimizer=keras.optimizers.Adam(config["learning_rate"]),
                       loss="sparse_categorical_crossentropy", metrics=["accuracy"])
-
-    state: dict[str, Any] = {"epoch": 0, "history": [], "best_val_accuracy": -1.0,
-                             "best_epoch": 0, "durations": []}
-    best_weights = model.get_weights()
-    checkpoint = ray.train.get_checkpoint()
-    if checkpoint is not None:
-        with checkpoint.as_directory() as d:
-            state = json.loads((Path(d) / STATE_FILE).read_text())
-            model.set_weights(_load_weights(Path(d) / LATEST_WEIGHTS))
-            best_weights = _load_weights(Path(d) / BEST_WEIGHTS)
-        if rank == 0:
-            print(f"[slaflow] resumed from checkpoint at epoch {state['epoch']}", flush=True)
-
     # Each worker trains on its own shard; all run the same number of steps (MWMS needs it).
     batch = int(config["batch_size"])
     shard_x, shard_y = x_train[rank::world], y_train[rank::world]
@@ -81,6 +67,58 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     dataset = (tf.data.Dataset.from_tensor_slices((shard_x, shard_y))
                .shuffle(len(shard_x), seed=config["seed"] + rank).repeat()
                .batch(batch * world).with_options(options))
+    return model, dataset, steps, x_val, y_val
+
+
+def _cluster_cap(config: dict[str, Any], world: int) -> int:
+    """Workers the budget and the cluster allow now (this job's own workers count as free)."""
+    import ray
+
+    cpw = float(config["cpus_per_worker"])
+    free = float(ray.available_resources().get("CPU", 0.0)) + world * cpw
+    return max(1, min(int(config["max_workers"]), int(free // cpw + 1e-9)))
+
+
+def train_loop_per_worker(config: dict[str, Any]) -> None:
+    import ray.train
+    from ray.train.collective import broadcast_from_rank_zero
+
+    from policies import (
+        Action,
+        ControllerState,
+        EpochRecord,
+        ThroughputModel,
+        after_epoch,
+    )
+
+    ctx = ray.train.get_context()
+    rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    model, dataset, steps, x_val, y_val = _setup_worker(config)
+
+    state: dict[str, Any] = {"epoch": 0, "history": [], "best_val_accuracy": -1.0,
+                             "best_epoch": 0, "durations": [], "records": [],
+                             "controller": None, "segments": []}
+    best_weights = model.get_weights()
+    # Ray Train's own restore (a worker failure inside this fit) comes first; otherwise the
+    # checkpoint the driver names (a resize segment, or a resubmitted job). Ray Train V2 has
+    # no resume_from_checkpoint: the path travels in the config.
+    checkpoint = ray.train.get_checkpoint()
+    if checkpoint is None and config.get("resume_from"):
+        checkpoint = ray.train.Checkpoint(config["resume_from"])
+    if checkpoint is not None:
+        with checkpoint.as_directory() as d:
+            state = {**state, **json.loads((Path(d) / STATE_FILE).read_text())}
+            model.set_weights(_load_weights(Path(d) / LATEST_WEIGHTS))
+            best_weights = _load_weights(Path(d) / BEST_WEIGHTS)
+        if rank == 0:
+            print(f"[slaflow] resumed from checkpoint at epoch {state['epoch']} on {world} "
+                  f"workers", flush=True)
+    state["resize_to"] = None
+    throughput = ThroughputModel(config["throughput"]["shape"],
+                                 {int(k): float(v) for k, v in
+                                  config["throughput"]["epoch_s"].items()},
+                                 float(config["throughput"]["startup_s"]))
+    segment_first = True
 
     mlflow_client = None
     if rank == 0 and config.get("mlflow_run_id"):
@@ -89,6 +127,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         mlflow_client = MlflowClient(config["tracking_uri"])
 
     started_at = float(config["started_at"])
+    if rank == 0 and state["segments"] and state["segments"][-1].get("resumed_at") is None:
+        state["segments"][-1]["resumed_at"] = time.time() - started_at
     run_next = True
     while run_next:
         epoch_start = time.time()
@@ -99,36 +139,63 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         val_loss = float(np.mean(-np.log(np.clip(val_proba[np.arange(len(y_val)), y_val],
                                                  1e-7, 1.0))))
         state["epoch"] += 1
-        state["durations"].append(time.time() - epoch_start)
+        duration = time.time() - epoch_start
+        state["durations"].append(duration)
+        state["records"].append({"epoch": state["epoch"], "workers": world,
+                                 "duration_s": duration, "val_accuracy": val_acc,
+                                 "first_of_segment": segment_first})
+        segment_first = False
+        now_s = time.time() - started_at
         row = {"epoch": state["epoch"], "loss": float(hist["loss"][-1]),
                "accuracy": float(hist["accuracy"][-1]), "val_loss": val_loss,
-               "val_accuracy": val_acc, "workers": world,
-               "elapsed_s": time.time() - started_at}
-        state["history"].append(row)
+               "val_accuracy": val_acc, "workers": world, "elapsed_s": now_s,
+               "epoch_seconds": duration}
         if val_acc > state["best_val_accuracy"]:
             state["best_val_accuracy"], state["best_epoch"] = val_acc, state["epoch"]
             best_weights = model.get_weights()
 
         # The decision is taken on rank 0 (one clock) and broadcast, so no worker is left
         # waiting in a collective that the others skipped.
-        local = next_epoch_decision(
-            elapsed_s=time.time() - started_at, epoch_durations_s=state["durations"],
-            epochs_done=state["epoch"], max_epochs=config["max_epochs"],
-            deadline_s=config["deadline_s"], val_accuracy=val_acc,
-            stop_accuracy=config["stop_accuracy"],
-        )
+        local = None
+        if rank == 0:
+            cap = _cluster_cap(config, world) if config["resize_policy"] == "deadline" else world
+            plan = after_epoch(
+                now_s=now_s, deadline_s=float(config["deadline_s"]),
+                records=[EpochRecord(**r) for r in state["records"]],
+                max_epochs=int(config["max_epochs"]),
+                stop_accuracy=float(config["stop_accuracy"]), workers=world,
+                max_workers=cap, model=throughput,
+                state=ControllerState.from_dict(state["controller"]),
+                prior_epochs=int(config["prior_epochs"]),
+                resize=config["resize_policy"] == "deadline",
+                stop_when_unreachable=config["on_target_unreachable"] == "stop",
+            )
+            local = plan.to_dict() | {"controller_state": plan.state.to_dict()}
         decision = broadcast_from_rank_zero(local)
-        run_next = decision.run_next
-        state["stop_reason"] = None if decision.stop_reason is None else decision.stop_reason.value
+        run_next = decision["action"] == Action.CONTINUE.value
+        state["stop_reason"] = decision["stop_reason"]
+        if decision["action"] == Action.RESIZE.value:
+            state["resize_to"] = int(decision["workers"])
+        control = decision.get("control") or {}
+        row.update({"epochs_planned": decision["epochs_planned"],
+                    "setpoint": control.get("setpoint"), "progress": control.get("progress")})
+        state["history"].append(row)
 
         metrics = {**row, "best_val_accuracy": state["best_val_accuracy"],
-                   "stop": not decision.run_next}
+                   "action": decision["action"]}
         if rank == 0:
+            state["controller"] = decision["controller_state"]
+            eta = decision["eta_s"]
             print(f"[slaflow] epoch {state['epoch']}/{config['max_epochs']} "
                   f"val_acc={val_acc:.4f} target={config['stop_accuracy']:.4f} "
-                  f"elapsed={row['elapsed_s']:.1f}s deadline={config['deadline_s']:g}s "
-                  f"workers={world} -> {'continue' if decision.run_next else 'stop'}: "
-                  f"{decision.detail}", flush=True)
+                  f"elapsed={now_s:.1f}s eta={'-' if eta is None else f'{eta:.0f}s'} "
+                  f"deadline={config['deadline_s']:g}s workers={world} "
+                  f"planned_epochs={decision['epochs_planned']} -> {decision['action']}"
+                  f"{' to ' + str(decision['workers']) + ' workers' if state['resize_to'] else ''}"
+                  f": {decision['detail']}", flush=True)
+            if state["resize_to"]:
+                state["segments"].append({"at_s": now_s, "from": world,
+                                          "to": state["resize_to"], "resumed_at": None})
             if mlflow_client is not None:
                 _log_epoch(mlflow_client, config["mlflow_run_id"], row)
             with tempfile.TemporaryDirectory() as d:
@@ -138,14 +205,18 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
                 ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(d))
         else:
             ray.train.report(metrics)
+        if state["resize_to"]:
+            break
 
 
 def _log_epoch(client: Any, run_id: str, row: dict[str, Any]) -> None:
     from mlflow.entities import Metric
 
     ts = int(time.time() * 1000)
-    keys = ("loss", "accuracy", "val_loss", "val_accuracy", "workers", "elapsed_s")
-    client.log_batch(run_id, metrics=[Metric(k, float(row[k]), ts, row["epoch"]) for k in keys])
+    keys = ("loss", "accuracy", "val_loss", "val_accuracy", "workers", "elapsed_s",
+            "epoch_seconds", "epochs_planned", "setpoint", "progress")
+    client.log_batch(run_id, metrics=[Metric(k, float(row[k]), ts, row["epoch"]) for k in keys
+                                      if row.get(k) is not None])
 
 
 def learning_curve(history: list[dict[str, Any]], stop_accuracy: float,
@@ -172,6 +243,38 @@ def learning_curve(history: list[dict[str, Any]], stop_accuracy: float,
 
     for ax in (acc_ax, time_ax):
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    fig.tight_layout()
+    return fig
+
+
+def allocation_plot(history: list[dict[str, Any]], stop_accuracy: float,
+                    deadline_s: float) -> Any:
+    """Progress vs set point, workers vs time, accuracy vs target (the controller at work)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    t = [row["elapsed_s"] for row in history]
+    fig, (p_ax, w_ax, a_ax) = plt.subplots(1, 3, figsize=(14, 4))
+    prog = [row.get("progress") for row in history]
+    sp = [row.get("setpoint") for row in history]
+    if any(v is not None for v in prog):
+        p_ax.plot(t, [v if v is not None else float("nan") for v in prog], marker="o",
+                  label="progress (epochs / planned)")
+        p_ax.plot(t, [v if v is not None else float("nan") for v in sp], linestyle="--",
+                  label="set point")
+    p_ax.axvline(deadline_s, color="red", linestyle=":", label="deadline")
+    p_ax.set(xlabel="s since train start", ylabel="fraction", title="Progress vs set point")
+    p_ax.legend()
+    w_ax.step(t, [row["workers"] for row in history], where="post")
+    w_ax.axvline(deadline_s, color="red", linestyle=":")
+    w_ax.set(xlabel="s since train start", ylabel="workers", title="Workers over time",
+             ylim=(0, max(row["workers"] for row in history) + 1))
+    a_ax.plot(t, [row["val_accuracy"] for row in history], marker="o", label="val accuracy")
+    a_ax.axhline(stop_accuracy, color="red", linestyle="--", label="target")
+    a_ax.set(xlabel="s since train start", ylabel="accuracy", title="Accuracy vs target")
+    a_ax.legend()
     fig.tight_layout()
     return fig
 
@@ -206,34 +309,54 @@ def latest_checkpoint_path(storage_path: str, run_name: str) -> str | None:
 def run_training(spec: dict[str, Any]) -> dict[str, Any]:
     """Driver side: fit with Ray Train, then export the best weights and log the model."""
     import ray
-    from ray.train import Checkpoint, CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.tensorflow import TensorflowTrainer
 
     ray.init(runtime_env={"env_vars": {"TF_USE_LEGACY_KERAS": "1"}})
     resume = latest_checkpoint_path(spec["storage_path"], spec["run_name"])
-    if resume and _checkpoint_state(resume).get("stop_reason"):
-        # A previous attempt finished training and died later (e.g. while logging the model).
-        print(f"[slaflow] run {spec['run_name']} already trained; exporting {resume}", flush=True)
-        return _finish(spec, resume, resume)
+    workers = int(spec["num_workers"])
     if resume:
-        print(f"[slaflow] resuming run {spec['run_name']} from {resume}", flush=True)
-    trainer = TensorflowTrainer(
-        train_loop_per_worker,
-        train_loop_config=spec,
-        scaling_config=ScalingConfig(num_workers=spec["num_workers"],
-                                     resources_per_worker={"CPU": spec["cpus_per_worker"]}),
-        run_config=RunConfig(
-            name=spec["run_name"], storage_path=spec["storage_path"],
-            failure_config=FailureConfig(max_failures=2),
-            checkpoint_config=CheckpointConfig(num_to_keep=2),
-            worker_runtime_env={"env_vars": {"TF_USE_LEGACY_KERAS": "1"}},
-        ),
-        resume_from_checkpoint=Checkpoint.from_directory(resume) if resume else None,
-    )
-    result = trainer.fit()
-    if result.checkpoint is None:
-        raise RuntimeError(f"training reported no checkpoint: {result.error}")
-    return {**_finish(spec, result.checkpoint.path, resume), "worker_nodes": _worker_nodes()}
+        previous = _checkpoint_state(resume)
+        if previous.get("stop_reason"):
+            # A previous attempt finished training and died later (e.g. logging the model).
+            print(f"[slaflow] run {spec['run_name']} already trained; exporting {resume}",
+                  flush=True)
+            return _finish(spec, resume, resume)
+        last = previous["records"][-1]["workers"] if previous.get("records") else workers
+        workers = int(previous.get("resize_to") or last)
+        print(f"[slaflow] resuming run {spec['run_name']} from {resume} on {workers} workers",
+              flush=True)
+    first_resume = resume
+    # The plan picked the shape by measured throughput per price; CPU unless GPUs won.
+    gpu = spec.get("throughput", {}).get("shape") == "gpu"
+    # One Ray Train run per segment: the controller ends a segment with a checkpoint and the
+    # worker count for the next one; the next segment resumes from that checkpoint.
+    while True:
+        trainer = TensorflowTrainer(
+            train_loop_per_worker,
+            train_loop_config={**spec, "resume_from": resume},
+            scaling_config=ScalingConfig(
+                num_workers=workers, use_gpu=gpu,
+                resources_per_worker={"CPU": spec["cpus_per_worker"]}
+                | ({"GPU": 1} if gpu else {})),
+            run_config=RunConfig(
+                name=spec["run_name"], storage_path=spec["storage_path"],
+                failure_config=FailureConfig(max_failures=2),
+                checkpoint_config=CheckpointConfig(num_to_keep=2),
+                worker_runtime_env={"env_vars": {"TF_USE_LEGACY_KERAS": "1"}},
+            ),
+        )
+        result = trainer.fit()
+        if result.checkpoint is None:
+            raise RuntimeError(f"training reported no checkpoint: {result.error}")
+        resume = result.checkpoint.path
+        state = _checkpoint_state(resume)
+        if not state.get("resize_to"):
+            break
+        print(f"[slaflow] resizing: {workers} -> {state['resize_to']} workers at epoch "
+              f"{state['epoch']} (checkpoint {resume})", flush=True)
+        workers = int(state["resize_to"])
+    return {**_finish(spec, resume, first_resume), "worker_nodes": _worker_nodes()}
 
 
 def _worker_nodes() -> list[dict[str, str]]:
@@ -243,7 +366,10 @@ def _worker_nodes() -> list[dict[str, str]]:
 
     job_id = ray.get_runtime_context().get_job_id()
     ips = {n["NodeID"]: n["NodeManagerAddress"] for n in ray.nodes()}
-    actors = list_actors(filters=[("class_name", "=", "RayTrainWorker")], detail=True,
+    # The address is explicit: without it the state API refuses when a machine runs two Ray
+    # clusters ("Found multiple active Ray instances").
+    actors = list_actors(address=ray.get_runtime_context().gcs_address,
+                         filters=[("class_name", "=", "RayTrainWorker")], detail=True,
                          limit=1000, raise_on_missing_output=False)
     return sorted(({"node_id": a.node_id, "ip": ips.get(a.node_id, "?")} for a in actors
                    if a.job_id == job_id), key=lambda d: d["node_id"])
@@ -262,9 +388,28 @@ def _finish(spec: dict[str, Any], checkpoint_path: str, resume: str | None) -> d
     with Checkpoint.from_directory(checkpoint_path).as_directory() as d:
         state = json.loads((Path(d) / STATE_FILE).read_text())
         best = _load_weights(Path(d) / BEST_WEIGHTS)
+    from policies import EpochRecord, outcome, summarize_allocation
+
     training_seconds = time.time() - float(spec["started_at"])
-    model_uri = _export_and_log(spec, best, state, training_seconds)
-    return {
+    records = [EpochRecord(**r) for r in state.get("records", [])]
+    alloc = dict(summarize_allocation(records))
+    restarts = [seg["resumed_at"] - seg["at_s"] for seg in state.get("segments", [])
+                if seg.get("resumed_at") is not None]
+    first_start = (state["history"][0]["elapsed_s"] - state["history"][0]["epoch_seconds"]
+                   if state["history"] and "epoch_seconds" in state["history"][0] else 0.0)
+    # Workers hold their CPUs from their start to the end of training: epochs, restarts and
+    # the first start (worker-seconds as a cluster scheduler would bill them).
+    worker_seconds = alloc["epoch_worker_seconds"] + sum(
+        seg["to"] * (seg["resumed_at"] - seg["at_s"]) for seg in state.get("segments", [])
+        if seg.get("resumed_at") is not None) + (
+        records[0].workers * first_start if records else 0.0)
+    label = outcome(state.get("stop_reason"), state["best_val_accuracy"],
+                    float(spec["stop_accuracy"]))
+    summary = {"worker_seconds": worker_seconds, "resizes": int(alloc["resizes"]),
+               "restart_seconds": restarts, "outcome": label.value,
+               "segments": state.get("segments", [])}
+    model_uri = _export_and_log(spec, best, state, training_seconds, summary)
+    return {**summary,
         "epochs": state["epoch"],
         "best_epoch": state["best_epoch"],
         "best_val_accuracy": state["best_val_accuracy"],
@@ -280,7 +425,8 @@ def _finish(spec: dict[str, Any], checkpoint_path: str, resume: str | None) -> d
 
 
 def _export_and_log(spec: dict[str, Any], weights: list[np.ndarray], state: dict[str, Any],
-                    training_seconds: float) -> str:
+                    training_seconds: float, summary: dict[str, Any],
+                    plots: bool = True) -> str:
     import mlflow
     from mlflow.models import infer_signature
 
@@ -315,9 +461,19 @@ def _export_and_log(spec: dict[str, Any], weights: list[np.ndarray], state: dict
         mlflow.log_metrics({"training_seconds": training_seconds,
                             "epochs": state["epoch"], "best_epoch": state["best_epoch"],
                             "best_val_accuracy": state["best_val_accuracy"]})
-        mlflow.set_tag("slaflow.stop_reason", str(state.get("stop_reason")))
+        mlflow.log_metrics({"worker_seconds": summary["worker_seconds"],
+                            "resizes": summary["resizes"]})
+        mlflow.set_tags({"slaflow.stop_reason": str(state.get("stop_reason")),
+                         "slaflow.outcome": summary["outcome"]})
+        if not plots:
+            return str(info.model_uri)
         mlflow.log_figure(learning_curve(state["history"], float(spec["stop_accuracy"]),
                                          float(spec["deadline_s"])), "training/learning_curve.png")
+        mlflow.log_figure(allocation_plot(state["history"], float(spec["stop_accuracy"]),
+                                          float(spec["deadline_s"])), "training/allocation.png")
+        mlflow.log_dict({"records": state.get("records", []),
+                         "segments": state.get("segments", []),
+                         "history": state["history"], **summary}, "training/allocation.json")
     return str(info.model_uri)
 
 

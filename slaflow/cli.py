@@ -156,12 +156,18 @@ def task_results(dag_run: Any) -> dict[str, Any]:
     return out
 
 
-def run_lifecycle(conf: dict[str, Any]) -> dict[str, Any]:
-    """Trigger ml_lifecycle in-process (``dag.test``) and gather its summary."""
+def run_lifecycle(conf: dict[str, Any], until: str | None = None) -> dict[str, Any]:
+    """Trigger ml_lifecycle in-process (``dag.test``) and gather its summary.
+
+    ``until``: run only that task and its upstream (e.g. ``train`` for training benchmarks).
+    """
     apply_env()
     airflow_db_ready()
     ray_up()
     dag = load_dag()
+    if until is not None:
+        dag = dag.partial_subset(task_ids=[until], include_upstream=True,
+                                 include_downstream=False)
     started = time.monotonic()
     dag_run = dag.test(run_conf=conf)
     wall = time.monotonic() - started
@@ -169,7 +175,8 @@ def run_lifecycle(conf: dict[str, Any]) -> dict[str, Any]:
     return {"state": str(dag_run.state), "wall_seconds": round(wall, 1), "tasks": results}
 
 
-STAGES = ("plan", "prepare", "train", "evaluate", "register", "promote", "deploy", "verify")
+STAGES = ("plan", "prepare", "feasibility", "train", "evaluate", "register", "promote",
+          "deploy", "verify")
 
 
 def _close_engines() -> None:
@@ -197,10 +204,10 @@ def demo(conf: dict[str, Any]) -> int:
     _close_engines()
     tasks = outcome["tasks"]
     lines = ["", "slaflow demo: ml_lifecycle " + outcome["state"] +
-             f" in {outcome['wall_seconds']}s", "  stage      state      seconds"]
+             f" in {outcome['wall_seconds']}s", "  stage        state      seconds"]
     for stage in STAGES:
         t = tasks.get(stage, {})
-        lines.append(f"  {stage:<10} {t.get('state', '-'):<10} {t.get('seconds') or '-'}")
+        lines.append(f"  {stage:<12} {t.get('state', '-'):<10} {t.get('seconds') or '-'}")
     summary = (tasks.get("verify") or {}).get("value")
     if summary:
         summary["stage_seconds"] = {s: tasks.get(s, {}).get("seconds") for s in STAGES}

@@ -109,7 +109,9 @@ def train_spec(prepared: dict[str, Any], tracking_uri: str, run_id: str, run_nam
         "train_path": prepared["paths"]["train"], "val_path": prepared["paths"]["val"],
         "hidden_units": [32], "learning_rate": 0.01, "batch_size": 64, "max_epochs": 3,
         "seed": 7, "deadline_s": 300.0, "stop_accuracy": 0.999, "started_at": time.time(),
-        "num_workers": 2, "cpus_per_worker": 1.0,
+        "num_workers": 2, "cpus_per_worker": 1.0, "max_workers": 2,
+        "resize_policy": "static", "on_target_unreachable": "continue", "prior_epochs": 3,
+        "throughput": {"shape": "cpu", "epoch_s": {"1": 1.0, "2": 0.8}, "startup_s": 10.0},
     }
     spec.update(overrides)
     return spec

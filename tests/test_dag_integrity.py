@@ -30,7 +30,8 @@ def test_no_import_errors(dagbag: object) -> None:
 
 def test_lifecycle_stages_in_order(dagbag: object) -> None:
     dag = dagbag.dags["ml_lifecycle"]  # type: ignore[attr-defined]
-    order = ["plan", "prepare", "train", "evaluate", "register", "promote", "deploy", "verify"]
+    order = ["plan", "prepare", "feasibility", "train", "evaluate", "register", "promote",
+             "deploy", "verify"]
     assert set(dag.task_ids) == set(order)
     for up, down in zip(order, order[1:], strict=False):
         assert dag.get_task(down).upstream_task_ids == {up}

@@ -53,7 +53,9 @@ def test_first_run_trains_registers_promotes_and_serves(lifecycle: Any, registry
     assert set(states.values()) == {"success"}
     summary = out["tasks"]["verify"]["value"]
     assert summary["model_version"] == "1" and summary["alias"] == "champion"
-    assert summary["deadline_met"] is True
+    assert summary["deadline_met"] is True and summary["outcome"] == "target_met"
+    assert summary["worker_seconds"] > 0
+    assert out["tasks"]["feasibility"]["value"]["verdict"]["feasible"] is True
     assert summary["accuracy"] >= 0.85 and summary["verify_accuracy"] > 0.8
     assert summary["bad_request_status"] == 400
     assert summary["verify_p50_ms"] > 0 and summary["verify_p99_ms"] >= summary["verify_p50_ms"]
@@ -97,5 +99,17 @@ def test_bad_contract_never_starts_a_run_and_harms_nothing(lifecycle: Any,
 
     with pytest.raises(ParamValidationError, match="deadline_s"):
         lifecycle({**SMALL, "deadline_s": -1})
+    assert _alias(registry, "champion") == "1"
+    assert len(registry.search_model_versions(f"name = '{MODEL}'")) == 2
+
+
+def test_infeasible_contract_fails_before_training(lifecycle: Any, registry: Any) -> None:
+    """A 5 s deadline cannot hold even the start-up: refused before any training compute."""
+    out = lifecycle({**SMALL, "deadline_s": 5})
+    states = {t: v["state"] for t, v in out["tasks"].items()}
+    assert out["state"] == "failed", states
+    assert "failed" in states["feasibility"]
+    assert "success" not in states.get("train", "none")
+    assert out["tasks"].get("train", {}).get("value") is None
     assert _alias(registry, "champion") == "1"
     assert len(registry.search_model_versions(f"name = '{MODEL}'")) == 2

@@ -89,3 +89,136 @@ def test_failed_job_reports_its_own_error(ray_cluster: Any, prepared: dict[str, 
         RayJobRunner(RayHook().job_client, lambda _: None).run(
             base_id="slaflow-train-broken", module="ray_jobs.train", spec=spec, timeout_s=300)
     assert "nonexistent" in str(info.value)
+
+
+def test_controller_resizes_for_real_and_loses_no_epoch(
+        ray_cluster: Any, prepared: dict[str, Any], tracking_uri: str) -> None:
+    """The deadline policy shrinks 2 workers to 1 when one is enough: checkpoint, restart with
+    a new ScalingConfig, resume; every epoch is trained exactly once and the restart is timed.
+    """
+    from mlflow.tracking import MlflowClient
+
+    from mlflow_config import registry as reg
+    from operators.hooks import MlflowHook, RayHook
+    from operators.ray_job import RayJobRunner
+
+    client = MlflowHook().client
+    exp = reg.get_or_create_experiment(client, "slaflow/tests", MlflowHook().artifact_location)
+    run_id, _ = reg.find_or_create_run(client, exp, "resize-run", "resize", {})
+    # Calibration says 2 workers barely beat 1 (poor scaling) and a restart is cheap, with
+    # a loose deadline: the controller must judge 2 workers wasteful and drop to 1.
+    spec = train_spec(prepared, tracking_uri, run_id, "resize-run", max_epochs=12,
+                      prior_epochs=12, deadline_s=600.0, resize_policy="deadline",
+                      throughput={"shape": "cpu", "epoch_s": {"1": 0.5, "2": 0.45},
+                                  "startup_s": 1.0})
+    logs: list[str] = []
+    result = RayJobRunner(RayHook().job_client, logs.append).run(
+        base_id="slaflow-train-resize", module="ray_jobs.train", spec=spec, timeout_s=600)
+    workers = [row["workers"] for row in result["history"]]
+    assert workers[0] == 2 and workers[-1] == 1, workers
+    assert result["resizes"] >= 1
+    assert [row["epoch"] for row in result["history"]] == list(range(1, result["epochs"] + 1))
+    seg = result["segments"][0]
+    assert (seg["from"], seg["to"]) == (2, 1) and seg["resumed_at"] > seg["at_s"]
+    assert result["restart_seconds"][0] > 0
+    assert any("resizing: 2 -> 1 workers" in line for line in logs)
+    assert result["outcome"] in {"target_met", "deadline_truncated", "target_unreachable"}
+    assert result["worker_seconds"] > 0
+    artifacts = {a.path for a in MlflowClient(tracking_uri).list_artifacts(run_id, "training")}
+    assert {"training/allocation.png", "training/allocation.json"} <= artifacts
+    steps = MlflowClient(tracking_uri).get_metric_history(run_id, "workers")
+    assert sorted({m.value for m in steps}) == [1.0, 2.0]
+
+
+def test_calibration_measures_each_worker_count(ray_cluster: Any,
+                                                prepared: dict[str, Any]) -> None:
+    from operators.hooks import RayHook
+    from operators.ray_job import RayJobRunner
+    from slaflow.settings import Endpoints
+
+    spec = {"profile": prepared, "train_path": prepared["paths"]["train"],
+            "val_path": prepared["paths"]["val"], "hidden_units": [32], "learning_rate": 0.01,
+            "batch_size": 64, "seed": 7, "cpus_per_worker": 1.0, "key": "testkey0000000",
+            "shape": "cpu", "worker_counts": [1, 2], "epochs": 2,
+            "storage_path": Endpoints.from_env().ray_storage}
+    result = RayJobRunner(RayHook().job_client, lambda _: None).run(
+        base_id="slaflow-calib-test", module="ray_jobs.calibrate", spec=spec, timeout_s=600)
+    assert set(result["epoch_s"]) == {"1", "2"}
+    assert all(0 < t < 60 for t in result["epoch_s"].values())
+    assert result["startup_s"] > 0.5  # a worker group and TensorFlow take time to start
+
+
+def test_tuning_study_stays_inside_its_deadline(ray_cluster: Any, prepared: dict[str, Any],
+                                                tracking_uri: str) -> None:
+    """Optuna trials as parallel Ray actors, nested MLflow runs, best model exported, and the
+    whole study (export included) ends before the deadline."""
+    from mlflow.tracking import MlflowClient
+
+    from mlflow_config import registry as reg
+    from operators.hooks import MlflowHook, RayHook
+    from operators.ray_job import RayJobRunner
+
+    client = MlflowHook().client
+    exp = reg.get_or_create_experiment(client, "slaflow/tests", MlflowHook().artifact_location)
+    run_id, _ = reg.find_or_create_run(client, exp, "tune-run", "tune", {})
+    spec = train_spec(prepared, tracking_uri, run_id, "tune-run", max_epochs=6,
+                      deadline_s=100.0, tuning_trials=6, stop_accuracy=0.999)
+    result = RayJobRunner(RayHook().job_client, lambda _: None).run(
+        base_id="slaflow-tune-test", module="ray_jobs.tune", spec=spec, timeout_s=400)
+    assert result["training_seconds"] <= 100.0 and result["deadline_met"] is True
+    assert result["tuning"]["trials"] >= 2
+    assert 0.5 < result["best_val_accuracy"] <= 1.0
+    children = MlflowClient(tracking_uri).search_runs(
+        [exp], filter_string=f"tags.`mlflow.parentRunId` = '{run_id}'")
+    assert len(children) == result["tuning"]["trials"]
+    assert {c.info.status for c in children} <= {"FINISHED", "KILLED"}
+    assert result["model_uri"]
+
+
+def test_killed_worker_resumes_from_checkpoint_and_replans(
+        ray_cluster: Any, prepared: dict[str, Any], tracking_uri: str) -> None:
+    """SIGKILL one Ray Train worker mid-training: Ray Train restarts the group, the loop resumes
+    from the last checkpoint (controller state included), and no epoch appears twice."""
+    import os
+    import signal
+    import time
+
+    from ray.util.state import list_actors
+
+    from mlflow_config import registry as reg
+    from operators.hooks import MlflowHook, RayHook
+    from operators.ray_job import RayJobRunner
+
+    client = MlflowHook().client
+    exp = reg.get_or_create_experiment(client, "slaflow/tests", MlflowHook().artifact_location)
+    run_id, _ = reg.find_or_create_run(client, exp, "kill-run", "kill", {})
+    spec = train_spec(prepared, tracking_uri, run_id, "kill-run", max_epochs=25,
+                      resize_policy="deadline", deadline_s=400.0)
+    job_client = RayHook().job_client
+    logs: list[str] = []
+    runner = RayJobRunner(job_client, logs.append)
+    import threading
+
+    box: dict[str, Any] = {}
+    thread = threading.Thread(target=lambda: box.setdefault("result", runner.run(
+        base_id="slaflow-train-kill", module="ray_jobs.train", spec=spec, timeout_s=600)))
+    thread.start()
+    gcs = f"127.0.0.1:{ray_cluster.gcs_port}"
+    killed = None
+    until = time.monotonic() + 300
+    while killed is None and time.monotonic() < until and thread.is_alive():
+        if any("[slaflow] epoch 3/" in line for line in logs):
+            workers = [a for a in list_actors(address=gcs, filters=[
+                ("class_name", "=", "RayTrainWorker"), ("state", "=", "ALIVE")], detail=True,
+                raise_on_missing_output=False) if a.pid]
+            if workers:
+                killed = workers[-1].pid
+                os.kill(killed, signal.SIGKILL)
+        time.sleep(0.5)
+    thread.join(600)
+    assert killed is not None, "training ended before a worker could be killed"
+    result = box["result"]
+    epochs = [row["epoch"] for row in result["history"]]
+    assert epochs == list(range(1, result["epochs"] + 1))  # nothing lost, nothing twice
+    assert any("resumed from checkpoint" in line for line in logs)
+    assert result["deadline_met"] is True
