@@ -11,7 +11,7 @@ PYTEST_ARGS ?=
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 
 .PHONY: install demo test test-fast test-integration test-e2e test-cluster lint ray-up ray-down \
-        mlflow-ui airflow bench-lifecycle clean
+        mlflow-ui airflow bench-lifecycle bench-training bench-sim clean
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -25,10 +25,11 @@ install: $(STAMP)
 demo: install
 	$(PY) -m slaflow.cli demo $(if $(CONF),--conf $(CONF))
 
-## The suite: unit, integration (real Ray/Spark/MLflow/Serve), end-to-end DAG runs.
-## The production-topology test runs with `make test-cluster` (see README: Tests).
+## The suite: unit, integration (real Ray/Spark/MLflow/Serve), end-to-end DAG runs, and the
+## production topology (PostgreSQL, MLflow server, 3-node Ray, Spark standalone, Airflow
+## services as real processes), in that order.
 test: install
-	$(PY) -m pytest -m "not cluster" $(PYTEST_ARGS)
+	$(PY) -m pytest $(PYTEST_ARGS)
 
 test-fast: install
 	$(PY) -m pytest -m unit $(PYTEST_ARGS)
@@ -65,6 +66,14 @@ airflow: install ray-up
 ## Stage timings of ml_lifecycle (2 demo runs) -> benchmarks/results/lifecycle.json
 bench-lifecycle: install
 	$(PY) benchmarks/lifecycle.py --runs 2
+
+## Training under the contract: real contracts + simulator -> benchmarks/results/training_deadline.json
+bench-training: install
+	$(PY) benchmarks/training.py
+
+## Only the cluster simulator (seconds; no engines needed)
+bench-sim: install
+	$(PY) benchmarks/training.py --skip-real
 
 clean: ray-down
 	rm -rf .slaflow

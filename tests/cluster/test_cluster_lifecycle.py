@@ -18,7 +18,10 @@ from tests.cluster.topology import PORTS, Topology
 pytestmark = pytest.mark.cluster
 MODEL = "cluster-digits"
 CONF = {"model_name": MODEL, "max_epochs": 12, "hidden_units": [32], "target_accuracy": 0.85,
-        "learning_rate": 0.01, "serving_node_resource": "large"}
+        "learning_rate": 0.01, "serving_node_resource": "large",
+        # Static sizing holds max_workers (2) throughout, so the test can check that both
+        # training workers landed on worker nodes; the deadline controller would pick 1.
+        "resize_policy": "static"}
 REQUEST = json.loads((Path(__file__).resolve().parents[2] / "examples" /
                       "digit_request.json").read_text())
 
@@ -117,7 +120,9 @@ def test_lifecycle_runs_on_postgres_mlflow_server_ray_and_spark_clusters(
     replicas = topo.ray_query(
         "import json, ray; from ray.util.state import list_actors; "
         f"ray.init(address='127.0.0.1:{PORTS['ray_gcs']}', logging_level='ERROR'); "
-        "print(json.dumps([a.node_id for a in list_actors(filters=[('state', '=', 'ALIVE')], "
+        # The address is explicit: the suite's own Ray may be running beside this cluster.
+        "print(json.dumps([a.node_id for a in list_actors("
+        f"address='127.0.0.1:{PORTS['ray_gcs']}', filters=[('state', '=', 'ALIVE')], "
         "limit=1000, raise_on_missing_output=False) "
         f"if a.class_name.startswith('ServeReplica:{MODEL}')]))")
     assert replicas and set(replicas) <= large
