@@ -53,6 +53,8 @@ class StopReason(StrEnum):
     DEADLINE_TRUNCATED = "deadline_truncated"
     TARGET_UNREACHABLE = "target_unreachable"
     MAX_EPOCHS = "max_epochs"
+    ROUNDS_EXHAUSTED = "rounds_exhausted"  # federated: R rounds done below the target
+    BUDGET_EXHAUSTED = "budget_exhausted"  # federated: network budget spent below the target
 
 
 @dataclass(frozen=True)
