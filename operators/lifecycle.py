@@ -196,6 +196,8 @@ class FeasibilityOperator(_RayJobStageOperator):
         from slaflow.settings import Endpoints
 
         contract = _contract(self.plan)
+        if contract.training_mode == "federated":
+            return self._federated(contract)
         ray = self.ray.connect()
         total = ray.cluster_resources()
         cpw = contract.cpus_per_worker
@@ -271,6 +273,24 @@ class FeasibilityOperator(_RayJobStageOperator):
             if math.isfinite(verdict.predicted_training_s) else None,
         }
 
+    def _federated(self, contract: RunContract) -> dict[str, Any]:
+        """Federated runs are bounded by rounds (and participations) and the deadline, and
+        the job stops a round early that would cross it; no calibration is measured."""
+        message = (f"federated: at most {contract.fl_rounds} rounds of "
+                   f"{contract.fl_clients_per_round} of {contract.fl_clients} clients"
+                   + (f", {contract.fl_network_budget} participations"
+                      if contract.fl_network_budget else "")
+                   + f", within {contract.deadline_s:g}s; not calibrated (rounds stop at the "
+                   "deadline)")
+        self.log.info("Feasibility: %s", message)
+        return {"verdict": {"status": "not_assessed", "feasible": True, "message": message},
+                "calibration_key": "", "num_workers": contract.fl_clients_per_round,
+                "max_usable_workers": contract.fl_clients_per_round, "shape": "cpu",
+                "prior_epochs": 0, "epochs_source": "none", "past_runs": 0,
+                "throughput": {"shape": "cpu", "epoch_s": {}, "startup_s": 0.0,
+                               "source": "none"},
+                "predicted_training_s": None}
+
     def _worker_spec(self, contract: RunContract) -> dict[str, Any]:
         return {"profile": self.profile, "train_path": self.profile["paths"]["train"],
                 "val_path": self.profile["paths"]["val"],
@@ -342,7 +362,15 @@ class TrainModelOperator(_RayJobStageOperator):
                       "%.0fs, started %.1fs ago", contract.model_name, spec["num_workers"],
                       self.feasibility["shape"], self.feasibility["verdict"]["message"],
                       contract.resize_policy, contract.deadline_s, time.time() - started_at)
-        if contract.tuning_trials > 0:
+        if contract.training_mode == "federated":
+            spec.update({k: v for k, v in contract.to_dict().items() if k.startswith("fl_")})
+            self.log.info("Federated: %d clients (Dirichlet alpha %g), %d per round, up to %d "
+                          "rounds, local epochs by the %s strategy", contract.fl_clients,
+                          contract.fl_dirichlet_alpha, contract.fl_clients_per_round,
+                          contract.fl_rounds, contract.fl_strategy)
+            result = self.run_job(context, "federated", "ray_jobs.federated", spec,
+                                  timeout_s=contract.deadline_s + 600)
+        elif contract.tuning:
             # Optuna trials run side by side, one worker's CPUs each, as many as the budget
             # and the cluster hold.
             spec.update(tuning_trials=contract.tuning_trials,

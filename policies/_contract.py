@@ -76,6 +76,7 @@ _S_BUDGET = "Budget"
 _S_SERVING = "Serving"
 _S_DATA = "Data"
 _S_MODEL = "Model"
+_S_FEDERATED = "Federated training"
 
 FIELDS: Final[tuple[FieldSpec, ...]] = (
     FieldSpec(
@@ -138,6 +139,71 @@ FIELDS: Final[tuple[FieldSpec, ...]] = (
         "bounded by the deadline; the best trial's model goes on.",
         _S_MODEL, "use a whole number from 0 to 200",
         minimum=0, maximum=200,
+    ),
+    FieldSpec(
+        "training_mode", "string", "centralized", "Training mode",
+        "centralized: Ray Train data-parallel under the deadline controller; tuning: an Optuna "
+        "study of tuning_trials trials; federated: FedAvg over Ray actor clients holding "
+        "non-IID shards, local epochs per round chosen by fl_strategy.",
+        _S_MODEL, "choose 'centralized', 'tuning' or 'federated'",
+        enum=("centralized", "tuning", "federated"),
+    ),
+    FieldSpec(
+        "fl_clients", "integer", 6, "Clients",
+        "Federated clients (Ray actors), each holding a Dirichlet non-IID shard of the "
+        "training data.",
+        _S_FEDERATED, "use a whole number from 2 to 256",
+        minimum=2, maximum=256,
+    ),
+    FieldSpec(
+        "fl_clients_per_round", "integer", 3, "Clients per round",
+        "Clients sampled to train in each round (at most fl_clients).",
+        _S_FEDERATED, "use a whole number from 1 to fl_clients",
+        minimum=1, maximum=256,
+    ),
+    FieldSpec(
+        "fl_rounds", "integer", 20, "Round budget (R)",
+        "Most FedAvg rounds; the target accuracy should be reached within them.",
+        _S_FEDERATED, "use a whole number from 1 to 1000",
+        minimum=1, maximum=1000,
+    ),
+    FieldSpec(
+        "fl_network_budget", "integer", 0, "Network budget (participations)",
+        "Most client participations (one client in one round) in all; 0: rounds alone bound "
+        "training.",
+        _S_FEDERATED, "use 0 (no network budget) or a whole number of participations",
+        minimum=0, maximum=1_000_000,
+    ),
+    FieldSpec(
+        "fl_strategy", "string", "linear", "Local-epochs strategy",
+        "How each round's local epochs are chosen (hyperFL): linear or quadratic control "
+        "towards the target within the budget, or static (fl_local_epochs every round).",
+        _S_FEDERATED, "choose 'linear', 'quadratic' or 'static'",
+        enum=("linear", "quadratic", "static"),
+    ),
+    FieldSpec(
+        "fl_local_epochs", "integer", 1, "Local epochs (static / first round)",
+        "Local epochs per round with the static strategy; the first round's with the others.",
+        _S_FEDERATED, "use a whole number from 1 to fl_max_local_epochs",
+        minimum=1, maximum=1024,
+    ),
+    FieldSpec(
+        "fl_max_local_epochs", "integer", 32, "Most local epochs per round",
+        "Upper bound on the local epochs the controller may choose for a round.",
+        _S_FEDERATED, "use a whole number from 1 to 1024",
+        minimum=1, maximum=1024,
+    ),
+    FieldSpec(
+        "fl_dirichlet_alpha", "number", 0.5, "Non-IID skew (Dirichlet alpha)",
+        "Label skew of the client shards: small (0.1) is very skewed, large (100) near IID.",
+        _S_FEDERATED, "use a number above 0, e.g. 0.5",
+        exclusive_minimum=0, maximum=1000,
+    ),
+    FieldSpec(
+        "fl_round_timeout_s", "number", 120.0, "Round timeout (s)",
+        "Clients that have not answered by then are left out of the round (training goes on).",
+        _S_FEDERATED, "give seconds above 0, e.g. 120",
+        exclusive_minimum=0, maximum=86400,
     ),
     FieldSpec(
         "latency_slo_ms", "number", 100.0, "Latency SLO (ms)",
@@ -255,6 +321,16 @@ class RunContract:
     on_infeasible: str = "fail"
     on_target_unreachable: str = "stop"
     tuning_trials: int = 0
+    training_mode: str = "centralized"
+    fl_clients: int = 6
+    fl_clients_per_round: int = 3
+    fl_rounds: int = 20
+    fl_network_budget: int = 0
+    fl_strategy: str = "linear"
+    fl_local_epochs: int = 1
+    fl_max_local_epochs: int = 32
+    fl_dirichlet_alpha: float = 0.5
+    fl_round_timeout_s: float = 120.0
     contract_version: int = field(default=CONTRACT_VERSION)
 
     @classmethod
@@ -288,14 +364,48 @@ class RunContract:
                 "validation_fraction + test_fraction leave less than 40% of rows for training",
                 "lower one of them so that they add up to at most 0.6",
             )
+        _check_training_mode(values)
         values["hidden_units"] = tuple(values["hidden_units"])
         return cls(**values)
+
+    @property
+    def tuning(self) -> bool:
+        """Whether training is an Optuna study (mode tuning, or trials given in centralized)."""
+        return self.training_mode == "tuning" or (
+            self.training_mode == "centralized" and self.tuning_trials > 0)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-able form; round-trips through :meth:`from_dict`."""
         out = dataclasses.asdict(self)
         out["hidden_units"] = list(self.hidden_units)
         return out
+
+
+def _check_training_mode(values: Mapping[str, Any]) -> None:
+    """Cross-field rules of the training mode."""
+    mode = values["training_mode"]
+    if mode == "tuning" and values["tuning_trials"] < 1:
+        raise ContractError("tuning_trials", "must be at least 1 when training_mode is "
+                            "'tuning'", "give the number of Optuna trials, e.g. 8")
+    if mode == "federated":
+        if values["tuning_trials"] > 0:
+            raise ContractError("tuning_trials", "tuning is not available with training_mode "
+                                "'federated'", "set tuning_trials to 0")
+        if values["fl_clients_per_round"] > values["fl_clients"]:
+            raise ContractError(
+                "fl_clients_per_round",
+                f"{values['fl_clients_per_round']} clients per round but only "
+                f"{values['fl_clients']} clients", "lower it to at most fl_clients")
+        if values["fl_local_epochs"] > values["fl_max_local_epochs"]:
+            raise ContractError("fl_local_epochs", "is above fl_max_local_epochs",
+                                "lower it or raise fl_max_local_epochs")
+        budget = values["fl_network_budget"]
+        if 0 < budget < values["fl_clients_per_round"]:
+            raise ContractError(
+                "fl_network_budget",
+                f"{budget} participations do not pay for one round of "
+                f"{values['fl_clients_per_round']} clients",
+                "use 0 (no network budget) or at least fl_clients_per_round")
 
 
 def _validate(spec: FieldSpec, value: Any) -> Any:

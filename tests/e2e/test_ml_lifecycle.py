@@ -113,3 +113,28 @@ def test_infeasible_contract_fails_before_training(lifecycle: Any, registry: Any
     assert out["tasks"].get("train", {}).get("value") is None
     assert _alias(registry, "champion") == "1"
     assert len(registry.search_model_versions(f"name = '{MODEL}'")) == 2
+
+
+def test_federated_contract_trains_clients_and_serves_the_global_model(
+        lifecycle: Any, registry: Any) -> None:
+    """training_mode=federated: FedAvg over Ray actor clients, then the same evaluate /
+    register / promote / deploy path as any other model."""
+    name = "e2e-federated"
+    out = lifecycle({**SMALL, "model_name": name, "training_mode": "federated",
+                     "fl_clients": 4, "fl_clients_per_round": 2, "fl_rounds": 15,
+                     "fl_strategy": "linear", "fl_max_local_epochs": 16,
+                     "batch_size": 32})
+    states = {t: v["state"] for t, v in out["tasks"].items()}
+    assert out["state"] == "success", states
+    train = out["tasks"]["train"]["value"]
+    fl = train["federated"]
+    assert train["outcome"] == "target_met" and 1 <= fl["rounds"] <= 15
+    assert fl["participations"] == 2 * fl["rounds"] and fl["clients"] == 4
+    assert out["tasks"]["feasibility"]["value"]["verdict"]["status"] == "not_assessed"
+    summary = out["tasks"]["verify"]["value"]
+    assert summary["model_version"] == "1" and summary["alias"] == "champion"
+    assert registry.get_run(train["mlflow_run_id"]).data.tags[
+        "slaflow.training_mode"] == "federated"
+    answer = requests.post(summary["endpoint_url"], json=REQUEST, timeout=10).json()
+    assert len(answer["predictions"]) == 2 and answer["model_version"] == "1"
+    assert str(registry.get_model_version_by_alias(name, "champion").version) == "1"
