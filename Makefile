@@ -11,7 +11,7 @@ PYTEST_ARGS ?=
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 
 .PHONY: install demo test test-fast test-integration test-e2e test-cluster lint ray-up ray-down \
-        mlflow-ui airflow bench-lifecycle bench-training bench-sim clean
+        mlflow-ui airflow bench-lifecycle bench-training bench-sim bench-federated bench-spark-sim clean
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -74,6 +74,14 @@ bench-training: install
 ## Only the cluster simulator (seconds; no engines needed)
 bench-sim: install
 	$(PY) benchmarks/training.py --skip-real
+
+## Federated training: static E vs hyperFL linear/quadratic, 5 seeds -> benchmarks/results/federated.json
+bench-federated: install
+	$(PY) benchmarks/federated.py --seeds 5
+
+## dynaSpark's policy on a simulated multi-application Spark cluster (no Spark needed).
+bench-spark-sim: install
+	$(PY) benchmarks/spark_sim.py --seeds 3 --out benchmarks/results/spark_simulated.json
 
 clean: ray-down
 	rm -rf .slaflow
