@@ -366,6 +366,12 @@ def run_federated(spec: dict[str, Any]) -> dict[str, Any]:
     state, best = result["state"], result["best_weights"]
     for handle in clients.values():
         ray.kill(handle)
+    if state["round"] == 0:  # nothing trained: an untrained model must not reach the registry
+        raise RuntimeError(
+            f"no federated round finished ({state['stop_reason']}): "
+            f"{time.time() - float(spec['started_at']):.0f}s of the {spec['deadline_s']:g}s "
+            f"deadline went to starting {len(clients)} clients and round 0; relax deadline_s "
+            f"or use fewer fl_clients")
     stop_acc = float(spec["stop_accuracy"])
     label = outcome(state["stop_reason"], state["best_val_accuracy"], stop_acc)
     records = state["records"]

@@ -26,9 +26,12 @@ def lifecycle(ray_cluster: Any) -> Any:
     from slaflow import cli
 
     cli.airflow_db_ready()
-    dag = cli.load_dag()
 
     def run(conf: dict[str, Any]) -> dict[str, Any]:
+        # A fresh parse per run: a DAG object reused for a second dag.test() in the same
+        # process keeps the first run's conf as its params (checked: a run without deadline_s
+        # after one with deadline_s 5 got 5). Workers parse the DAG per task; so do we.
+        dag = cli.load_dag()
         dag_run = dag.test(run_conf=conf)
         return {"state": str(dag_run.state), "tasks": cli.task_results(dag_run)}
 

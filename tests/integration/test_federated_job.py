@@ -140,3 +140,21 @@ def test_resubmitted_job_resumes_after_its_last_round(
     assert again["resumed_from"] == 3
     assert [row["round"] for row in again["history"]] == [1, 2, 3, 4, 5]
     assert any("resuming federated training after round 3" in line for line in logs)
+
+
+def test_a_deadline_that_leaves_no_round_fails_the_job_and_exports_nothing(
+        ray_cluster: Any, prepared: dict[str, Any], tracking_uri: str) -> None:
+    """A 1 s deadline is spent starting the clients: the job fails with the reason instead of
+    handing an untrained model to evaluation and the registry."""
+    from mlflow.tracking import MlflowClient
+
+    from operators.ray_job import RayJobFailed
+
+    run_id = _run("fl-no-round")
+    with pytest.raises(RayJobFailed, match="no federated round finished.*relax deadline_s"):
+        _runner([]).run(base_id="slaflow-fl-no-round", module="ray_jobs.federated",
+                        spec=_fl_spec(prepared, tracking_uri, run_id, "fl-no-round",
+                                      deadline_s=1.0), timeout_s=300)
+    run = MlflowClient(tracking_uri).get_run(run_id)
+    # The export logs these with the model; none of them may exist.
+    assert "slaflow.outcome" not in run.data.tags and "best_val_accuracy" not in run.data.metrics
