@@ -195,37 +195,52 @@ class SparkHook(BaseHook):
             return f"{conn.host}:{conn.port}" if conn.port else conn.host
         return Endpoints.from_env().spark_master
 
-    def _probe_master(self) -> None:
+    def _probe_master(self, master: str) -> None:
         """A standalone master that is gone would leave the job waiting for executors forever."""
         import socket
 
-        if not self.master.startswith("spark://"):
+        if not master.startswith("spark://"):
             return
-        for hostport in self.master[len("spark://"):].split(","):
+        for hostport in master[len("spark://"):].split(","):
             host, _, port = hostport.rpartition(":")
             try:
                 socket.create_connection((host, int(port)), timeout=5).close()
                 return
-            except OSError:
+            except (OSError, ValueError):
                 continue
         raise EndpointError(
-            f"cannot reach the Spark master {self.master}. Start it, or set SLAFLOW_SPARK_MASTER "
-            f"(or the '{self.spark_conn_id}' connection) to a reachable master, or local[*]")
+            f"cannot reach the Spark master {master}. Start it, or set the contract's "
+            f"spark_master, SLAFLOW_SPARK_MASTER (or the '{self.spark_conn_id}' connection) to "
+            f"a reachable master, or local[*]")
 
-    def session(self, app_name: str) -> Any:
-        self._probe_master()
+    def session(self, app_name: str, master: str | None = None,
+                conf: dict[str, str] | None = None) -> Any:
+        """A session on ``master`` (default: the connection's or SLAFLOW_SPARK_MASTER).
+
+        An active session on another master in this process is stopped first: Spark's
+        ``getOrCreate`` would otherwise hand it back and silently ignore the master asked for.
+        """
+        master = master or self.master
+        self._probe_master(master)
+        from pyspark import SparkContext
         from pyspark.sql import SparkSession
 
+        running = SparkContext._active_spark_context
+        if running is not None and running.master != master:
+            current = SparkSession._instantiatedSession
+            (current.stop() if current is not None else running.stop())
         conn = _connection(self.spark_conn_id)
-        builder = (SparkSession.builder.master(self.master).appName(app_name)
+        builder = (SparkSession.builder.master(master).appName(app_name)
                    .config("spark.sql.shuffle.partitions", "8")
                    .config("spark.ui.showConsoleProgress", "false"))
-        for key, value in (conn.extra_dejson if conn is not None else {}).items():
+        for key, value in {**(conn.extra_dejson if conn is not None else {}),
+                           **(conf or {})}.items():
             builder = builder.config(key, str(value))
         try:
             return builder.getOrCreate()
         except Exception as exc:
             raise EndpointError(
-                f"cannot start a Spark session on master {self.master} ({exc}). Check the "
-                f"master, or set SLAFLOW_SPARK_MASTER (or the '{self.spark_conn_id}' connection)"
+                f"cannot start a Spark session on master {master} ({exc}). Check the "
+                f"master, or set the contract's spark_master, SLAFLOW_SPARK_MASTER (or the "
+                f"'{self.spark_conn_id}' connection)"
             ) from exc

@@ -80,20 +80,22 @@ def tracking_uri() -> str:
     return hook.tracking_uri
 
 
-@pytest.fixture(scope="session")
-def spark() -> Iterator[Any]:
+@pytest.fixture
+def spark() -> Any:
+    """The process's session on the default master (created once, then reused by Spark's
+    getOrCreate; a test on a standalone master stops it and the next test gets a new one)."""
     from operators.hooks import SparkHook
 
-    session = SparkHook().session("slaflow-tests")
-    yield session
-    session.stop()
+    return SparkHook().session("slaflow-tests")
 
 
 @pytest.fixture(scope="session")
-def prepared(spark: Any, slaflow_home: Path) -> dict[str, Any]:
+def prepared(slaflow_home: Path) -> dict[str, Any]:
+    from operators.hooks import SparkHook
     from spark_jobs.prepare import run_prepare
 
-    return run_prepare(spark, source="sklearn:digits", label_column="label",
+    return run_prepare(SparkHook().session("slaflow-tests"), source="sklearn:digits",
+                       label_column="label",
                        output_dir=str(slaflow_home / "data" / "fixture"),
                        validation_fraction=0.15, test_fraction=0.15, seed=7,
                        cache_dir=slaflow_home / "datasets")
