@@ -8,6 +8,7 @@ come from ``operators.hooks``; each ``execute`` is safe to retry (see each docst
 from __future__ import annotations
 
 import json
+import os
 import statistics
 import time
 from collections.abc import Sequence
@@ -144,30 +145,82 @@ class PrepareDataOperator(_StageOperator):
 
     def execute(self, context: Any) -> dict[str, Any]:
         from slaflow.settings import Endpoints, home
+        from spark_jobs.deadline import SparkDeadlineInfeasible, run_with_deadline
         from spark_jobs.prepare import DataError, run_prepare
 
         contract = _contract(self.plan)
         hook = SparkHook(self.spark_conn_id)
+        master = contract.spark_master or hook.master
         output = f"{Endpoints.from_env().data_dir.rstrip('/')}/{self.plan['run_key']}"
-        self.log.info("Preparing %s on Spark master %s -> %s", contract.data_source,
-                      hook.master, output)
-        spark = hook.session(f"slaflow-prepare-{self.plan['run_key']}")
+        controlled = contract.prepare_deadline_s > 0
+        self.log.info("Preparing %s on Spark master %s -> %s%s", contract.data_source,
+                      master, output,
+                      f" (deadline {contract.prepare_deadline_s:g}s, at most "
+                      f"{contract.prepare_max_cores} cores)" if controlled else "")
+        conf = {}
+        if controlled and not master.startswith("local"):
+            # One-core executors so the controller can move the cores one at a time.
+            conf = {"spark.executor.cores": "1", "spark.dynamicAllocation.enabled": "false",
+                    "spark.cores.max": str(contract.prepare_max_cores)}
+        spark = hook.session(f"slaflow-prepare-{self.plan['run_key']}", master=master,
+                             conf=conf)
         started = time.monotonic()
-        try:
-            profile = run_prepare(
+
+        def work() -> dict[str, Any]:
+            return run_prepare(
                 spark, source=contract.data_source, label_column=contract.label_column,
                 output_dir=output, validation_fraction=contract.validation_fraction,
                 test_fraction=contract.test_fraction, seed=contract.seed,
                 cache_dir=home() / "datasets",
             )
+
+        try:
+            if not controlled:
+                profile = work()
+            else:
+                profile, report = run_with_deadline(
+                    spark, work, deadline_s=contract.prepare_deadline_s,
+                    max_cores=contract.prepare_max_cores,
+                    profile_path=home() / "spark_profiles" / f"{_prepare_key(contract, master)}"
+                                                            f".json",
+                    on_infeasible=contract.on_infeasible, log=self.log.info)
+                report["timeline"] = report.get("timeline", [])[-50:]
+                profile["spark_deadline"] = report
+                (self.log.info if report["met"] else self.log.warning)(
+                    "Spark deadline (%s): finished in %.1fs of %.1fs, %.1f core-seconds, %s",
+                    report["mode"], report["elapsed_s"], contract.prepare_deadline_s,
+                    report["core_seconds"], "met" if report["met"] else "MISSED")
         except DataError as exc:
             raise AirflowFailException(f"data rejected: {exc}") from exc
+        except SparkDeadlineInfeasible as exc:
+            raise AirflowFailException(
+                f"contract field 'prepare_deadline_s': {exc} (or set on_infeasible to "
+                f"best_effort to prepare on all prepare_max_cores anyway)") from exc
         profile["prepare_seconds"] = time.monotonic() - started
         self.log.info("Rows read %d (dropped incomplete: %d); split %s; %d features, %d classes",
                       profile["rows_read"], profile["rows_dropped_incomplete"],
                       profile["split_counts"], len(profile["feature_names"]),
                       len(profile["classes"]))
         return profile
+
+
+MLLIB_RESULT_TAG = "slaflow.mllib_result"
+
+
+def _prepare_key(contract: RunContract, master: str) -> str:
+    """Which stored Spark profile a prepare run reuses: same data (a changed file is profiled
+    again), same split and the same master."""
+    import hashlib
+
+    source = contract.data_source
+    stamp: list[Any] = []
+    local = source[len("file://"):] if source.startswith("file://") else source
+    if "://" not in local and os.path.exists(local):
+        st = os.stat(local)
+        stamp = [st.st_size, st.st_mtime_ns]
+    blob = json.dumps([source, stamp, contract.label_column, contract.validation_fraction,
+                       contract.test_fraction, contract.seed, master])
+    return "prepare-" + hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
 class FeasibilityOperator(_RayJobStageOperator):
@@ -198,6 +251,11 @@ class FeasibilityOperator(_RayJobStageOperator):
         contract = _contract(self.plan)
         if contract.training_mode == "federated":
             return self._federated(contract)
+        if contract.training_mode == "spark_mllib":
+            return self._not_calibrated(
+                f"spark_mllib: checked at the train task against the Spark profile of this "
+                f"job (the first run profiles it), on at most {contract.prepare_max_cores} "
+                f"cores within {contract.deadline_s:g}s", contract.prepare_max_cores)
         ray = self.ray.connect()
         total = ray.cluster_resources()
         cpw = contract.cpus_per_worker
@@ -282,10 +340,13 @@ class FeasibilityOperator(_RayJobStageOperator):
                       if contract.fl_network_budget else "")
                    + f", within {contract.deadline_s:g}s; not calibrated (rounds stop at the "
                    "deadline)")
+        return self._not_calibrated(message, contract.fl_clients_per_round)
+
+    def _not_calibrated(self, message: str, workers: int) -> dict[str, Any]:
         self.log.info("Feasibility: %s", message)
         return {"verdict": {"status": "not_assessed", "feasible": True, "message": message},
-                "calibration_key": "", "num_workers": contract.fl_clients_per_round,
-                "max_usable_workers": contract.fl_clients_per_round, "shape": "cpu",
+                "calibration_key": "", "num_workers": workers,
+                "max_usable_workers": workers, "shape": "cpu",
                 "prior_epochs": 0, "epochs_source": "none", "past_runs": 0,
                 "throughput": {"shape": "cpu", "epoch_s": {}, "startup_s": 0.0,
                                "source": "none"},
@@ -362,7 +423,9 @@ class TrainModelOperator(_RayJobStageOperator):
                       "%.0fs, started %.1fs ago", contract.model_name, spec["num_workers"],
                       self.feasibility["shape"], self.feasibility["verdict"]["message"],
                       contract.resize_policy, contract.deadline_s, time.time() - started_at)
-        if contract.training_mode == "federated":
+        if contract.training_mode == "spark_mllib":
+            result = self._train_mllib(contract, spec, run_id)
+        elif contract.training_mode == "federated":
             spec.update({k: v for k, v in contract.to_dict().items() if k.startswith("fl_")})
             self.log.info("Federated: %d clients (Dirichlet alpha %g), %d per round, up to %d "
                           "rounds, local epochs by the %s strategy", contract.fl_clients,
@@ -389,7 +452,78 @@ class TrainModelOperator(_RayJobStageOperator):
                       result["stop_reason"], result["best_val_accuracy"], result["best_epoch"],
                       result["worker_seconds"], result["resizes"])
         return {**result, "mlflow_run_id": run_id, "experiment_id": exp_id,
-                "ray_submission_id": self._runner.last_submission_id}
+                "ray_submission_id": self._runner.last_submission_id
+                if contract.training_mode != "spark_mllib" else None}
+
+    def _train_mllib(self, contract: RunContract, spec: dict[str, Any],
+                     run_id: str) -> dict[str, Any]:
+        """MLlib on Spark, in this task's process (client mode, like prepare), under the Spark
+        deadline controller; exported as the same SavedModel as Keras models. A retry after
+        the export returns the recorded result instead of logging a second model."""
+        from policies import StopReason, outcome
+        from ray_jobs.model_format import build_mlp
+        from ray_jobs.train import _export_and_log
+        from slaflow.settings import home
+        from spark_jobs.deadline import SparkDeadlineInfeasible, run_with_deadline
+        from spark_jobs.train_mllib import fit_logistic
+
+        client = self.mlflow.client
+        done = client.get_run(run_id).data.tags.get(MLLIB_RESULT_TAG)
+        if done:
+            self.log.info("MLlib model already trained and logged for this run; reusing it")
+            return dict(json.loads(done))
+        hook = SparkHook()
+        master = contract.spark_master or hook.master
+        conf = {} if master.startswith("local") else {
+            "spark.executor.cores": "1", "spark.dynamicAllocation.enabled": "false",
+            "spark.cores.max": str(contract.prepare_max_cores)}
+        spark = hook.session(f"slaflow-train-{self.plan['run_key']}", master=master, conf=conf)
+        remaining = contract.deadline_s - (time.time() - float(spec["started_at"]))
+        if remaining <= 0:
+            raise AirflowFailException("contract field 'deadline_s': the deadline passed "
+                                       "before training started; give a longer deadline")
+        key = _prepare_key(contract, master).replace("prepare-", "mllib-")
+        self.log.info("Training MLlib multinomial logistic regression on %s (up to %d "
+                      "iterations, %d cores, %.0fs left)", master, contract.max_epochs,
+                      contract.prepare_max_cores, remaining)
+        try:
+            fit, report = run_with_deadline(
+                spark, lambda: fit_logistic(spark, train_path=spec["train_path"],
+                                            val_path=spec["val_path"], profile=self.profile,
+                                            max_iter=contract.max_epochs),
+                deadline_s=remaining, max_cores=contract.prepare_max_cores,
+                profile_path=home() / "spark_profiles" / f"{key}-{contract.max_epochs}.json",
+                on_infeasible=contract.on_infeasible, log=self.log.info)
+        except SparkDeadlineInfeasible as exc:
+            raise AirflowFailException(f"contract field 'deadline_s': {exc}") from exc
+        training_seconds = time.time() - float(spec["started_at"])
+        stop_accuracy = float(spec["stop_accuracy"])
+        stop = (StopReason.TARGET_MET if fit.val_accuracy >= stop_accuracy else
+                StopReason.DEADLINE_TRUNCATED if training_seconds > contract.deadline_s else
+                StopReason.MAX_EPOCHS)
+        label = outcome(stop, fit.val_accuracy, stop_accuracy)
+        weights = build_mlp(len(self.profile["feature_names"]), len(self.profile["classes"]),
+                            (), self.profile["feature_mean"], self.profile["feature_std"],
+                            contract.seed).get_weights()
+        weights[-2], weights[-1] = fit.kernel, fit.bias
+        history = [{"epoch": fit.iterations, "val_accuracy": fit.val_accuracy,
+                    "accuracy": fit.train_accuracy, "elapsed_s": training_seconds}]
+        state = {"epoch": fit.iterations, "best_epoch": fit.iterations,
+                 "best_val_accuracy": fit.val_accuracy, "stop_reason": stop.value,
+                 "history": history}
+        summary = {"worker_seconds": float(report["core_seconds"]), "resizes": 0,
+                   "outcome": label.value}
+        model_uri = _export_and_log({**spec, "hidden_units": []}, weights, state,
+                                    training_seconds, summary, plots=False)
+        result = {**summary, "epochs": fit.iterations, "best_epoch": fit.iterations,
+                  "best_val_accuracy": fit.val_accuracy, "stop_reason": stop.value,
+                  "history": history, "training_seconds": training_seconds,
+                  "deadline_met": training_seconds <= contract.deadline_s,
+                  "num_workers": contract.prepare_max_cores, "model_uri": model_uri,
+                  "spark_deadline": {k: v for k, v in report.items() if k != "timeline"}}
+        client.set_tag(run_id, MLLIB_RESULT_TAG, json.dumps(
+            {k: v for k, v in result.items() if k != "spark_deadline"}))
+        return result
 
     def _persist_links(self, context: Any, run_id: str, exp_id: str) -> None:
         base = self.mlflow.tracking_uri

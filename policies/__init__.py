@@ -64,6 +64,7 @@ from policies._promotion import (
     required_accuracy,
 )
 from policies._spark_deadline import (
+    SPARK_ALPHA,
     ArbiterPolicy,
     SparkFeasibility,
     StageController,
@@ -94,6 +95,7 @@ __all__ = [
     "FIELDS",
     "FIELDS_BY_NAME",
     "PREVIOUS_CHAMPION",
+    "SPARK_ALPHA",
     "Action",
     "ArbiterPolicy",
     "ChampionRecord",

@@ -144,9 +144,11 @@ FIELDS: Final[tuple[FieldSpec, ...]] = (
         "training_mode", "string", "centralized", "Training mode",
         "centralized: Ray Train data-parallel under the deadline controller; tuning: an Optuna "
         "study of tuning_trials trials; federated: FedAvg over Ray actor clients holding "
-        "non-IID shards, local epochs per round chosen by fl_strategy.",
-        _S_MODEL, "choose 'centralized', 'tuning' or 'federated'",
-        enum=("centralized", "tuning", "federated"),
+        "non-IID shards, local epochs per round chosen by fl_strategy; spark_mllib: MLlib's "
+        "multinomial logistic regression on the Spark master (tabular data; max_epochs is its "
+        "iteration limit, hidden_units is not used), under the Spark deadline controller.",
+        _S_MODEL, "choose 'centralized', 'tuning', 'federated' or 'spark_mllib'",
+        enum=("centralized", "tuning", "federated", "spark_mllib"),
     ),
     FieldSpec(
         "fl_clients", "integer", 6, "Clients",
@@ -254,6 +256,29 @@ FIELDS: Final[tuple[FieldSpec, ...]] = (
         minimum=0.05, maximum=0.4,
     ),
     FieldSpec(
+        "spark_master", "string", "", "Spark master",
+        "Where the prepare stage runs: a standalone master URL (spark://host:7077) or "
+        "local[N]; empty: the slaflow_spark connection or SLAFLOW_SPARK_MASTER (local[*]).",
+        _S_DATA, "give spark://host:port, local[*] or local[N], or leave it empty",
+        pattern=r"^$|^local(\[(\*|[0-9]{1,4})\])?$|^spark://[A-Za-z0-9_.-]+:[0-9]{1,5}"
+                r"(,[A-Za-z0-9_.-]+:[0-9]{1,5})*$",
+    ),
+    FieldSpec(
+        "prepare_deadline_s", "number", 0.0, "Data preparation deadline (s)",
+        "0: no deadline. Above 0: the Spark prepare job runs under the dynaSpark controller "
+        "(cores per stage from a stored profile, resized while it runs on a standalone master); "
+        "the first run of a data set profiles it.",
+        _S_DATA, "give seconds, e.g. 60, or 0 for no deadline",
+        minimum=0, maximum=7 * 86400,
+    ),
+    FieldSpec(
+        "prepare_max_cores", "integer", 2, "Most Spark cores",
+        "Cores the Spark jobs (prepare, and spark_mllib training) may hold at once under "
+        "their deadline.",
+        _S_DATA, "use a whole number from 1 to 4096",
+        minimum=1, maximum=4096,
+    ),
+    FieldSpec(
         "model_name", "string", "slaflow-digits", "Registered model name",
         "Name of the model in the MLflow registry; also the Serve application and route.",
         _S_MODEL, "use letters, digits, '-', '_' or '.', starting with a letter or digit",
@@ -331,6 +356,9 @@ class RunContract:
     fl_max_local_epochs: int = 32
     fl_dirichlet_alpha: float = 0.5
     fl_round_timeout_s: float = 120.0
+    spark_master: str = ""
+    prepare_deadline_s: float = 0.0
+    prepare_max_cores: int = 2
     contract_version: int = field(default=CONTRACT_VERSION)
 
     @classmethod
@@ -387,6 +415,9 @@ def _check_training_mode(values: Mapping[str, Any]) -> None:
     if mode == "tuning" and values["tuning_trials"] < 1:
         raise ContractError("tuning_trials", "must be at least 1 when training_mode is "
                             "'tuning'", "give the number of Optuna trials, e.g. 8")
+    if mode == "spark_mllib" and values["tuning_trials"] > 0:
+        raise ContractError("tuning_trials", "tuning is not available with training_mode "
+                            "'spark_mllib'", "set tuning_trials to 0")
     if mode == "federated":
         if values["tuning_trials"] > 0:
             raise ContractError("tuning_trials", "tuning is not available with training_mode "

@@ -141,3 +141,62 @@ def test_federated_contract_trains_clients_and_serves_the_global_model(
     answer = requests.post(summary["endpoint_url"], json=REQUEST, timeout=10).json()
     assert len(answer["predictions"]) == 2 and answer["model_version"] == "1"
     assert str(registry.get_model_version_by_alias(name, "champion").version) == "1"
+
+
+@pytest.fixture(scope="module")
+def spark_standalone(tmp_path_factory: pytest.TempPathFactory) -> Any:
+    from slaflow.spark_standalone import SparkStandalone
+
+    with SparkStandalone(tmp_path_factory.mktemp("e2e-spark"), cores=2, memory="2g", port=7378,
+                         ui_port=8392, worker_ui_port=8393) as cluster:
+        yield cluster
+
+
+def test_prepare_on_a_standalone_master_under_a_deadline(
+        lifecycle: Any, registry: Any, spark_standalone: Any) -> None:
+    """spark_master + prepare_deadline_s from the contract: the first run profiles the prepare
+    job on the standalone master, the next runs under the dynaSpark controller, and a deadline
+    below the profiled minimum fails in prepare before any training."""
+    name = "e2e-spark-deadline"
+    conf = {**SMALL, "model_name": name, "max_epochs": 4, "target_accuracy": 0.5,
+            "spark_master": spark_standalone.master_url, "prepare_max_cores": 2}
+    first = lifecycle({**conf, "prepare_deadline_s": 600})
+    states = {t: v["state"] for t, v in first["tasks"].items()}
+    assert first["state"] == "success", states
+    report = first["tasks"]["prepare"]["value"]["spark_deadline"]
+    assert report["mode"] == "profiling" and report["met"] and report["resizable"]
+    assert report["master"] == spark_standalone.master_url and report["profiled_stages"] >= 5
+
+    deadline = round(2.5 * report["elapsed_s"], 1)
+    second = lifecycle({**conf, "prepare_deadline_s": deadline})
+    states = {t: v["state"] for t, v in second["tasks"].items()}
+    assert second["state"] == "success", states
+    ctl = second["tasks"]["prepare"]["value"]["spark_deadline"]
+    assert ctl["mode"] == "controlled" and ctl["feasibility"]["feasible"], ctl
+    assert ctl["met"] and ctl["elapsed_s"] <= deadline and ctl["stage_plans"], ctl
+    assert ctl["core_seconds"] < 2 * deadline
+
+    versions = len(registry.search_model_versions(f"name = '{name}'"))
+    third = lifecycle({**conf, "prepare_deadline_s": 0.2})
+    states = {t: v["state"] for t, v in third["tasks"].items()}
+    assert third["state"] == "failed" and "failed" in states["prepare"], states
+    assert "success" not in states.get("train", "none")
+    assert len(registry.search_model_versions(f"name = '{name}'")) == versions
+
+
+def test_spark_mllib_contract_trains_on_spark_and_serves(lifecycle: Any, registry: Any) -> None:
+    """training_mode=spark_mllib: MLlib on the Spark master, under the Spark deadline loop,
+    exported as the same SavedModel, then evaluated, registered and served like any model."""
+    name = "e2e-mllib"
+    out = lifecycle({**SMALL, "model_name": name, "training_mode": "spark_mllib",
+                     "max_epochs": 60})
+    states = {t: v["state"] for t, v in out["tasks"].items()}
+    assert out["state"] == "success", states
+    train = out["tasks"]["train"]["value"]
+    assert train["outcome"] == "target_met" and train["best_val_accuracy"] >= 0.85
+    assert train["spark_deadline"]["mode"] == "profiling" and train["deadline_met"]
+    assert out["tasks"]["evaluate"]["value"]["test_accuracy"] >= 0.85
+    summary = out["tasks"]["verify"]["value"]
+    assert summary["model_version"] == "1" and summary["alias"] == "champion"
+    answer = requests.post(summary["endpoint_url"], json=REQUEST, timeout=10).json()
+    assert answer["predictions"] == [0, 1] and answer["model_version"] == "1", answer

@@ -34,6 +34,11 @@ def test_defaults_are_a_valid_contract() -> None:
         ("label_column", "", "non-empty string"),
         ("model_name", "bad name!", "does not match"),
         ("serving_node_resource", "two words", "does not match"),
+        ("spark_master", "yarn; rm -rf /", "does not match"),
+        ("spark_master", "spark://host", "does not match"),
+        ("prepare_deadline_s", -1, "must be >= 0"),
+        ("prepare_max_cores", 0, "must be >= 1"),
+        ("training_mode", "mllib", "is not one of"),
         ("hidden_units", [], "needs 1 to 8 entries"),
         ("hidden_units", [64, "x"], "not a whole number"),
         ("hidden_units", "64,64", "list of whole numbers"),
@@ -76,6 +81,20 @@ def test_serving_node_resource_may_be_empty() -> None:
     assert pinned.serving_node_resource == "large"
 
 
+@pytest.mark.parametrize("master", ["", "local[*]", "local[4]", "local", "spark://h:7077",
+                                    "spark://a.b:7077,c-d:7078"])
+def test_spark_master_takes_local_and_standalone_urls(master: str) -> None:
+    assert RunContract.from_dict({"spark_master": master}).spark_master == master
+    jsonschema.validate({**RunContract.defaults().to_dict(), "spark_master": master},
+                        contract_json_schema())
+
+
+def test_spark_mllib_takes_no_tuning() -> None:
+    assert RunContract.from_dict({"training_mode": "spark_mllib"}).training_mode == "spark_mllib"
+    with pytest.raises(ContractError, match="tuning_trials.*spark_mllib"):
+        RunContract.from_dict({"training_mode": "spark_mllib", "tuning_trials": 4})
+
+
 def test_integers_given_as_floats_are_accepted_when_whole() -> None:
     assert RunContract.from_dict({"max_workers": 3.0}).max_workers == 3
 
@@ -95,7 +114,7 @@ def test_schema_describes_every_field_for_the_form() -> None:
     "override",
     [{"deadline_s": 0}, {"target_accuracy": 1.0}, {"max_workers": 0}, {"latency_percentile": 97},
      {"model_name": "bad name!"}, {"hidden_units": []}, {"test_fraction": 0.9},
-     {"deadline": 5}],
+     {"deadline": 5}, {"spark_master": "spark://host"}, {"prepare_deadline_s": -1}],
 )
 def test_schema_and_python_validation_agree(override: dict[str, object]) -> None:
     """What the Airflow form rejects, the operators reject too (one source of truth)."""
