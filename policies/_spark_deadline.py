@@ -132,16 +132,21 @@ def assess_spark_deadline(stages: Sequence[StageProfile], deadline_s: float, max
     if unbounded > budget:
         binding = "deadline"
         fix = (f"even with a core per task it takes {unbounded:.1f}s: relax the deadline to "
-               f"at least {unbounded / alpha:.0f}s")
+               f"at least {_up(unbounded / alpha)}s")
     else:
         need = _min_cores_for(stages, budget)
         binding = "cores"
         fix = (f"needs {need} cores, the cluster gives {max_cores}: add cores or relax the "
-               f"deadline to at least {fastest / alpha:.0f}s")
+               f"deadline to at least {_up(fastest / alpha)}s")
     return SparkFeasibility(False, fastest, budget, binding,
                             f"infeasible: the profile needs {fastest:.1f}s on {max_cores} "
                             f"cores, more than {budget:.1f}s ({alpha:.0%} of "
                             f"{deadline_s:g}s); {fix}")
+
+
+def _up(seconds: float) -> str:
+    """Seconds rounded *up* to 0.1 s: advice rounded down would still be infeasible."""
+    return f"{math.ceil(seconds * 10 - 1e-9) / 10:.1f}"
 
 
 def _min_cores_for(stages: Sequence[StageProfile], budget_s: float) -> int:

@@ -87,13 +87,29 @@ def test_feasibility_names_the_binding_constraint_and_the_fix() -> None:
     assert ok.feasible and ok.binding is None
     cores = assess_spark_deadline(APP, 20.0, max_cores=4)
     assert not cores.feasible and cores.binding == "cores"
-    assert "needs 10 cores, the cluster gives 4"  # ceil(180 / 19) in cores.message
+    assert "needs 10 cores, the cluster gives 4" in cores.message  # ceil(180 / 19)
     assert cores.min_seconds == pytest.approx(180.0 / 4)
     deadline = assess_spark_deadline(APP, 10.0, max_cores=16)
     assert not deadline.feasible and deadline.binding == "deadline"
-    assert "relax the deadline to at least 12s" in deadline.message  # 11.25 s / 0.95
+    assert "relax the deadline to at least 11.9s" in deadline.message  # 11.84 s up
     past = assess_spark_deadline(APP, 0.0, max_cores=16)
     assert not past.feasible and "in the future" in past.message
+
+
+@pytest.mark.parametrize("deadline_s", [0.5, 4.47, 10.0, 20.0, 33.3, 47.0])
+@pytest.mark.parametrize("max_cores", [1, 2, 4, 16])
+def test_the_advised_deadline_is_itself_feasible(deadline_s: float, max_cores: int) -> None:
+    import re
+
+    verdict = assess_spark_deadline(APP, deadline_s, max_cores=max_cores)
+    if verdict.feasible:
+        return
+    advised = float(re.findall(r"relax the deadline to at least ([0-9.]+)s", verdict.message)[0])
+    assert advised > deadline_s
+    if verdict.binding == "cores":  # on the cores the cluster has
+        assert assess_spark_deadline(APP, advised, max_cores=max_cores).feasible
+    else:  # with a core per task
+        assert assess_spark_deadline(APP, advised, max_cores=16).feasible
 
 
 def test_bad_profiles_are_refused_with_the_field() -> None:
