@@ -11,7 +11,7 @@ PYTEST_ARGS ?=
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 
 .PHONY: install demo test test-fast test-integration test-e2e test-cluster lint ray-up ray-down \
-        mlflow-ui airflow bench-lifecycle bench-training bench-sim bench-federated bench-spark-sim clean
+        mlflow-ui airflow bench-lifecycle bench-training bench-sim bench-federated bench-spark bench-spark-sim clean
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -78,6 +78,10 @@ bench-sim: install
 ## Federated training: static E vs hyperFL linear/quadratic, 5 seeds -> benchmarks/results/federated.json
 bench-federated: install
 	$(PY) benchmarks/federated.py --seeds 5
+
+## dynaSpark on a real Spark standalone master (0/20/40% slack vs static) + the simulated case.
+bench-spark: install
+	$(PY) benchmarks/spark_deadline.py --out benchmarks/results/spark_deadline.json
 
 ## dynaSpark's policy on a simulated multi-application Spark cluster (no Spark needed).
 bench-spark-sim: install

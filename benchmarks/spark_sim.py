@@ -143,33 +143,40 @@ def simulate(policy: str, apps: list[App], cores: int, dt: float = 1.0) -> dict[
             "median_finish_over_deadline": round(statistics.median(ratio), 4) if ratio else None}
 
 
-def main() -> int:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--seeds", type=int, default=3)
-    p.add_argument("--apps", type=int, default=200)
-    p.add_argument("--out", type=Path, default=None)
-    args = p.parse_args()
-    scenarios = [  # nodes x cores per node, arrivals per second, deadline slack range
-        {"nodes": 8, "cores_per_node": 8, "rate": 0.05, "slack": (1.0, 3.0)},
-        {"nodes": 8, "cores_per_node": 8, "rate": 0.08, "slack": (1.0, 3.0)},
-        {"nodes": 32, "cores_per_node": 16, "rate": 0.5, "slack": (1.0, 3.0)},
-    ]
+SCENARIOS = [  # nodes x cores per node, arrivals per second, deadline slack range
+    {"nodes": 8, "cores_per_node": 8, "rate": 0.05, "slack": (1.0, 3.0)},
+    {"nodes": 8, "cores_per_node": 8, "rate": 0.08, "slack": (1.0, 3.0)},
+    {"nodes": 32, "cores_per_node": 16, "rate": 0.5, "slack": (1.0, 3.0)},
+]
+
+
+def run_scenarios(seeds: int, n_apps: int) -> list[dict[str, object]]:
     out = []
-    for sc in scenarios:
+    for sc in SCENARIOS:
         cores = sc["nodes"] * sc["cores_per_node"]
         per_policy: dict[str, list[dict[str, float]]] = {pol: [] for pol in POLICIES}
-        for seed in range(args.seeds):
+        for seed in range(seeds):
             for pol in POLICIES:
-                apps = make_apps(args.apps, sc["rate"], seed, sc["slack"])
+                apps = make_apps(n_apps, sc["rate"], seed, sc["slack"])
                 per_policy[pol].append(simulate(pol, apps, cores))
         row = {"nodes": sc["nodes"], "cores_per_node": sc["cores_per_node"],
-               "arrival_rate": sc["rate"], "apps": args.apps, "slack": list(sc["slack"]),
+               "arrival_rate": sc["rate"], "apps": n_apps, "slack": list(sc["slack"]),
                "policies": {pol: {k: round(statistics.mean(r[k] for r in rs), 4)
                                   for k in ("deadlines_met_frac", "met_of_admitted",
                                             "refused", "core_seconds")}
                             for pol, rs in per_policy.items()}}
         out.append(row)
         print(json.dumps(row), flush=True)
+    return out
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--seeds", type=int, default=3)
+    p.add_argument("--apps", type=int, default=200)
+    p.add_argument("--out", type=Path, default=None)
+    args = p.parse_args()
+    out = run_scenarios(args.seeds, args.apps)
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps({"simulated": out, "seeds": args.seeds}, indent=1))
