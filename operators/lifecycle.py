@@ -197,10 +197,14 @@ class PrepareDataOperator(_StageOperator):
                 f"contract field 'prepare_deadline_s': {exc} (or set on_infeasible to "
                 f"best_effort to prepare on all prepare_max_cores anyway)") from exc
         profile["prepare_seconds"] = time.monotonic() - started
-        self.log.info("Rows read %d (dropped incomplete: %d); split %s; %d features, %d classes",
-                      profile["rows_read"], profile["rows_dropped_incomplete"],
+        self.log.info("Rows read %d (dropped incomplete: %d, malformed: %d); split %s; "
+                      "%d features, %d classes", profile["rows_read"],
+                      profile["rows_dropped_incomplete"], profile["rows_dropped_malformed"],
                       profile["split_counts"], len(profile["feature_names"]),
                       len(profile["classes"]))
+        if profile["rows_dropped_malformed"]:
+            self.log.warning("Malformed values (unparsable numbers) per column: %s; their rows "
+                             "were dropped", profile["malformed_values_by_column"])
         return profile
 
 

@@ -60,6 +60,43 @@ def _read(spark: Any, path: str) -> Any:
     raise DataError(f"data_source {path!r}: unknown format; use a .csv or .parquet path")
 
 
+def _repair_malformed(frame: Any, non_numeric: list[Any]) -> tuple[Any, dict[str, int], int,
+                                                                   list[Any]]:
+    """Numeric columns with a few unparsable cells ("n/a", "12,5", "oops").
+
+    A CSV column with one bad cell is inferred as a string column. Where at least half of its
+    non-empty cells parse as numbers, the column is numeric with malformed cells: those cells
+    are counted per column and their rows dropped (and reported, never silently). Columns that
+    stay non-numeric are returned for the caller's error. Returns the frame (repaired columns
+    as double, malformed rows removed), the per-column counts, the malformed row count and the
+    truly non-numeric columns.
+    """
+    from pyspark.sql import functions as F
+
+    if not non_numeric:
+        return frame, {}, 0, []
+    names = [f.name for f in non_numeric]
+    counts = frame.select(
+        *[F.count(F.col(n)).alias(f"n{i}") for i, n in enumerate(names)],
+        *[F.count(F.col(n).try_cast("double")).alias(f"ok{i}") for i, n in enumerate(names)],
+    ).first()
+    repair = [(i, n) for i, n in enumerate(names)
+              if counts[f"n{i}"] and counts[f"ok{i}"] * 2 >= counts[f"n{i}"]]
+    if not repair:
+        return frame, {}, 0, non_numeric
+    malformed = {n: int(counts[f"n{i}"] - counts[f"ok{i}"]) for i, n in repair}
+    conds = [F.col(n).isNotNull() & F.col(n).try_cast("double").isNull() for _, n in repair]
+    is_bad = conds[0]
+    for cond in conds[1:]:
+        is_bad = is_bad | cond
+    malformed_rows = frame.where(is_bad).count()
+    clean = frame.where(~is_bad)
+    for _, n in repair:
+        clean = clean.withColumn(n, F.col(n).try_cast("double"))
+    fixed = {n for _, n in repair}
+    return clean, malformed, int(malformed_rows), [f for f in non_numeric if f.name not in fixed]
+
+
 def run_prepare(
     spark: Any,
     *,
@@ -87,6 +124,7 @@ def run_prepare(
         raise DataError("the data has no feature columns besides the label")
     bad = [f for f in frame.schema.fields
            if f.name in features and not isinstance(f.dataType, NumericType)]
+    frame, malformed, malformed_rows, bad = _repair_malformed(frame, bad)
     if bad:
         first = bad[0].name
         sample = frame.where(F.col(first).isNotNull()).select(first).first()
@@ -99,7 +137,8 @@ def run_prepare(
     complete = frame.dropna(subset=[label_column, *features])
     kept = complete.count()
     if kept == 0:
-        raise DataError(f"no complete rows: all {total} rows have a missing value")
+        raise DataError(f"no complete rows: all {total + malformed_rows} rows have a missing or "
+                        f"malformed value")
     classes = sorted(r[0] for r in complete.select(label_column).distinct().limit(MAX_CLASSES + 1)
                      .collect())
     if len(classes) > MAX_CLASSES:
@@ -130,8 +169,10 @@ def run_prepare(
         "label_column": label_column,
         "feature_names": features,
         "classes": [_jsonable(c) for c in classes],
-        "rows_read": total,
+        "rows_read": total + malformed_rows,
         "rows_dropped_incomplete": total - kept,
+        "rows_dropped_malformed": malformed_rows,
+        "malformed_values_by_column": malformed,
         "split_counts": counts,
         "feature_mean": [float(stats[f"m_{i}"] or 0.0) for i in range(len(features))],
         "feature_std": [float(stats[f"s_{i}"] or 0.0) for i in range(len(features))],

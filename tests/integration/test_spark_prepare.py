@@ -68,6 +68,24 @@ def test_incomplete_rows_are_counted_not_hidden(spark: Any, tmp_path: Path) -> N
     assert profile["classes"] == ["x", "y"]
 
 
+def test_malformed_numbers_are_counted_per_column_and_their_rows_dropped(
+        spark: Any, tmp_path: Path) -> None:
+    src = tmp_path / "malformed.csv"
+    lines = ["a,b,label"] + [f"{i},{i % 7}.5,{'xy'[i % 2]}" for i in range(60)]
+    lines[5] = "4,n/a,x"       # one unparsable cell
+    lines[9] = "oops,12,x"     # another, in another column
+    lines[12] = "11,?,y"       # a third
+    lines[20] = "19,,y"        # empty: incomplete, not malformed
+    src.write_text("\n".join(lines) + "\n")
+    profile = _prepare(spark, tmp_path, str(src))
+    assert profile["rows_read"] == 60
+    assert profile["rows_dropped_malformed"] == 3
+    assert profile["malformed_values_by_column"] == {"a": 1, "b": 2}
+    assert profile["rows_dropped_incomplete"] == 1
+    assert sum(profile["split_counts"].values()) == 56
+    assert profile["feature_names"] == ["a", "b"]
+
+
 def test_single_class_is_rejected(spark: Any, tmp_path: Path) -> None:
     src = _csv(tmp_path, pd.DataFrame({"a": range(30), "label": [1] * 30}))
     with pytest.raises(DataError, match="need at least 2"):
