@@ -12,6 +12,7 @@ import os
 import statistics
 import time
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 from airflow.sdk import BaseOperator
@@ -157,11 +158,7 @@ class PrepareDataOperator(_StageOperator):
                       master, output,
                       f" (deadline {contract.prepare_deadline_s:g}s, at most "
                       f"{contract.prepare_max_cores} cores)" if controlled else "")
-        conf = {}
-        if controlled and not master.startswith("local"):
-            # One-core executors so the controller can move the cores one at a time.
-            conf = {"spark.executor.cores": "1", "spark.dynamicAllocation.enabled": "false",
-                    "spark.cores.max": str(contract.prepare_max_cores)}
+        conf = _controlled_spark_conf(contract, master) if controlled else {}
         spark = hook.session(f"slaflow-prepare-{self.plan['run_key']}", master=master,
                              conf=conf)
         started = time.monotonic()
@@ -181,8 +178,7 @@ class PrepareDataOperator(_StageOperator):
                 profile, report = run_with_deadline(
                     spark, work, deadline_s=contract.prepare_deadline_s,
                     max_cores=contract.prepare_max_cores,
-                    profile_path=home() / "spark_profiles" / f"{_prepare_key(contract, master)}"
-                                                            f".json",
+                    profile_path=_spark_profile_path("prepare", contract, master),
                     on_infeasible=contract.on_infeasible, log=self.log.info)
                 report["timeline"] = report.get("timeline", [])[-50:]
                 profile["spark_deadline"] = report
@@ -211,10 +207,21 @@ class PrepareDataOperator(_StageOperator):
 MLLIB_RESULT_TAG = "slaflow.mllib_result"
 
 
-def _prepare_key(contract: RunContract, master: str) -> str:
-    """Which stored Spark profile a prepare run reuses: same data (a changed file is profiled
-    again), same split and the same master."""
+def _controlled_spark_conf(contract: RunContract, master: str) -> dict[str, str]:
+    """One-core executors, so the deadline controller can move the cores one at a time (a
+    ``local`` master has fixed cores: nothing to set)."""
+    if master.startswith("local"):
+        return {}
+    return {"spark.executor.cores": "1", "spark.dynamicAllocation.enabled": "false",
+            "spark.cores.max": str(contract.prepare_max_cores)}
+
+
+def _spark_profile_path(job: str, contract: RunContract, master: str) -> Path:
+    """Where the stored Spark profile of ``job`` on this data, split and master lives (a
+    changed data file is profiled again)."""
     import hashlib
+
+    from slaflow.settings import home
 
     source = contract.data_source
     stamp: list[Any] = []
@@ -224,7 +231,8 @@ def _prepare_key(contract: RunContract, master: str) -> str:
         stamp = [st.st_size, st.st_mtime_ns]
     blob = json.dumps([source, stamp, contract.label_column, contract.validation_fraction,
                        contract.test_fraction, contract.seed, master])
-    return "prepare-" + hashlib.sha256(blob.encode()).hexdigest()[:16]
+    digest = hashlib.sha256(blob.encode()).hexdigest()[:16]
+    return home() / "spark_profiles" / f"{job}-{digest}.json"
 
 
 class FeasibilityOperator(_RayJobStageOperator):
@@ -464,10 +472,9 @@ class TrainModelOperator(_RayJobStageOperator):
         """MLlib on Spark, in this task's process (client mode, like prepare), under the Spark
         deadline controller; exported as the same SavedModel as Keras models. A retry after
         the export returns the recorded result instead of logging a second model."""
-        from policies import StopReason, outcome
+        from policies import outcome, single_fit_stop_reason
         from ray_jobs.model_format import build_mlp
         from ray_jobs.train import _export_and_log
-        from slaflow.settings import home
         from spark_jobs.deadline import SparkDeadlineInfeasible, run_with_deadline
         from spark_jobs.train_mllib import fit_logistic
 
@@ -478,15 +485,12 @@ class TrainModelOperator(_RayJobStageOperator):
             return dict(json.loads(done))
         hook = SparkHook()
         master = contract.spark_master or hook.master
-        conf = {} if master.startswith("local") else {
-            "spark.executor.cores": "1", "spark.dynamicAllocation.enabled": "false",
-            "spark.cores.max": str(contract.prepare_max_cores)}
-        spark = hook.session(f"slaflow-train-{self.plan['run_key']}", master=master, conf=conf)
+        spark = hook.session(f"slaflow-train-{self.plan['run_key']}", master=master,
+                             conf=_controlled_spark_conf(contract, master))
         remaining = contract.deadline_s - (time.time() - float(spec["started_at"]))
         if remaining <= 0:
             raise AirflowFailException("contract field 'deadline_s': the deadline passed "
                                        "before training started; give a longer deadline")
-        key = _prepare_key(contract, master).replace("prepare-", "mllib-")
         self.log.info("Training MLlib multinomial logistic regression on %s (up to %d "
                       "iterations, %d cores, %.0fs left)", master, contract.max_epochs,
                       contract.prepare_max_cores, remaining)
@@ -496,15 +500,15 @@ class TrainModelOperator(_RayJobStageOperator):
                                             val_path=spec["val_path"], profile=self.profile,
                                             max_iter=contract.max_epochs),
                 deadline_s=remaining, max_cores=contract.prepare_max_cores,
-                profile_path=home() / "spark_profiles" / f"{key}-{contract.max_epochs}.json",
+                profile_path=_spark_profile_path(f"mllib-{contract.max_epochs}", contract,
+                                                 master),
                 on_infeasible=contract.on_infeasible, log=self.log.info)
         except SparkDeadlineInfeasible as exc:
             raise AirflowFailException(f"contract field 'deadline_s': {exc}") from exc
         training_seconds = time.time() - float(spec["started_at"])
         stop_accuracy = float(spec["stop_accuracy"])
-        stop = (StopReason.TARGET_MET if fit.val_accuracy >= stop_accuracy else
-                StopReason.DEADLINE_TRUNCATED if training_seconds > contract.deadline_s else
-                StopReason.MAX_EPOCHS)
+        stop = single_fit_stop_reason(fit.val_accuracy, stop_accuracy, training_seconds,
+                                      contract.deadline_s)
         label = outcome(stop, fit.val_accuracy, stop_accuracy)
         weights = build_mlp(len(self.profile["feature_names"]), len(self.profile["classes"]),
                             (), self.profile["feature_mean"], self.profile["feature_std"],

@@ -24,6 +24,7 @@ from policies._control import (
     after_epoch,
     measured_model,
     outcome,
+    single_fit_stop_reason,
     summarize_allocation,
 )
 from policies._deadline import (
@@ -145,6 +146,7 @@ __all__ = [
     "next_epoch_decision",
     "next_round",
     "outcome",
+    "single_fit_stop_reason",
     "plan_stage",
     "plan_workers",
     "reference_accuracy",

@@ -109,6 +109,16 @@ def outcome(stop_reason: StopReason | str | None, best_val_accuracy: float,
     return Outcome.TARGET_UNREACHABLE
 
 
+def single_fit_stop_reason(val_accuracy: float, stop_accuracy: float, elapsed_s: float,
+                           deadline_s: float) -> StopReason:
+    """Why a one-shot fit (no epochs to steer, e.g. MLlib's solver) ended where it did."""
+    if val_accuracy >= stop_accuracy:
+        return StopReason.TARGET_MET
+    if elapsed_s > deadline_s:
+        return StopReason.DEADLINE_TRUNCATED
+    return StopReason.MAX_EPOCHS
+
+
 def after_epoch(
     *,
     now_s: float,

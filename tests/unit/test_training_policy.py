@@ -66,3 +66,18 @@ def test_predicts_with_the_slowest_recent_epoch() -> None:
 def test_target_met_wins_over_deadline() -> None:
     d = _decide(elapsed_s=99.0, val_accuracy=0.95)
     assert d.stop_reason is StopReason.TARGET_MET
+
+
+@pytest.mark.parametrize(("val", "elapsed", "expected"), [
+    (0.95, 50.0, StopReason.TARGET_MET),
+    (0.95, 150.0, StopReason.TARGET_MET),  # reaching the target counts even when late
+    (0.90, 50.0, StopReason.TARGET_MET),  # the stop accuracy itself is enough
+    (0.80, 150.0, StopReason.DEADLINE_TRUNCATED),
+    (0.80, 100.0, StopReason.MAX_EPOCHS),  # on the deadline is not past it
+    (0.80, 50.0, StopReason.MAX_EPOCHS),
+])
+def test_a_one_shot_fit_is_labelled_by_target_then_deadline(
+        val: float, elapsed: float, expected: StopReason) -> None:
+    from policies import single_fit_stop_reason
+
+    assert single_fit_stop_reason(val, 0.9, elapsed, 100.0) is expected
