@@ -77,6 +77,7 @@ _S_SERVING = "Serving"
 _S_DATA = "Data"
 _S_MODEL = "Model"
 _S_FEDERATED = "Federated training"
+_S_REVIEW = "Promotion review"
 
 FIELDS: Final[tuple[FieldSpec, ...]] = (
     FieldSpec(
@@ -131,6 +132,34 @@ FIELDS: Final[tuple[FieldSpec, ...]] = (
         "deadline.",
         _S_QUALITY, "choose 'stop' or 'continue'",
         enum=("stop", "continue"),
+    ),
+    FieldSpec(
+        "review_policy", "string", "never", "Human review of the gate",
+        "never: the gate decides alone; borderline: a decision within the evaluation's noise "
+        "(or a costlier model) waits for approval in Airflow (Required Actions); always: every "
+        "candidate that meets the target waits for approval. Reject or no answer: not promoted.",
+        _S_REVIEW, "choose 'never', 'borderline' or 'always'",
+        enum=("never", "borderline", "always"),
+    ),
+    FieldSpec(
+        "review_margin", "number", 0.005, "Borderline margin",
+        "A candidate whose accuracy is within max(this, the 95% CI half-width of its test "
+        "accuracy) of the accuracy it needs, on either side, is borderline.",
+        _S_REVIEW, "use a fraction from 0 to 0.2, e.g. 0.005",
+        minimum=0, maximum=0.2,
+    ),
+    FieldSpec(
+        "review_max_cost_ratio", "number", 1.5, "Borderline serving cost ratio",
+        "A candidate the gate would promote is borderline when it has more than this times "
+        "the champion's parameters (its serving cost); 0 turns the cost rule off.",
+        _S_REVIEW, "use a number from 0 to 100, e.g. 1.5 (0: off)",
+        minimum=0, maximum=100,
+    ),
+    FieldSpec(
+        "review_timeout_s", "integer", 3600, "Review timeout (s)",
+        "How long a review waits for an answer; no answer is recorded as 'not promoted'.",
+        _S_REVIEW, "use a whole number of seconds from 10 to 604800 (a week)",
+        minimum=10, maximum=7 * 86400,
     ),
     FieldSpec(
         "tuning_trials", "integer", 0, "Tuning trials (Optuna)",
@@ -359,6 +388,10 @@ class RunContract:
     spark_master: str = ""
     prepare_deadline_s: float = 0.0
     prepare_max_cores: int = 2
+    review_policy: str = "never"
+    review_margin: float = 0.005
+    review_max_cost_ratio: float = 1.5
+    review_timeout_s: int = 3600
     contract_version: int = field(default=CONTRACT_VERSION)
 
     @classmethod

@@ -6,6 +6,7 @@ reviewer can read in the Airflow log and on the model version.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
@@ -20,6 +21,8 @@ class ChampionRecord:
 
     version: str
     accuracy: float
+    #: Serving cost proxy: the model's parameter count (latency and replicas scale with it).
+    cost: float | None = None
 
 
 @dataclass(frozen=True)
@@ -40,6 +43,7 @@ class PromotionDecision:
     champion_version: str | None
     champion_accuracy: float | None
     checks: tuple[GateCheck, ...]
+    champion_cost: float | None = None
 
     @property
     def reasons(self) -> tuple[str, ...]:
@@ -49,6 +53,20 @@ class PromotionDecision:
         verdict = "promote to champion" if self.promote else "keep as challenger"
         return f"{verdict}: " + "; ".join(self.reasons)
 
+    @classmethod
+    def from_dict(cls, raw: dict[str, Any]) -> PromotionDecision:
+        """Inverse of :meth:`to_dict` (a decision carried between tasks in XCom)."""
+        return cls(
+            promote=bool(raw["promote"]), alias=str(raw["alias"]),
+            candidate_accuracy=float(raw["candidate_accuracy"]),
+            required_accuracy=float(raw["required_accuracy"]),
+            champion_version=raw.get("champion_version"),
+            champion_accuracy=raw.get("champion_accuracy"),
+            checks=tuple(GateCheck(str(c["name"]), bool(c["passed"]), str(c["detail"]))
+                         for c in raw["checks"]),
+            champion_cost=raw.get("champion_cost"),
+        )
+
     def to_dict(self) -> dict[str, Any]:
         return {
             "promote": self.promote,
@@ -57,6 +75,7 @@ class PromotionDecision:
             "required_accuracy": self.required_accuracy,
             "champion_version": self.champion_version,
             "champion_accuracy": self.champion_accuracy,
+            "champion_cost": self.champion_cost,
             "checks": [{"name": c.name, "passed": c.passed, "detail": c.detail}
                        for c in self.checks],
         }
@@ -108,4 +127,97 @@ def decide_promotion(
         champion_version=None if champion is None else champion.version,
         champion_accuracy=None if champion is None else champion.accuracy,
         checks=tuple(checks),
+        champion_cost=None if champion is None else champion.cost,
     )
+
+
+REVIEW_POLICIES = ("never", "borderline", "always")
+
+
+@dataclass(frozen=True)
+class ReviewRequest:
+    """Whether a person must approve the gate's decision, and why (shown in the approval)."""
+
+    required: bool
+    reasons: tuple[str, ...]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"required": self.required, "reasons": list(self.reasons)}
+
+
+@dataclass(frozen=True)
+class ReviewOutcome:
+    """A person's answer. ``responder`` None: nobody answered before the review timed out."""
+
+    approved: bool
+    responder: str | None
+    timeout_s: float | None = None
+
+
+def review_request(
+    decision: PromotionDecision,
+    *,
+    policy: str,
+    accuracy_noise: float,
+    margin: float,
+    candidate_cost: float | None = None,
+    max_cost_ratio: float = 0.0,
+) -> ReviewRequest:
+    """Is the gate's decision borderline, so that a person should make it?
+
+    - ``never``: no review. ``always``: every candidate that meets the target is reviewed.
+    - ``borderline``: a candidate that meets the target is reviewed when its gain over the
+      champion is within the evaluation's noise of the required gain, on either side
+      (|candidate - required| <= max(margin, accuracy_noise), ``accuracy_noise`` being the
+      half-width of the test accuracy's 95% interval), or when it would be promoted but costs
+      more than ``max_cost_ratio`` x the champion to serve (0 disables the cost rule).
+
+    A candidate below the target is never reviewed: the contract makes the target a must.
+    """
+    if policy not in REVIEW_POLICIES:
+        raise ValueError(f"review policy must be one of {REVIEW_POLICIES}, got {policy!r}")
+    if accuracy_noise < 0 or margin < 0 or max_cost_ratio < 0:
+        raise ValueError("accuracy_noise, margin and max_cost_ratio must be >= 0")
+    target = decision.checks[0]
+    if policy == "never":
+        return ReviewRequest(False, ("review policy 'never': the gate decides alone",))
+    if not target.passed:
+        return ReviewRequest(False, (f"misses the target ({target.detail}): not reviewable",))
+    if policy == "always":
+        return ReviewRequest(True, ("review policy 'always': every candidate that meets the "
+                                    "target waits for approval",))
+    reasons: list[str] = []
+    if decision.champion_accuracy is not None:
+        band = max(margin, accuracy_noise)
+        distance = decision.candidate_accuracy - decision.required_accuracy
+        if abs(distance) <= band:
+            reasons.append(
+                f"gain within the noise: accuracy {decision.candidate_accuracy:.4f} is "
+                f"{distance:+.4f} from the required {decision.required_accuracy:.4f}, inside "
+                f"+/-{band:.4f} (95% CI half-width {accuracy_noise:.4f}, margin {margin:.4f})")
+    champion_cost = decision.champion_cost
+    if (decision.promote and max_cost_ratio > 0 and candidate_cost is not None
+            and champion_cost and candidate_cost > max_cost_ratio * champion_cost):
+        reasons.append(
+            f"higher serving cost: {candidate_cost / champion_cost:.2f}x the champion's "
+            f"parameters ({candidate_cost:.0f} vs {champion_cost:.0f}), above the allowed "
+            f"{max_cost_ratio:.2f}x")
+    if not reasons:
+        return ReviewRequest(False, ("clear decision: outside the noise band and within the "
+                                     "cost ratio",))
+    return ReviewRequest(True, tuple(reasons))
+
+
+def apply_review(decision: PromotionDecision, outcome: ReviewOutcome) -> PromotionDecision:
+    """The final decision after a review: approve promotes, reject or no answer does not."""
+    if outcome.responder is None:
+        waited = "" if outcome.timeout_s is None else f" within {outcome.timeout_s:.0f}s"
+        check = GateCheck("human_review", False, f"no answer{waited}: not promoted")
+    elif outcome.approved:
+        check = GateCheck("human_review", True, f"approved by {outcome.responder}")
+    else:
+        check = GateCheck("human_review", False, f"rejected by {outcome.responder}")
+    promote = outcome.approved and outcome.responder is not None
+    return dataclasses.replace(decision, promote=promote,
+                               alias=CHAMPION if promote else CHALLENGER,
+                               checks=(*decision.checks, check))

@@ -1,13 +1,19 @@
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 
 from policies import (
     CHALLENGER,
     CHAMPION,
     ChampionRecord,
+    PromotionDecision,
+    ReviewOutcome,
+    apply_review,
     decide_promotion,
     required_accuracy,
+    review_request,
 )
 
 pytestmark = pytest.mark.unit
@@ -59,3 +65,91 @@ def test_required_accuracy() -> None:
 def test_rejects_impossible_accuracy() -> None:
     with pytest.raises(ValueError, match="candidate_accuracy"):
         decide_promotion(1.5, 0.9, 0.0, None)
+
+
+# --------------------------------------------------------------------------- human review
+
+
+def _review(candidate: float, champion: ChampionRecord | None, policy: str = "borderline",
+            noise: float = 0.01, margin: float = 0.005, cost: float | None = None,
+            ratio: float = 1.5, target: float = 0.9, gain: float = 0.0) -> Any:
+    decision = decide_promotion(candidate, target, gain, champion)
+    return decision, review_request(decision, policy=policy, accuracy_noise=noise,
+                                    margin=margin, candidate_cost=cost, max_cost_ratio=ratio)
+
+
+def test_never_policy_never_asks() -> None:
+    _, review = _review(0.951, ChampionRecord("1", 0.95), policy="never")
+    assert not review.required
+
+
+def test_always_policy_asks_for_every_candidate_that_meets_the_target() -> None:
+    assert _review(0.99, None, policy="always")[1].required
+    assert not _review(0.80, None, policy="always")[1].required  # below target: no question
+
+
+@pytest.mark.parametrize(("candidate", "required"), [
+    (0.951, True),    # gain +0.001, inside +/-0.01 noise: borderline pass
+    (0.945, True),    # -0.005: borderline fail, a person may still promote
+    (0.975, False),   # +0.025: clearly better
+    (0.92, False),    # -0.03: clearly worse
+])
+def test_borderline_is_a_gain_within_the_evaluation_noise(candidate: float,
+                                                          required: bool) -> None:
+    decision, review = _review(candidate, ChampionRecord("1", 0.95))
+    assert review.required is required
+    if required:
+        assert "within the noise" in review.reasons[0]
+        assert "95% CI half-width 0.0100" in review.reasons[0]
+
+
+def test_borderline_band_is_the_larger_of_margin_and_noise() -> None:
+    champ = ChampionRecord("1", 0.95)
+    assert not _review(0.965, champ, noise=0.01, margin=0.0)[1].required
+    assert _review(0.965, champ, noise=0.01, margin=0.02)[1].required
+
+
+def test_no_champion_means_no_gain_to_doubt() -> None:
+    assert not _review(0.905, None)[1].required
+
+
+def test_costlier_model_that_would_be_promoted_is_borderline() -> None:
+    champ = ChampionRecord("1", 0.90, cost=1000)
+    decision, review = _review(0.99, champ, cost=4000, ratio=1.5)
+    assert decision.promote and review.required
+    assert "4.00x the champion's parameters" in review.reasons[0]
+    assert not _review(0.99, champ, cost=1400, ratio=1.5)[1].required
+    assert not _review(0.99, champ, cost=4000, ratio=0.0)[1].required  # rule off
+
+
+def test_review_rejects_unknown_policy_and_negative_inputs() -> None:
+    decision = decide_promotion(0.95, 0.9, 0.0, None)
+    with pytest.raises(ValueError, match="review policy"):
+        review_request(decision, policy="sometimes", accuracy_noise=0.0, margin=0.0)
+    with pytest.raises(ValueError, match=">= 0"):
+        review_request(decision, policy="always", accuracy_noise=-1.0, margin=0.0)
+
+
+@pytest.mark.parametrize(("outcome", "promote", "detail"), [
+    (ReviewOutcome(True, "alice"), True, "approved by alice"),
+    (ReviewOutcome(False, "bob"), False, "rejected by bob"),
+    (ReviewOutcome(True, None, timeout_s=60), False, "no answer within 60s: not promoted"),
+])
+def test_review_answer_makes_the_final_decision(outcome: ReviewOutcome, promote: bool,
+                                                detail: str) -> None:
+    # A borderline fail that a person approves is promoted; a pass they reject is not.
+    for candidate in (0.945, 0.955):
+        decision = decide_promotion(candidate, 0.9, 0.0, ChampionRecord("1", 0.95))
+        final = apply_review(decision, outcome)
+        assert final.promote is promote
+        assert final.alias == ("champion" if promote else "challenger")
+        assert final.checks[-1].name == "human_review" and final.checks[-1].detail == detail
+        assert final.checks[:-1] == decision.checks
+
+
+def test_decision_round_trips_through_xcom_json() -> None:
+    import json
+
+    decision = decide_promotion(0.96, 0.9, 0.01, ChampionRecord("2", 0.94, cost=10.0))
+    again = PromotionDecision.from_dict(json.loads(json.dumps(decision.to_dict())))
+    assert again == decision
