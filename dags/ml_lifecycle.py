@@ -1,20 +1,26 @@
-"""ml_lifecycle: plan -> prepare -> feasibility -> train -> evaluate -> register -> promote
--> deploy -> verify.
+"""ml_lifecycle: plan -> prepare -> feasibility -> train -> evaluate -> register -> gate
+-> review -> promote -> deploy -> verify.
 
-Composition only: every stage is an operator from ``operators.lifecycle``; the trigger form is
-the run contract (``operators.params``). Nothing heavy is imported at parse time.
+Composition only: every stage is an operator from ``operators``; the trigger form is the run
+contract (``operators.params``). Runs start three ways: the trigger form (or REST), a change of
+the training data (the ``slaflow_training_data`` Asset, see ``training_data_watch``), and, when
+``SLAFLOW_RETRAIN_SCHEDULE`` holds a cron expression, on that schedule. ``review`` waits for a
+person only when the contract's ``review_policy`` says the gate's decision is theirs.
+Nothing heavy is imported at parse time.
 """
 
 from __future__ import annotations
 
 from datetime import timedelta
 
-from airflow.sdk import DAG
+from airflow.sdk import DAG, AssetOrTimeSchedule, CronTriggerTimetable
 
+from operators.data import training_data_asset
 from operators.lifecycle import (
     DeployModelOperator,
     EvaluateModelOperator,
     FeasibilityOperator,
+    GateOperator,
     PlanRunOperator,
     PrepareDataOperator,
     PromoteModelOperator,
@@ -23,16 +29,26 @@ from operators.lifecycle import (
     VerifyEndpointOperator,
 )
 from operators.params import contract_params
+from operators.review import ReviewPromotionOperator
+from slaflow.settings import retrain_schedule
 
 
 def _xcom(task_id: str) -> str:
     return "{{ ti.xcom_pull(task_ids='" + task_id + "') }}"
 
 
+def _schedule() -> object:
+    cron = retrain_schedule()
+    if cron is None:
+        return [training_data_asset()]
+    return AssetOrTimeSchedule(timetable=CronTriggerTimetable(cron, timezone="UTC"),
+                               assets=[training_data_asset()])
+
+
 with DAG(
     dag_id="ml_lifecycle",
     description="Train, evaluate, register, promote and serve a model under a run contract",
-    schedule=None,
+    schedule=_schedule(),
     catchup=False,
     params=contract_params(),
     render_template_as_native_obj=True,
@@ -51,8 +67,13 @@ with DAG(
                                      profile=_xcom("prepare"), train=_xcom("train"))
     register = RegisterModelOperator(task_id="register", plan=_xcom("plan"),
                                      train=_xcom("train"), evaluation=_xcom("evaluate"))
+    gate = GateOperator(task_id="gate", plan=_xcom("plan"), evaluation=_xcom("evaluate"),
+                        registration=_xcom("register"))
+    review = ReviewPromotionOperator(task_id="review", plan=_xcom("plan"), gate=_xcom("gate"),
+                                     retries=0)
     promote = PromoteModelOperator(task_id="promote", plan=_xcom("plan"),
-                                   evaluation=_xcom("evaluate"), registration=_xcom("register"))
+                                   evaluation=_xcom("evaluate"), registration=_xcom("register"),
+                                   gate=_xcom("gate"), review=_xcom("review"))
     deploy = DeployModelOperator(task_id="deploy", plan=_xcom("plan"),
                                  promotion=_xcom("promote"))
     verify = VerifyEndpointOperator(
@@ -60,4 +81,5 @@ with DAG(
         evaluation=_xcom("evaluate"), registration=_xcom("register"),
         promotion=_xcom("promote"), deployment=_xcom("deploy"))
 
-    plan >> prepare >> feasibility >> train >> evaluate >> register >> promote >> deploy >> verify
+    (plan >> prepare >> feasibility >> train >> evaluate >> register >> gate >> review
+     >> promote >> deploy >> verify)

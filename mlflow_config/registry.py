@@ -22,6 +22,13 @@ TAG_STARTED_AT = "slaflow.train_started_at"
 TAG_TEST_ACCURACY = "slaflow.test_accuracy"
 TAG_GATE_DECISION = "slaflow.gate.decision"
 TAG_GATE_REPORT = "slaflow.gate.report"
+TAG_GATE_REASONS = "slaflow.gate.reasons"
+TAG_REVIEW = "slaflow.review"
+TAG_MODEL_PARAMS = "slaflow.model_params"
+TAG_AIRFLOW_RUN_URL = "slaflow.airflow_run_url"
+TAG_SERVING = "slaflow.serving"
+TAG_ROLLED_BACK = "slaflow.rolled_back_by"
+PENDING_REVIEW = "pending_review"
 
 
 def experiment_name(model_name: str) -> str:
@@ -62,7 +69,9 @@ def get_champion(client: Any, model_name: str) -> ChampionRecord | None:
     if accuracy is None:  # a champion set by hand, outside slaflow: read its run's metric
         run = client.get_run(version.run_id)
         accuracy = run.data.metrics.get("test_accuracy", 0.0)
-    return ChampionRecord(version=str(version.version), accuracy=float(accuracy))
+    cost = version.tags.get(TAG_MODEL_PARAMS)
+    return ChampionRecord(version=str(version.version), accuracy=float(accuracy),
+                          cost=None if cost is None else float(cost))
 
 
 def get_alias_version(client: Any, model_name: str, alias: str) -> Any | None:
@@ -110,18 +119,29 @@ def register_version(
     return version, True
 
 
+def record_gate(client: Any, model_name: str, version: str, decision: PromotionDecision,
+                report: dict[str, Any], pending_review: bool) -> None:
+    """Write the gate's report on the version (``pending_review`` while a person decides)."""
+    client.set_model_version_tag(
+        model_name, version, TAG_GATE_DECISION,
+        PENDING_REVIEW if pending_review else
+        ("promoted" if decision.promote else "not_promoted"))
+    client.set_model_version_tag(model_name, version, TAG_GATE_REPORT,
+                                 json.dumps({**report, **decision.to_dict()}))
+    client.set_model_version_tag(model_name, version, TAG_GATE_REASONS,
+                                 "; ".join(decision.reasons))
+
+
 def apply_promotion(
-    client: Any, model_name: str, version: str, decision: PromotionDecision
+    client: Any, model_name: str, version: str, decision: PromotionDecision,
+    report: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Record the gate decision on the version and move aliases. Safe to repeat.
 
     ``champion`` moves to ``version`` (the old one becomes ``previous_champion``) only when
     promoted; otherwise ``version`` becomes ``challenger``.
     """
-    client.set_model_version_tag(model_name, version, TAG_GATE_DECISION,
-                                 "promoted" if decision.promote else "not_promoted")
-    client.set_model_version_tag(model_name, version, TAG_GATE_REPORT,
-                                 json.dumps(decision.to_dict()))
+    record_gate(client, model_name, version, decision, report or {}, pending_review=False)
     moved: dict[str, Any] = {}
     if decision.promote:
         current = get_alias_version(client, model_name, CHAMPION)
@@ -137,3 +157,39 @@ def apply_promotion(
         client.set_registered_model_alias(model_name, CHALLENGER, version)
         moved[CHALLENGER] = str(version)
     return moved
+
+
+class RollbackError(RuntimeError):
+    """No rollback is possible; the message says why and what to do."""
+
+
+def rollback(client: Any, model_name: str, marker: str) -> dict[str, str]:
+    """Move ``champion`` back to ``previous_champion``. Idempotent per ``marker``.
+
+    The demoted version keeps its tags, gets ``slaflow.rolled_back_by = marker`` and the
+    ``challenger`` alias is left alone; ``previous_champion`` is removed (there is no older
+    champion on record to take its place). A retry with the same marker finds the demoted
+    version by its tag and returns the same answer without moving anything again.
+    """
+    done = client.search_model_versions(
+        f"name = '{model_name}' and tags.`{TAG_ROLLED_BACK}` = '{marker}'")
+    if done:
+        demoted = done[0]
+        champion = get_alias_version(client, model_name, CHAMPION)
+        return {"champion": str(champion.version) if champion else "",
+                "demoted": str(demoted.version), "repeated": "true"}
+    previous = get_alias_version(client, model_name, PREVIOUS_CHAMPION)
+    if previous is None:
+        raise RollbackError(
+            f"model {model_name!r} has no '{PREVIOUS_CHAMPION}' alias: there is no earlier "
+            f"champion to roll back to. Fix: set the alias on the version to restore in the "
+            f"MLflow UI (or with MlflowClient.set_registered_model_alias), then roll back again")
+    current = get_alias_version(client, model_name, CHAMPION)
+    client.set_registered_model_alias(model_name, CHAMPION, previous.version)
+    client.delete_registered_model_alias(model_name, PREVIOUS_CHAMPION)
+    demoted = "" if current is None else str(current.version)
+    if current is not None:
+        client.set_model_version_tag(model_name, current.version, TAG_ROLLED_BACK, marker)
+        client.set_model_version_tag(model_name, current.version, TAG_GATE_DECISION,
+                                     "rolled_back")
+    return {"champion": str(previous.version), "demoted": demoted, "repeated": "false"}

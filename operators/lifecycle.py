@@ -14,6 +14,7 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 from airflow.sdk import BaseOperator
 from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
@@ -25,10 +26,15 @@ from policies import (
     CHAMPION,
     ContractError,
     InfeasibleError,
+    PromotionDecision,
+    ReviewOutcome,
+    ReviewRequest,
     RunContract,
+    apply_review,
     decide_promotion,
     plan_workers,
     required_accuracy,
+    review_request,
 )
 
 
@@ -38,6 +44,12 @@ def _contract(plan: dict[str, Any]) -> RunContract:
 
 def _run_key(context: Any) -> str:
     return submission_base_id("run", context["dag"].dag_id, context["run_id"])
+
+
+def _stage_label(context: Any, task_id: str) -> str:
+    ids = list(context["dag"].task_ids)
+    k = ids.index(task_id) + 1 if task_id in ids else 0
+    return f"{context['dag'].dag_id} stage {k}/{len(ids)} {task_id}"
 
 
 class _StageOperator(BaseOperator):
@@ -50,6 +62,15 @@ class _StageOperator(BaseOperator):
         super().__init__(**kwargs)
         self.ray_conn_id = ray_conn_id
         self.mlflow_conn_id = mlflow_conn_id
+
+    def pre_execute(self, context: Any) -> None:
+        self._stage_started = time.monotonic()
+        self.log.info("[progress] %s", _stage_label(context, self.task_id) + " started")
+
+    def post_execute(self, context: Any, result: Any = None) -> None:
+        took = time.monotonic() - getattr(self, "_stage_started", time.monotonic())
+        self.log.info("[progress] %s", _stage_label(context, self.task_id) +
+                      f" done in {took:.1f}s")
 
     @property
     def ray(self) -> RayHook:
@@ -91,8 +112,12 @@ class PlanRunOperator(_StageOperator):
     """
 
     def execute(self, context: Any) -> dict[str, Any]:
+        raw = dict(context["params"])
+        run_type = str(getattr(context["dag_run"], "run_type", "manual")).lower()
+        if "manual" not in run_type:  # scheduled or data-triggered: nobody filled the form
+            raw = self._unattended_contract(context, raw, run_type)
         try:
-            contract = RunContract.from_dict(dict(context["params"]))
+            contract = RunContract.from_dict(raw)
         except ContractError as exc:
             raise AirflowFailException(str(exc)) from exc
         from mlflow_config.registry import get_champion
@@ -129,6 +154,26 @@ class PlanRunOperator(_StageOperator):
             {"version": champion.version, "accuracy": champion.accuracy},
             "stop_accuracy": stop_accuracy,
         }
+
+
+    def _unattended_contract(self, context: Any, raw: dict[str, Any],
+                             run_type: str) -> dict[str, Any]:
+        """Contract of a scheduled or asset-triggered run: SLAFLOW_RETRAIN_CONTRACT over the
+        defaults, and the changed dataset (from the triggering event) as ``data_source``."""
+        from slaflow.settings import retrain_contract
+
+        try:
+            raw = {**raw, **retrain_contract()}
+        except ValueError as exc:
+            raise AirflowFailException(str(exc)) from exc
+        events = context.get("triggering_asset_events") or {}
+        for asset_events in events.values():
+            for event in asset_events:
+                if (event.extra or {}).get("path"):
+                    raw["data_source"] = event.extra["path"]
+        self.log.info("%s run: contract from SLAFLOW_RETRAIN_CONTRACT and defaults; data %s",
+                      run_type, raw.get("data_source"))
+        return raw
 
 
 class PrepareDataOperator(_StageOperator):
@@ -534,8 +579,9 @@ class TrainModelOperator(_RayJobStageOperator):
         return result
 
     def _persist_links(self, context: Any, run_id: str, exp_id: str) -> None:
-        base = self.mlflow.tracking_uri
-        ui = base if base.startswith("http") else "http://127.0.0.1:5000"
+        from slaflow.settings import mlflow_ui_url
+
+        ui = mlflow_ui_url(self.mlflow.tracking_uri)
         context["ti"].xcom_push(key="mlflow_run_url",
                                 value=f"{ui}/#/experiments/{exp_id}/runs/{run_id}")
         context["ti"].xcom_push(key="ray_dashboard_url",
@@ -574,24 +620,34 @@ class RegisterModelOperator(_StageOperator):
 
     def execute(self, context: Any) -> dict[str, Any]:
         from mlflow_config import registry as reg
+        from slaflow.settings import airflow_ui_url, mlflow_ui_url
 
         contract = _contract(self.plan)
         acc = self.evaluation["test_accuracy"]
+        ci = (self.evaluation["test_accuracy_ci_low"], self.evaluation["test_accuracy_ci_high"])
+        dag_id, run_id = context["dag"].dag_id, context["run_id"]
+        run_url = f"{airflow_ui_url()}/dags/{dag_id}/runs/{quote(run_id, safe='')}"
         tags = {
-            reg.TAG_AIRFLOW_RUN_ID: context["run_id"], reg.TAG_DAG_ID: context["dag"].dag_id,
+            reg.TAG_AIRFLOW_RUN_ID: run_id, reg.TAG_DAG_ID: dag_id,
+            reg.TAG_AIRFLOW_RUN_URL: run_url,
             reg.TAG_CONTRACT: json.dumps(contract.to_dict()), reg.TAG_TEST_ACCURACY: repr(acc),
+            "slaflow.test_accuracy_ci95": json.dumps([round(ci[0], 4), round(ci[1], 4)]),
             "slaflow.stop_reason": str(self.train["stop_reason"]),
             "slaflow.outcome": str(self.train.get("outcome")),
             "slaflow.deadline_met": str(self.train["deadline_met"]).lower(),
             "slaflow.training_seconds": f"{self.train['training_seconds']:.1f}",
+            "slaflow.training_mode": contract.training_mode,
         }
+        if self.evaluation.get("model_params"):
+            tags[reg.TAG_MODEL_PARAMS] = str(int(self.evaluation["model_params"]))
         description = (
-            f"Trained by Airflow run {context['dag'].dag_id}/{context['run_id']}: test accuracy "
-            f"{acc:.4f} (95% CI {self.evaluation['test_accuracy_ci_low']:.4f}-"
-            f"{self.evaluation['test_accuracy_ci_high']:.4f}), target "
-            f"{contract.target_accuracy:.4f}; {self.train['epochs']} epochs in "
-            f"{self.train['training_seconds']:.0f}s of a {contract.deadline_s:.0f}s deadline "
-            f"({self.train['stop_reason']})."
+            f"**{contract.model_name}**, trained by Airflow run [{dag_id} / {run_id}]"
+            f"({run_url}).\n\n"
+            f"- test accuracy **{acc:.4f}** (95% CI {ci[0]:.4f}-{ci[1]:.4f}) against a target "
+            f"of {contract.target_accuracy:.4f}\n"
+            f"- {self.train['epochs']} epochs in {self.train['training_seconds']:.0f} s of a "
+            f"{contract.deadline_s:.0f} s deadline ({self.train['stop_reason']})\n"
+            f"- gate: pending (see the tags `slaflow.gate.*`)"
         )
         version, created = reg.register_version(
             self.mlflow.client, contract.model_name, self.train["model_uri"],
@@ -599,22 +655,23 @@ class RegisterModelOperator(_StageOperator):
         self.log.info("%s model version %s v%s", "Registered" if created else "Found existing",
                       contract.model_name, version.version)
         context["ti"].xcom_push(key="model_version_url", value=(
-            f"http://127.0.0.1:5000/#/models/{contract.model_name}/versions/{version.version}"))
+            f"{mlflow_ui_url(self.mlflow.tracking_uri)}/#/models/"
+            f"{quote(contract.model_name, safe='')}/versions/{version.version}"))
         return {"model_name": contract.model_name, "model_version": str(version.version),
-                "mlflow_run_id": self.train["mlflow_run_id"], "created": created}
+                "mlflow_run_id": self.train["mlflow_run_id"], "created": created,
+                "description": description}
 
 
-class PromoteModelOperator(_StageOperator):
-    """Promotion gate: ``champion`` if the target and the gain over the champion are met.
+class GateOperator(_StageOperator):
+    """The promotion gate's decision against the current champion, and whether a person must
+    make it (the contract's ``review_policy``). Records the report on the model version.
 
-    The champion is re-read here (not at plan time) and this task runs one at a time per DAG
-    (``max_active_tis_per_dag=1``), so two runs cannot both promote against a stale champion.
+    Read-and-tag only (no alias moves): a retry recomputes the same decision.
     """
 
     template_fields: Sequence[str] = ("plan", "evaluation", "registration")
 
     def __init__(self, *, plan: Any, evaluation: Any, registration: Any, **kwargs: Any) -> None:
-        kwargs.setdefault("max_active_tis_per_dag", 1)
         super().__init__(**kwargs)
         self.plan, self.evaluation, self.registration = plan, evaluation, registration
 
@@ -627,16 +684,119 @@ class PromoteModelOperator(_StageOperator):
         champion = reg.get_champion(client, contract.model_name)
         if champion is not None and champion.version == version:
             self.log.info("v%s is already champion (a previous try promoted it)", version)
-            return {"promoted": True, "alias": CHAMPION, "model_version": version,
-                    "decision": json.loads(client.get_model_version(
-                        contract.model_name, version).tags.get(reg.TAG_GATE_REPORT, "{}"))}
+            raw = client.get_model_version(contract.model_name, version).tags.get(
+                reg.TAG_GATE_REPORT, "{}")
+            return {"already_champion": True, "decision": json.loads(raw),
+                    "review": {"required": False, "reasons": ["already champion"]},
+                    "model_name": contract.model_name, "model_version": version}
         decision = decide_promotion(self.evaluation["test_accuracy"], contract.target_accuracy,
                                     contract.min_gain_over_champion, champion)
+        ci = (self.evaluation["test_accuracy_ci_low"], self.evaluation["test_accuracy_ci_high"])
+        review = review_request(
+            decision, policy=contract.review_policy, accuracy_noise=(ci[1] - ci[0]) / 2,
+            margin=contract.review_margin, candidate_cost=self.evaluation.get("model_params"),
+            max_cost_ratio=contract.review_max_cost_ratio)
+        report = {"test_accuracy_ci95": list(ci),
+                  "candidate_cost": self.evaluation.get("model_params"),
+                  "review": review.to_dict()}
+        reg.record_gate(client, contract.model_name, version, decision, report,
+                        pending_review=review.required)
         for reason in decision.reasons:
             self.log.info("Gate: %s", reason)
-        moved = reg.apply_promotion(client, contract.model_name, version, decision)
-        client.set_tag(self.registration["mlflow_run_id"], "slaflow.gate.decision",
+        self.log.info("Gate for %s v%s: %s; review %s (%s)", contract.model_name, version,
+                      decision.summary(), "REQUIRED" if review.required else "not needed",
+                      "; ".join(review.reasons))
+        return {"already_champion": False, "decision": decision.to_dict(),
+                "review": review.to_dict(), "report": report,
+                "model_name": contract.model_name, "model_version": version,
+                "report_markdown": gate_markdown(contract, version, decision, review, ci)}
+
+
+def gate_markdown(contract: RunContract, version: str, decision: PromotionDecision,
+                  review: ReviewRequest, ci: tuple[float, float]) -> str:
+    """The gate report as a reviewer reads it (Airflow's Required Actions, MLflow)."""
+    champ = ("none yet" if decision.champion_version is None else
+             f"v{decision.champion_version} at {decision.champion_accuracy:.4f}")
+    lines = [
+        f"**{contract.model_name} v{version}**: test accuracy "
+        f"**{decision.candidate_accuracy:.4f}** (95% CI {ci[0]:.4f}-{ci[1]:.4f}); "
+        f"needs {decision.required_accuracy:.4f}; champion {champ}.",
+        "",
+        f"Automatic verdict: **{'promote' if decision.promote else 'keep as challenger'}**",
+        "",
+        *[f"- {r}" for r in decision.reasons],
+        "",
+        "Why this waits for you:" if review.required else "Review:",
+        *[f"- {r}" for r in review.reasons],
+        "",
+        "Approve: it becomes `champion` and is deployed. Reject (or no answer within "
+        f"{contract.review_timeout_s} s): it stays `challenger`, serving is unchanged.",
+    ]
+    return "\n".join(lines)
+
+
+class PromoteModelOperator(_StageOperator):
+    """Apply the gate (and the review's answer, when there was one): move the aliases.
+
+    The champion is re-read here (not at plan time) and this task runs one at a time per DAG
+    (``max_active_tis_per_dag=1``), so two runs cannot both promote against a stale champion.
+    A retry finds the aliases already moved and moves nothing.
+    """
+
+    template_fields: Sequence[str] = ("plan", "evaluation", "registration", "gate", "review")
+
+    def __init__(self, *, plan: Any, evaluation: Any, registration: Any, gate: Any,
+                 review: Any = None, **kwargs: Any) -> None:
+        kwargs.setdefault("max_active_tis_per_dag", 1)
+        kwargs.setdefault("trigger_rule", "none_failed")  # the review is skipped when not needed
+        super().__init__(**kwargs)
+        self.plan, self.evaluation, self.registration = plan, evaluation, registration
+        self.gate, self.review = gate, review
+
+    def execute(self, context: Any) -> dict[str, Any]:
+        from mlflow_config import registry as reg
+
+        contract = _contract(self.plan)
+        client = self.mlflow.client
+        version = self.registration["model_version"]
+        champion = reg.get_champion(client, contract.model_name)
+        if self.gate.get("already_champion") or (
+                champion is not None and champion.version == version):
+            self.log.info("v%s is already champion (a previous try promoted it)", version)
+            return {"promoted": True, "alias": CHAMPION, "model_version": version,
+                    "decision": self.gate["decision"]}
+        decision = PromotionDecision.from_dict(self.gate["decision"])
+        now_champion = None if champion is None else champion.version
+        if now_champion != decision.champion_version:
+            # Another run promoted while this one waited: decide again against the new one.
+            self.log.warning("The champion moved from v%s to v%s since the gate: deciding again",
+                             decision.champion_version, now_champion)
+            decision = decide_promotion(self.evaluation["test_accuracy"],
+                                        contract.target_accuracy,
+                                        contract.min_gain_over_champion, champion)
+            if self.gate["review"]["required"]:
+                decision = apply_review(decision, ReviewOutcome(False, "slaflow: champion "
+                                                                "changed during the review"))
+        elif self.gate["review"]["required"]:
+            if not self.review:
+                raise AirflowFailException("the gate asked for a review but the review task "
+                                           "returned nothing; clear the review task to ask again")
+            decision = apply_review(decision, ReviewOutcome(
+                approved=bool(self.review["approved"]), responder=self.review["responder"],
+                timeout_s=contract.review_timeout_s))
+        for reason in decision.reasons:
+            self.log.info("Gate: %s", reason)
+        moved = reg.apply_promotion(client, contract.model_name, version, decision,
+                                    report={**self.gate.get("report", {}),
+                                            "review_answer": self.review})
+        client.set_tag(self.registration["mlflow_run_id"], reg.TAG_GATE_DECISION,
                        "promoted" if decision.promote else "not_promoted")
+        client.update_model_version(
+            contract.model_name, version,
+            description=self.registration.get("description", "").replace(
+                "- gate: pending (see the tags `slaflow.gate.*`)",
+                f"- gate: **{'promoted to champion' if decision.promote else 'not promoted'}"
+                f"**\n" + "\n".join(f"  - {r}" for r in decision.reasons)))
         self.log.info("Decision for %s v%s: %s; aliases set %s", contract.model_name, version,
                       decision.summary(), moved)
         return {"promoted": decision.promote, "alias": decision.alias, "model_version": version,
@@ -698,7 +858,23 @@ class DeployModelOperator(_StageOperator):
                                    f"Serve tab")
             time.sleep(1)
         self.log.info("Serving %s v%s at %s", contract.model_name, version, endpoint)
+        self._record_serving(context, contract, version, endpoint)
         return {"endpoint_url": endpoint, "model_version": version, "changed": True}
+
+    def _record_serving(self, context: Any, contract: RunContract, version: str,
+                        endpoint: str) -> None:
+        """The serving placement, on the model version (registry review reads it there)."""
+        from mlflow_config import registry as reg
+
+        plan = {"endpoint": endpoint, "replicas": contract.serving_replicas,
+                "num_cpus_per_replica": 0.5,
+                "node_resource": contract.serving_node_resource or None,
+                "latency_slo_ms": contract.latency_slo_ms,
+                "latency_percentile": contract.latency_percentile,
+                "deployed_by": f"{context['dag'].dag_id}/{context['run_id']}",
+                "deployed_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+        self.mlflow.client.set_model_version_tag(contract.model_name, version, reg.TAG_SERVING,
+                                                 json.dumps(plan))
 
 
 def _served_version(endpoint: str) -> str | None:
@@ -753,11 +929,14 @@ class VerifyEndpointOperator(_StageOperator):
             self.log.warning("Nothing deployed (no champion): endpoint not verified")
             return summary
         result = self._probe(self.deployment["endpoint_url"], contract)
+        latencies = result.pop("latencies_ms")
         summary.update(result, endpoint_url=self.deployment["endpoint_url"],
                        served_version=self.deployment["model_version"])
         client = self.mlflow.client
         for key in ("verify_p50_ms", "verify_p99_ms", "verify_accuracy"):
             client.log_metric(self.train["mlflow_run_id"], key, float(result[key]))
+        client.log_figure(self.train["mlflow_run_id"], latency_plot(latencies, contract),
+                          "serving/verify_latency.png")
         return summary
 
     def _probe(self, endpoint: str, contract: RunContract) -> dict[str, Any]:
@@ -789,6 +968,55 @@ class VerifyEndpointOperator(_StageOperator):
                       "served accuracy %.4f; malformed request -> HTTP %d", n, p50, p99,
                       contract.latency_percentile, slo_p, contract.latency_slo_ms,
                       "met" if slo_met else "MISSED", correct / n, bad.status_code)
-        return {"verify_p50_ms": round(p50, 3), "verify_p99_ms": round(p99, 3),
+        return {"latencies_ms": latencies,
+                "verify_p50_ms": round(p50, 3), "verify_p99_ms": round(p99, 3),
                 "verify_accuracy": correct / n, "verify_requests": n, "latency_slo_met": slo_met,
                 "bad_request_status": bad.status_code}
+
+
+def latency_plot(latencies_ms: list[float], contract: RunContract) -> Any:
+    """Histogram of the verify requests' latency against the contract's SLO (a PNG in MLflow)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    ax.hist(latencies_ms, bins=40, color="#4c72b0")
+    p = float(np.percentile(latencies_ms, contract.latency_percentile))
+    ax.axvline(contract.latency_slo_ms, color="red", linestyle="--",
+               label=f"SLO {contract.latency_slo_ms:g} ms")
+    ax.axvline(p, color="black", linestyle=":",
+               label=f"p{contract.latency_percentile} {p:.1f} ms")
+    ax.set_xlabel("request latency (ms), real HTTP to Ray Serve")
+    ax.set_ylabel("requests")
+    ax.set_title(f"Endpoint check: {len(latencies_ms)} requests")
+    ax.legend()
+    fig.tight_layout()
+    return fig
+
+
+class RollbackModelOperator(_StageOperator):
+    """Move ``champion`` back to ``previous_champion`` (``ml_rollback``); deploy follows.
+
+    Idempotent: the demoted version is tagged with this Airflow run, so a retry finds the
+    rollback done and returns the same answer. No ``previous_champion``: fails, saying so.
+    """
+
+    def execute(self, context: Any) -> dict[str, Any]:
+        from mlflow_config import registry as reg
+
+        model = str(context["params"]["model_name"])
+        client = self.mlflow.client
+        marker = f"{context['dag'].dag_id}/{context['run_id']}"
+        try:
+            moved = reg.rollback(client, model, marker)
+        except reg.RollbackError as exc:
+            raise AirflowFailException(str(exc)) from exc
+        restored = client.get_model_version(model, moved["champion"])
+        contract = json.loads(restored.tags.get(reg.TAG_CONTRACT) or "{}")
+        contract["model_name"] = model
+        self.log.info("%s: champion is v%s again%s", model, moved["champion"],
+                      f"; v{moved['demoted']} demoted" if moved["demoted"] else "")
+        return {"contract": RunContract.from_dict(contract).to_dict(), **moved}

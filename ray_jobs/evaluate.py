@@ -1,7 +1,8 @@
 """Ray Job: held-out test metrics of a logged model, written to its MLflow run.
 
 Logs ``test_accuracy``, ``test_loss``, a 95% Wilson interval of the accuracy (the gate and a
-reviewer need the uncertainty, not just a point) and a confusion-matrix PNG.
+reviewer need the uncertainty, not just a point), the parameter count (the gate's serving-cost
+proxy) and a confusion-matrix PNG.
 """
 
 from __future__ import annotations
@@ -75,7 +76,8 @@ def run_evaluation(spec: dict[str, Any]) -> dict[str, Any]:
         cm = confusion_matrix(y, pred, len(classes))
         metrics = {"test_accuracy": correct / len(y), "test_loss": loss,
                    "test_accuracy_ci_low": lo, "test_accuracy_ci_high": hi,
-                   "test_rows": float(len(y))}
+                   "test_rows": float(len(y)),
+                   "model_params": float(predictor.parameter_count())}
         with mlflow.start_run(run_id=spec["mlflow_run_id"]):
             mlflow.log_metrics(metrics)
             png = Path(tmp) / "confusion_matrix.png"

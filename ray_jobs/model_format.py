@@ -104,6 +104,10 @@ class Predictor:
         x = self._tf.constant(np.asarray(features, dtype="float32"))
         return self._fn(features=x)["probabilities"].numpy()
 
+    def parameter_count(self) -> int:
+        """Weights the serving function computes with: the model's serving-cost proxy."""
+        return int(sum(int(np.prod(v.shape)) for v in self._fn.variables))
+
     def predict_classes(self, features: np.ndarray) -> np.ndarray:
         return np.argmax(self.predict_proba(features), axis=1)
 

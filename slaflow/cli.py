@@ -175,8 +175,8 @@ def run_lifecycle(conf: dict[str, Any], until: str | None = None) -> dict[str, A
     return {"state": str(dag_run.state), "wall_seconds": round(wall, 1), "tasks": results}
 
 
-STAGES = ("plan", "prepare", "feasibility", "train", "evaluate", "register", "promote",
-          "deploy", "verify")
+STAGES = ("plan", "prepare", "feasibility", "train", "evaluate", "register", "gate", "review",
+          "promote", "deploy", "verify")
 
 
 def _close_engines() -> None:
@@ -232,6 +232,31 @@ def demo(conf: dict[str, Any]) -> int:
     return 0 if "success" in outcome["state"] else 1
 
 
+def rollback(model_name: str) -> int:
+    """``ml_rollback`` in-process; says plainly when there is nothing to roll back to."""
+    from mlflow_config.registry import get_alias_version
+    from operators.hooks import MlflowHook
+    from policies import PREVIOUS_CHAMPION
+
+    apply_env()
+    if get_alias_version(MlflowHook().client, model_name, PREVIOUS_CHAMPION) is None:
+        print(f"rollback refused: model {model_name!r} has no '{PREVIOUS_CHAMPION}' alias, so "
+              "there is no earlier champion to go back to; nothing was changed", flush=True)
+        return 2
+    airflow_db_ready()
+    ray_up()
+    dag_run = load_dag("ml_rollback").test(run_conf={"model_name": model_name})
+    results = task_results(dag_run)
+    _close_engines()
+    value = (results.get("rollback") or {}).get("value") or {}
+    deployed = (results.get("deploy") or {}).get("value") or {}
+    print(json.dumps({"state": str(dag_run.state), "champion": value.get("champion"),
+                      "demoted": value.get("demoted"),
+                      "serving": deployed.get("model_version"),
+                      "endpoint_url": deployed.get("endpoint_url")}), flush=True)
+    return 0 if "success" in str(dag_run.state) else 1
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="slaflow")
     sub = parser.add_subparsers(dest="cmd", required=True)
@@ -242,6 +267,9 @@ def main(argv: list[str] | None = None) -> int:
     d = sub.add_parser("demo", help="run ml_lifecycle end to end and print the JSON summary")
     d.add_argument("--conf", type=Path, help="JSON file with contract fields (else defaults)")
     sub.add_parser("env", help="print the environment for airflow/mlflow commands")
+    rb = sub.add_parser("rollback", help="run ml_rollback: champion back to previous_champion, "
+                                         "registry and serving")
+    rb.add_argument("--model", required=True, help="registered model name")
     args = parser.parse_args(argv)
     apply_env()
     if args.cmd == "ray-up":
@@ -255,6 +283,8 @@ def main(argv: list[str] | None = None) -> int:
     elif args.cmd == "demo":
         conf = json.loads(args.conf.read_text()) if args.conf else {}
         return demo(conf)
+    elif args.cmd == "rollback":
+        return rollback(args.model)
     elif args.cmd == "env":
         ep = Endpoints.from_env()
         env = {**airflow_env(), "SLAFLOW_HOME": str(home()),

@@ -52,6 +52,57 @@ class Endpoints:
         )
 
 
+def mlflow_ui_url(tracking_uri: str) -> str:
+    """Where people open the MLflow UI: the tracking server itself, or ``make mlflow-ui``."""
+    if tracking_uri.startswith(("http://", "https://")):
+        return os.environ.get("SLAFLOW_MLFLOW_UI_URL", tracking_uri).rstrip("/")
+    return os.environ.get("SLAFLOW_MLFLOW_UI_URL", "http://127.0.0.1:5000").rstrip("/")
+
+
+def airflow_ui_url() -> str:
+    """The Airflow UI's base URL, for links from MLflow back to the Airflow run."""
+    return os.environ.get("SLAFLOW_AIRFLOW_URL", "http://127.0.0.1:8080").rstrip("/")
+
+
+def training_data_path() -> Path:
+    """The dataset whose changes retrain the model (the ``slaflow_training_data`` Asset)."""
+    return Path(os.environ.get("SLAFLOW_TRAINING_DATA",
+                               home() / "incoming" / "training.csv")).resolve()
+
+
+def retrain_schedule() -> str | None:
+    """Cron expression of scheduled retraining (``SLAFLOW_RETRAIN_SCHEDULE``); None: off."""
+    value = os.environ.get("SLAFLOW_RETRAIN_SCHEDULE", "").strip()
+    return value or None
+
+
+def data_watch_schedule() -> str:
+    """How often ``training_data_watch`` looks for a new or changed dataset."""
+    return os.environ.get("SLAFLOW_DATA_WATCH_SCHEDULE", "*/10 * * * *").strip()
+
+
+def retrain_contract() -> dict[str, object]:
+    """The contract of runs nobody triggered by hand (schedule, new data).
+
+    ``SLAFLOW_RETRAIN_CONTRACT`` names a JSON file of contract fields; unset: the defaults.
+    The ``data_source`` of a data-triggered run is always the changed dataset.
+    """
+    import json
+
+    path = os.environ.get("SLAFLOW_RETRAIN_CONTRACT", "").strip()
+    if not path:
+        return {}
+    try:
+        raw = json.loads(Path(path).read_text())
+    except (OSError, ValueError) as exc:
+        raise ValueError(f"SLAFLOW_RETRAIN_CONTRACT={path}: cannot read a JSON contract "
+                         f"({exc}). Fix: point it at a JSON object of contract fields") from exc
+    if not isinstance(raw, dict):
+        raise ValueError(f"SLAFLOW_RETRAIN_CONTRACT={path}: must hold a JSON object of "
+                         "contract fields")
+    return raw
+
+
 def mlflow_artifact_root() -> str:
     """Artifact root for experiments created on the embedded SQLite store."""
     return os.environ.get("SLAFLOW_MLFLOW_ARTIFACT_ROOT", str(home() / "mlflow" / "artifacts"))

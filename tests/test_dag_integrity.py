@@ -25,16 +25,46 @@ def dagbag() -> object:
 
 def test_no_import_errors(dagbag: object) -> None:
     assert dagbag.import_errors == {}  # type: ignore[attr-defined]
-    assert "ml_lifecycle" in dagbag.dag_ids  # type: ignore[attr-defined]
+    assert {"ml_lifecycle", "ml_rollback", "training_data_watch"} <= set(
+        dagbag.dag_ids)  # type: ignore[attr-defined]
 
 
 def test_lifecycle_stages_in_order(dagbag: object) -> None:
     dag = dagbag.dags["ml_lifecycle"]  # type: ignore[attr-defined]
-    order = ["plan", "prepare", "feasibility", "train", "evaluate", "register", "promote",
-             "deploy", "verify"]
+    order = ["plan", "prepare", "feasibility", "train", "evaluate", "register", "gate",
+             "review", "promote", "deploy", "verify"]
     assert set(dag.task_ids) == set(order)
     for up, down in zip(order, order[1:], strict=False):
         assert dag.get_task(down).upstream_task_ids == {up}
+
+
+def test_lifecycle_runs_on_new_training_data(dagbag: object) -> None:
+    """Data-driven retraining: ml_lifecycle is scheduled on the Asset the watch DAG emits."""
+    lifecycle = dagbag.dags["ml_lifecycle"]  # type: ignore[attr-defined]
+    watch = dagbag.dags["training_data_watch"]  # type: ignore[attr-defined]
+    emitted = {a.name for a in watch.get_task("check_training_data").outlets}
+    assert emitted == {"slaflow_training_data"}
+    assert "name='slaflow_training_data'" in repr(lifecycle.timetable.asset_condition)
+
+
+def test_retrain_schedule_comes_from_configuration() -> None:
+    """SLAFLOW_RETRAIN_SCHEDULE adds a cron schedule beside the data trigger."""
+    code = ("from airflow.dag_processing.dagbag import DagBag; "
+            "d = DagBag(dag_folder='dags/ml_lifecycle.py').dags['ml_lifecycle']; "
+            "print(type(d.timetable).__name__, d.timetable.timetable.expression, "
+            "d.timetable.asset_condition)")
+    env = {**os.environ, "SLAFLOW_RETRAIN_SCHEDULE": "0 3 * * 1"}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,
+                         text=True, timeout=120, cwd=DAGS.parent)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "AssetOrTimeSchedule 0 3 * * 1" in out.stdout
+    assert "slaflow_training_data" in out.stdout
+
+
+def test_rollback_form_names_the_model(dagbag: object) -> None:
+    dag = dagbag.dags["ml_rollback"]  # type: ignore[attr-defined]
+    assert set(dag.params) == {"model_name"}
+    assert dag.get_task("deploy").upstream_task_ids == {"rollback"}
 
 
 def test_trigger_form_is_the_contract(dagbag: object) -> None:

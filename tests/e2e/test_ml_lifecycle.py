@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -53,6 +54,7 @@ def test_first_run_trains_registers_promotes_and_serves(lifecycle: Any, registry
     out = lifecycle(SMALL)
     states = {t: v["state"] for t, v in out["tasks"].items()}
     assert out["state"] == "success", states
+    assert states.pop("review") == "skipped"  # review_policy 'never': the gate decides alone
     assert set(states.values()) == {"success"}
     summary = out["tasks"]["verify"]["value"]
     assert summary["model_version"] == "1" and summary["alias"] == "champion"
@@ -67,6 +69,20 @@ def test_first_run_trains_registers_promotes_and_serves(lifecycle: Any, registry
     assert json.loads(version.tags["slaflow.contract"])["max_epochs"] == 12
     assert version.tags["slaflow.gate.decision"] == "promoted"
     assert version.tags["slaflow.airflow_run_id"].startswith("manual__")
+    # Registry review: description, gate with its uncertainty, serving plan, link to Airflow.
+    assert "test accuracy" in version.description and "promoted to champion" in \
+        version.description
+    report = json.loads(version.tags["slaflow.gate.report"])
+    lo, hi = report["test_accuracy_ci95"]
+    assert lo < summary["accuracy"] < hi and report["review"]["required"] is False
+    assert "PASS target_accuracy" in version.tags["slaflow.gate.reasons"]
+    assert json.loads(version.tags["slaflow.serving"])["endpoint"] == summary["endpoint_url"]
+    assert version.tags["slaflow.airflow_run_url"].endswith(
+        "/dags/ml_lifecycle/runs/" + version.tags["slaflow.airflow_run_id"].replace("+", "%2B")
+        .replace(":", "%3A"))
+    assert int(version.tags["slaflow.model_params"]) == 64 * 32 + 32 + 32 * 10 + 10
+    artifacts = {a.path for a in registry.list_artifacts(summary["mlflow_run_id"], "serving")}
+    assert "serving/verify_latency.png" in artifacts
     run = registry.get_run(summary["mlflow_run_id"])
     assert run.data.metrics["test_accuracy"] == pytest.approx(summary["accuracy"])
     answer = requests.post(summary["endpoint_url"], json=REQUEST, timeout=10).json()
@@ -200,3 +216,48 @@ def test_spark_mllib_contract_trains_on_spark_and_serves(lifecycle: Any, registr
     assert summary["model_version"] == "1" and summary["alias"] == "champion"
     answer = requests.post(summary["endpoint_url"], json=REQUEST, timeout=10).json()
     assert answer["predictions"] == [0, 1] and answer["model_version"] == "1", answer
+
+
+def test_rollback_moves_champion_and_serving_back_and_refuses_when_nothing_to_undo(
+        lifecycle: Any, registry: Any) -> None:
+    """v2 (challenger) is promoted by hand and served; ml_rollback (one CLI command) puts v1
+    back in the registry and on the endpoint. A second rollback has nothing to go back to."""
+    import ray
+    from ray import serve
+
+    from mlflow_config import registry as reg
+    from operators.hooks import MlflowHook, RayHook
+    from policies import ReviewOutcome, apply_review, decide_promotion
+    from ray_jobs.serve_app import build_app
+
+    decision = apply_review(decide_promotion(0.99, 0.85, 0.0, reg.get_champion(registry, MODEL)),
+                            ReviewOutcome(True, "e2e-test"))
+    reg.apply_promotion(registry, MODEL, "2", decision)
+    assert _alias(registry, "champion") == "2" and _alias(registry, "previous_champion") == "1"
+    RayHook().connect()
+    serve.run(build_app(f"models:/{MODEL}/2", MlflowHook().tracking_uri, MODEL, "2"),
+              name=MODEL, route_prefix=f"/{MODEL}", blocking=False)
+    endpoint = f"{RayHook().endpoints['serve_url']}/{MODEL}"
+    for _ in range(120):
+        if requests.get(endpoint, timeout=5).json().get("model_version") == "2":
+            break
+        time.sleep(1)
+    ray.shutdown()
+
+    cmd = [sys.executable, "-m", "slaflow.cli", "rollback", "--model", MODEL]
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=os.environ.copy(),
+                          timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert out["champion"] == "1" and out["demoted"] == "2" and out["serving"] == "1"
+    assert _alias(registry, "champion") == "1"
+    assert registry.get_model_version(MODEL, "2").tags["slaflow.rolled_back_by"].startswith(
+        "ml_rollback/")
+    answer = requests.post(endpoint, json=REQUEST, timeout=10).json()
+    assert answer["model_version"] == "1" and answer["predictions"] == [0, 1]
+
+    again = subprocess.run(cmd, capture_output=True, text=True, env=os.environ.copy(),
+                           timeout=600)
+    assert again.returncode == 2
+    assert "has no 'previous_champion' alias" in again.stdout
+    assert _alias(registry, "champion") == "1"

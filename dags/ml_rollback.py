@@ -1,0 +1,31 @@
+"""ml_rollback: put ``previous_champion`` back as ``champion`` and serve it.
+
+One trigger (form field: the model name), or ``python -m slaflow.cli rollback --model NAME``.
+The demoted version keeps its tags and gets ``slaflow.rolled_back_by``; with no
+``previous_champion`` the run fails at once, saying so, and nothing moves.
+"""
+
+from __future__ import annotations
+
+from airflow.sdk import DAG, Param
+
+from operators.lifecycle import DeployModelOperator, RollbackModelOperator
+
+with DAG(
+    dag_id="ml_rollback",
+    description="Roll the champion back to previous_champion, registry and serving",
+    schedule=None,
+    catchup=False,
+    params={"model_name": Param("digits", type="string", minLength=1, title="Model name",
+                                description="Registered model whose champion goes back to "
+                                            "its previous_champion.")},
+    render_template_as_native_obj=True,
+    max_active_runs=1,
+    tags=["slaflow", "ml"],
+    doc_md=__doc__,
+) as dag:
+    rollback = RollbackModelOperator(task_id="rollback", retries=1)
+    deploy = DeployModelOperator(task_id="deploy",
+                                 plan="{{ ti.xcom_pull(task_ids='rollback') }}",
+                                 promotion="{{ ti.xcom_pull(task_ids='rollback') }}")
+    rollback >> deploy
