@@ -10,7 +10,7 @@ PYTEST_ARGS ?=
 
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 
-.PHONY: install demo test test-fast test-integration test-e2e test-cluster lint ray-up ray-down \
+.PHONY: install browser-deps test-browser rollback demo test test-fast test-integration test-e2e test-cluster lint ray-up ray-down \
         mlflow-ui airflow bench-lifecycle bench-training bench-sim bench-federated bench-spark bench-spark-sim clean
 
 $(STAMP): pyproject.toml
@@ -28,8 +28,18 @@ demo: install
 ## The suite: unit, integration (real Ray/Spark/MLflow/Serve), end-to-end DAG runs, and the
 ## production topology (PostgreSQL, MLflow server, 3-node Ray, Spark standalone, Airflow
 ## services as real processes), in that order.
-test: install
+test: install browser-deps
 	$(PY) -m pytest $(PYTEST_ARGS)
+
+## Debian's Chromium for the browser tests (Playwright drives it; no browser download).
+browser-deps:
+	@test -x /usr/bin/chromium || { echo "[slaflow] installing Debian's chromium for the browser tests"; \
+	  SUDO=$$([ "$$(id -u)" = 0 ] || echo sudo); \
+	  $$SUDO apt-get install -y -q chromium >/dev/null || \
+	  { $$SUDO apt-get update -q >/dev/null && $$SUDO apt-get install -y -q chromium >/dev/null; }; }
+
+test-browser: install browser-deps
+	$(PY) -m pytest -m browser -s $(PYTEST_ARGS)
 
 test-fast: install
 	$(PY) -m pytest -m unit $(PYTEST_ARGS)
@@ -46,6 +56,10 @@ test-cluster: install
 lint: install
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/mypy policies
+
+## Roll MODEL's champion back to previous_champion (registry and serving): make rollback MODEL=digits
+rollback: install
+	$(PY) -m slaflow.cli rollback --model "$(MODEL)"
 
 ## The embedded, long-lived Ray cluster (Serve applications live on it).
 ray-up: install

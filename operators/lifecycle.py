@@ -123,8 +123,8 @@ class PlanRunOperator(_StageOperator):
         from mlflow_config.registry import get_champion
 
         champion = get_champion(self.mlflow.client, contract.model_name)
-        stop_accuracy = required_accuracy(contract.target_accuracy,
-                                          contract.min_gain_over_champion, champion)
+        stop_accuracy = min(0.999, contract.stop_margin + required_accuracy(
+            contract.target_accuracy, contract.min_gain_over_champion, champion))
         ray = self.ray.connect()
         resource = contract.serving_node_resource
         if resource and resource not in ray.cluster_resources():
@@ -645,7 +645,7 @@ class RegisterModelOperator(_StageOperator):
             f"({run_url}).\n\n"
             f"- test accuracy **{acc:.4f}** (95% CI {ci[0]:.4f}-{ci[1]:.4f}) against a target "
             f"of {contract.target_accuracy:.4f}\n"
-            f"- {self.train['epochs']} epochs in {self.train['training_seconds']:.0f} s of a "
+            f"- {self.train['epochs']} epoch(s) in {self.train['training_seconds']:.0f} s of a "
             f"{contract.deadline_s:.0f} s deadline ({self.train['stop_reason']})\n"
             f"- gate: pending (see the tags `slaflow.gate.*`)"
         )

@@ -21,5 +21,7 @@ def contract_params() -> dict[str, Param]:
             continue
         schema = dict(schema)
         default: Any = schema.pop("default")
+        if isinstance(schema["type"], list) and "null" in schema["type"] and default == "":
+            default = None  # optional text: an empty form field, not a required one
         params[name] = Param(default, **schema)
     return params

@@ -48,9 +48,15 @@ class FieldSpec:
     min_items: int | None = None
     max_items: int | None = None
 
+    @property
+    def optional(self) -> bool:
+        """A text field that may be left empty (its default is ""): null in the schema, so
+        forms do not mark it as required."""
+        return self.type == "string" and self.default == ""
+
     def json_schema(self) -> dict[str, Any]:
         """JSON schema of this field (without default/title, which the caller adds)."""
-        schema: dict[str, Any] = {"type": self.type}
+        schema: dict[str, Any] = {"type": ["string", "null"] if self.optional else self.type}
         for key, value in (
             ("minimum", self.minimum),
             ("maximum", self.maximum),
@@ -98,6 +104,14 @@ FIELDS: Final[tuple[FieldSpec, ...]] = (
         "Accuracy the new model must add to the model now serving (champion) to replace it.",
         _S_QUALITY, "use a fraction between 0 and 0.5, e.g. 0.005",
         minimum=0, maximum=0.5,
+    ),
+    FieldSpec(
+        "stop_margin", "number", 0.01, "Validation margin",
+        "Training stops early only once validation accuracy exceeds the accuracy the gate "
+        "needs by this much: the gate reads the test set, a different sample, and a model "
+        "stopped exactly at the threshold fails it about half the time.",
+        _S_QUALITY, "use a fraction from 0 to 0.2, e.g. 0.01",
+        minimum=0, maximum=0.2,
     ),
     FieldSpec(
         "max_workers", "integer", 2, "Max training workers",
@@ -388,6 +402,7 @@ class RunContract:
     spark_master: str = ""
     prepare_deadline_s: float = 0.0
     prepare_max_cores: int = 2
+    stop_margin: float = 0.01
     review_policy: str = "never"
     review_margin: float = 0.005
     review_max_cost_ratio: float = 1.5
@@ -418,7 +433,8 @@ class RunContract:
         if version != CONTRACT_VERSION:
             raise ContractError("contract_version", f"version {version!r} is not supported",
                                 f"use contract_version {CONTRACT_VERSION}")
-        values = {spec.name: _validate(spec, raw.get(spec.name, spec.default)) for spec in FIELDS}
+        values = {spec.name: _validate(spec, _or_default(spec, raw.get(spec.name, spec.default)))
+                  for spec in FIELDS}
         if values["validation_fraction"] + values["test_fraction"] > 0.6:
             raise ContractError(
                 "test_fraction",
@@ -470,6 +486,11 @@ def _check_training_mode(values: Mapping[str, Any]) -> None:
                 f"{budget} participations do not pay for one round of "
                 f"{values['fl_clients_per_round']} clients",
                 "use 0 (no network budget) or at least fl_clients_per_round")
+
+
+def _or_default(spec: FieldSpec, value: Any) -> Any:
+    """An optional text field (default "") left empty in a form arrives as None: same thing."""
+    return spec.default if value is None and spec.optional else value
 
 
 def _validate(spec: FieldSpec, value: Any) -> Any:

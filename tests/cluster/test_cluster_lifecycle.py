@@ -2,17 +2,17 @@
 
 from __future__ import annotations
 
-import ast
 import json
-import tempfile
 import time
-from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 import requests
 
+from tests.cluster.conftest import tails as _tails
+from tests.cluster.conftest import task_states
+from tests.cluster.conftest import wait_run as _wait_run
+from tests.cluster.conftest import xcom as _xcom
 from tests.cluster.topology import PORTS, Topology
 
 pytestmark = pytest.mark.cluster
@@ -24,49 +24,6 @@ CONF = {"model_name": MODEL, "max_epochs": 12, "hidden_units": [32], "target_acc
         "resize_policy": "static"}
 REQUEST = json.loads((Path(__file__).resolve().parents[2] / "examples" /
                       "digit_request.json").read_text())
-
-
-def _tails(topo: Topology) -> str:
-    out = []
-    for log in sorted((topo.root / "logs").glob("*.log")):
-        out.append(f"--- {log.name}\n{log.read_text(errors='replace')[-1500:]}")
-    return "\n".join(out)
-
-
-@pytest.fixture(scope="module")
-def topology() -> Iterator[Topology]:
-    topo = Topology(root=Path(tempfile.mkdtemp(prefix="slaflow-cluster-", dir="/tmp")))
-    try:
-        try:
-            topo.start()
-        except Exception as exc:
-            raise RuntimeError(f"{exc}\n{_tails(topo)}") from exc
-        yield topo
-    finally:
-        topo.stop()
-
-
-def _wait_run(topo: Topology, run_id: str, timeout_s: float = 1200) -> str:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        _, run = topo.api("GET", f"/dags/ml_lifecycle/dagRuns/{run_id}")
-        if run and run.get("state") in ("success", "failed"):
-            return str(run["state"])
-        time.sleep(5)
-    raise AssertionError(f"run {run_id} did not finish within {timeout_s:.0f}s")
-
-
-def _xcom(topo: Topology, run_id: str, task: str) -> Any:
-    code, body = topo.api("GET", f"/dags/ml_lifecycle/dagRuns/{run_id}/taskInstances/{task}"
-                                 "/xcomEntries/return_value?deserialize=true&stringify=false")
-    assert code == 200, body
-    value = body["value"]
-    if isinstance(value, str):
-        try:
-            return json.loads(value)
-        except ValueError:
-            return ast.literal_eval(value)
-    return value
 
 
 def test_lifecycle_runs_on_postgres_mlflow_server_ray_and_spark_clusters(
@@ -137,7 +94,8 @@ def test_lifecycle_runs_on_postgres_mlflow_server_ray_and_spark_clusters(
 
     with psycopg2.connect(host="127.0.0.1", user="postgres", dbname=topo.airflow_db) as conn:
         with conn.cursor() as cur:
-            cur.execute("select count(*) from dag_run where dag_id = 'ml_lifecycle'")
+            cur.execute("select count(*) from dag_run where dag_id = 'ml_lifecycle' and "
+                        "run_id = %s", (run_id,))
             assert cur.fetchone()[0] == 1
 
     report = {"startup_seconds": topo.timings, "run_seconds": round(run_seconds, 1),
@@ -148,3 +106,72 @@ def test_lifecycle_runs_on_postgres_mlflow_server_ray_and_spark_clusters(
               "large_nodes": sorted(large), "head_nodes": sorted(head)}
     (topo.root / "report.json").write_text(json.dumps(report, indent=2))
     print(json.dumps(report))
+
+
+def test_new_training_data_retrains_against_the_champion_and_an_unanswered_review_promotes_nothing(
+        topology: Topology) -> None:
+    """Data-driven retraining on the real scheduler: a new CSV at SLAFLOW_TRAINING_DATA makes
+    training_data_watch emit the Asset, the scheduler starts ml_lifecycle on it with the
+    unattended contract, the gate compares with the champion of the test above, the review
+    (policy 'always', 20 s) gets no answer and the version stays challenger, recorded."""
+    import pandas as pd
+    from sklearn.datasets import load_digits
+
+    topo = topology
+    env = topo.env()
+    data = Path(env["SLAFLOW_TRAINING_DATA"])
+    data.parent.mkdir(parents=True, exist_ok=True)
+    digits = load_digits()
+    frame = pd.DataFrame(digits.data, columns=[f"px{i}" for i in range(64)])
+    frame["label"] = digits.target
+    frame.to_csv(data, index=False)
+    Path(env["SLAFLOW_RETRAIN_CONTRACT"]).write_text(json.dumps(
+        {**CONF, "review_policy": "always", "review_timeout_s": 20}))
+
+    def watch() -> tuple[str, dict[str, str]]:
+        code, run = topo.api("POST", "/dags/training_data_watch/dagRuns", {"logical_date": None})
+        assert code == 200, run
+        assert _wait_run(topo, run["dag_run_id"], dag_id="training_data_watch",
+                         timeout_s=300) == "success"
+        return run["dag_run_id"], task_states(topo, run["dag_run_id"], "training_data_watch")
+
+    _, states = watch()
+    assert states == {"check_training_data": "success"}
+    deadline = time.monotonic() + 180
+    while True:
+        _, runs = topo.api("GET", "/dags/ml_lifecycle/dagRuns?run_type=asset_triggered")
+        if runs["dag_runs"]:
+            break
+        assert time.monotonic() < deadline, "no asset-triggered ml_lifecycle run\n" + _tails(topo)
+        time.sleep(3)
+    run_id = runs["dag_runs"][0]["dag_run_id"]
+    _, states = watch()  # same bytes again: no event, no second retrain
+    assert states == {"check_training_data": "skipped"}
+
+    state = _wait_run(topo, run_id)
+    states = task_states(topo, run_id)
+    assert state == "success", f"{states}\n{_tails(topo)}"
+    plan = _xcom(topo, run_id, "plan")
+    assert plan["contract"]["data_source"] == str(data)
+    assert plan["contract"]["review_policy"] == "always"
+    review = _xcom(topo, run_id, "review")
+    assert review == {"approved": False, "responder": None, "timed_out": True}
+    promotion = _xcom(topo, run_id, "promote")
+    assert promotion["promoted"] is False and promotion["alias"] == "challenger"
+    assert promotion["decision"]["champion_version"] == "1"
+    assert promotion["decision"]["checks"][-1]["detail"] == "no answer within 20s: not promoted"
+    _, runs = topo.api("GET", "/dags/ml_lifecycle/dagRuns?run_type=asset_triggered")
+    assert len(runs["dag_runs"]) == 1
+
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=topo.mlflow_url, registry_uri=topo.mlflow_url)
+    version = client.get_model_version(MODEL, promotion["model_version"])
+    assert version.tags["slaflow.gate.decision"] == "not_promoted"
+    assert "no answer within 20s" in version.tags["slaflow.gate.reasons"]
+    assert str(client.get_model_version_by_alias(MODEL, "champion").version) == "1"
+    assert str(client.get_model_version_by_alias(MODEL, "challenger").version) == \
+        promotion["model_version"]
+    answer = requests.post(f"http://127.0.0.1:{PORTS['serve']}/{MODEL}", json=REQUEST,
+                           timeout=10).json()
+    assert answer["model_version"] == "1"

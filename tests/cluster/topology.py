@@ -89,6 +89,12 @@ class Topology:
             "SLAFLOW_MLFLOW_TRACKING_URI": self.mlflow_url,
             "SLAFLOW_DATA_DIR": str(self.root / "shared" / "data"),
             "SLAFLOW_RAY_STORAGE": str(self.root / "shared" / "ray_storage"),
+            "SLAFLOW_AIRFLOW_URL": self.airflow_url,
+            # Data-driven retraining: the watched dataset and the contract of unattended runs
+            # (the tests write both); the watch runs when triggered, not on a clock.
+            "SLAFLOW_TRAINING_DATA": str(self.root / "incoming" / "training.csv"),
+            "SLAFLOW_RETRAIN_CONTRACT": str(self.root / "retrain_contract.json"),
+            "SLAFLOW_DATA_WATCH_SCHEDULE": "0 0 1 1 *",
             "RAY_AUTH_MODE": "token",
             # The suite's token when it has one: a Ray already imported here keeps reading it.
             "RAY_AUTH_TOKEN_PATH": os.environ.get("RAY_AUTH_TOKEN_PATH",
