@@ -508,9 +508,13 @@ class TrainModelOperator(_RayJobStageOperator):
                       "met" if result["deadline_met"] else "MISSED", result["outcome"],
                       result["stop_reason"], result["best_val_accuracy"], result["best_epoch"],
                       result["worker_seconds"], result["resizes"])
+        submission = (self._runner.last_submission_id
+                      if contract.training_mode != "spark_mllib" else None)
+        if submission:  # the link goes to this run's job, not the job list
+            context["ti"].xcom_push(key="ray_dashboard_url", value=(
+                f"{self.ray.endpoints['dashboard_url']}/#/jobs/{submission}"))
         return {**result, "mlflow_run_id": run_id, "experiment_id": exp_id,
-                "ray_submission_id": self._runner.last_submission_id
-                if contract.training_mode != "spark_mllib" else None}
+                "ray_submission_id": submission}
 
     def _train_mllib(self, contract: RunContract, spec: dict[str, Any],
                      run_id: str) -> dict[str, Any]:

@@ -18,7 +18,7 @@ from tests.cluster.topology import PORTS, Topology
 pytestmark = pytest.mark.cluster
 MODEL = "cluster-digits"
 CONF = {"model_name": MODEL, "max_epochs": 12, "hidden_units": [32], "target_accuracy": 0.85,
-        "learning_rate": 0.01, "serving_node_resource": "large",
+        "learning_rate": 0.01, "stop_margin": 0.01, "serving_node_resource": "large",
         # Static sizing holds max_workers (2) throughout, so the test can check that both
         # training workers landed on worker nodes; the deadline controller would pick 1.
         "resize_policy": "static"}

@@ -17,7 +17,7 @@ pytestmark = pytest.mark.e2e
 
 MODEL = "e2e-digits"
 SMALL = {"model_name": MODEL, "max_epochs": 12, "hidden_units": [32], "target_accuracy": 0.85,
-         "learning_rate": 0.01}
+         "learning_rate": 0.01, "stop_margin": 0.01}
 REQUEST = json.loads((Path(__file__).resolve().parents[2] / "examples" /
                       "digit_request.json").read_text())  # the digits 0 and 1
 
