@@ -277,6 +277,45 @@ FIELDS: Final[tuple[FieldSpec, ...]] = (
         pattern=r"^[A-Za-z0-9_.-]{0,64}$",
     ),
     FieldSpec(
+        "serving_max_replicas", "integer", 4, "Most serving replicas",
+        "Upper bound the placement planner and the SLO autoscaler may use for the warm tier.",
+        _S_SERVING, "use a whole number from 1 to 64, at least serving_replicas",
+        minimum=1, maximum=64,
+    ),
+    FieldSpec(
+        "expected_rps", "number", 20.0, "Expected requests/s",
+        "Mean request rate the endpoint should plan for (the planner sizes replicas from it).",
+        _S_SERVING, "give requests per second, 0 or more, e.g. 20",
+        minimum=0, maximum=1_000_000,
+    ),
+    FieldSpec(
+        "peak_rps", "number", 60.0, "Peak requests/s",
+        "Request rate of bursts; the autoscaler's upper bound must hold it within the SLO.",
+        _S_SERVING, "give requests per second, at least expected_rps, e.g. 60",
+        minimum=0, maximum=1_000_000,
+    ),
+    FieldSpec(
+        "serving_tiers", "string", "cpu_on_demand,scale_to_zero,gpu", "Allowed serving tiers",
+        "Comma-separated tiers of the price table the planner may use: cpu_on_demand, "
+        "cpu_spot, gpu, scale_to_zero (tiers the cluster lacks are left out).",
+        _S_SERVING, "list tiers separated by commas, e.g. cpu_on_demand,scale_to_zero",
+        pattern=r"^[a-z0-9_]+(,[a-z0-9_]+)*$",
+    ),
+    FieldSpec(
+        "serving_accuracy_slack", "number", 0.01, "Variant accuracy slack",
+        "A cheaper model variant (int8) may serve if its measured accuracy is at most this "
+        "far below the trained model's and still meets the target accuracy.",
+        _S_SERVING, "use a fraction from 0 to 0.2 (0: only the full model)",
+        minimum=0, maximum=0.2,
+    ),
+    FieldSpec(
+        "serving_budget_per_hour", "number", 0.0, "Serving budget per hour",
+        "Most the planned placement may cost per hour in the price table's currency; "
+        "0: no limit.",
+        _S_SERVING, "give an amount, 0 or more (0: no limit)",
+        minimum=0, maximum=1_000_000,
+    ),
+    FieldSpec(
         "data_source", "string", "sklearn:digits", "Data source",
         "CSV or Parquet path/URI with one row per example, or 'sklearn:digits' for the "
         "bundled digits data set.",
@@ -408,6 +447,12 @@ class RunContract:
     review_margin: float = 0.005
     review_max_cost_ratio: float = 1.5
     review_timeout_s: int = 3600
+    serving_max_replicas: int = 4
+    expected_rps: float = 20.0
+    peak_rps: float = 60.0
+    serving_tiers: str = "cpu_on_demand,scale_to_zero,gpu"
+    serving_accuracy_slack: float = 0.01
+    serving_budget_per_hour: float = 0.0
     contract_version: int = field(default=CONTRACT_VERSION)
 
     @classmethod
@@ -443,6 +488,7 @@ class RunContract:
                 "lower one of them so that they add up to at most 0.6",
             )
         _check_training_mode(values)
+        _check_serving(values)
         values["hidden_units"] = tuple(values["hidden_units"])
         return cls(**values)
 
@@ -457,6 +503,26 @@ class RunContract:
         out = dataclasses.asdict(self)
         out["hidden_units"] = list(self.hidden_units)
         return out
+
+
+SERVING_TIERS: Final[tuple[str, ...]] = ("cpu_on_demand", "cpu_spot", "gpu", "scale_to_zero")
+
+
+def _check_serving(values: Mapping[str, Any]) -> None:
+    """Cross-field rules of the serving section."""
+    if values["peak_rps"] < values["expected_rps"]:
+        raise ContractError("peak_rps", f"{values['peak_rps']:g} is below expected_rps "
+                            f"{values['expected_rps']:g}",
+                            "give a peak at least the expected rate")
+    if values["serving_max_replicas"] < values["serving_replicas"]:
+        raise ContractError("serving_max_replicas",
+                            f"{values['serving_max_replicas']} is below serving_replicas "
+                            f"{values['serving_replicas']}",
+                            "raise it to at least serving_replicas")
+    unknown = [t for t in values["serving_tiers"].split(",") if t not in SERVING_TIERS]
+    if unknown:
+        raise ContractError("serving_tiers", f"names unknown tier(s) {unknown}",
+                            f"use some of {', '.join(SERVING_TIERS)}")
 
 
 def _check_training_mode(values: Mapping[str, Any]) -> None:

@@ -221,3 +221,35 @@ def apply_review(decision: PromotionDecision, outcome: ReviewOutcome) -> Promoti
     return dataclasses.replace(decision, promote=promote,
                                alias=CHAMPION if promote else CHALLENGER,
                                checks=(*decision.checks, check))
+
+
+def final_decision(
+    gate_decision: PromotionDecision,
+    *,
+    candidate_accuracy: float,
+    target_accuracy: float,
+    min_gain_over_champion: float,
+    champion_now: ChampionRecord | None,
+    review_required: bool,
+    review: ReviewOutcome | None,
+) -> PromotionDecision:
+    """The promotion decision at promote time, from the gate's and the review's answers.
+
+    If the champion changed since the gate decided (another run promoted while this one
+    waited), the gate's comparison is stale: decide again against the new champion, and a
+    review given for the old comparison does not count (not promoted when one was required).
+    Otherwise apply the review when one was required; ``review`` None then raises ValueError.
+    """
+    now = None if champion_now is None else champion_now.version
+    if now != gate_decision.champion_version:
+        decision = decide_promotion(candidate_accuracy, target_accuracy,
+                                    min_gain_over_champion, champion_now)
+        if review_required:
+            decision = apply_review(decision, ReviewOutcome(
+                False, "slaflow: champion changed during the review"))
+        return decision
+    if not review_required:
+        return gate_decision
+    if review is None:
+        raise ValueError("the gate asked for a review but no answer was recorded")
+    return apply_review(gate_decision, review)

@@ -127,3 +127,16 @@ def test_schema_and_python_validation_agree(override: dict[str, object]) -> None
 
 def test_schema_accepts_the_defaults() -> None:
     jsonschema.validate(RunContract.defaults().to_dict(), contract_json_schema())
+
+
+@pytest.mark.parametrize(("raw", "field_name", "words"), [
+    ({"expected_rps": 50, "peak_rps": 10}, "peak_rps", "below expected_rps"),
+    ({"serving_replicas": 3, "serving_max_replicas": 2}, "serving_max_replicas", "below"),
+    ({"serving_tiers": "cpu_on_demand,tpu"}, "serving_tiers", "tpu"),
+    ({"serving_tiers": "cpu on demand"}, "serving_tiers", "does not match"),
+])
+def test_serving_fields_are_checked_together(raw: dict[str, object], field_name: str,
+                                             words: str) -> None:
+    with pytest.raises(ContractError) as err:
+        RunContract.from_dict(raw)
+    assert err.value.field == field_name and words in str(err.value)

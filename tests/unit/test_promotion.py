@@ -153,3 +153,47 @@ def test_decision_round_trips_through_xcom_json() -> None:
     decision = decide_promotion(0.96, 0.9, 0.01, ChampionRecord("2", 0.94, cost=10.0))
     again = PromotionDecision.from_dict(json.loads(json.dumps(decision.to_dict())))
     assert again == decision
+
+
+def test_final_decision_keeps_the_gate_when_nothing_changed() -> None:
+    from policies import final_decision
+
+    champ = ChampionRecord(version="1", accuracy=0.90)
+    gate = decide_promotion(0.95, 0.9, 0.01, champ)
+    same = final_decision(gate, candidate_accuracy=0.95, target_accuracy=0.9,
+                          min_gain_over_champion=0.01, champion_now=champ,
+                          review_required=False, review=None)
+    assert same == gate
+
+
+def test_final_decision_applies_the_review_or_refuses_without_one() -> None:
+    from policies import final_decision
+
+    gate = decide_promotion(0.95, 0.9, 0.0, None)
+    kw: dict[str, Any] = dict(candidate_accuracy=0.95, target_accuracy=0.9,
+                              min_gain_over_champion=0.0, champion_now=None,
+                              review_required=True)
+    assert final_decision(gate, review=ReviewOutcome(True, "ann"), **kw).promote
+    rejected = final_decision(gate, review=ReviewOutcome(False, "bob"), **kw)
+    assert not rejected.promote and "rejected by bob" in rejected.reasons[-1]
+    with pytest.raises(ValueError, match="no answer was recorded"):
+        final_decision(gate, review=None, **kw)
+
+
+def test_final_decision_decides_again_when_the_champion_moved() -> None:
+    from policies import final_decision
+
+    gate = decide_promotion(0.95, 0.9, 0.01, ChampionRecord(version="1", accuracy=0.90))
+    assert gate.promote
+    moved = ChampionRecord(version="2", accuracy=0.96)  # another run promoted meanwhile
+    again = final_decision(gate, candidate_accuracy=0.95, target_accuracy=0.9,
+                           min_gain_over_champion=0.01, champion_now=moved,
+                           review_required=False, review=None)
+    assert not again.promote and "champion v2" in " ".join(again.reasons)
+    # an approval given for the old comparison does not count
+    weaker = ChampionRecord(version="2", accuracy=0.80)
+    reviewed = final_decision(gate, candidate_accuracy=0.95, target_accuracy=0.9,
+                              min_gain_over_champion=0.01, champion_now=weaker,
+                              review_required=True, review=ReviewOutcome(True, "ann"))
+    assert not reviewed.promote and "champion changed during the review" in \
+        reviewed.reasons[-1]
