@@ -13,6 +13,8 @@ from __future__ import annotations
 import json
 import math
 import tempfile
+import time
+from collections import deque
 from typing import Any
 
 import numpy as np
@@ -63,30 +65,90 @@ def parse_instances(payload: Any, feature_names: tuple[str, ...]) -> np.ndarray:
     return out
 
 
+class _Window:
+    """Arrivals and latencies of the last ``span_s`` seconds (for the autoscaler and canary)."""
+
+    def __init__(self, span_s: float = 10.0, cap: int = 20_000) -> None:
+        self.span_s = span_s
+        self._events: deque[tuple[float, float]] = deque(maxlen=cap)
+
+    def add(self, t: float, latency_ms: float) -> None:
+        self._events.append((t, latency_ms))
+
+    def stats(self, now: float, percentile: float = 99.0) -> dict[str, float]:
+        while self._events and self._events[0][0] < now - self.span_s:
+            self._events.popleft()
+        if not self._events:
+            return {"arrival_rps": 0.0, "tail_ms": 0.0, "requests": 0.0}
+        lat = np.fromiter((e[1] for e in self._events), dtype="float64")
+        return {"arrival_rps": len(lat) / self.span_s,
+                "tail_ms": float(np.percentile(lat, percentile)), "requests": float(len(lat))}
+
+
+def _load_predictor(model_uri: str, tracking_uri: str, variant: str, variant_uri: str,
+                    into: str) -> tuple[Any, Any]:
+    import mlflow
+
+    from ray_jobs.model_format import ModelMetadata, Predictor, find_model_dir
+    from ray_jobs.variants import VARIANT_FULL, Int8Predictor
+
+    # Both, explicitly: a stray MLFLOW_REGISTRY_URI on the node would otherwise send
+    # model lookups to another registry.
+    mlflow.set_tracking_uri(tracking_uri)
+    mlflow.set_registry_uri(tracking_uri)
+    if variant == VARIANT_FULL:
+        local = mlflow.artifacts.download_artifacts(artifact_uri=model_uri, dst_path=into)
+        predictor = Predictor(find_model_dir(local))
+        return predictor, predictor.metadata
+    npz = mlflow.artifacts.download_artifacts(artifact_uri=variant_uri, dst_path=into)
+    meta_uri = variant_uri.rsplit("/", 1)[0] + "/slaflow_model.json"
+    meta = mlflow.artifacts.download_artifacts(artifact_uri=meta_uri, dst_path=into)
+    with open(meta) as fh:
+        metadata = ModelMetadata.from_json(fh.read())
+    return Int8Predictor(npz), metadata
+
+
 @serve.deployment(
     max_ongoing_requests=32,
     max_queued_requests=256,
     ray_actor_options={"num_cpus": 0.5},
     health_check_period_s=5,
+    # ``serve.run`` gives every deployment a new code version, so each redeploy (a canary
+    # step, a rollback) restarts the replicas; with a surge the old ones keep answering
+    # until their replacements are ready, instead of stopping first (Serve's default).
+    max_surge_percent=100,
 )
 class ModelServer:
-    def __init__(self, model_uri: str, tracking_uri: str, model_name: str, version: str) -> None:
-        import mlflow
+    """One model version (one variant) behind HTTP, or behind a ``ModelRouter`` handle.
 
-        from ray_jobs.model_format import Predictor, find_model_dir
+    ``user_config`` (``{"max_batch_size": n, "batch_wait_timeout_s": s}``) retunes batching
+    in place, without restarting replicas. ``record_autoscaling_stats`` reports the arrival
+    rate and tail latency of the last 10 s to the SLO autoscaling policy.
+    """
 
-        # Both, explicitly: a stray MLFLOW_REGISTRY_URI on the node would otherwise send
-        # model lookups to another registry.
-        mlflow.set_tracking_uri(tracking_uri)
-        mlflow.set_registry_uri(tracking_uri)
+    def __init__(self, model_uri: str, tracking_uri: str, model_name: str, version: str,
+                 variant: str = "full", variant_uri: str = "", tier: str = "warm") -> None:
         self._tmp = tempfile.TemporaryDirectory(prefix="slaflow-serve-")
-        local = mlflow.artifacts.download_artifacts(artifact_uri=model_uri, dst_path=self._tmp.name)
-        self._predictor = Predictor(find_model_dir(local))
-        self._meta = self._predictor.metadata
+        if variant == "full":
+            _limit_threads()
+        self._predictor, self._meta = _load_predictor(model_uri, tracking_uri, variant,
+                                                      variant_uri, self._tmp.name)
         self._predictor.predict_proba(np.zeros((1, self._meta.n_features)))  # trace once, now
         self._info = {"model_name": model_name, "model_version": version, "model_uri": model_uri,
+                      "variant": variant, "tier": tier,
                       "features": list(self._meta.feature_names),
                       "classes": list(self._meta.classes)}
+        self._window = _Window()
+
+    def reconfigure(self, config: dict[str, Any]) -> None:
+        if "max_batch_size" in config:
+            self._predict.set_max_batch_size(int(config["max_batch_size"]))
+        if "batch_wait_timeout_s" in config:
+            self._predict.set_batch_wait_timeout_s(float(config["batch_wait_timeout_s"]))
+
+    def record_autoscaling_stats(self) -> dict[str, float]:
+        s = self._window.stats(time.monotonic())
+        return {"arrival_rps": s["arrival_rps"], "tail_ms": s["tail_ms"]}
 
     @serve.batch(max_batch_size=64, batch_wait_timeout_s=0.002)
     async def _predict(self, batches: list[np.ndarray]) -> list[np.ndarray]:
@@ -94,31 +156,88 @@ class ModelServer:
         proba = self._predictor.predict_proba(np.concatenate(batches))
         return np.split(proba, np.cumsum(sizes)[:-1])
 
+    def info(self) -> dict[str, Any]:
+        return self._info
+
+    async def predict(self, x: np.ndarray) -> np.ndarray:
+        """Probabilities for validated rows (the router's path)."""
+        t0 = time.monotonic()
+        out = await self._predict(x)
+        self._window.add(t0, (time.monotonic() - t0) * 1000)
+        return out
+
     async def __call__(self, request: Request) -> JSONResponse:
         if request.method == "GET":
             return JSONResponse(self._info)
         if request.method != "POST":
             return JSONResponse({"error": "use POST with a JSON body, or GET for model info"},
                                 status_code=405)
-        body = await request.body()
+        t0 = time.monotonic()
         try:
-            if len(body) > MAX_BODY_BYTES:
-                raise BadRequest(f"body is {len(body)} bytes; at most {MAX_BODY_BYTES}", 413)
-            try:
-                payload = json.loads(body)
-            except ValueError as exc:
-                raise BadRequest(f"body is not valid JSON ({exc.msg} at char {exc.pos})") from exc
-            x = parse_instances(payload, self._meta.feature_names)
+            x = parse_body(await request.body(), self._meta.feature_names)
         except BadRequest as exc:
             return JSONResponse({"error": str(exc)}, status_code=exc.status)
         proba = await self._predict(x)
-        classes = self._meta.classes
-        return JSONResponse({
-            "predictions": [classes[i] for i in proba.argmax(axis=1)],
+        self._window.add(t0, (time.monotonic() - t0) * 1000)
+        return JSONResponse(answer(proba, self._meta.classes, self._info))
+
+
+def parse_body(body: bytes, feature_names: tuple[str, ...]) -> np.ndarray:
+    if len(body) > MAX_BODY_BYTES:
+        raise BadRequest(f"body is {len(body)} bytes; at most {MAX_BODY_BYTES}", 413)
+    try:
+        payload = json.loads(body)
+    except ValueError as exc:
+        raise BadRequest(f"body is not valid JSON ({exc.msg} at char {exc.pos})") from exc
+    return parse_instances(payload, feature_names)
+
+
+def answer(proba: np.ndarray, classes: Any, info: dict[str, Any]) -> dict[str, Any]:
+    return {"predictions": [classes[i] for i in proba.argmax(axis=1)],
             "probabilities": np.round(proba, 6).tolist(),
-            "model_name": self._info["model_name"],
-            "model_version": self._info["model_version"],
-        })
+            "model_name": info["model_name"], "model_version": info["model_version"]}
+
+
+@serve.deployment(max_ongoing_requests=64, ray_actor_options={"num_cpus": 0.1})
+class NoopServer:
+    """Answers without a model: the HTTP + Serve floor the benchmarks compare with."""
+
+    async def __call__(self, request: Request) -> JSONResponse:
+        if request.method == "POST":
+            await request.body()
+        return JSONResponse({"predictions": [0], "model_version": "noop"})
+
+
+def _limit_threads() -> None:
+    """TensorFlow uses as many threads as the replica has CPUs (at least 1), so a profiled
+    shape means the same thing on any node."""
+    try:
+        import ray
+        import tensorflow as tf
+
+        cpus = ray.get_runtime_context().get_assigned_resources().get("CPU", 1.0)
+        n = max(1, math.ceil(cpus))
+        tf.config.threading.set_intra_op_parallelism_threads(n)
+        tf.config.threading.set_inter_op_parallelism_threads(n)
+    except (RuntimeError, ImportError):  # already initialised, or not in a Ray worker
+        pass
+
+
+def wait_running(app: str, timeout_s: float = 300.0, poll_s: float = 0.5) -> None:
+    """Until Serve reports ``app`` RUNNING: every deployment at its new version, the replicas
+    it replaced stopping or gone. A ``serve.run`` redeploy restarts the replicas (new code
+    version) and with a surge the old ones answer while the new ones load, so answering alone
+    does not mean the new settings serve."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        status = serve.status().applications.get(app)
+        if status is not None and status.status == "RUNNING":
+            return
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"Serve application {app} is not RUNNING after {timeout_s:.0f}s "
+                               f"(status {status.status if status else 'missing'}); see the "
+                               f"Ray dashboard's Serve tab")
+        time.sleep(poll_s)
 
 
 def build_app(model_uri: str, tracking_uri: str, model_name: str, version: str,
