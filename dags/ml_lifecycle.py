@@ -1,5 +1,5 @@
 """ml_lifecycle: plan -> prepare -> feasibility -> train -> evaluate -> register -> gate
--> review -> promote -> deploy -> verify.
+-> review -> promote -> profile_serving -> deploy -> verify.
 
 Composition only: every stage is an operator from ``operators``; the trigger form is the run
 contract (``operators.params``). Runs start three ways: the trigger form (or REST), a change of
@@ -23,6 +23,7 @@ from operators.lifecycle import (
     GateOperator,
     PlanRunOperator,
     PrepareDataOperator,
+    ProfileServingOperator,
     PromoteModelOperator,
     RegisterModelOperator,
     TrainModelOperator,
@@ -74,12 +75,17 @@ with DAG(
     promote = PromoteModelOperator(task_id="promote", plan=_xcom("plan"),
                                    evaluation=_xcom("evaluate"), registration=_xcom("register"),
                                    gate=_xcom("gate"), review=_xcom("review"))
+    profile_serving = ProfileServingOperator(
+        task_id="profile_serving", plan=_xcom("plan"), profile=_xcom("prepare"),
+        train=_xcom("train"), promotion=_xcom("promote"))
     deploy = DeployModelOperator(task_id="deploy", plan=_xcom("plan"),
-                                 promotion=_xcom("promote"))
+                                 promotion=_xcom("promote"),
+                                 serving_profile=_xcom("profile_serving"),
+                                 data_profile=_xcom("prepare"))
     verify = VerifyEndpointOperator(
         task_id="verify", plan=_xcom("plan"), profile=_xcom("prepare"), train=_xcom("train"),
         evaluation=_xcom("evaluate"), registration=_xcom("register"),
         promotion=_xcom("promote"), deployment=_xcom("deploy"))
 
     (plan >> prepare >> feasibility >> train >> evaluate >> register >> gate >> review
-     >> promote >> deploy >> verify)
+     >> promote >> profile_serving >> deploy >> verify)

@@ -27,5 +27,6 @@ with DAG(
     rollback = RollbackModelOperator(task_id="rollback", retries=1)
     deploy = DeployModelOperator(task_id="deploy",
                                  plan="{{ ti.xcom_pull(task_ids='rollback') }}",
-                                 promotion="{{ ti.xcom_pull(task_ids='rollback') }}")
+                                 promotion="{{ ti.xcom_pull(task_ids='rollback') }}",
+                                 canary=False)
     rollback >> deploy

@@ -27,6 +27,7 @@ TAG_REVIEW = "slaflow.review"
 TAG_MODEL_PARAMS = "slaflow.model_params"
 TAG_AIRFLOW_RUN_URL = "slaflow.airflow_run_url"
 TAG_SERVING = "slaflow.serving"
+TAG_SERVING_PROFILE = "slaflow.serving.profile"
 TAG_ROLLED_BACK = "slaflow.rolled_back_by"
 PENDING_REVIEW = "pending_review"
 

@@ -8,6 +8,7 @@ never at DAG-parse time.
 
 from __future__ import annotations
 
+import logging
 import os
 from functools import cached_property
 from typing import Any
@@ -87,7 +88,7 @@ class RayHook(BaseHook):
 
         if not ray.is_initialized():
             try:
-                ray.init(address=address, log_to_driver=False, logging_level="WARNING")
+                ray.init(address=address, log_to_driver=False, logging_level=logging.WARNING)
             except Exception as exc:
                 raise EndpointError(
                     f"cannot connect to the Ray cluster at {address} ({exc}). Start it with "

@@ -30,8 +30,8 @@ from policies import (
     ReviewOutcome,
     ReviewRequest,
     RunContract,
-    apply_review,
     decide_promotion,
+    final_decision,
     plan_workers,
     required_accuracy,
     review_request,
@@ -769,25 +769,23 @@ class PromoteModelOperator(_StageOperator):
             self.log.info("v%s is already champion (a previous try promoted it)", version)
             return {"promoted": True, "alias": CHAMPION, "model_version": version,
                     "decision": self.gate["decision"]}
-        decision = PromotionDecision.from_dict(self.gate["decision"])
+        gate_decision = PromotionDecision.from_dict(self.gate["decision"])
         now_champion = None if champion is None else champion.version
-        if now_champion != decision.champion_version:
-            # Another run promoted while this one waited: decide again against the new one.
+        if now_champion != gate_decision.champion_version:
             self.log.warning("The champion moved from v%s to v%s since the gate: deciding again",
-                             decision.champion_version, now_champion)
-            decision = decide_promotion(self.evaluation["test_accuracy"],
-                                        contract.target_accuracy,
-                                        contract.min_gain_over_champion, champion)
-            if self.gate["review"]["required"]:
-                decision = apply_review(decision, ReviewOutcome(False, "slaflow: champion "
-                                                                "changed during the review"))
-        elif self.gate["review"]["required"]:
-            if not self.review:
-                raise AirflowFailException("the gate asked for a review but the review task "
-                                           "returned nothing; clear the review task to ask again")
-            decision = apply_review(decision, ReviewOutcome(
-                approved=bool(self.review["approved"]), responder=self.review["responder"],
-                timeout_s=contract.review_timeout_s))
+                             gate_decision.champion_version, now_champion)
+        review = None if not self.review else ReviewOutcome(
+            approved=bool(self.review["approved"]), responder=self.review["responder"],
+            timeout_s=contract.review_timeout_s)
+        try:
+            decision = final_decision(
+                gate_decision, candidate_accuracy=self.evaluation["test_accuracy"],
+                target_accuracy=contract.target_accuracy,
+                min_gain_over_champion=contract.min_gain_over_champion,
+                champion_now=champion, review_required=bool(self.gate["review"]["required"]),
+                review=review)
+        except ValueError as exc:
+            raise AirflowFailException(f"{exc}; clear the review task to ask again") from exc
         for reason in decision.reasons:
             self.log.info("Gate: %s", reason)
         moved = reg.apply_promotion(client, contract.model_name, version, decision,
@@ -807,21 +805,137 @@ class PromoteModelOperator(_StageOperator):
                 "decision": decision.to_dict(), "aliases_moved": moved}
 
 
-class DeployModelOperator(_StageOperator):
-    """Serve the ``champion`` on Ray Serve; a no-op when that version is already serving.
+class ProfileServingOperator(_RayJobStageOperator):
+    """Ray job: serving profile of the promoted version (full model and int8 variant, per
+    replica shape and batch size, through the real Serve path), logged to the run as
+    ``serving/profile.json`` and linked from the version's ``slaflow.serving.profile`` tag.
 
-    Skips (with the reason) when the model has no champion yet. A new version replaces the old
-    one by Serve's rolling update: old replicas serve until new ones are healthy.
+    Skips when this run promoted nothing. A retry measures again and overwrites.
     """
 
-    template_fields: Sequence[str] = ("plan", "promotion")
+    template_fields: Sequence[str] = ("plan", "profile", "train", "promotion")
+
+    def __init__(self, *, plan: Any, profile: Any, train: Any, promotion: Any,
+                 **kwargs: Any) -> None:
+        kwargs.setdefault("trigger_rule", "none_failed")
+        super().__init__(**kwargs)
+        self.plan, self.profile, self.train, self.promotion = plan, profile, train, promotion
+
+    def execute(self, context: Any) -> dict[str, Any]:
+        from mlflow_config import registry as reg
+        from slaflow import settings
+
+        contract = _contract(self.plan)
+        if not self.promotion or not self.promotion.get("promoted"):
+            raise AirflowSkipException("this run promoted nothing: no serving profile needed")
+        version = str(self.promotion["model_version"])
+        eps = self.ray.endpoints
+        spec = {"tracking_uri": self.mlflow.tracking_uri,
+                "mlflow_run_id": self.train["mlflow_run_id"],
+                "model_uri": f"models:/{contract.model_name}/{version}",
+                "model_name": contract.model_name, "version": version,
+                "test_path": self.profile["paths"]["test"],
+                "feature_mean": self.profile["feature_mean"],
+                "feature_std": self.profile["feature_std"],
+                "serve_host": eps["serve_host"], "serve_port": eps["serve_port"],
+                "serve_url": eps["serve_url"], "cpus": settings.profile_cpus(),
+                "batches": settings.profile_batches()}
+        out = self.run_job(context, "profile", "ray_jobs.profile_serving", spec, timeout_s=900)
+        self.mlflow.client.set_model_version_tag(contract.model_name, version,
+                                                 reg.TAG_SERVING_PROFILE, out["profile_uri"])
+        for p in out["profile"]["points"]:
+            self.log.info("%s %.2g CPU batch %d: p50 %.2f ms p99 %.2f ms, %.0f req/s",
+                          p["variant"], p["num_cpus"], p["max_batch_size"], p["p50_ms"],
+                          p["p99_ms"], p["capacity_rps"])
+        return out
+
+
+def _price_table() -> Any:
+    from policies import PriceTable
+    from slaflow import settings
+
+    path = settings.price_table_path()
+    if not path:
+        return PriceTable.default()
+    try:
+        return PriceTable.from_json(Path(path).read_text())
+    except (OSError, ValueError) as exc:
+        raise AirflowFailException(f"SLAFLOW_PRICE_TABLE={path}: {exc}") from exc
+
+
+def version_spec(version: str, model_uri: str, variant_uri: str, plan: Any,
+                 elastic_idle_s: float | None = None) -> dict[str, Any]:
+    """Serve options of one version's tiers: ``warm`` as planned (SLO autoscaler, bounded
+    queue, planned batching), ``batch`` (one replica, large batches) for large inputs and,
+    with ``elastic_idle_s``, ``elastic``: the same shape scaled from zero by the SLO
+    autoscaler, where the router sends frequent callers when the warm tier is full."""
+    import dataclasses
+
+    from ray_jobs.serve_policy import autoscaling_config
+
+    actor = plan.ray_actor_options()
+    tiers: dict[str, Any] = {}
+    if elastic_idle_s is not None:
+        cfg = dataclasses.replace(plan.autoscaler_config(), min_replicas=0,
+                                  downscale_to_zero_delay_s=elastic_idle_s)
+        tiers["elastic"] = {"ray_actor_options": actor,
+                            "max_ongoing_requests": plan.max_ongoing_requests,
+                            "max_queued_requests": plan.max_queued_requests,
+                            "autoscaling_config": autoscaling_config(cfg, 0),
+                            "user_config": {"max_batch_size": plan.max_batch_size,
+                                            "batch_wait_timeout_s": plan.batch_wait_timeout_s}}
+    return {"version": version, "model_uri": model_uri, "variant": plan.variant,
+            "variant_uri": variant_uri if plan.variant != "full" else "",
+            "tiers": {
+                "warm": {"ray_actor_options": actor,
+                         "max_ongoing_requests": plan.max_ongoing_requests,
+                         "max_queued_requests": plan.max_queued_requests,
+                         "autoscaling_config": autoscaling_config(plan.autoscaler_config(),
+                                                                  plan.initial_replicas),
+                         "user_config": {"max_batch_size": plan.max_batch_size,
+                                         "batch_wait_timeout_s": plan.batch_wait_timeout_s}},
+                # one replica for rare large inputs: a quarter CPU at most
+                "batch": {"ray_actor_options": {**actor,
+                                                "num_cpus": min(0.25, actor["num_cpus"])},
+                          "num_replicas": 1,
+                          "max_ongoing_requests": 8, "max_queued_requests": 64,
+                          "user_config": {"max_batch_size": 1024,
+                                          "batch_wait_timeout_s": 0.005}},
+                **tiers}}
+
+
+class DeployModelOperator(_StageOperator):
+    """Serve the ``champion`` on Ray Serve as the contract plans it; a no-op when that version
+    already serves alone.
+
+    With a serving profile (``profile_serving``, or the version's ``slaflow.serving.profile``
+    tag) the placement planner chooses variant, CPUs, batching, replica bounds and queue
+    bound; the ``warm`` tier scales by the SLO autoscaler; a ``ModelRouter`` ingress sends large
+    inputs to a ``batch`` tier. When another routed version serves, the new one is deployed
+    beside it and takes a canary share of the traffic (10%, 50%, then all), checked at each
+    step against the old one (errors, tail latency, disagreeing answers) on probe requests from
+    the test set plus live traffic; a failed check rolls the traffic and the registry back
+    (``champion`` returns to the old version) and fails the task, the old version serving
+    throughout. ``canary=False`` (``ml_rollback``) switches at once. Without a profile the
+    version is served as one fixed deployment (``serving_replicas`` x 0.5 CPU).
+
+    Skips (with the reason) when the model has no champion yet. Idempotent: a retry finds the
+    version serving, or resumes the canary from what serves now.
+    """
+
+    template_fields: Sequence[str] = ("plan", "promotion", "serving_profile", "data_profile")
     operator_extra_links = (ServeEndpointLink(),)
 
-    def __init__(self, *, plan: Any, promotion: Any, ready_timeout_s: float = 300,
-                 **kwargs: Any) -> None:
+    def __init__(self, *, plan: Any, promotion: Any, serving_profile: Any = None,
+                 data_profile: Any = None, canary: bool = True, ready_timeout_s: float = 300,
+                 canary_probe_requests: int = 60, **kwargs: Any) -> None:
+        kwargs.setdefault("trigger_rule", "none_failed")
         super().__init__(**kwargs)
         self.plan, self.promotion = plan, promotion
+        self.serving_profile, self.data_profile = serving_profile, data_profile
+        self.canary = canary
         self.ready_timeout_s = ready_timeout_s
+        self.canary_probe_requests = canary_probe_requests
 
     def execute(self, context: Any) -> dict[str, Any]:
         from mlflow_config.registry import get_alias_version
@@ -835,20 +949,239 @@ class DeployModelOperator(_StageOperator):
         version = str(champion.version)
         endpoint = f"{self.ray.endpoints['serve_url']}/{contract.model_name}"
         context["ti"].xcom_push(key="endpoint_url", value=endpoint)
-        served = _served_version(endpoint)
-        if served == version:
+        info = _endpoint_info(endpoint)
+        served = str(info["model_version"]) if info else None
+        candidate = (info or {}).get("canary", {}).get("candidate")
+        if served == version and candidate is None:
             self.log.info("%s already serves %s v%s: nothing to do", endpoint,
                           contract.model_name, version)
             return {"endpoint_url": endpoint, "model_version": version, "changed": False}
-        self.log.info("Deploying %s v%s (now serving: %s) to %s", contract.model_name, version,
-                      served or "nothing", endpoint)
         self.ray.connect()
+        from ray import serve
+
+        serve.start(http_options={"host": self.ray.endpoints["serve_host"],
+                                  "port": int(self.ray.endpoints["serve_port"])})
+        profile_doc = self._profile(contract.model_name, version)
+        if profile_doc is None:
+            return self._deploy_fixed(context, contract, version, endpoint, served)
+        import ray
+
+        from policies import PlacementInfeasible, ServingProfile, plan_for_contract
+
+        prices = _price_table()
+        try:
+            plan = plan_for_contract(contract, ServingProfile.from_dict(profile_doc), prices,
+                                     ray.cluster_resources())  # type: ignore[no-untyped-call]
+        except PlacementInfeasible as exc:
+            still = f"v{served} still serves" if served else "nothing was serving"
+            raise AirflowFailException(
+                f"serving placement for {contract.model_name} v{version}: {exc} (binding: "
+                f"{exc.binding}, off by {exc.gap:.4g}); {still}") from exc
+        for r in plan.reasons:
+            self.log.info("placement: %s", r)
+        zero = prices.tiers.get("scale_to_zero")
+        elastic = zero is not None and not plan.scale_to_zero and \
+            "scale_to_zero" in contract.serving_tiers.split(",")
+        new = version_spec(version, f"models:/{contract.model_name}/{version}",
+                           profile_doc.get("variant_uri", ""), plan,
+                           elastic_idle_s=zero.idle_timeout_s if elastic and zero else None)
+        router = self._router_config(contract, plan, profile_doc)
+        old = self._old_spec(contract.model_name, served) if (
+            served and served != version and info and "routes" in info) else None
+        canary_log: list[dict[str, Any]] = []
+        if old is not None and self.canary:
+            canary_log = self._canary(context, contract, endpoint, old, new, router)
+        if old is not None:
+            self._switch(contract, endpoint, keep=new, drop=old, router=router)
+        else:
+            self._deploy(contract, [new], {**router, "primary": version})
+            self._wait(endpoint, version, None)
+        self.log.info("Serving %s v%s at %s (%s)", contract.model_name, version, endpoint,
+                      plan.reasons[0])
+        self._record_serving(context, contract, version, endpoint, plan=plan.to_dict(),
+                             spec=new, canary=canary_log, router=router)
+        return {"endpoint_url": endpoint, "model_version": version, "changed": True,
+                "placement": plan.to_dict(), "canary": canary_log}
+
+    # -- helpers ---------------------------------------------------------------------------
+
+    def _profile(self, model: str, version: str) -> dict[str, Any] | None:
+        if self.serving_profile and str(self.serving_profile.get("version")) == version:
+            doc = dict(self.serving_profile["profile"])
+            doc["variant_uri"] = self.serving_profile.get("variant_uri", "")
+            return doc
+        from mlflow_config import registry as reg
+
+        uri = self.mlflow.client.get_model_version(model, version).tags.get(
+            reg.TAG_SERVING_PROFILE)
+        if not uri:
+            self.log.warning("%s v%s has no serving profile: fixed deployment", model, version)
+            return None
+        import mlflow
+
+        doc = mlflow.artifacts.load_dict(uri)
+        return dict(doc)
+
+    def _router_config(self, contract: RunContract, plan: Any,
+                       profile_doc: dict[str, Any]) -> dict[str, Any]:
+        from policies import ProfilePoint, RouterThresholds
+
+        point = next(ProfilePoint(**p) for p in profile_doc["points"]
+                     if p["variant"] == plan.variant and p["num_cpus"] == plan.num_cpus
+                     and p["max_batch_size"] == plan.max_batch_size)
+        thresholds = RouterThresholds.from_profile(point, contract.latency_slo_ms,
+                                                   contract.latency_percentile,
+                                                   plan.idle_timeout_s)
+        return {"candidate": None, "share": 0.0, "percentile": contract.latency_percentile,
+                "thresholds": thresholds.to_dict(),
+                "warm_max_in_flight": plan.max_ongoing_requests * plan.max_replicas}
+
+    def _old_spec(self, model: str, served: str) -> dict[str, Any] | None:
+        from mlflow_config import registry as reg
+
+        raw = self.mlflow.client.get_model_version(model, served).tags.get(reg.TAG_SERVING)
+        spec = json.loads(raw).get("spec") if raw else None
+        return dict(spec) if spec else None
+
+    def _deploy(self, contract: RunContract, versions: list[dict[str, Any]],
+                router: dict[str, Any]) -> None:
+        from ray import serve
+
+        from ray_jobs.serve_router import build_routed_app
+
+        app = build_routed_app(contract.model_name, self.mlflow.tracking_uri, versions, router,
+                               node_resource=contract.serving_node_resource)
+        serve.run(app, name=contract.model_name, route_prefix=f"/{contract.model_name}",
+                  blocking=False)
+
+    def _switch(self, contract: RunContract, endpoint: str, keep: dict[str, Any],
+                drop: dict[str, Any], router: dict[str, Any]) -> None:
+        """All traffic to ``keep``, then ``drop``'s deployments removed: two deploys, so a
+        router replica still draining from the step before (it may hold requests for
+        ``drop``) finishes them before ``drop`` goes away."""
+        v_keep = str(keep["version"])
+        self._deploy(contract, [keep, drop],
+                     {**router, "primary": v_keep, "candidate": None, "share": 0.0})
+        self._wait(endpoint, v_keep, None)
+        self._wait_running(contract.model_name)
+        self._deploy(contract, [keep], {**router, "primary": v_keep})
+        self._wait(endpoint, v_keep, None)
+        self._wait_running(contract.model_name)
+
+    def _wait_running(self, app: str) -> None:
+        from ray_jobs.serve_app import wait_running
+
+        wait_running(app, self.ready_timeout_s, poll_s=1.0)
+
+    def _wait(self, endpoint: str, primary: str, candidate: str | None) -> None:
+        deadline = time.monotonic() + self.ready_timeout_s
+        while True:
+            info = _endpoint_info(endpoint) or {}
+            if str(info.get("model_version")) == primary and \
+                    info.get("canary", {}).get("candidate") == candidate:
+                return
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"{endpoint} did not serve v{primary} (canary {candidate}) "
+                                   f"within {self.ready_timeout_s:.0f}s; see the Ray "
+                                   f"dashboard's Serve tab")
+            time.sleep(1)
+
+    def _canary(self, context: Any, contract: RunContract, endpoint: str,
+                old: dict[str, Any], new: dict[str, Any],
+                router: dict[str, Any]) -> list[dict[str, Any]]:
+        from policies import (
+            CanaryStats,
+            canary_verdict,
+            disagreement_bound,
+            next_canary_share,
+        )
+
+        v_old, v_new = str(old["version"]), str(new["version"])
+        # Two classifiers of test accuracy a and b disagree on at most (1-a)+(1-b) of the
+        # rows; far more than that means the new one answers wrongly as served.
+        max_disagreement = disagreement_bound(self._test_accuracy(contract.model_name, v_old),
+                                              self._test_accuracy(contract.model_name, v_new))
+        log: list[dict[str, Any]] = []
+        share = 0.0
+        while (share := next_canary_share(share)) < 1.0:
+            self._deploy(contract, [old, new],
+                         {**router, "primary": v_old, "candidate": v_new, "share": share})
+            self._wait(endpoint, v_old, v_new)
+            self._wait_running(contract.model_name)  # no probe on replicas still starting
+            verdict = None
+            for _ in range(10):
+                self._probe(endpoint)
+                stats = requests_json(f"{endpoint}/-/stats")["versions"]
+                s_new, s_old = stats.get(v_new, {}), stats.get(v_old, {})
+                verdict = canary_verdict(
+                    CanaryStats(int(s_new.get("requests", 0)), int(s_new.get("errors", 0)),
+                                float(s_new.get("tail_ms", 0.0)),
+                                int(s_new.get("disagreements", 0))),
+                    CanaryStats(int(s_old.get("requests", 0)), int(s_old.get("errors", 0)),
+                                float(s_old.get("tail_ms", 0.0))),
+                    slo_ms=contract.latency_slo_ms, min_requests=20,
+                    max_disagreement=max_disagreement)
+                if verdict.action != "wait":
+                    break
+            assert verdict is not None
+            log.append({"share": share, "action": verdict.action, "reason": verdict.reason})
+            self.log.info("canary v%s at %.0f%%: %s (%s)", v_new, share * 100, verdict.action,
+                          verdict.reason)
+            if verdict.action != "advance":
+                self._switch(contract, endpoint, keep=old, drop=new, router=router)
+                from mlflow_config import registry as reg
+
+                marker = f"{context['dag'].dag_id}/{context['run_id']}"
+                try:
+                    reg.rollback(self.mlflow.client, contract.model_name, marker)
+                except reg.RollbackError as exc:
+                    self.log.warning("registry rollback: %s", exc)
+                raise AirflowFailException(
+                    f"canary of {contract.model_name} v{v_new} rolled back at "
+                    f"{share:.0%} of traffic: {verdict.reason}; v{v_old} serves all traffic "
+                    f"again and is champion")
+        return log
+
+    def _test_accuracy(self, model: str, version: str) -> float:
+        mv = self.mlflow.client.get_model_version(model, version)
+        run = self.mlflow.client.get_run(mv.run_id) if mv.run_id else None
+        return float(run.data.metrics.get("test_accuracy", 0.0)) if run else 0.0
+
+    def _probe(self, endpoint: str) -> None:
+        """Test-set rows as canary traffic (both versions see them; real traffic adds up)."""
+        from concurrent.futures import ThreadPoolExecutor
+
+        import requests
+
+        if not self.data_profile:
+            time.sleep(5)  # live traffic only
+            return
+        if getattr(self, "_probe_rows", None) is None:  # read the test set once per task
+            from ray_jobs import data_io
+
+            self._probe_rows, _ = data_io.read_xy(self.data_profile["paths"]["test"],
+                                                  self.data_profile["feature_names"])
+        x = self._probe_rows
+        n = self.canary_probe_requests
+
+        def one(i: int) -> None:
+            try:
+                requests.post(endpoint, json={"instances": [x[i % len(x)].tolist()]},
+                              headers={"x-slaflow-caller": "slaflow-canary"}, timeout=30)
+            except requests.RequestException:
+                pass
+
+        with ThreadPoolExecutor(4) as pool:
+            list(pool.map(one, range(n)))
+
+    def _deploy_fixed(self, context: Any, contract: RunContract, version: str, endpoint: str,
+                      served: str | None) -> dict[str, Any]:
         from ray import serve
 
         from ray_jobs.serve_app import build_app
 
-        serve.start(http_options={"host": self.ray.endpoints["serve_host"],
-                                  "port": int(self.ray.endpoints["serve_port"])})
+        self.log.info("Deploying %s v%s (now serving: %s) to %s as a fixed deployment",
+                      contract.model_name, version, served or "nothing", endpoint)
         app = build_app(f"models:/{contract.model_name}/{version}", self.mlflow.tracking_uri,
                         contract.model_name, version, contract.serving_replicas,
                         contract.serving_node_resource)
@@ -861,24 +1194,53 @@ class DeployModelOperator(_StageOperator):
                                    f"{self.ready_timeout_s:.0f}s; see the Ray dashboard's "
                                    f"Serve tab")
             time.sleep(1)
-        self.log.info("Serving %s v%s at %s", contract.model_name, version, endpoint)
         self._record_serving(context, contract, version, endpoint)
         return {"endpoint_url": endpoint, "model_version": version, "changed": True}
 
     def _record_serving(self, context: Any, contract: RunContract, version: str,
-                        endpoint: str) -> None:
+                        endpoint: str, plan: dict[str, Any] | None = None,
+                        spec: dict[str, Any] | None = None,
+                        canary: list[dict[str, Any]] | None = None,
+                        router: dict[str, Any] | None = None) -> None:
         """The serving placement, on the model version (registry review reads it there)."""
         from mlflow_config import registry as reg
 
-        plan = {"endpoint": endpoint, "replicas": contract.serving_replicas,
-                "num_cpus_per_replica": 0.5,
-                "node_resource": contract.serving_node_resource or None,
-                "latency_slo_ms": contract.latency_slo_ms,
-                "latency_percentile": contract.latency_percentile,
-                "deployed_by": f"{context['dag'].dag_id}/{context['run_id']}",
-                "deployed_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+        record: dict[str, Any] = {
+            "endpoint": endpoint, "latency_slo_ms": contract.latency_slo_ms,
+            "latency_percentile": contract.latency_percentile,
+            "deployed_by": f"{context['dag'].dag_id}/{context['run_id']}",
+            "deployed_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+        if plan is None:
+            record.update(replicas=contract.serving_replicas, num_cpus_per_replica=0.5,
+                          node_resource=contract.serving_node_resource or None)
+        else:
+            keys = ("variant", "tier", "num_cpus", "num_gpus", "min_replicas", "max_replicas",
+                    "max_batch_size", "batch_wait_timeout_s", "max_queued_requests",
+                    "predicted_tail_ms", "accuracy", "cost_per_hour")
+            record.update(plan={k: plan[k] for k in keys}, spec=spec, canary=canary,
+                          thresholds=(router or {}).get("thresholds"))
         self.mlflow.client.set_model_version_tag(contract.model_name, version, reg.TAG_SERVING,
-                                                 json.dumps(plan))
+                                                 json.dumps(record))
+
+
+def requests_json(url: str) -> dict[str, Any]:
+    import requests
+
+    resp = requests.get(url, timeout=10)
+    resp.raise_for_status()
+    out: dict[str, Any] = resp.json()
+    return out
+
+
+def _endpoint_info(endpoint: str) -> dict[str, Any] | None:
+    import requests
+
+    try:
+        resp = requests.get(endpoint, timeout=5)
+        body = resp.json() if resp.ok else None
+        return body if isinstance(body, dict) and "model_version" in body else None
+    except (requests.RequestException, ValueError):
+        return None
 
 
 def _served_version(endpoint: str) -> str | None:
@@ -936,6 +1298,14 @@ class VerifyEndpointOperator(_StageOperator):
         latencies = result.pop("latencies_ms")
         summary.update(result, endpoint_url=self.deployment["endpoint_url"],
                        served_version=self.deployment["model_version"])
+        placed = self.deployment.get("placement")
+        if placed:
+            summary["placement"] = (
+                f"{placed['variant']} on {placed['tier']}, {placed['num_cpus']:g} CPU x "
+                f"{placed['min_replicas']}-{placed['max_replicas']} replicas (SLO autoscaler), "
+                f"batch {placed['max_batch_size']}, queue {placed['max_queued_requests']}, "
+                f"predicted p{placed['percentile']} {placed['predicted_tail_ms']:.1f} ms, "
+                f"{placed['cost_per_hour']:.4f}/h")
         client = self.mlflow.client
         for key in ("verify_p50_ms", "verify_p99_ms", "verify_accuracy"):
             client.log_metric(self.train["mlflow_run_id"], key, float(result[key]))

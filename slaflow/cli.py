@@ -176,7 +176,7 @@ def run_lifecycle(conf: dict[str, Any], until: str | None = None) -> dict[str, A
 
 
 STAGES = ("plan", "prepare", "feasibility", "train", "evaluate", "register", "gate", "review",
-          "promote", "deploy", "verify")
+          "promote", "profile_serving", "deploy", "verify")
 
 
 def _close_engines() -> None:
@@ -204,10 +204,10 @@ def demo(conf: dict[str, Any]) -> int:
     _close_engines()
     tasks = outcome["tasks"]
     lines = ["", "slaflow demo: ml_lifecycle " + outcome["state"] +
-             f" in {outcome['wall_seconds']}s", "  stage        state      seconds"]
+             f" in {outcome['wall_seconds']}s", "  stage           state      seconds"]
     for stage in STAGES:
         t = tasks.get(stage, {})
-        lines.append(f"  {stage:<12} {t.get('state', '-'):<10} {t.get('seconds') or '-'}")
+        lines.append(f"  {stage:<15} {t.get('state', '-'):<10} {t.get('seconds') or '-'}")
     summary = (tasks.get("verify") or {}).get("value")
     if summary:
         summary["stage_seconds"] = {s: tasks.get(s, {}).get("seconds") for s in STAGES}
@@ -219,6 +219,7 @@ def demo(conf: dict[str, Any]) -> int:
             f"{'met' if summary['deadline_met'] else 'MISSED'} ({summary['stop_reason']})",
             f"  endpoint {summary['endpoint_url']}: p50 {summary['verify_p50_ms']} ms, "
             f"p99 {summary['verify_p99_ms']} ms",
+            *([f"  placement: {summary['placement']}"] if summary.get("placement") else []),
             f"  MLflow UI: make mlflow-ui  (run {summary['mlflow_run_id']})",
             f"  try: curl -s -X POST {summary['endpoint_url']} -H 'Content-Type: application/"
             f"json' -d @{REPO_ROOT / 'examples' / 'digit_request.json'}",

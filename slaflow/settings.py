@@ -9,10 +9,13 @@ from __future__ import annotations
 
 import os
 import secrets
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
 _REPO_ROOT = Path(__file__).resolve().parents[1]
+T = TypeVar("T", int, float)
 
 
 def home() -> Path:
@@ -129,3 +132,36 @@ def ensure_ray_client_env(create_token: bool = False) -> None:
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         with os.fdopen(fd, "w") as fh:
             fh.write(secrets.token_hex(32))
+
+
+def price_table_path() -> str:
+    """JSON price table of the serving tiers (``SLAFLOW_PRICE_TABLE``); empty: the default."""
+    return os.environ.get("SLAFLOW_PRICE_TABLE", "").strip()
+
+
+def _positive_list(var: str, default: str, cast: Callable[[str], T], what: str,
+                   smallest: T, strict: bool) -> list[T]:
+    """A comma-separated list of positive numbers from ``var``, or an error naming the
+    variable and an example (the default)."""
+    raw = os.environ.get(var, default).strip()
+    try:
+        values = [cast(v) for v in raw.split(",") if v.strip()]
+    except ValueError as exc:
+        raise ValueError(f"{var}={raw!r}: give {what} separated by commas, e.g. {default}") \
+            from exc
+    if not values or any(v <= smallest if strict else v < smallest
+                         for v in values):
+        raise ValueError(f"{var}={raw!r}: give {what} "
+                         f"{'above' if strict else 'of at least'} {smallest}, e.g. {default}")
+    return values
+
+
+def profile_cpus() -> list[float]:
+    """Replica shapes (CPUs) the serving profile measures (``SLAFLOW_PROFILE_CPUS``)."""
+    return _positive_list("SLAFLOW_PROFILE_CPUS", "0.5,1", float, "CPUs", 0.0, strict=True)
+
+
+def profile_batches() -> list[int]:
+    """``@serve.batch`` sizes the serving profile measures (``SLAFLOW_PROFILE_BATCHES``)."""
+    return _positive_list("SLAFLOW_PROFILE_BATCHES", "1,16", int, "batch sizes", 1,
+                          strict=False)

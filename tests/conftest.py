@@ -27,7 +27,9 @@ os.environ.update({
     "SLAFLOW_RAY_ADDRESS": "127.0.0.1:6410",
     "SLAFLOW_RAY_DASHBOARD_URL": "http://127.0.0.1:8266",
     "SLAFLOW_SERVE_PORT": "8011",
-    "SLAFLOW_LOCAL_RAY_CPUS": "4",
+    # logical CPUs: every served model holds ~1.1 (router, warm and batch tiers) while later
+    # tests train; 4 left too little once three models were served
+    "SLAFLOW_LOCAL_RAY_CPUS": "8",
     "RAY_AUTH_MODE": "token",
     "RAY_AUTH_TOKEN_PATH": str(_HOME / "ray" / "auth_token"),
     "AIRFLOW_HOME": str(_HOME / "airflow"),
@@ -35,6 +37,9 @@ os.environ.update({
     "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
     "AIRFLOW__CORE__UNIT_TEST_MODE": "False",
     "TF_CPP_MIN_LOG_LEVEL": "2",
+    # one replica shape keeps each DAG run's serving profile short on a 2-core CI machine
+    "SLAFLOW_PROFILE_CPUS": "0.5",
+    "SLAFLOW_PROFILE_BATCHES": "1",  # batching is covered by the routing integration tests
 })
 
 
@@ -136,3 +141,21 @@ def trained(ray_cluster: Any, prepared: dict[str, Any], tracking_uri: str) -> di
                         timeout_s=600)
     return {"result": result, "run_id": run_id, "logs": logs, "runner": runner,
             "submission_id": runner.last_submission_id}
+
+
+def log_untrained_model(run_id: str, prepared: dict[str, Any],
+                        artifact_path: str = "wrong_model") -> str:
+    """Log a model that answers wrongly (the right features and classes, never trained) on
+    ``run_id``; return its ``runs:/`` URI. Stands in for a serving fault: a version whose
+    evaluation looked fine but whose served artifact is not what was evaluated."""
+    import mlflow
+
+    from ray_jobs.model_format import ModelMetadata, build_mlp, export_saved_model
+
+    model = build_mlp(len(prepared["feature_names"]), len(prepared["classes"]), [8],
+                      prepared["feature_mean"], prepared["feature_std"], seed=123)
+    with tempfile.TemporaryDirectory() as tmp:
+        export_saved_model(model, ModelMetadata(tuple(prepared["feature_names"]),
+                                                tuple(prepared["classes"]), (8,)), Path(tmp))
+        mlflow.MlflowClient().log_artifacts(run_id, tmp, artifact_path)
+    return f"runs:/{run_id}/{artifact_path}"

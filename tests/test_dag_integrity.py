@@ -32,7 +32,7 @@ def test_no_import_errors(dagbag: object) -> None:
 def test_lifecycle_stages_in_order(dagbag: object) -> None:
     dag = dagbag.dags["ml_lifecycle"]  # type: ignore[attr-defined]
     order = ["plan", "prepare", "feasibility", "train", "evaluate", "register", "gate",
-             "review", "promote", "deploy", "verify"]
+             "review", "promote", "profile_serving", "deploy", "verify"]
     assert set(dag.task_ids) == set(order)
     for up, down in zip(order, order[1:], strict=False):
         assert dag.get_task(down).upstream_task_ids == {up}

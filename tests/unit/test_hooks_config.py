@@ -65,3 +65,26 @@ def test_down_mlflow_server_fails_fast_naming_the_setting(monkeypatch: pytest.Mo
     monkeypatch.setenv("SLAFLOW_MLFLOW_TRACKING_URI", "http://127.0.0.1:9")
     with pytest.raises(EndpointError, match=r"127\.0\.0\.1:9.*SLAFLOW_MLFLOW_TRACKING_URI"):
         _ = MlflowHook(mlflow_conn_id=None).client
+
+
+def test_profile_shapes_and_batches_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    from slaflow import settings
+
+    monkeypatch.delenv("SLAFLOW_PROFILE_CPUS", raising=False)
+    monkeypatch.delenv("SLAFLOW_PROFILE_BATCHES", raising=False)
+    assert settings.profile_cpus() == [0.5, 1.0]
+    assert settings.profile_batches() == [1, 16]
+    monkeypatch.setenv("SLAFLOW_PROFILE_CPUS", " 2, 0.25 ")
+    monkeypatch.setenv("SLAFLOW_PROFILE_BATCHES", "1,,8")
+    assert settings.profile_cpus() == [2.0, 0.25]
+    assert settings.profile_batches() == [1, 8]
+    for var, raw, words in (("SLAFLOW_PROFILE_CPUS", "0", "above 0.0"),
+                            ("SLAFLOW_PROFILE_CPUS", "one", "separated by commas"),
+                            ("SLAFLOW_PROFILE_BATCHES", "0,16", "of at least 1"),
+                            ("SLAFLOW_PROFILE_BATCHES", "1.5", "separated by commas"),
+                            ("SLAFLOW_PROFILE_BATCHES", " ", "of at least 1")):
+        monkeypatch.setenv(var, raw)
+        fn = settings.profile_cpus if var.endswith("CPUS") else settings.profile_batches
+        with pytest.raises(ValueError, match=f"{var}=.*{words}"):
+            fn()
+        monkeypatch.delenv(var)
