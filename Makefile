@@ -11,7 +11,7 @@ PYTEST_ARGS ?=
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 
 .PHONY: install browser-deps test-browser rollback demo test test-fast test-integration test-e2e test-cluster lint ray-up ray-down \
-        mlflow-ui airflow bench-lifecycle bench-training bench-sim bench-federated bench-spark bench-spark-sim clean
+        mlflow-ui airflow bench-lifecycle bench-training bench-sim bench-federated bench-spark bench-spark-sim bench-serving clean
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -80,6 +80,12 @@ airflow: install ray-up
 ## Stage timings of ml_lifecycle (2 demo runs) -> benchmarks/results/lifecycle.json
 bench-lifecycle: install
 	$(PY) benchmarks/lifecycle.py --runs 2
+
+## Serving under the contract: overhead, bursty (slaflow vs static peak vs Serve default),
+## mixed (router vs single tiers) on real Serve + the cluster-scale simulation
+## -> benchmarks/results/serving.json (about 15 min on 2 cores)
+bench-serving: install
+	$(PY) benchmarks/serving.py
 
 ## Training under the contract: real contracts + simulator -> benchmarks/results/training_deadline.json
 bench-training: install
