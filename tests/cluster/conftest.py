@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import ast
 import json
+import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Iterator
@@ -38,6 +40,27 @@ def topology() -> Iterator[Topology]:
         yield topo
     finally:
         topo.stop()
+
+
+_UNDEPLOY = ("import sys, ray; from ray import serve; "
+             "from slaflow.settings import Endpoints, ensure_ray_client_env; "
+             "ensure_ray_client_env(); "
+             "ray.init(address=Endpoints.from_env().ray_address, log_to_driver=False); "
+             "serve.delete(sys.argv[1])")
+
+
+def undeploy(topo: Topology, name: str) -> None:
+    """Delete a served model's Serve application on the topology's Ray cluster, in a process
+    of its own (this one may hold the suite's Ray). Its replicas hold ~1.1 of the cluster's
+    4 CPUs: a later test's 2 training workers would wait for them until its deadline."""
+    import requests
+
+    proc = subprocess.run([sys.executable, "-c", _UNDEPLOY, name], env=topo.env(),
+                          cwd=Path(__file__).resolve().parents[2], capture_output=True,
+                          text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    url = f"http://127.0.0.1:{topo.env()['SLAFLOW_SERVE_PORT']}/{name}"
+    assert requests.post(url, json={"instances": [[0.0]]}, timeout=10).status_code == 404
 
 
 def wait_run(topo: Topology, run_id: str, dag_id: str = "ml_lifecycle",

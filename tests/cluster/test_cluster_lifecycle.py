@@ -21,7 +21,11 @@ CONF = {"model_name": MODEL, "max_epochs": 12, "hidden_units": [32], "target_acc
         "learning_rate": 0.01, "stop_margin": 0.01, "serving_node_resource": "large",
         # Static sizing holds max_workers (2) throughout, so the test can check that both
         # training workers landed on worker nodes; the deadline controller would pick 1.
-        "resize_policy": "static"}
+        "resize_policy": "static",
+        # traffic and a latency SLO a loaded 2-core machine can plan for: with every
+        # service of the topology on 2 cores, one replica's unloaded p99 measured 90-112 ms
+        # (see SMALL in tests/e2e)
+        "expected_rps": 5.0, "peak_rps": 20.0, "latency_slo_ms": 300.0}
 REQUEST = json.loads((Path(__file__).resolve().parents[2] / "examples" /
                       "digit_request.json").read_text())
 

@@ -95,6 +95,9 @@ class Topology:
             "SLAFLOW_TRAINING_DATA": str(self.root / "incoming" / "training.csv"),
             "SLAFLOW_RETRAIN_CONTRACT": str(self.root / "retrain_contract.json"),
             "SLAFLOW_DATA_WATCH_SCHEDULE": "0 0 1 1 *",
+            # both replica shapes, one batch size: halves each run's serving profile, which
+            # CI's 90 minutes need (batching is measured by the routing integration tests)
+            "SLAFLOW_PROFILE_BATCHES": "1",
             "RAY_AUTH_MODE": "token",
             # The suite's token when it has one: a Ray already imported here keeps reading it.
             "RAY_AUTH_TOKEN_PATH": os.environ.get("RAY_AUTH_TOKEN_PATH",
