@@ -182,10 +182,13 @@ def test_wrong_canary_is_rolled_back_without_a_failed_request(
     served = {r.json()["model_version"] for r in answers}
     assert served == {"1", "2"}
     stats = requests.get(f"{url}/-/stats", timeout=10).json()["versions"]["2"]
+    # this test is about wrong answers: a loose SLO keeps a slow first call of the freshly
+    # started replicas (a tail over 200 ms on a loaded CI runner) from deciding it first
     verdict = canary_verdict(
         CanaryStats(int(stats["requests"]), int(stats.get("errors", 0)), stats["tail_ms"],
-                    int(stats.get("disagreements", 0))), None, slo_ms=200.0, min_requests=30)
-    assert verdict.action == "rollback" and "differ" in verdict.reason
+                    int(stats.get("disagreements", 0))), None, slo_ms=60_000.0,
+        min_requests=30)
+    assert verdict.action == "rollback" and "differ" in verdict.reason, verdict.reason
     _set_canary(routed, None)  # the rollback: v1 takes all traffic again
     after = _load(url, x, 40)
     assert {r.status_code for r in after} == {200}
@@ -203,7 +206,8 @@ def test_good_canary_advances(routed: dict[str, Any],
     stats = requests.get(f"{url}/-/stats", timeout=10).json()["versions"]["1i8"]
     verdict = canary_verdict(
         CanaryStats(int(stats["requests"]), int(stats.get("errors", 0)), stats["tail_ms"],
-                    int(stats.get("disagreements", 0))), None, slo_ms=1000.0, min_requests=20)
+                    int(stats.get("disagreements", 0))), None, slo_ms=60_000.0,
+        min_requests=20)  # about answers, not latency (see the wrong-canary test)
     assert verdict.action == "advance", verdict.reason
     _set_canary(routed, None)
 
