@@ -4,11 +4,14 @@
         -> benchmarks/results/serving.json (+ serving_bursty.png, serving_mixed.png)
 
 Real part (embedded Ray cluster, MLflow store): a digits MLP is trained in-process and logged;
-``ray_jobs.profile_serving`` profiles it (full and int8, through Serve); the placement planner
-turns the profile and a contract into a plan. A load generator in its own process
+it is profiled as the DAG profiles it (the Serve path's overhead through ``ServeHook`` plus the
+model's compute from ``ray_jobs.profile_serving``, full and int8); the placement planner
+turns the profile and a contract into a plan. Every deployment goes through ``ServeHook``
+(a version application behind the model's router). A load generator in its own process
 (``benchmarks/loadgen.py``, open loop, loopback) then plays:
-- ``overhead``: sequential one-row requests to the model endpoint and to a no-op deployment,
-  and the model called in-process;
+- ``overhead``: sequential one-row requests to the model endpoint and to a no-op model on the
+  same path, and the model called in-process; and how far the profile's predicted latencies
+  were from these measurements;
 - ``bursty``: steps and spikes, against ``slaflow`` (the plan + the SLO autoscaler + bounded
   queue), ``static_peak`` (the plan's peak replicas, always on) and ``serve_default`` (Ray
   Serve's default autoscaling policy with the same bounds): SLO attainment, shed rate (503),
@@ -41,17 +44,25 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from dataclasses import replace  # noqa: E402
+
 from benchmarks.lifecycle import machine  # noqa: E402
 from policies import (  # noqa: E402
     AutoscalerConfig,
+    ComputeSample,
     LoadSample,
     PriceTable,
     ProfilePoint,
     RouterThresholds,
+    RunContract,
     ServingProfile,
+    TierSettings,
     Traffic,
     autoscale,
+    build_profile,
     plan_placement,
+    serving_layout,
+    version_app,
 )
 
 SLO_MS, PERCENTILE = 100.0, 99
@@ -125,22 +136,16 @@ def summarize(records: list[list[Any]], slo_ms: float) -> dict[str, Any]:
 class ReplicaSampler:
     """RUNNING replicas of one deployment, sampled every second (replica-seconds)."""
 
-    def __init__(self, app: str, deployment: str) -> None:
-        self.app, self.deployment = app, deployment
+    def __init__(self, hook: Any, app: str, deployment: str) -> None:
+        self.hook, self.app, self.deployment = hook, app, deployment
         self.samples: list[tuple[float, int]] = []
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
     def _run(self) -> None:
-        from ray import serve
-
         t0 = time.monotonic()
         while not self._stop.is_set():
-            try:
-                d = serve.status().applications[self.app].deployments[self.deployment]
-                n = int(d.replica_states.get("RUNNING", 0))
-            except (KeyError, AttributeError):
-                n = 0
+            n = self.hook.running_replicas(self.app, self.deployment)
             self.samples.append((round(time.monotonic() - t0, 2), n))
             self._stop.wait(1.0)
 
@@ -167,7 +172,8 @@ def train_model(tracking_uri: str) -> dict[str, Any]:
     from sklearn.datasets import load_digits
 
     from ray_jobs.data_io import LABEL_INDEX
-    from ray_jobs.model_format import ModelMetadata, build_mlp, export_saved_model
+    from ray_jobs.model_format import ModelMetadata, Predictor, build_mlp, export_saved_model
+    from ray_jobs.variants import log_int8_variant
 
     x, y = load_digits(return_X_y=True)
     x = x.astype("float32")
@@ -188,16 +194,67 @@ def train_model(tracking_uri: str) -> dict[str, Any]:
                                        MlflowHook().artifact_location)
     with tempfile.TemporaryDirectory() as tmp, \
             mlflow.start_run(experiment_id=exp, run_name="serving-bench") as run:
-        export_saved_model(model, ModelMetadata(tuple(names), tuple(range(10)), (64, 32)),
-                           Path(tmp) / "model")
-        mlflow.log_artifacts(str(Path(tmp) / "model"), "model")
+        model_dir = export_saved_model(model, ModelMetadata(tuple(names), tuple(range(10)),
+                                                            (64, 32)), Path(tmp) / "model")
+        mlflow.log_artifacts(str(model_dir), "model")
+        predictor = Predictor(model_dir)
+        accuracy = float((predictor.predict_classes(x[te]) == y[te]).mean())
+        variant_uri = log_int8_variant(predictor, model_dir, run.info.run_id, mean.tolist(),
+                                       std.tolist())
         test = pd.DataFrame(x[te], columns=names)
         test[LABEL_INDEX] = y[te].astype("int32")
         test_path = str(Path(tmp).parent / f"slaflow-bench-test-{run.info.run_id}.parquet")
         test.to_parquet(test_path)
     return {"model_uri": f"runs:/{run.info.run_id}/model", "run_id": run.info.run_id,
+            "variant_uri": variant_uri, "accuracy": accuracy,
             "test_path": test_path, "feature_mean": mean.tolist(),
             "feature_std": std.tolist(), "x_test": x[te], "y_test": y[te]}
+
+
+BENCH = "bench"
+
+
+def _serve(hook: Any, tracking_uri: str, model: dict[str, Any], tiers: list[TierSettings],
+           router: dict[str, Any], variant: str = "full") -> str:
+    """Serve ``tiers`` of the benchmark's model as version 1 behind its router; the URL."""
+    hook.undeploy(BENCH)
+    hook.deploy_version(BENCH, tracking_uri, {
+        "version": "1", "model_uri": model["model_uri"], "variant": variant,
+        "variant_uri": model["variant_uri"] if variant != "full" else "",
+        "tiers": [t.to_dict() for t in tiers]})
+    hook.wait_running(version_app(BENCH, "1"))
+    hook.route(BENCH, {**router, "primary": "1",
+                       "versions": {"1": {"routes": [t.route for t in tiers],
+                                          "warm_max_in_flight": 10_000}}})
+    hook.wait_routing(BENCH, "1", None)
+    return str(hook.url(BENCH))
+
+
+def _profile(hook: Any, tracking_uri: str, model: dict[str, Any]) -> dict[str, Any]:
+    """The profile as the DAG's profile task measures it, with accuracies on the test rows."""
+    import mlflow
+
+    from ray_jobs.profile_serving import run_profile
+    from ray_jobs.variants import Int8Predictor
+
+    t0 = time.monotonic()
+    overhead = hook.measure_overhead(num_cpus=0.5)
+    overhead_s = time.monotonic() - t0
+    t0 = time.monotonic()
+    out = run_profile({"tracking_uri": tracking_uri, "model_uri": model["model_uri"],
+                       "variant_uri": model["variant_uri"], "cpus": [0.5, 1.0],
+                       "batches": [1, 16], "resource": ""})
+    compute_s = time.monotonic() - t0
+    with tempfile.TemporaryDirectory() as tmp:
+        int8 = Int8Predictor(mlflow.artifacts.download_artifacts(model["variant_uri"],
+                                                                 dst_path=tmp))
+        int8_acc = float((int8.predict_proba(model["x_test"]).argmax(axis=1)
+                          == model["y_test"]).mean())
+    profile = build_profile(overhead, [ComputeSample.from_dict(x) for x in out["samples"]],
+                            accuracy={"full": model["accuracy"], "int8": int8_acc},
+                            size_bytes={})
+    return {"profile": profile.to_dict(), "overhead": overhead.to_dict(),
+            "overhead_seconds": round(overhead_s, 1), "compute_seconds": round(compute_s, 1)}
 
 
 def run_real(args: argparse.Namespace) -> dict[str, Any]:
@@ -205,34 +262,21 @@ def run_real(args: argparse.Namespace) -> dict[str, Any]:
 
     apply_env()  # before Ray is imported: it reads its auth settings at import
     ray_up()
-    from ray import serve
-
-    from operators.hooks import MlflowHook, RayHook
-    from operators.lifecycle import version_spec
+    from operators.hooks import MlflowHook, ServeHook
     from ray_jobs.model_format import Predictor, find_model_dir
-    from ray_jobs.profile_serving import run_profile, wait_ready
-    from ray_jobs.serve_app import ModelServer, NoopServer
-    from ray_jobs.serve_router import build_routed_app
+
     tracking_uri = MlflowHook().tracking_uri
-    hook = RayHook()
+    hook = ServeHook()
     hook.connect()
-    eps = hook.endpoints
-    serve.start(http_options={"host": eps["serve_host"], "port": int(eps["serve_port"])})
     model = train_model(tracking_uri)
     rows = [r.tolist() for r in model["x_test"]]
     print("[bench] profiling", flush=True)
-    prof = run_profile({
-        "tracking_uri": tracking_uri, "mlflow_run_id": model["run_id"],
-        "model_uri": model["model_uri"], "model_name": "bench", "version": "1",
-        "test_path": model["test_path"], "feature_mean": model["feature_mean"],
-        "feature_std": model["feature_std"], "serve_host": eps["serve_host"],
-        "serve_port": eps["serve_port"], "serve_url": eps["serve_url"],
-        "cpus": [0.5, 1.0], "batches": [1, 16]})
+    prof = _profile(hook, tracking_uri, model)
     profile = ServingProfile.from_dict(prof["profile"])
     full_acc = profile.variant("full").accuracy
     cap = max(p.capacity_rps for p in profile.points)
-    # the profile measures the served path (router + replica) saturated by 8 clients on this
-    # 2-core machine, where load generator, proxy, router and replicas share the cores
+    # the profile's capacity is the served path (proxy + router + replica) on this 2-core
+    # machine, where load generator, proxy, router and replicas share the cores
     traffic = Traffic(rate_rps=round(0.15 * cap, 1), peak_rps=round(0.7 * cap, 1),
                       peak_fraction=0.1)
     plan = plan_placement(profile, slo_ms=SLO_MS, percentile=PERCENTILE,
@@ -240,30 +284,37 @@ def run_real(args: argparse.Namespace) -> dict[str, Any]:
                           prices=PriceTable.default(), allowed_tiers=["cpu_on_demand"],
                           max_replicas=4)
     print(f"[bench] plan: {plan.reasons[0]}", flush=True)
-    results: dict[str, Any] = {"profile": prof["profile"], "plan": plan.to_dict(),
-                               "traffic": traffic.__dict__}
+    contract = RunContract.from_dict({"latency_slo_ms": SLO_MS,
+                                      "latency_percentile": PERCENTILE,
+                                      "serving_tiers": "cpu_on_demand,scale_to_zero"})
+    layout = {t.route: t for t in serving_layout(plan, contract, PriceTable.default())}
+    warm, batch = layout["warm"], replace(layout["batch"], initial_replicas=1)
+    results: dict[str, Any] = {"profile": prof["profile"], "profile_cost": {
+        k: prof[k] for k in ("overhead_seconds", "compute_seconds")},
+        "plan": plan.to_dict(), "traffic": traffic.__dict__}
+    router = {"candidate": None, "share": 0.0, "percentile": PERCENTILE,
+              "thresholds": {"large_rows": 1024, "frequent_rps": 1.0}}
 
-    # -- overhead ----------------------------------------------------------------------
+    # -- overhead, and how far the profile's predictions were -----------------------------
     seq = [[i * 0.02, 1, "seq"] for i in range(300)]  # 50 req/s: no queueing
-    serve.run(NoopServer.bind(), name="bench-noop", route_prefix="/bench-noop", blocking=False)
-    app = ModelServer.options(num_replicas=1, ray_actor_options={"num_cpus": 1.0},
-                              user_config={"max_batch_size": 16,
-                                           "batch_wait_timeout_s": 0.0}).bind(
-        model["model_uri"], tracking_uri, "bench", "1")
-    serve.run(app, name="bench-direct", route_prefix="/bench-direct", blocking=False)
-    wait_ready(f"{eps['serve_url']}/bench-noop")
-    wait_ready(f"{eps['serve_url']}/bench-direct")
-    spec = version_spec("1", model["model_uri"], prof["variant_uri"], plan)
-    router = {"primary": "1", "candidate": None, "share": 0.0, "percentile": PERCENTILE,
-              "thresholds": {"large_rows": 1024, "frequent_rps": 1.0},
-              "warm_max_in_flight": 10_000}
-    serve.run(build_routed_app("bench", tracking_uri, [spec], router), name="bench",
-              route_prefix="/bench", blocking=False)
-    wait_ready(f"{eps['serve_url']}/bench")
-    noop = summarize(play(f"{eps['serve_url']}/bench-noop", rows, seq), SLO_MS)
-    direct = summarize(play(f"{eps['serve_url']}/bench-direct", rows, seq), SLO_MS)
-    served = summarize(play(f"{eps['serve_url']}/bench", rows, seq), SLO_MS)
-    serve.delete("bench")
+    hook.deploy_noop("bench-noop", num_cpus=0.5)
+    noop = summarize(play(hook.url("bench-noop"), [[0.0]], seq), SLO_MS)
+    hook.undeploy("bench-noop")
+    predicted = {}
+    for variant in ("full", "int8"):
+        point = next(p for p in profile.points if p.variant == variant
+                     and p.num_cpus == warm.num_cpus and p.max_batch_size == 1)
+        url = _serve(hook, tracking_uri, model, [replace(warm, max_batch_size=1,
+                                                         batch_wait_timeout_s=0.0)],
+                     router, variant=variant)
+        measured = summarize(play(url, rows, seq), SLO_MS)
+        predicted[variant] = {
+            "predicted_p50_ms": point.p50_ms, "measured_p50_ms": measured["p50_ms"],
+            "predicted_p99_ms": point.p99_ms, "measured_p99_ms": measured["p99_ms"],
+            "p50_error": round(measured["p50_ms"] / point.p50_ms - 1, 3),
+            "p99_error": round(measured["p99_ms"] / point.p99_ms - 1, 3)}
+        if variant == plan.variant:
+            served = measured
     import mlflow
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -279,52 +330,40 @@ def run_real(args: argparse.Namespace) -> dict[str, Any]:
             times.append((time.perf_counter() - t0) * 1000)
     results["overhead"] = {
         "endpoint_p50_ms": served["p50_ms"], "endpoint_p99_ms": served["p99_ms"],
-        "model_direct_p50_ms": direct["p50_ms"], "model_direct_p99_ms": direct["p99_ms"],
         "noop_p50_ms": noop["p50_ms"], "noop_p99_ms": noop["p99_ms"],
         "inprocess_p50_ms": round(statistics.median(times), 3),
         "ratio_endpoint_to_noop": round(served["p50_ms"] / noop["p50_ms"], 3),
-        "ratio_model_direct_to_noop": round(direct["p50_ms"] / noop["p50_ms"], 3),
         "target_ratio": 1.5,
-        "note": "endpoint = the served path (router ingress + model replica, two Serve hops); "
-                "model_direct = the model deployment alone behind the proxy"}
-    serve.delete("bench-noop")
-    serve.delete("bench-direct")
+        "note": "endpoint = the served path (proxy, router, model replica); noop = the same "
+                "path with a replica that does no work"}
+    results["profile_vs_measured"] = predicted
     print(f"[bench] overhead {results['overhead']}", flush=True)
+    print(f"[bench] profile vs measured {predicted}", flush=True)
 
     # -- bursty ------------------------------------------------------------------------
     trace = bursty_trace(args.bursty_s, base=traffic.rate_rps * 0.5,
                          step=traffic.rate_rps * 1.5, spike=traffic.peak_rps)
-    warm = spec["tiers"]["warm"]
     configs = {
         "slaflow": warm,
-        "static_peak": {**{k: v for k, v in warm.items() if k != "autoscaling_config"},
-                        "num_replicas": plan.peak_replicas},
-        "serve_default": {**{k: v for k, v in warm.items() if k != "autoscaling_config"},
-                          "max_queued_requests": -1,
-                          "autoscaling_config": {"min_replicas": plan.min_replicas,
-                                                 "max_replicas": plan.max_replicas}},
+        "static_peak": replace(warm, autoscaler=None, replicas=plan.peak_replicas,
+                               initial_replicas=plan.peak_replicas),
+        "serve_default": replace(warm, max_queued_requests=-1,
+                                 autoscaling_policy="serve_default"),
     }
     bursty: dict[str, Any] = {"trace": {"duration_s": args.bursty_s, "requests": len(trace),
                                         "base_rps": traffic.rate_rps * 0.5,
                                         "step_rps": traffic.rate_rps * 1.5,
                                         "spike_rps": traffic.peak_rps}}
     curves: dict[str, list[tuple[float, int]]] = {}
-    for name, opts in configs.items():
-        versions = [{**spec, "tiers": {"warm": opts}}]
-        router = {"primary": "1", "candidate": None, "share": 0.0, "percentile": PERCENTILE,
-                  "thresholds": {"large_rows": 1024, "frequent_rps": 1.0},
-                  "warm_max_in_flight": 10_000}
-        serve.run(build_routed_app("bench", tracking_uri, versions, router), name="bench",
-                  route_prefix="/bench", blocking=False)
-        wait_ready(f"{eps['serve_url']}/bench")
-        time.sleep(5)
-        with ReplicaSampler("bench", "bench_v1_warm") as sampler:
-            rec = play(f"{eps['serve_url']}/bench", rows, trace)
+    for name, settings in configs.items():
+        url = _serve(hook, tracking_uri, model, [settings], router, variant=plan.variant)
+        time.sleep(5)  # let the autoscaler see an idle window first
+        with ReplicaSampler(hook, version_app(BENCH, "1"), "warm") as sampler:
+            rec = play(url, rows, trace)
         bursty[name] = {**summarize(rec, SLO_MS),
                         "replica_seconds": sampler.replica_seconds()}
         curves[name] = sampler.samples
         print(f"[bench] bursty {name}: {bursty[name]}", flush=True)
-        serve.delete("bench")
     sp = bursty["static_peak"]["replica_seconds"] or 1.0
     bursty["slaflow_replica_seconds_vs_static_peak"] = round(
         bursty["slaflow"]["replica_seconds"] / sp, 3)
@@ -338,35 +377,26 @@ def run_real(args: argparse.Namespace) -> dict[str, Any]:
     large_rows = min(1024, max(thresholds.large_rows * 4, 256))
     mtrace = mixed_trace(args.mixed_s, small_rps=traffic.rate_rps, large_rps=2.0,
                          large_rows=large_rows)
-    elastic = {**{k: v for k, v in warm.items() if k != "autoscaling_config"},
-               "autoscaling_config": {**warm["autoscaling_config"], "min_replicas": 0,
-                                      "initial_replicas": 0}}
-    elastic["autoscaling_config"]["policy"] = {
-        **warm["autoscaling_config"]["policy"],
-        "policy_kwargs": {**warm["autoscaling_config"]["policy"]["policy_kwargs"],
-                          "min_replicas": 0, "downscale_to_zero_delay_s": 10.0}}
-    tiers_all = {"warm": warm, "batch": spec["tiers"]["batch"]}
+    assert warm.autoscaler is not None
+    elastic = replace(warm, route="elastic", initial_replicas=0,
+                      autoscaler=replace(warm.autoscaler, min_replicas=0,
+                                         downscale_to_zero_delay_s=10.0))
     mixed: dict[str, Any] = {"trace": {"duration_s": args.mixed_s, "requests": len(mtrace),
                                        "small_rps": traffic.rate_rps, "large_rps": 2.0,
                                        "large_rows": large_rows},
                              "thresholds": thresholds.to_dict()}
-    for name, tiers in (("router", tiers_all), ("warm_only", {"warm": warm}),
-                        ("batch_only", {"batch": spec["tiers"]["batch"]}),
-                        ("elastic_only", {"elastic": elastic})):
-        router = {"primary": "1", "candidate": None, "share": 0.0, "percentile": PERCENTILE,
-                  "thresholds": thresholds.to_dict(),
-                  "warm_max_in_flight": plan.max_ongoing_requests * plan.max_replicas}
-        serve.run(build_routed_app("bench", tracking_uri, [{**spec, "tiers": tiers}], router),
-                  name="bench", route_prefix="/bench", blocking=False)
-        wait_ready(f"{eps['serve_url']}/bench")
+    for name, tiers in (("router", [warm, batch]), ("warm_only", [warm]),
+                        ("batch_only", [batch]), ("elastic_only", [elastic])):
+        url = _serve(hook, tracking_uri, model, tiers,
+                     {**router, "thresholds": thresholds.to_dict()}, variant=plan.variant)
         if name == "elastic_only":
             time.sleep(15)  # idle past the delay: it starts from zero like a rare tier would
-        rec = play(f"{eps['serve_url']}/bench", rows, mtrace, timeout_s=20)
+        rec = play(url, rows, mtrace, timeout_s=20)
         mixed[name] = summarize(rec, SLO_MS)
         mixed[name]["large_p95_ms"] = summarize([r for r in rec if r[1] > 1], 1e9)["p95_ms"]
         mixed[name]["small_p95_ms"] = summarize([r for r in rec if r[1] == 1], 1e9)["p95_ms"]
         print(f"[bench] mixed {name}: {mixed[name]}", flush=True)
-        serve.delete("bench")
+    hook.undeploy(BENCH)
     singles = [mixed[k] for k in ("warm_only", "batch_only", "elastic_only")]
     mixed["router_beats_best_single_p95"] = mixed["router"]["p95_ms"] is not None and all(
         s["p95_ms"] is None or mixed["router"]["p95_ms"] <= s["p95_ms"] for s in singles)

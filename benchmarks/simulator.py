@@ -35,6 +35,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from policies import (  # noqa: E402
+    DEADLINE_ALPHA,  # noqa: E402
     Action,
     ControllerState,
     EpochEstimate,
@@ -46,7 +47,6 @@ from policies import (  # noqa: E402
     fewest_workers,
     starting_workers,
 )
-from policies._training import DEADLINE_ALPHA  # noqa: E402
 
 POLICIES = ("slaflow", "static_max", "static_fair", "edf_no_resize")
 

@@ -35,13 +35,13 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from policies import (  # noqa: E402
+    SPARK_ALPHA,  # noqa: E402
     StageController,
     StageProfile,
     arbitrate,
     assess_spark_deadline,
     plan_stage,
 )
-from policies._spark_deadline import SPARK_ALPHA  # noqa: E402
 
 POLICIES = ("slaflow_proportional", "slaflow_edf", "static_deadline", "static_max")
 

@@ -121,9 +121,9 @@ def tuning_baselines(data: Path, budget_s: float, seed: int) -> dict[str, Any]:
     max_epochs = BASE["max_epochs"]
 
     def fit(params: dict[str, Any], report: Any) -> float:
-        from ray_jobs.model_format import _keras
+        from ray_jobs.model_format import tf_keras
 
-        keras = _keras()
+        keras = tf_keras()
         layers = [keras.layers.Input((xs.shape[1],))]
         layers += [keras.layers.Dense(u, activation="relu") for u in params["hidden_units"]]
         layers += [keras.layers.Dense(4, activation="softmax")]

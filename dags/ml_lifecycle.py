@@ -16,21 +16,13 @@ from datetime import timedelta
 from airflow.sdk import DAG, AssetOrTimeSchedule, CronTriggerTimetable
 
 from operators.data import training_data_asset
-from operators.lifecycle import (
-    DeployModelOperator,
-    EvaluateModelOperator,
-    FeasibilityOperator,
-    GateOperator,
-    PlanRunOperator,
-    PrepareDataOperator,
-    ProfileServingOperator,
-    PromoteModelOperator,
-    RegisterModelOperator,
-    TrainModelOperator,
-    VerifyEndpointOperator,
-)
 from operators.params import contract_params
+from operators.plan import FeasibilityOperator, PlanRunOperator
+from operators.prepare import PrepareDataOperator
+from operators.registry import GateOperator, PromoteModelOperator, RegisterModelOperator
 from operators.review import ReviewPromotionOperator
+from operators.serving import DeployModelOperator, ProfileServingOperator, VerifyEndpointOperator
+from operators.train import EvaluateModelOperator, TrainModelOperator
 from slaflow.settings import retrain_schedule
 
 
@@ -76,8 +68,8 @@ with DAG(
                                    evaluation=_xcom("evaluate"), registration=_xcom("register"),
                                    gate=_xcom("gate"), review=_xcom("review"))
     profile_serving = ProfileServingOperator(
-        task_id="profile_serving", plan=_xcom("plan"), profile=_xcom("prepare"),
-        train=_xcom("train"), promotion=_xcom("promote"))
+        task_id="profile_serving", plan=_xcom("plan"), train=_xcom("train"),
+        evaluation=_xcom("evaluate"), promotion=_xcom("promote"))
     deploy = DeployModelOperator(task_id="deploy", plan=_xcom("plan"),
                                  promotion=_xcom("promote"),
                                  serving_profile=_xcom("profile_serving"),

@@ -7,18 +7,19 @@ The demoted version keeps its tags and gets ``slaflow.rolled_back_by``; with no
 
 from __future__ import annotations
 
-from airflow.sdk import DAG, Param
+from airflow.sdk import DAG
 
-from operators.lifecycle import DeployModelOperator, RollbackModelOperator
+from operators.params import model_name_param
+from operators.registry import RollbackModelOperator
+from operators.serving import DeployModelOperator
 
 with DAG(
     dag_id="ml_rollback",
     description="Roll the champion back to previous_champion, registry and serving",
     schedule=None,
     catchup=False,
-    params={"model_name": Param("digits", type="string", minLength=1, title="Model name",
-                                description="Registered model whose champion goes back to "
-                                            "its previous_champion.")},
+    params={"model_name": model_name_param(
+        "Registered model whose champion goes back to its previous_champion.")},
     render_template_as_native_obj=True,
     max_active_runs=1,
     tags=["slaflow", "ml"],

@@ -1,8 +1,10 @@
 """MLflow tracking and registry conventions: experiment naming, run lookup, versions, aliases.
 
-Every function takes an ``MlflowClient`` (built by ``operators.hooks.MlflowHook``), so the
-same code works on the embedded SQLite store and on an MLflow server. Each write is
-idempotent per Airflow run: a retried task finds what the first try made.
+The one write path for every slaflow tag, model-version description and alias: operators,
+jobs and the CLI call these functions and never write tags or move aliases themselves. Every
+function takes an ``MlflowClient`` (built by ``operators.hooks.MlflowHook``), so the same code
+works on the embedded SQLite store and on an MLflow server. Each write is idempotent per
+Airflow run: a retried task finds what the first try made.
 """
 
 from __future__ import annotations
@@ -11,7 +13,14 @@ import json
 import time
 from typing import Any
 
-from policies import CHALLENGER, CHAMPION, PREVIOUS_CHAMPION, ChampionRecord, PromotionDecision
+from policies import (
+    CHALLENGER,
+    CHAMPION,
+    PREVIOUS_CHAMPION,
+    ChampionRecord,
+    PromotionDecision,
+    promotion_description,
+)
 
 EXPERIMENT_PREFIX = "slaflow"
 TAG_RUN_KEY = "slaflow.run_key"
@@ -29,6 +38,10 @@ TAG_AIRFLOW_RUN_URL = "slaflow.airflow_run_url"
 TAG_SERVING = "slaflow.serving"
 TAG_SERVING_PROFILE = "slaflow.serving.profile"
 TAG_ROLLED_BACK = "slaflow.rolled_back_by"
+TAG_VERIFY = "slaflow.verify"
+TAG_CALIBRATION_KEY = "slaflow.calibration_key"
+TAG_FEASIBILITY = "slaflow.feasibility"
+TAG_MLLIB_RESULT = "slaflow.mllib_result"
 PENDING_REVIEW = "pending_review"
 
 
@@ -59,6 +72,44 @@ def find_or_create_run(
         return str(found[0].info.run_id), False
     run = client.create_run(experiment_id, run_name=run_name, tags={TAG_RUN_KEY: run_key, **tags})
     return str(run.info.run_id), True
+
+
+def start_training_run(client: Any, experiment_id: str, run_key: str, run_name: str,
+                       tags: dict[str, str], params: dict[str, Any]) -> tuple[str, float]:
+    """The training run of this Airflow run, created with its tags and params on the first
+    try and found again on a retry; ``(run_id, started_at)`` where ``started_at`` is when the
+    first try began (the deadline clock does not restart on a retry)."""
+    from mlflow.entities import Param
+
+    run_id, created = find_or_create_run(
+        client, experiment_id, run_key, run_name,
+        {**tags, TAG_STARTED_AT: repr(time.time())})
+    if created:
+        client.log_batch(run_id, params=[Param(k, str(v)[:6000]) for k, v in params.items()])
+    return run_id, float(client.get_run(run_id).data.tags[TAG_STARTED_AT])
+
+
+def run_tag(client: Any, run_id: str, tag: str) -> str | None:
+    value = client.get_run(run_id).data.tags.get(tag)
+    return None if value is None else str(value)
+
+
+def set_run_tag(client: Any, run_id: str, tag: str, value: str) -> None:
+    client.set_tag(run_id, tag, value)
+
+
+def version_tag(client: Any, model_name: str, version: str, tag: str) -> str | None:
+    value = client.get_model_version(model_name, version).tags.get(tag)
+    return None if value is None else str(value)
+
+
+def version_test_accuracy(client: Any, model_name: str, version: str) -> float:
+    """A version's test accuracy: its tag, else its run's ``test_accuracy`` metric, else 0."""
+    mv = client.get_model_version(model_name, version)
+    if TAG_TEST_ACCURACY in mv.tags:
+        return float(mv.tags[TAG_TEST_ACCURACY])
+    run = client.get_run(mv.run_id) if mv.run_id else None
+    return float(run.data.metrics.get("test_accuracy", 0.0)) if run else 0.0
 
 
 def get_champion(client: Any, model_name: str) -> ChampionRecord | None:
@@ -135,14 +186,22 @@ def record_gate(client: Any, model_name: str, version: str, decision: PromotionD
 
 def apply_promotion(
     client: Any, model_name: str, version: str, decision: PromotionDecision,
-    report: dict[str, Any] | None = None,
+    report: dict[str, Any] | None = None, run_id: str | None = None,
 ) -> dict[str, Any]:
-    """Record the gate decision on the version and move aliases. Safe to repeat.
+    """Record the gate decision on the version (tags, description, and the training run's
+    tag when ``run_id`` is given) and move aliases. Safe to repeat.
 
     ``champion`` moves to ``version`` (the old one becomes ``previous_champion``) only when
     promoted; otherwise ``version`` becomes ``challenger``.
     """
     record_gate(client, model_name, version, decision, report or {}, pending_review=False)
+    if run_id:
+        client.set_tag(run_id, TAG_GATE_DECISION,
+                       "promoted" if decision.promote else "not_promoted")
+    registered = client.get_model_version(model_name, version).description or ""
+    described = promotion_description(registered, decision)
+    if described != registered:
+        client.update_model_version(model_name, version, description=described)
     moved: dict[str, Any] = {}
     if decision.promote:
         current = get_alias_version(client, model_name, CHAMPION)
@@ -194,3 +253,30 @@ def rollback(client: Any, model_name: str, marker: str) -> dict[str, str]:
         client.set_model_version_tag(model_name, current.version, TAG_GATE_DECISION,
                                      "rolled_back")
     return {"champion": str(previous.version), "demoted": demoted, "repeated": "false"}
+
+
+def record_serving_profile(client: Any, model_name: str, version: str, uri: str) -> None:
+    """Point the version at its serving profile (``runs:/.../serving/profile.json``)."""
+    client.set_model_version_tag(model_name, version, TAG_SERVING_PROFILE, uri)
+
+
+def record_serving(client: Any, model_name: str, version: str, record: dict[str, Any]) -> None:
+    """What serves this version now: endpoint, plan, tiers, canary steps, who deployed it."""
+    client.set_model_version_tag(model_name, version, TAG_SERVING, json.dumps(record))
+
+
+def serving_record(client: Any, model_name: str, version: str) -> dict[str, Any] | None:
+    raw = version_tag(client, model_name, version, TAG_SERVING)
+    return None if not raw else dict(json.loads(raw))
+
+
+def record_verify(client: Any, *, model_name: str, version: str, run_id: str,
+                  metrics: dict[str, float], verdict: dict[str, Any], figure: Any) -> None:
+    """The endpoint check: metrics and the latency histogram on the training run, the
+    verdict with its reasons on the version."""
+    from mlflow.entities import Metric
+
+    ts = int(time.time() * 1000)
+    client.log_batch(run_id, metrics=[Metric(k, float(v), ts, 0) for k, v in metrics.items()])
+    client.log_figure(run_id, figure, "serving/verify_latency.png")
+    client.set_model_version_tag(model_name, version, TAG_VERIFY, json.dumps(verdict))

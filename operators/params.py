@@ -25,3 +25,13 @@ def contract_params() -> dict[str, Param]:
             default = None  # optional text: an empty form field, not a required one
         params[name] = Param(default, **schema)
     return params
+
+
+def model_name_param(description: str) -> Param:
+    """The form field naming a registered model, with the contract's own rule for names (no
+    default: a model that does not exist is no useful default)."""
+    from policies import FIELDS_BY_NAME
+
+    spec = FIELDS_BY_NAME["model_name"]
+    return Param(type="string", pattern=spec.pattern, title="Model name",
+                 description=f"{description} {spec.fix[0].upper()}{spec.fix[1:]}.")

@@ -3,20 +3,21 @@
 Submission ids are deterministic (from the DAG run and task), so an Airflow retry attaches to
 the job its first try started instead of starting a second one: a running job is followed, a
 succeeded job's result is read back, and only a failed or stopped job is resubmitted, under
-the next id (``<base>-a1``, ``-a2``...; Ray rejects a reused id). The job reads its input from
-the ``SLAFLOW_JOB_SPEC`` variable of its runtime env; its entrypoint is a constant string.
+the next id (``<base>-a1``, ``-a2``...; Ray rejects a reused id). The job's input is a JSON
+file written next to the other submissions' under ``spec_dir`` (shared storage), named by the
+submission id; the job finds it through ``SLAFLOW_JOB_SPEC_URI``. The entrypoint is a
+constant string.
 """
 
 from __future__ import annotations
 
 import hashlib
-import json
 import re
 import time
 from collections.abc import Callable
 from typing import Any
 
-from ray_jobs._entry import SPEC_ENV, parse_error, parse_result
+from ray_jobs.entry import SPEC_URI_ENV, parse_error, parse_result, write_spec
 
 _TERMINAL = {"SUCCEEDED", "FAILED", "STOPPED"}
 
@@ -34,9 +35,10 @@ def submission_base_id(stage: str, dag_id: str, run_id: str) -> str:
 
 
 class RayJobRunner:
-    def __init__(self, client: Any, log: Callable[[str], None]) -> None:
+    def __init__(self, client: Any, log: Callable[[str], None], spec_dir: str) -> None:
         self._client = client
         self._log = log
+        self._spec_dir = spec_dir.rstrip("/")
 
     def _status(self, submission_id: str) -> str | None:
         try:
@@ -58,10 +60,12 @@ class RayJobRunner:
             env_vars: dict[str, str] | None = None, poll_s: float = 2.0) -> dict[str, Any]:
         sid, status = self.pick_submission(base_id)
         if status is None:
+            spec_uri = f"{self._spec_dir}/{sid}.json"
+            write_spec(spec_uri, spec)
             self._client.submit_job(
                 entrypoint=f"python -m {module}",
                 submission_id=sid,
-                runtime_env={"env_vars": {SPEC_ENV: json.dumps(spec), **(env_vars or {})}},
+                runtime_env={"env_vars": {SPEC_URI_ENV: spec_uri, **(env_vars or {})}},
                 metadata={"slaflow_stage": base_id.split("-")[1]},
             )
             self._log(f"Submitted Ray job {sid} ({module})")

@@ -492,6 +492,16 @@ class RunContract:
         values["hidden_units"] = tuple(values["hidden_units"])
         return cls(**values)
 
+    @classmethod
+    def from_validated(cls, raw: Mapping[str, Any]) -> RunContract:
+        """Rebuild a contract that :meth:`from_dict` already validated (``to_dict`` output
+        carried between tasks): no checks run again. Use :meth:`from_dict` for anything a
+        person or another system wrote."""
+        values = {spec.name: raw.get(spec.name, spec.default) for spec in FIELDS}
+        values["hidden_units"] = tuple(values["hidden_units"])
+        return cls(**values, contract_version=int(raw.get("contract_version",
+                                                          CONTRACT_VERSION)))
+
     @property
     def tuning(self) -> bool:
         """Whether training is an Optuna study (mode tuning, or trials given in centralized)."""

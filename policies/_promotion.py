@@ -253,3 +253,39 @@ def final_decision(
     if review is None:
         raise ValueError("the gate asked for a review but no answer was recorded")
     return apply_review(gate_decision, review)
+
+
+def gate_report_markdown(*, model_name: str, version: str, decision: PromotionDecision,
+                         review: ReviewRequest, ci: tuple[float, float],
+                         review_timeout_s: int) -> str:
+    """The gate report as a reviewer reads it (Airflow's Required Actions, MLflow)."""
+    champ = ("none yet" if decision.champion_version is None else
+             f"v{decision.champion_version} at {decision.champion_accuracy:.4f}")
+    lines = [
+        f"**{model_name} v{version}**: test accuracy **{decision.candidate_accuracy:.4f}** "
+        f"(95% CI {ci[0]:.4f}-{ci[1]:.4f}); needs {decision.required_accuracy:.4f}; "
+        f"champion {champ}.",
+        "",
+        f"Automatic verdict: **{'promote' if decision.promote else 'keep as challenger'}**",
+        "",
+        *[f"- {r}" for r in decision.reasons],
+        "",
+        "Why this waits for you:" if review.required else "Review:",
+        *[f"- {r}" for r in review.reasons],
+        "",
+        "Approve: it becomes `champion` and is deployed. Reject (or no answer within "
+        f"{review_timeout_s} s): it stays `challenger`, serving is unchanged.",
+    ]
+    return "\n".join(lines)
+
+
+def promotion_description(registered: str, decision: PromotionDecision) -> str:
+    """The model version's description once the gate (and review) decided: the registered
+    text with its pending gate line replaced by the verdict and every reason."""
+    verdict = (f"- gate: **{'promoted to champion' if decision.promote else 'not promoted'}**\n"
+               + "\n".join(f"  - {r}" for r in decision.reasons))
+    return registered.replace(GATE_PENDING_LINE, verdict)
+
+
+#: The line a freshly registered version's description carries until the gate decides.
+GATE_PENDING_LINE = "- gate: pending (see the tags `slaflow.gate.*`)"

@@ -11,6 +11,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 
+from policies._footprint import ServingFootprint
+
 #: Share of the deadline epochs may use; the rest is kept for export and logging (dynaSpark's
 #: alpha).
 DEADLINE_ALPHA = 0.95
@@ -27,17 +29,24 @@ class WorkerPlan:
     reason: str
 
 
-def plan_workers(max_workers: int, cpus_per_worker: float, free_cpus: float) -> WorkerPlan:
-    """As many workers as the budget allows and the cluster's free CPUs hold (at least one)."""
+def plan_workers(max_workers: int, cpus_per_worker: float, free_cpus: float,
+                 serving: ServingFootprint | None = None) -> WorkerPlan:
+    """As many workers as the budget allows and the cluster's free CPUs hold (at least one).
+
+    When not even one fits, the error names what served models hold (``serving``): they are
+    the usual reason a small cluster has no CPU left for training."""
     if max_workers < 1:
         raise ValueError(f"max_workers must be >= 1, got {max_workers}")
     if cpus_per_worker <= 0:
         raise ValueError(f"cpus_per_worker must be > 0, got {cpus_per_worker}")
     fit = math.floor(free_cpus / cpus_per_worker + 1e-9)
     if fit < 1:
+        held = "" if serving is None or not serving.deployments else \
+            f"; served models hold {serving.cpus:g} CPU: {serving.describe()}"
         raise InfeasibleError(
             f"one training worker needs {cpus_per_worker:g} CPUs but the Ray cluster has "
-            f"{free_cpus:g} free: lower cpus_per_worker to <= {free_cpus:g} or free the cluster"
+            f"{free_cpus:g} free{held}: lower cpus_per_worker to <= {free_cpus:g}, or free "
+            f"the cluster (`make undeploy MODEL=<name>` takes a model off the endpoint)"
         )
     n = min(max_workers, fit)
     if n == max_workers:
@@ -99,3 +108,58 @@ def next_epoch_decision(
         )
     return EpochDecision(True, None, predicted, eta,
                          f"next epoch ends ~{eta:.1f}s of {budget:.1f}s budget")
+
+
+def early_stop_accuracy(*, stop_margin: float, required: float) -> float:
+    """Validation accuracy at which training stops early: what the gate needs plus the
+    contract's ``stop_margin`` (the gate reads the test set, a different sample; a model
+    stopped exactly at the threshold fails it about half the time), capped at 0.999."""
+    return min(0.999, stop_margin + required)
+
+
+def deadline_met(training_seconds: float, deadline_s: float) -> bool:
+    """Whether training (from the first try of the train task to the exported model) ended
+    within the contract's deadline."""
+    return training_seconds <= deadline_s
+
+
+def cluster_capacity(*, free_cpus: float, cpus_per_worker: float,
+                     free_gpus: float = 0.0) -> dict[str, int]:
+    """Training workers each resource shape can start now: ``cpu`` always (possibly 0),
+    ``gpu`` when a GPU is free (one GPU per worker, its CPUs from the same pool)."""
+    cpu = int(free_cpus // cpus_per_worker + 1e-9) if cpus_per_worker > 0 else 0
+    out = {"cpu": cpu}
+    if int(free_gpus) >= 1:
+        out["gpu"] = min(int(free_gpus), cpu)
+    return out
+
+
+def calibration_worker_counts(max_workers: int, capacity: int) -> list[int]:
+    """Worker counts a calibration measures: 1, 2 and the most usable, no more than fit
+    (one or two points fix Amdahl's law; the largest is what a tight deadline would use)."""
+    if capacity < 1:
+        return []
+    return sorted({1, min(2, max_workers, capacity), min(max_workers, capacity)})
+
+
+@dataclass(frozen=True)
+class TrainingSize:
+    workers: int
+    usable: int
+    reason: str
+
+
+def size_training(*, feasible: bool, planned_workers: int, max_workers: int, capacity: int,
+                  resize_policy: str) -> TrainingSize:
+    """Workers training starts with. ``static``: every usable worker (``max_workers`` when
+    they fit). ``deadline``: the fewest the feasibility plan found; an infeasible contract
+    trained anyway (best effort) gets every usable worker, its best chance."""
+    usable = max(1, min(max_workers, capacity))
+    if resize_policy == "static":
+        return TrainingSize(usable, usable, f"static sizing: {usable} workers throughout")
+    if not feasible:
+        return TrainingSize(usable, usable, f"infeasible contract trained anyway: all "
+                                            f"{usable} usable workers")
+    n = max(1, min(planned_workers, usable))
+    return TrainingSize(n, usable, f"deadline sizing: the fewest workers that finish in time, "
+                                   f"{n} of {usable} usable")

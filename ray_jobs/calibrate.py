@@ -15,14 +15,14 @@ import time
 from pathlib import Path
 from typing import Any
 
-from ray_jobs._entry import run_entrypoint
-from ray_jobs.train import _setup_worker
+from ray_jobs.entry import run_entrypoint
+from ray_jobs.worker import setup_worker
 
 
 def calibrate_loop_per_worker(config: dict[str, Any]) -> None:
     import ray.train
 
-    model, dataset, steps, x_val, _ = _setup_worker(config)
+    model, dataset, steps, x_val, _ = setup_worker(config)
     durations = []
     for epoch in range(int(config["epochs"])):
         start = time.time()

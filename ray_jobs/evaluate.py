@@ -2,7 +2,9 @@
 
 Logs ``test_accuracy``, ``test_loss``, a 95% Wilson interval of the accuracy (the gate and a
 reviewer need the uncertainty, not just a point), the parameter count (the gate's serving-cost
-proxy) and a confusion-matrix PNG.
+proxy) and a confusion-matrix PNG. It also builds the cheaper servable variant (int8) and
+scores it on the same rows: each variant's accuracy is measured here, once per version, and
+the serving profile (latency) can then be reused across versions of the same architecture.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from ray_jobs import data_io
-from ray_jobs._entry import run_entrypoint
+from ray_jobs.entry import run_entrypoint
 
 
 def wilson_interval(successes: int, n: int, z: float = 1.96) -> tuple[float, float]:
@@ -58,6 +60,7 @@ def run_evaluation(spec: dict[str, Any]) -> dict[str, Any]:
     import mlflow
 
     from ray_jobs.model_format import Predictor, find_model_dir
+    from ray_jobs.variants import VARIANT_FULL, VARIANT_INT8, Int8Predictor, log_int8_variant
 
     # Both, explicitly: a stray MLFLOW_REGISTRY_URI on the node would otherwise send
     # model lookups to another registry.
@@ -78,14 +81,32 @@ def run_evaluation(spec: dict[str, Any]) -> dict[str, Any]:
                    "test_accuracy_ci_low": lo, "test_accuracy_ci_high": hi,
                    "test_rows": float(len(y)),
                    "model_params": float(predictor.parameter_count())}
+        variants = {VARIANT_FULL: {"accuracy": correct / len(y),
+                                   "size_bytes": predictor.parameter_count() * 4}}
+        variant_uri = ""
+        try:
+            variant_uri = log_int8_variant(predictor, find_model_dir(local),
+                                           spec["mlflow_run_id"], spec["feature_mean"],
+                                           spec["feature_std"])
+        except ValueError as exc:  # no Dense layers: the full model serves alone
+            print(f"[evaluate] no int8 variant: {exc}", flush=True)
+        if variant_uri:
+            int8 = Int8Predictor(mlflow.artifacts.download_artifacts(
+                variant_uri, dst_path=f"{tmp}/int8"))
+            variants[VARIANT_INT8] = {
+                "accuracy": float((int8.predict_proba(x).argmax(axis=1) == y).mean()),
+                "size_bytes": int8.weight_bytes}
         with mlflow.start_run(run_id=spec["mlflow_run_id"]):
             mlflow.log_metrics(metrics)
+            mlflow.log_metrics({f"serving_{v}_accuracy": d["accuracy"]
+                                for v, d in variants.items()})
             png = Path(tmp) / "confusion_matrix.png"
             _plot_confusion(cm, classes, png)
             mlflow.log_artifact(str(png), artifact_path="evaluation")
             mlflow.log_dict({"classes": classes, "matrix": cm.tolist()},
                             "evaluation/confusion_matrix.json")
-    return {**metrics, "test_rows": len(y)}
+    return {**metrics, "test_rows": len(y), "variants": variants, "variant_uri": variant_uri,
+            "model_signature": predictor.signature()}
 
 
 if __name__ == "__main__":

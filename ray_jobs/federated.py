@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 
 from ray_jobs import data_io
-from ray_jobs._entry import run_entrypoint
+from ray_jobs.entry import run_entrypoint
 
 CHECKPOINT_DIR = "federated"
 
@@ -58,9 +58,9 @@ class FederatedClient:
         import os
 
         os.environ["TF_USE_LEGACY_KERAS"] = "1"
-        from ray_jobs.model_format import _keras, build_mlp
+        from ray_jobs.model_format import build_mlp, tf_keras
 
-        keras = _keras()
+        keras = tf_keras()
         profile = spec["profile"]
         x, y = data_io.read_xy(spec["train_path"], profile["feature_names"])
         self.client_id = client_id
@@ -340,8 +340,8 @@ def run_federated(spec: dict[str, Any]) -> dict[str, Any]:
     from mlflow.entities import Metric
     from mlflow.tracking import MlflowClient
 
-    from policies import outcome
-    from ray_jobs.train import _export_and_log
+    from policies import deadline_met, outcome
+    from ray_jobs.export import export_and_log
 
     ray.init(runtime_env={"env_vars": {"TF_USE_LEGACY_KERAS": "1"}})
     client = MlflowClient(spec["tracking_uri"])
@@ -382,7 +382,7 @@ def run_federated(spec: dict[str, Any]) -> dict[str, Any]:
                     "best_val_accuracy": state["best_val_accuracy"],
                     "stop_reason": state["stop_reason"], "history": state["history"]}
     training_seconds = time.time() - float(spec["started_at"])
-    model_uri = _export_and_log(spec, best, export_state, training_seconds, summary,
+    model_uri = export_and_log(spec, best, export_state, training_seconds, summary,
                                 plots=False)
     participations = sum(r["participants"] for r in records)
     epochs_total = sum(r["local_epochs"] * r["participants"] for r in records)
@@ -397,7 +397,7 @@ def run_federated(spec: dict[str, Any]) -> dict[str, Any]:
         **summary, "epochs": state["round"], "best_epoch": state["best_round"],
         "best_val_accuracy": state["best_val_accuracy"], "stop_reason": state["stop_reason"],
         "history": state["history"], "training_seconds": training_seconds,
-        "deadline_met": training_seconds <= float(spec["deadline_s"]),
+        "deadline_met": deadline_met(training_seconds, float(spec["deadline_s"])),
         "num_workers": int(spec["fl_clients_per_round"]), "checkpoint_path": None,
         "resumed_from": resumed_from, "model_uri": model_uri,
         "federated": {"rounds": state["round"], "participations": participations,

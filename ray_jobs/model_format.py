@@ -43,7 +43,9 @@ class ModelMetadata:
         return cls(tuple(d["feature_names"]), tuple(d["classes"]), tuple(d["hidden_units"]))
 
 
-def _keras() -> Any:
+def tf_keras() -> Any:
+    """tf-keras (Keras 2) with TF_USE_LEGACY_KERAS set: Keras 3 fails under
+    MultiWorkerMirroredStrategy."""
     os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
     import tf_keras
 
@@ -59,7 +61,7 @@ def build_mlp(
     seed: int,
 ) -> Any:
     """A standardising MLP: (x - mean) / std, Dense+ReLU layers, softmax over classes."""
-    keras = _keras()
+    keras = tf_keras()
     keras.utils.set_random_seed(seed)
     std = np.where(np.asarray(feature_std, dtype="float32") > 0, feature_std, 1.0)
     inputs = keras.Input(shape=(n_features,), name="features")
@@ -104,9 +106,20 @@ class Predictor:
         x = self._tf.constant(np.asarray(features, dtype="float32"))
         return self._fn(features=x)["probabilities"].numpy()
 
+    @property
+    def variables(self) -> list[Any]:
+        """The serving function's variables (kernels, biases, normalisation statistics)."""
+        return list(self._fn.variables)
+
     def parameter_count(self) -> int:
         """Weights the serving function computes with: the model's serving-cost proxy."""
         return int(sum(int(np.prod(v.shape)) for v in self._fn.variables))
+
+    def signature(self) -> str:
+        """The architecture and weight shapes, e.g. ``normalization/mean:0=64|dense/kernel:0=
+        64x32|...``: two models with the same signature cost the same to serve."""
+        return "|".join(f"{v.name}={'x'.join(str(d) for d in v.shape)}"
+                        for v in sorted(self._fn.variables, key=lambda v: v.name))
 
     def predict_classes(self, features: np.ndarray) -> np.ndarray:
         return np.argmax(self.predict_proba(features), axis=1)

@@ -1,173 +1,125 @@
-"""Ray Job: profile a model version for serving, through the real Serve path.
+"""Ray Job: the model's own serving compute, per variant, replica shape and batch size.
 
-For the full model and its int8 variant (built here and logged to the run): test-set
-accuracy; then, per replica shape (CPUs) and batch size, a one-replica Serve deployment
-measured over HTTP on loopback: deploy-to-first-answer (the cold start a scale-to-zero tier
-pays), p50/p99 of sequential one-row requests, saturated throughput with concurrent clients,
-and the extra time per row of a large request. Also a no-op deployment's p50 on the same path
-(the floor any model adds to). Written to ``serving/profile.json`` on the run; the placement
-planner reads it from there.
+One Ray actor per thread count a replica shape gets (``ceil(CPUs)``, as ``ModelServer`` sets
+TensorFlow's threads), placed with the serving resources (the contract's node resource), so
+the numbers come from the node type replicas run on. In a fresh worker process it times what
+a replica's start pays (importing MLflow and TensorFlow, downloading and loading each
+variant), then calls each variant in-process: one-row latency (p50/p99), a full batch per
+batch size, and the cost of each extra row. The Serve path itself (proxy, router, replica) is
+measured once per node type by ``ServeHook.measure_overhead``; ``policies.build_profile``
+adds the two up. Both variants were built and scored by the evaluate job.
 """
 
 from __future__ import annotations
 
+import math
 import statistics
 import tempfile
-import threading
 import time
 from typing import Any
 
 import numpy as np
 
-from ray_jobs import data_io
-from ray_jobs._entry import run_entrypoint
-
-PROFILE_ARTIFACT = "serving/profile.json"
+from ray_jobs.entry import run_entrypoint
 
 
-def wait_ready(url: str, timeout_s: float = 300.0) -> float:
-    import requests
+class ComputeSampler:
+    """One replica shape's worth of compute, measured in a fresh worker process."""
 
-    t0 = time.monotonic()
-    while time.monotonic() - t0 < timeout_s:
-        try:
-            if requests.get(url, timeout=5).ok:
-                return time.monotonic() - t0
-        except requests.RequestException:
-            pass
-        time.sleep(0.2)
-    raise TimeoutError(f"{url} did not answer within {timeout_s:.0f}s")
+    def __init__(self, spec: dict[str, Any], threads: int) -> None:
+        self.loads: dict[str, float] = {}
+        self.predictors: dict[str, Any] = {}
+        self._tmp = tempfile.TemporaryDirectory(prefix="slaflow-profile-")
+        t0 = time.perf_counter()
+        import mlflow
+
+        mlflow.set_tracking_uri(spec["tracking_uri"])
+        mlflow.set_registry_uri(spec["tracking_uri"])
+        base = time.perf_counter() - t0
+        if spec.get("variant_uri"):
+            from ray_jobs.variants import Int8Predictor  # numpy only, as in the replica
+
+            t1 = time.perf_counter()
+            npz = mlflow.artifacts.download_artifacts(spec["variant_uri"],
+                                                      dst_path=f"{self._tmp.name}/int8")
+            self.predictors["int8"] = Int8Predictor(npz)
+            self.loads["int8"] = base + time.perf_counter() - t1
+        t2 = time.perf_counter()
+        import tensorflow as tf
+
+        tf.config.threading.set_intra_op_parallelism_threads(threads)
+        tf.config.threading.set_inter_op_parallelism_threads(threads)
+        from ray_jobs.model_format import Predictor, find_model_dir
+
+        local = mlflow.artifacts.download_artifacts(spec["model_uri"],
+                                                    dst_path=f"{self._tmp.name}/full")
+        self.predictors["full"] = Predictor(find_model_dir(local))
+        self.n_features = self.predictors["full"].metadata.n_features
+        self.predictors["full"].predict_proba(np.zeros((1, self.n_features)))  # trace once
+        self.loads["full"] = base + time.perf_counter() - t2
+
+    def measure(self, batches: list[int], calls: int = 200) -> list[dict[str, Any]]:
+        rng = np.random.default_rng(0)
+        one = rng.normal(size=(1, self.n_features)).astype("float32")
+        big = rng.normal(size=(64, self.n_features)).astype("float32")
+        out = []
+        for variant, predictor in self.predictors.items():
+            for _ in range(20):  # warm caches and the compiled function
+                predictor.predict_proba(one)
+            lat = []
+            for _ in range(calls):
+                t0 = time.perf_counter()
+                predictor.predict_proba(one)
+                lat.append((time.perf_counter() - t0) * 1000)
+            p50 = statistics.median(lat)
+            big_ms = _median_ms(predictor, big, 20)
+            for b in batches:
+                batch_ms = p50 if b == 1 else _median_ms(
+                    predictor, rng.normal(size=(b, self.n_features)).astype("float32"), 20)
+                out.append({"variant": variant, "max_batch_size": b,
+                            "p50_ms": round(p50, 4),
+                            "p99_ms": round(float(np.percentile(lat, 99)), 4),
+                            "batch_ms": round(batch_ms, 4),
+                            "row_ms": round(max(0.0, big_ms - p50) / 63, 5),
+                            "load_s": round(self.loads[variant], 3)})
+        return out
 
 
-def measure(url: str, x: np.ndarray, *, sequential: int = 60, concurrency: int = 8,
-            load_s: float = 3.0, big_rows: int = 64) -> dict[str, float]:
-    """Latency at low load, saturated throughput and per-row cost of one endpoint."""
-    import requests
-
-    rows = [x[i % len(x)].tolist() for i in range(max(sequential, big_rows))]
-    lat: list[float] = []
-    with requests.Session() as http:
-        for i in range(5):  # warm the connection and the replica
-            http.post(url, json={"instances": [rows[i]]}, timeout=30)
-        for i in range(sequential):
-            t0 = time.perf_counter()
-            r = http.post(url, json={"instances": [rows[i]]}, timeout=30)
-            lat.append((time.perf_counter() - t0) * 1000)
-            r.raise_for_status()
-        big: list[float] = []
-        for _ in range(10):
-            t0 = time.perf_counter()
-            http.post(url, json={"instances": rows[:big_rows]}, timeout=30).raise_for_status()
-            big.append((time.perf_counter() - t0) * 1000)
-    done = [0]
-    stop = time.monotonic() + load_s
-    lock = threading.Lock()
-
-    def client(k: int) -> None:
-        with requests.Session() as http:
-            i = k
-            while time.monotonic() < stop:
-                if http.post(url, json={"instances": [rows[i % len(rows)]]}, timeout=30).ok:
-                    with lock:
-                        done[0] += 1
-                i += concurrency
-
-    t0 = time.monotonic()
-    threads = [threading.Thread(target=client, args=(k,)) for k in range(concurrency)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    p50 = statistics.median(lat)
-    return {"p50_ms": round(p50, 3), "p99_ms": round(float(np.percentile(lat, 99)), 3),
-            "capacity_rps": round(done[0] / (time.monotonic() - t0), 1),
-            "row_ms": round(max(0.0, statistics.median(big) - p50) / (big_rows - 1), 4)}
+def _median_ms(predictor: Any, x: np.ndarray, n: int) -> float:
+    times = []
+    for _ in range(n):
+        t0 = time.perf_counter()
+        predictor.predict_proba(x)
+        times.append((time.perf_counter() - t0) * 1000)
+    return statistics.median(times)
 
 
 def run_profile(spec: dict[str, Any]) -> dict[str, Any]:
-    import mlflow
-    from ray import serve
+    import ray
 
-    from ray_jobs.model_format import Predictor, find_model_dir
-    from ray_jobs.serve_app import NoopServer, wait_running
-    from ray_jobs.serve_router import build_routed_app
-    from ray_jobs.variants import VARIANT_FULL, VARIANT_INT8, Int8Predictor, log_int8_variant
-
-    mlflow.set_tracking_uri(spec["tracking_uri"])
-    mlflow.set_registry_uri(spec["tracking_uri"])
-    run_id = spec["mlflow_run_id"]
-    try:
-        variant_uri = log_int8_variant(spec["model_uri"], run_id, spec["feature_mean"],
-                                       spec["feature_std"])
-    except ValueError as exc:  # a model without Dense layers: profile the full model only
-        print(f"[profile] no int8 variant: {exc}", flush=True)
-        variant_uri = ""
-    with tempfile.TemporaryDirectory() as tmp:
-        full = Predictor(find_model_dir(mlflow.artifacts.download_artifacts(
-            spec["model_uri"], dst_path=f"{tmp}/full")))
-        x, y = data_io.read_xy(spec["test_path"], full.metadata.feature_names)
-        acc = {VARIANT_FULL: float((full.predict_classes(x) == y).mean())}
-        size = {VARIANT_FULL: full.parameter_count() * 4}
-        if variant_uri:
-            int8 = Int8Predictor(mlflow.artifacts.download_artifacts(variant_uri,
-                                                                     dst_path=f"{tmp}/int8"))
-            acc[VARIANT_INT8] = float((int8.predict_proba(x).argmax(axis=1) == y).mean())
-            size[VARIANT_INT8] = int8.weight_bytes
-    print(f"[profile] accuracy {acc}", flush=True)
-
-    serve.start(http_options={"host": spec["serve_host"], "port": int(spec["serve_port"])})
-    name = f"{spec['model_name']}-profile"
-    url = f"{spec['serve_url']}/{name}"
-    points: list[dict[str, Any]] = []
-    cold: dict[str, float] = {}
-    try:
-        serve.run(NoopServer.bind(), name=name, route_prefix=f"/{name}", blocking=False)
-        wait_ready(url)
-        noop = measure(url, np.zeros((1, 1)), sequential=60, load_s=0.5, big_rows=2)
-        print(f"[profile] no-op deployment p50 {noop['p50_ms']:.2f} ms", flush=True)
-        for variant in [v for v in spec.get("variants", [VARIANT_FULL, VARIANT_INT8])
-                        if v in acc]:
-            for cpus in spec.get("cpus", [0.5, 1.0]):
-                batches = spec.get("batches", [1, 16])
-                serve.delete(name)
-                t0 = time.monotonic()
-                for k, b in enumerate(batches):
-                    # measured through the served path: router ingress -> one replica
-                    opts = {"num_replicas": 1, "ray_actor_options": {"num_cpus": cpus},
-                            "user_config": {"max_batch_size": b,
-                                            "batch_wait_timeout_s": 0.002}}
-                    serve.run(build_routed_app(
-                        name, spec["tracking_uri"],
-                        [{"version": spec["version"], "model_uri": spec["model_uri"],
-                          "variant": variant, "variant_uri": variant_uri,
-                          "tiers": {"warm": opts}}],
-                        {"primary": spec["version"], "candidate": None, "share": 0.0,
-                         "thresholds": {"large_rows": 1024, "frequent_rps": 1.0}}),
-                        name=name, route_prefix=f"/{name}", blocking=False)
-                    if k == 0:
-                        wait_ready(url)
-                        cold[variant] = min(cold.get(variant, 1e9), time.monotonic() - t0)
-                    wait_running(name)
-                    wait_ready(url)
-                    m = measure(url, x, load_s=float(spec.get("load_s", 3.0)))
-                    points.append({"variant": variant, "num_cpus": cpus, "max_batch_size": b,
-                                   **m})
-                    print(f"[profile] {variant} {cpus:g} CPU batch {b}: p50 {m['p50_ms']:.2f} "
-                          f"p99 {m['p99_ms']:.2f} ms, {m['capacity_rps']:.0f} req/s, "
-                          f"{m['row_ms']:.4f} ms/row", flush=True)
-    finally:
-        serve.delete(name)
-    profile = {"variants": [{"name": v, "accuracy": round(acc[v], 6),
-                             "cold_start_s": round(cold.get(v, 0.0), 3),
-                             "size_bytes": int(size[v])} for v in acc if v in cold],
-               "points": points, "overhead_p50_ms": noop["p50_ms"]}
-    with mlflow.start_run(run_id=run_id):
-        mlflow.log_dict({**profile, "variant_uri": variant_uri,
-                         "version": spec["version"]}, PROFILE_ARTIFACT)
-        mlflow.log_metrics({"serving_noop_p50_ms": noop["p50_ms"],
-                            **{f"serving_{v}_accuracy": a for v, a in acc.items()}})
-    return {"profile": profile, "variant_uri": variant_uri, "version": spec["version"],
-            "profile_uri": f"runs:/{run_id}/{PROFILE_ARTIFACT}"}
+    if not ray.is_initialized():  # a job's driver; a benchmark is connected already
+        ray.init(log_to_driver=False)
+    threads_for = {float(c): max(1, math.ceil(float(c))) for c in spec["cpus"]}
+    samples: list[dict[str, Any]] = []
+    sampler_cls = ray.remote(ComputeSampler)
+    for threads in sorted(set(threads_for.values())):
+        shapes = [c for c, t in threads_for.items() if t == threads]
+        options: dict[str, Any] = {"num_cpus": max(shapes)}
+        if spec.get("resource"):
+            options["resources"] = {spec["resource"]: 0.001}
+        started = time.perf_counter()
+        sampler = sampler_cls.options(**options).remote(spec, threads)
+        try:
+            measured = ray.get(sampler.measure.remote([int(b) for b in spec["batches"]]),
+                               timeout=float(spec.get("timeout_s", 600)))
+        finally:
+            ray.kill(sampler)
+        print(f"[profile] {threads} thread(s) for {shapes} CPU: "
+              f"{len(measured)} points in {time.perf_counter() - started:.1f}s", flush=True)
+        for row in measured:
+            for cpus in shapes:
+                samples.append({**row, "num_cpus": cpus})
+    return {"samples": samples}
 
 
 if __name__ == "__main__":

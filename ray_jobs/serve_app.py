@@ -1,11 +1,10 @@
-"""Ray Serve application serving one registered model version over HTTP.
+"""The replicas that serve one model version (one variant), behind a ``ModelRouter``.
 
-``POST /<model_name>`` with ``{"instances": [[f1, f2, ...], ...]}`` (or rows as objects keyed
-by feature name) answers ``{"predictions": [...], "probabilities": [[...]], ...}``.
-``GET /<model_name>`` describes the model (version, features, classes).
-Bad requests get HTTP 400/413 with a message saying what to fix; overload is shed with 503 by
-the bounded queue. Predictions go through the SavedModel's compiled signature, batched across
-concurrent requests with ``@serve.batch``.
+Each version is a Serve application of its own, ``<model>+v<version>`` (no HTTP route), whose
+deployments are its tiers (``warm``, ``batch``, ``elastic``): the router finds them by name.
+Predictions go through the SavedModel's compiled signature (or the int8 NumPy path), batched
+across concurrent requests with ``@serve.batch``, never ``model.predict`` per request.
+Request parsing and the answer's shape live here too; the router validates each request once.
 """
 
 from __future__ import annotations
@@ -19,8 +18,8 @@ from typing import Any
 
 import numpy as np
 from ray import serve
-from starlette.requests import Request
-from starlette.responses import JSONResponse
+
+from policies import ROUTE_WARM, TierSettings
 
 MAX_ROWS = 1024
 MAX_BODY_BYTES = 4 * 1024 * 1024
@@ -65,7 +64,7 @@ def parse_instances(payload: Any, feature_names: tuple[str, ...]) -> np.ndarray:
     return out
 
 
-class _Window:
+class LatencyWindow:
     """Arrivals and latencies of the last ``span_s`` seconds (for the autoscaler and canary)."""
 
     def __init__(self, span_s: float = 10.0, cap: int = 20_000) -> None:
@@ -113,13 +112,13 @@ def _load_predictor(model_uri: str, tracking_uri: str, variant: str, variant_uri
     max_queued_requests=256,
     ray_actor_options={"num_cpus": 0.5},
     health_check_period_s=5,
-    # ``serve.run`` gives every deployment a new code version, so each redeploy (a canary
-    # step, a rollback) restarts the replicas; with a surge the old ones keep answering
-    # until their replacements are ready, instead of stopping first (Serve's default).
+    # A version's application is deployed once; a retried deploy of the same version gets a
+    # new code version from ``serve.run`` and restarts the replicas: with a surge the old
+    # ones keep answering until their replacements are ready (Serve's default stops first).
     max_surge_percent=100,
 )
 class ModelServer:
-    """One model version (one variant) behind HTTP, or behind a ``ModelRouter`` handle.
+    """One tier of one model version (one variant), called by the ``ModelRouter``.
 
     ``user_config`` (``{"max_batch_size": n, "batch_wait_timeout_s": s}``) retunes batching
     in place, without restarting replicas. ``record_autoscaling_stats`` reports the arrival
@@ -127,7 +126,10 @@ class ModelServer:
     """
 
     def __init__(self, model_uri: str, tracking_uri: str, model_name: str, version: str,
-                 variant: str = "full", variant_uri: str = "", tier: str = "warm") -> None:
+                 variant: str = "full", variant_uri: str = "", tier: str = "warm",
+                 siblings: dict[str, Any] | None = None) -> None:
+        # ``siblings``: the version's other tiers, bound here only so that Serve deploys
+        # them in the same application; the router calls each tier by name, not through us.
         self._tmp = tempfile.TemporaryDirectory(prefix="slaflow-serve-")
         if variant == "full":
             _limit_threads()
@@ -138,7 +140,7 @@ class ModelServer:
                       "variant": variant, "tier": tier,
                       "features": list(self._meta.feature_names),
                       "classes": list(self._meta.classes)}
-        self._window = _Window()
+        self._window = LatencyWindow()
 
     def reconfigure(self, config: dict[str, Any]) -> None:
         if "max_batch_size" in config:
@@ -166,21 +168,6 @@ class ModelServer:
         self._window.add(t0, (time.monotonic() - t0) * 1000)
         return out
 
-    async def __call__(self, request: Request) -> JSONResponse:
-        if request.method == "GET":
-            return JSONResponse(self._info)
-        if request.method != "POST":
-            return JSONResponse({"error": "use POST with a JSON body, or GET for model info"},
-                                status_code=405)
-        t0 = time.monotonic()
-        try:
-            x = parse_body(await request.body(), self._meta.feature_names)
-        except BadRequest as exc:
-            return JSONResponse({"error": str(exc)}, status_code=exc.status)
-        proba = await self._predict(x)
-        self._window.add(t0, (time.monotonic() - t0) * 1000)
-        return JSONResponse(answer(proba, self._meta.classes, self._info))
-
 
 def parse_body(body: bytes, feature_names: tuple[str, ...]) -> np.ndarray:
     if len(body) > MAX_BODY_BYTES:
@@ -200,12 +187,22 @@ def answer(proba: np.ndarray, classes: Any, info: dict[str, Any]) -> dict[str, A
 
 @serve.deployment(max_ongoing_requests=64, ray_actor_options={"num_cpus": 0.1})
 class NoopServer:
-    """Answers without a model: the HTTP + Serve floor the benchmarks compare with."""
+    """Answers without a model, as a version's tier behind the router: the floor of the Serve
+    path (proxy, router, replica) that every model adds its compute to."""
 
-    async def __call__(self, request: Request) -> JSONResponse:
-        if request.method == "POST":
-            await request.body()
-        return JSONResponse({"predictions": [0], "model_version": "noop"})
+    _INFO = {"model_name": "noop", "model_version": "0", "variant": "noop", "tier": "warm",
+             "features": ["x"], "classes": [0, 1]}
+
+    def info(self) -> dict[str, Any]:
+        return self._INFO
+
+    async def predict(self, x: np.ndarray) -> np.ndarray:
+        out = np.zeros((len(x), 2), dtype="float32")
+        out[:, 0] = 1.0
+        return out
+
+    def record_autoscaling_stats(self) -> dict[str, float]:
+        return {"arrival_rps": 0.0, "tail_ms": 0.0}
 
 
 def _limit_threads() -> None:
@@ -223,29 +220,53 @@ def _limit_threads() -> None:
         pass
 
 
-def wait_running(app: str, timeout_s: float = 300.0, poll_s: float = 0.5) -> None:
-    """Until Serve reports ``app`` RUNNING: every deployment at its new version, the replicas
-    it replaced stopping or gone. A ``serve.run`` redeploy restarts the replicas (new code
-    version) and with a surge the old ones answer while the new ones load, so answering alone
-    does not mean the new settings serve."""
-    deadline = time.monotonic() + timeout_s
-    while True:
-        status = serve.status().applications.get(app)
-        if status is not None and status.status == "RUNNING":
-            return
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"Serve application {app} is not RUNNING after {timeout_s:.0f}s "
-                               f"(status {status.status if status else 'missing'}); see the "
-                               f"Ray dashboard's Serve tab")
-        time.sleep(poll_s)
+def tier_options(tier: TierSettings) -> dict[str, Any]:
+    """``ModelServer.options`` keyword arguments of one tier: the policy's numbers as Serve
+    settings (replica shape, queue bounds, batching through ``user_config``, and either a
+    fixed replica count or the SLO autoscaler's bounds)."""
+    from ray_jobs.serve_policy import autoscaling_config
+
+    actor: dict[str, Any] = {"num_cpus": tier.num_cpus}
+    if tier.num_gpus:
+        actor["num_gpus"] = tier.num_gpus
+    if tier.resource:
+        actor["resources"] = {tier.resource: 0.001}
+    opts: dict[str, Any] = {
+        "name": tier.route, "ray_actor_options": actor,
+        "max_ongoing_requests": tier.max_ongoing_requests,
+        "max_queued_requests": tier.max_queued_requests,
+        "user_config": {"max_batch_size": tier.max_batch_size,
+                        "batch_wait_timeout_s": tier.batch_wait_timeout_s}}
+    if tier.autoscaler is None:
+        opts["num_replicas"] = tier.replicas if tier.replicas is not None else 1
+    elif tier.autoscaling_policy == "serve_default":
+        opts["autoscaling_config"] = {"min_replicas": tier.autoscaler.min_replicas,
+                                      "max_replicas": tier.autoscaler.max_replicas,
+                                      "initial_replicas": tier.initial_replicas}
+    else:
+        opts["autoscaling_config"] = autoscaling_config(tier.autoscaler, tier.initial_replicas)
+    return opts
 
 
-def build_app(model_uri: str, tracking_uri: str, model_name: str, version: str,
-              num_replicas: int = 1, node_resource: str = "") -> Any:
-    """The application; ``node_resource`` pins replicas to nodes that have that resource."""
-    actor_options: dict[str, Any] = {"num_cpus": 0.5}
-    if node_resource:
-        actor_options["resources"] = {node_resource: 0.01}
-    return ModelServer.options(num_replicas=num_replicas,
-                               ray_actor_options=actor_options).bind(
-        model_uri, tracking_uri, model_name, version)
+def build_version_app(model_name: str, tracking_uri: str, spec: dict[str, Any]) -> Any:
+    """The Serve application of one version: ``spec`` is ``{"version", "model_uri",
+    "variant", "variant_uri", "tiers": [TierSettings as dicts]}``. The ``warm`` tier (or the
+    only one) is the ingress (the application has no HTTP route); the others are bound to it."""
+    tiers = [TierSettings.from_dict(t) for t in spec["tiers"]]
+    args = (spec["model_uri"], tracking_uri, model_name, str(spec["version"]),
+            spec.get("variant", "full"), spec.get("variant_uri", ""))
+    ingress = next((t for t in tiers if t.route == ROUTE_WARM), tiers[0])
+    bound = {t.route: ModelServer.options(**tier_options(t)).bind(*args, t.route)
+             for t in tiers if t is not ingress}
+    return ModelServer.options(**tier_options(ingress)).bind(*args, ingress.route,
+                                                             siblings=bound)
+
+
+def overhead_app(num_cpus: float, resource: str = "") -> Any:
+    """A version application whose only tier answers without a model (``NoopServer``): what
+    the Serve path costs on its own."""
+    actor: dict[str, Any] = {"num_cpus": num_cpus}
+    if resource:
+        actor["resources"] = {resource: 0.001}
+    return NoopServer.options(name=ROUTE_WARM, ray_actor_options=actor,
+                              max_ongoing_requests=64).bind()

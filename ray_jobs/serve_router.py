@@ -1,30 +1,32 @@
-"""The routed Serve application: one ingress (``ModelRouter``) in front of tiers and versions.
+"""The ingress of one model: ``ModelRouter``, the only HTTP route, ``/<model>``.
 
-``POST /<model>`` is validated once at the ingress (4xx with the reason), then sent:
+``POST /<model>`` is validated once here (4xx with the reason), then sent:
 - to a version: the primary, or the canary candidate for ``share`` of the requests (its
   answers are compared with the primary's on the same rows, for the canary verdict);
 - to a tier of that version by ``policies.route_request`` (StraightLine): ``warm`` (always-on,
   small batches), ``batch`` (large inputs, big batches) or ``elastic`` (scale-to-zero), with
-  thresholds computed from the profile and passed in the router's ``user_config``.
-A request whose replica dies mid-flight is retried once (predictions are idempotent); a
-failing canary answer, or one slower than ``candidate_timeout_s`` (default 10 s), falls back
+  thresholds computed from the profile.
+Each version is its own Serve application (``<model>+v<version>``); the router finds its tiers
+by name, so deploying or removing a version never touches the router's code, and a canary
+step (primary, candidate, share) is a change of the router's ``user_config`` alone, which Serve
+applies with ``reconfigure()`` on the running replica: no replica restarts (see
+``ROUTER_CODE_VERSION``). A request whose replica dies mid-flight is retried once (predictions
+are idempotent); a failing canary answer, or one slower than ``candidate_timeout_s``, falls back
 to the primary, so the client sees no failure.
 
 ``GET /<model>`` describes the primary; ``GET /<model>/-/stats`` gives per-version and
-per-route counts, errors and tail latency (what the canary check and the benchmark read).
-Routing and canary settings live in the router's ``user_config``. Deployed with ``serve.run``
-(the imperative API), every redeploy gets a new code version from Serve, so a canary step
-restarts the replicas; ``max_surge_percent=100`` keeps the old ones answering until their
-replacements are ready, and the deploy task removes a version only after the router has
-stopped sending it traffic (``DeployModelOperator._switch``).
+per-route counts, errors and tail latency since the routing last changed (what the canary
+check and the benchmarks read).
 """
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import random
 import time
 from collections import defaultdict
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -33,50 +35,71 @@ from ray.serve.exceptions import BackPressureError
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 
-from policies import ROUTE_WARM, CallerRates, RouterThresholds, route_request
-from ray_jobs.serve_app import BadRequest, ModelServer, _Window, answer, parse_body
+from policies import ROUTE_WARM, CallerRates, RouterThresholds, route_request, version_app
+from ray_jobs.serve_app import BadRequest, LatencyWindow, answer, parse_body
 
 CALLER_HEADER = "x-slaflow-caller"
+#: The router's code version, pinned to this file's content. ``serve.run`` otherwise gives
+#: every deployment a fresh random version on each call, and a new code version restarts the
+#: replicas even when only ``user_config`` changed. With the version pinned, a redeploy that
+#: changes only the routing (a canary step, a switch, a rollback) is a lightweight update:
+#: Serve calls ``reconfigure`` on the running router. Serve 2.60 accepts a version only through
+#: the internal flag of ``Deployment.options``; the integration tests check that a canary step
+#: keeps every replica (router and model) alive.
+ROUTER_CODE_VERSION = "router-" + hashlib.sha256(Path(__file__).read_bytes()).hexdigest()[:12]
 
 
 @serve.deployment(max_ongoing_requests=256, max_queued_requests=1024,
                   ray_actor_options={"num_cpus": 0.05}, health_check_period_s=5,
-                  max_surge_percent=100)  # see ModelServer: the old router drains first
+                  max_surge_percent=100)
 class ModelRouter:
-    def __init__(self, model_name: str, versions: dict[str, dict[str, Any]]) -> None:
+    def __init__(self, model_name: str) -> None:
         self._model = model_name
-        self._versions = versions            # version -> tier -> DeploymentHandle
         self._cfg: dict[str, Any] = {}
+        self._handles: dict[tuple[str, str], Any] = {}
         self._thresholds = RouterThresholds(large_rows=1024, frequent_rps=1.0)
         self._rates = CallerRates()
         self._in_flight: dict[tuple[str, str], int] = defaultdict(int)
         self._info: dict[str, dict[str, Any]] = {}
-        self._windows: dict[str, _Window] = defaultdict(lambda: _Window(span_s=600.0))
+        self._windows: dict[str, LatencyWindow] = defaultdict(
+            lambda: LatencyWindow(span_s=600.0))
         self._counts: dict[str, dict[str, int]] = defaultdict(lambda: defaultdict(int))
         self._rng = random.Random(0)
         self._shadows: set[asyncio.Task[None]] = set()
 
     def reconfigure(self, config: dict[str, Any]) -> None:
-        primary = str(config["primary"])
-        candidate = config.get("candidate")
-        for v in (primary, candidate):
-            if v is not None and str(v) not in self._versions:
-                raise ValueError(f"router config names version {v}, which this application "
-                                 f"does not deploy ({sorted(self._versions)})")
-        if config.get("candidate") != self._cfg.get("candidate") or \
-                config.get("primary") != self._cfg.get("primary"):
-            self._windows.clear()
+        versions = {str(v): dict(d) for v, d in (config.get("versions") or {}).items()}
+        for key in ("primary", "candidate"):
+            v = config.get(key)
+            if v is not None and str(v) not in versions:
+                raise ValueError(f"router config names {key} v{v}, which is not among the "
+                                 f"versions it routes to ({sorted(versions)})")
+        routing = ("primary", "candidate", "share")
+        if any(config.get(k) != self._cfg.get(k) for k in routing):
+            self._windows.clear()  # each canary step is judged on its own traffic
             self._counts.clear()
-        self._cfg = dict(config)
+        self._cfg = {**config, "versions": versions}
+        self._handles = {k: h for k, h in self._handles.items() if k[0] in versions}
+        self._info = {v: i for v, i in self._info.items() if v in versions}
         t = config.get("thresholds") or {}
         if t:
             self._thresholds = RouterThresholds(int(t["large_rows"]), float(t["frequent_rps"]))
 
+    def _handle(self, version: str, route: str) -> Any:
+        key = (version, route)
+        if key not in self._handles:
+            self._handles[key] = serve.get_deployment_handle(
+                route, app_name=version_app(self._model, version))
+        return self._handles[key]
+
+    def _routes(self, version: str) -> list[str]:
+        return list(self._cfg["versions"][version].get("routes") or [ROUTE_WARM])
+
     async def _describe(self, version: str) -> dict[str, Any]:
         if version not in self._info:
-            tiers = self._versions[version]
-            handle = tiers.get(ROUTE_WARM) or next(iter(tiers.values()))
-            self._info[version] = await handle.info.remote()
+            routes = self._routes(version)
+            route = ROUTE_WARM if ROUTE_WARM in routes else routes[0]
+            self._info[version] = await self._handle(version, route).info.remote()
         return self._info[version]
 
     def _choose_version(self) -> str:
@@ -86,16 +109,15 @@ class ModelRouter:
         return str(self._cfg["primary"])
 
     def _choose_route(self, version: str, rows: int, caller: str) -> str:
-        tiers = self._versions[version]
-        warm_cap = int(self._cfg.get("warm_max_in_flight", 64))
+        routes = self._routes(version)
+        warm_cap = int(self._cfg["versions"][version].get("warm_max_in_flight", 64))
         busy = self._in_flight[(version, ROUTE_WARM)] >= warm_cap
         route = route_request(rows, self._rates.observe(caller, time.monotonic()), busy,
                               self._thresholds)
-        return route if route in tiers else ROUTE_WARM if ROUTE_WARM in tiers else \
-            next(iter(tiers))
+        return route if route in routes else ROUTE_WARM if ROUTE_WARM in routes else routes[0]
 
     async def _call(self, version: str, route: str, x: np.ndarray) -> np.ndarray:
-        handle = self._versions[version][route]
+        handle = self._handle(version, route)
         self._in_flight[(version, route)] += 1
         try:
             try:
@@ -123,7 +145,7 @@ class ModelRouter:
         q = float(self._cfg.get("percentile", 99))
         return {"config": self._cfg,
                 "versions": {v: {**dict(self._counts[v]), **self._windows[v].stats(now, q)}
-                             for v in self._versions}}
+                             for v in self._cfg.get("versions", {})}}
 
     async def __call__(self, request: Request) -> JSONResponse:
         primary = str(self._cfg["primary"])
@@ -131,7 +153,7 @@ class ModelRouter:
             if request.url.path.rstrip("/").endswith("/-/stats"):
                 return JSONResponse(self.stats())
             info = dict(await self._describe(primary))
-            info.update(routes=sorted(self._versions[primary]),
+            info.update(routes=sorted(self._routes(primary)),
                         canary={"candidate": self._cfg.get("candidate"),
                                 "share": self._cfg.get("share", 0.0)},
                         thresholds=self._thresholds.to_dict())
@@ -183,25 +205,13 @@ class ModelRouter:
         return JSONResponse(body)
 
 
-def build_routed_app(model_name: str, tracking_uri: str, versions: list[dict[str, Any]],
-                     router_config: dict[str, Any], node_resource: str = "") -> Any:
-    """``versions``: ``[{"version", "model_uri", "variant", "variant_uri",
-    "tiers": {route: serve options}}]``; options are ``ModelServer.options`` keyword
-    arguments (``ray_actor_options``, ``autoscaling_config`` or ``num_replicas``,
-    ``max_ongoing_requests``, ``max_queued_requests``, ``user_config``). ``node_resource``
-    (the contract's ``serving_node_resource``) pins the router beside the tiers, which carry
-    it in their own ``ray_actor_options``."""
-    bound: dict[str, dict[str, Any]] = {}
-    for spec in versions:
-        v = str(spec["version"])
-        bound[v] = {}
-        for route, opts in spec["tiers"].items():
-            bound[v][route] = ModelServer.options(name=f"{model_name}_v{v}_{route}",
-                                                  **opts).bind(
-                spec["model_uri"], tracking_uri, model_name, v, spec.get("variant", "full"),
-                spec.get("variant_uri", ""), route)
-    router_actor: dict[str, Any] = {"num_cpus": 0.05}
+def build_router_app(model_name: str, config: dict[str, Any], node_resource: str = "") -> Any:
+    """The router application of ``model_name``; ``config`` is its ``user_config``
+    (``primary``, ``candidate``, ``share``, ``percentile``, ``thresholds``,
+    ``candidate_timeout_s`` and ``versions``: ``{version: {"routes": [...],
+    "warm_max_in_flight": n}}``). ``node_resource`` pins it beside the tiers."""
+    actor: dict[str, Any] = {"num_cpus": 0.05}
     if node_resource:
-        router_actor["resources"] = {node_resource: 0.01}
-    return ModelRouter.options(user_config=router_config,
-                               ray_actor_options=router_actor).bind(model_name, bound)
+        actor["resources"] = {node_resource: 0.01}
+    return ModelRouter.options(user_config=config, ray_actor_options=actor,
+                               version=ROUTER_CODE_VERSION, _internal=True).bind(model_name)

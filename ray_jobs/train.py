@@ -11,7 +11,6 @@ its storage folder, so no finished epoch is lost.
 from __future__ import annotations
 
 import json
-import os
 import tempfile
 import time
 from pathlib import Path
@@ -19,8 +18,10 @@ from typing import Any
 
 import numpy as np
 
-from ray_jobs import data_io
-from ray_jobs._entry import run_entrypoint
+from policies import deadline_met
+from ray_jobs.entry import run_entrypoint
+from ray_jobs.export import export_and_log
+from ray_jobs.worker import setup_worker
 
 STATE_FILE = "state.json"
 LATEST_WEIGHTS = "latest.npz"
@@ -34,40 +35,6 @@ def _save_weights(path: Path, weights: list[np.ndarray]) -> None:
 def _load_weights(path: Path) -> list[np.ndarray]:
     with np.load(path) as data:
         return [data[f"arr_{i}"] for i in range(len(data.files))]
-
-
-def _setup_worker(config: dict[str, Any]) -> tuple[Any, Any, int, np.ndarray, np.ndarray]:
-    """Model under MultiWorkerMirroredStrategy, this worker's shard, steps per epoch, val set."""
-    os.environ["TF_USE_LEGACY_KERAS"] = "1"
-    import ray.train
-    import tensorflow as tf
-
-    from ray_jobs.model_format import _keras, build_mlp
-
-    keras = _keras()
-    ctx = ray.train.get_context()
-    rank, world = ctx.get_world_rank(), ctx.get_world_size()
-    profile = config["profile"]
-    x_train, y_train = data_io.read_xy(config["train_path"], profile["feature_names"])
-    x_val, y_val = data_io.read_xy(config["val_path"], profile["feature_names"])
-
-    strategy = tf.distribute.MultiWorkerMirroredStrategy()
-    with strategy.scope():
-        model = build_mlp(len(profile["feature_names"]), len(profile["classes"]),
-                          config["hidden_units"], profile["feature_mean"], profile["feature_std"],
-                          config["seed"])
-        model.compile(optimizer=keras.optimizers.Adam(config["learning_rate"]),
-                      loss="sparse_categorical_crossentropy", metrics=["accuracy"])
-    # Each worker trains on its own shard; all run the same number of steps (MWMS needs it).
-    batch = int(config["batch_size"])
-    shard_x, shard_y = x_train[rank::world], y_train[rank::world]
-    steps = max(1, len(x_train) // world // batch)
-    options = tf.data.Options()
-    options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.OFF
-    dataset = (tf.data.Dataset.from_tensor_slices((shard_x, shard_y))
-               .shuffle(len(shard_x), seed=config["seed"] + rank).repeat()
-               .batch(batch * world).with_options(options))
-    return model, dataset, steps, x_val, y_val
 
 
 def _cluster_cap(config: dict[str, Any], world: int) -> int:
@@ -93,7 +60,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
 
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
-    model, dataset, steps, x_val, y_val = _setup_worker(config)
+    model, dataset, steps, x_val, y_val = setup_worker(config)
 
     state: dict[str, Any] = {"epoch": 0, "history": [], "best_val_accuracy": -1.0,
                              "best_epoch": 0, "durations": [], "records": [],
@@ -217,66 +184,6 @@ def _log_epoch(client: Any, run_id: str, row: dict[str, Any]) -> None:
             "epoch_seconds", "epochs_planned", "setpoint", "progress")
     client.log_batch(run_id, metrics=[Metric(k, float(row[k]), ts, row["epoch"]) for k in keys
                                       if row.get(k) is not None])
-
-
-def learning_curve(history: list[dict[str, Any]], stop_accuracy: float,
-                   deadline_s: float) -> Any:
-    """Accuracy per epoch against the target, and elapsed time against the deadline."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    epochs = [row["epoch"] for row in history]
-    fig, (acc_ax, time_ax) = plt.subplots(1, 2, figsize=(10, 4))
-    acc_ax.plot(epochs, [row["accuracy"] for row in history], marker="o", label="train")
-    acc_ax.plot(epochs, [row["val_accuracy"] for row in history], marker="o", label="validation")
-    acc_ax.axhline(stop_accuracy, color="red", linestyle="--", label="stop accuracy")
-    acc_ax.set(xlabel="epoch", ylabel="accuracy", title="Accuracy vs target")
-    acc_ax.legend()
-    time_ax.plot(epochs, [row["elapsed_s"] for row in history], marker="o", label="elapsed")
-    time_ax.axhline(deadline_s, color="red", linestyle="--", label="deadline")
-    time_ax.set(xlabel="epoch", ylabel="seconds since train task start",
-                title="Progress vs deadline", ylim=(0, max(deadline_s * 1.05, 1.0)))
-    time_ax.legend()
-    from matplotlib.ticker import MaxNLocator
-
-    for ax in (acc_ax, time_ax):
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-    fig.tight_layout()
-    return fig
-
-
-def allocation_plot(history: list[dict[str, Any]], stop_accuracy: float,
-                    deadline_s: float) -> Any:
-    """Progress vs set point, workers vs time, accuracy vs target (the controller at work)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    t = [row["elapsed_s"] for row in history]
-    fig, (p_ax, w_ax, a_ax) = plt.subplots(1, 3, figsize=(14, 4))
-    prog = [row.get("progress") for row in history]
-    sp = [row.get("setpoint") for row in history]
-    if any(v is not None for v in prog):
-        p_ax.plot(t, [v if v is not None else float("nan") for v in prog], marker="o",
-                  label="progress (epochs / planned)")
-        p_ax.plot(t, [v if v is not None else float("nan") for v in sp], linestyle="--",
-                  label="set point")
-    p_ax.axvline(deadline_s, color="red", linestyle=":", label="deadline")
-    p_ax.set(xlabel="s since train start", ylabel="fraction", title="Progress vs set point")
-    p_ax.legend()
-    w_ax.step(t, [row["workers"] for row in history], where="post")
-    w_ax.axvline(deadline_s, color="red", linestyle=":")
-    w_ax.set(xlabel="s since train start", ylabel="workers", title="Workers over time",
-             ylim=(0, max(row["workers"] for row in history) + 1))
-    a_ax.plot(t, [row["val_accuracy"] for row in history], marker="o", label="val accuracy")
-    a_ax.axhline(stop_accuracy, color="red", linestyle="--", label="target")
-    a_ax.set(xlabel="s since train start", ylabel="accuracy", title="Accuracy vs target")
-    a_ax.legend()
-    fig.tight_layout()
-    return fig
 
 
 def latest_checkpoint_path(storage_path: str, run_name: str) -> str | None:
@@ -408,7 +315,7 @@ def _finish(spec: dict[str, Any], checkpoint_path: str, resume: str | None) -> d
     summary = {"worker_seconds": worker_seconds, "resizes": int(alloc["resizes"]),
                "restart_seconds": restarts, "outcome": label.value,
                "segments": state.get("segments", [])}
-    model_uri = _export_and_log(spec, best, state, training_seconds, summary)
+    model_uri = export_and_log(spec, best, state, training_seconds, summary)
     return {**summary,
         "epochs": state["epoch"],
         "best_epoch": state["best_epoch"],
@@ -416,65 +323,12 @@ def _finish(spec: dict[str, Any], checkpoint_path: str, resume: str | None) -> d
         "stop_reason": state.get("stop_reason"),
         "history": state["history"],
         "training_seconds": training_seconds,
-        "deadline_met": training_seconds <= float(spec["deadline_s"]),
+        "deadline_met": deadline_met(training_seconds, float(spec["deadline_s"])),
         "num_workers": spec["num_workers"],
         "checkpoint_path": checkpoint_path,
         "resumed_from": resume,
         "model_uri": model_uri,
     }
-
-
-def _export_and_log(spec: dict[str, Any], weights: list[np.ndarray], state: dict[str, Any],
-                    training_seconds: float, summary: dict[str, Any],
-                    plots: bool = True) -> str:
-    import mlflow
-    from mlflow.models import infer_signature
-
-    from mlflow_config.pyfunc import SlaflowPyfunc
-    from ray_jobs.model_format import ModelMetadata, build_mlp, export_saved_model
-
-    profile = spec["profile"]
-    model = build_mlp(len(profile["feature_names"]), len(profile["classes"]),
-                      spec["hidden_units"], profile["feature_mean"], profile["feature_std"],
-                      spec["seed"])
-    model.set_weights(weights)
-    metadata = ModelMetadata(tuple(profile["feature_names"]), tuple(profile["classes"]),
-                             tuple(spec["hidden_units"]))
-    # Both, explicitly: a stray MLFLOW_REGISTRY_URI on the node would otherwise send
-    # model lookups to another registry.
-    mlflow.set_tracking_uri(spec["tracking_uri"])
-    mlflow.set_registry_uri(spec["tracking_uri"])
-    with tempfile.TemporaryDirectory() as tmp, mlflow.start_run(run_id=spec["mlflow_run_id"]):
-        model_dir = export_saved_model(model, metadata, Path(tmp) / "model")
-        import pandas as pd
-
-        example = pd.DataFrame(np.zeros((2, metadata.n_features), dtype="float32"),
-                               columns=list(metadata.feature_names))
-        output = pd.DataFrame({"prediction": [metadata.classes[0]] * 2,
-                               "confidence": [1.0, 1.0]})
-        info = mlflow.pyfunc.log_model(
-            name="model", python_model=SlaflowPyfunc(),
-            artifacts={"model_dir": str(model_dir)},
-            signature=infer_signature(example, output),
-            pip_requirements=["tensorflow-cpu==2.21.0", "pandas", "numpy"],
-        )
-        mlflow.log_metrics({"training_seconds": training_seconds,
-                            "epochs": state["epoch"], "best_epoch": state["best_epoch"],
-                            "best_val_accuracy": state["best_val_accuracy"]})
-        mlflow.log_metrics({"worker_seconds": summary["worker_seconds"],
-                            "resizes": summary["resizes"]})
-        mlflow.set_tags({"slaflow.stop_reason": str(state.get("stop_reason")),
-                         "slaflow.outcome": summary["outcome"]})
-        if not plots:
-            return str(info.model_uri)
-        mlflow.log_figure(learning_curve(state["history"], float(spec["stop_accuracy"]),
-                                         float(spec["deadline_s"])), "training/learning_curve.png")
-        mlflow.log_figure(allocation_plot(state["history"], float(spec["stop_accuracy"]),
-                                          float(spec["deadline_s"])), "training/allocation.png")
-        mlflow.log_dict({"records": state.get("records", []),
-                         "segments": state.get("segments", []),
-                         "history": state["history"], **summary}, "training/allocation.json")
-    return str(info.model_uri)
 
 
 if __name__ == "__main__":

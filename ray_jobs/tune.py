@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from ray_jobs import data_io
-from ray_jobs._entry import run_entrypoint
+from ray_jobs.entry import run_entrypoint
 
 #: Seconds kept at the end of the deadline for exporting and logging the model.
 EXPORT_RESERVE_S = 8.0
@@ -41,9 +41,9 @@ class TrialWorker:
 
     def __init__(self, spec: dict[str, Any], params: dict[str, Any]) -> None:
         os.environ["TF_USE_LEGACY_KERAS"] = "1"
-        from ray_jobs.model_format import _keras, build_mlp
+        from ray_jobs.model_format import build_mlp, tf_keras
 
-        keras = _keras()
+        keras = tf_keras()
         profile = spec["profile"]
         self.x, self.y = data_io.read_xy(spec["train_path"], profile["feature_names"])
         self.xv, self.yv = data_io.read_xy(spec["val_path"], profile["feature_names"])
@@ -78,7 +78,7 @@ def run_tuning(spec: dict[str, Any]) -> dict[str, Any]:
     from mlflow.tracking import MlflowClient
 
     from policies import DEADLINE_ALPHA
-    from ray_jobs.train import _export_and_log
+    from ray_jobs.export import export_and_log
 
     ray.init(runtime_env={"env_vars": {"TF_USE_LEGACY_KERAS": "1"}})
     started_at = float(spec["started_at"])
@@ -192,7 +192,7 @@ def run_tuning(spec: dict[str, Any]) -> dict[str, Any]:
     state["history"] = [dict(h, loss=None, accuracy=None, elapsed_s=h["elapsed_s"] or 0.0)
                         for h in history if h["val_accuracy"] is not None]
     export_spec = {**spec, **params}
-    from policies import outcome
+    from policies import deadline_met, outcome
 
     reason = {"target_met": "target_met", "deadline": "deadline_truncated"}.get(
         stop_reason, "max_epochs")
@@ -202,7 +202,7 @@ def run_tuning(spec: dict[str, Any]) -> dict[str, Any]:
                float(spec["cpus_per_worker"]), "resizes": 0, "restart_seconds": [],
                "outcome": label.value, "segments": []}
     state["stop_reason"] = reason
-    model_uri = _export_and_log(export_spec, weights, state, training_seconds_pre, summary,
+    model_uri = export_and_log(export_spec, weights, state, training_seconds_pre, summary,
                                 plots=False)
     training_seconds = elapsed()
     client.log_batch(parent, params=[Param(f"best_{k}", str(v)) for k, v in params.items()],
@@ -210,7 +210,7 @@ def run_tuning(spec: dict[str, Any]) -> dict[str, Any]:
     return {
         **summary, "epochs": best["epochs"], "best_epoch": best["epochs"],
         "best_val_accuracy": best_acc, "stop_reason": reason, "history": state["history"],
-        "training_seconds": training_seconds, "deadline_met": training_seconds <= deadline,
+        "training_seconds": training_seconds, "deadline_met": deadline_met(training_seconds, deadline),
         "num_workers": parallel, "checkpoint_path": None, "resumed_from": None,
         "model_uri": model_uri,
         "tuning": {"trials": len(trials),

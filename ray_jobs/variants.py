@@ -22,7 +22,7 @@ INT8_FILE = "variant_int8.npz"
 
 def quantize_int8(predictor: Any, feature_mean: Any, feature_std: Any) -> dict[str, np.ndarray]:
     """Arrays of the int8 variant, from a loaded ``Predictor`` and the training statistics."""
-    variables = list(predictor._fn.variables)
+    variables = predictor.variables
     kernels = [v.numpy() for v in variables if v.name.endswith("kernel:0")]
     biases = [v.numpy() for v in variables if v.name.endswith("bias:0")]
     if not kernels or len(kernels) != len(biases):
@@ -73,25 +73,22 @@ class Int8Predictor:
         return out
 
 
-def log_int8_variant(model_uri: str, run_id: str, feature_mean: Any, feature_std: Any,
-                     artifact_path: str = "serving/int8") -> str:
-    """Build the int8 variant of ``model_uri`` and log it (with the model's metadata) to
-    ``run_id``; returns its artifact URI, which ``ModelServer(variant="int8")`` loads.
-    Idempotent: logging again overwrites the same two files."""
+def log_int8_variant(predictor: Any, model_dir: Path, run_id: str, feature_mean: Any,
+                     feature_std: Any, artifact_path: str = "serving/int8") -> str:
+    """Build the int8 variant of a loaded model (``predictor`` over ``model_dir``) and log
+    it, with the model's metadata, to ``run_id``; returns its artifact URI, which
+    ``ModelServer(variant="int8")`` loads. Idempotent: logging again overwrites the same two
+    files."""
     import tempfile
 
     import mlflow
 
-    from ray_jobs.model_format import METADATA_FILE, Predictor, find_model_dir
+    from ray_jobs.model_format import METADATA_FILE
 
+    arrays = quantize_int8(predictor, feature_mean, feature_std)
     with tempfile.TemporaryDirectory(prefix="slaflow-variant-") as tmp:
-        local = mlflow.artifacts.download_artifacts(artifact_uri=model_uri, dst_path=tmp)
-        model_dir = find_model_dir(local)
-        arrays = quantize_int8(Predictor(model_dir), feature_mean, feature_std)
-        out = Path(tmp) / "out"
-        out.mkdir()
+        out = Path(tmp)
         save_int8(arrays, out / INT8_FILE)
-        (out / METADATA_FILE).write_text((model_dir / METADATA_FILE).read_text())
-        client = mlflow.MlflowClient()
-        client.log_artifacts(run_id, str(out), artifact_path)
+        (out / METADATA_FILE).write_text((Path(model_dir) / METADATA_FILE).read_text())
+        mlflow.MlflowClient().log_artifacts(run_id, str(out), artifact_path)
     return f"runs:/{run_id}/{artifact_path}/{INT8_FILE}"

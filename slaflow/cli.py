@@ -1,8 +1,11 @@
 """``slaflow`` command line: the embedded cluster, the Airflow environment and the demo.
 
     slaflow ray-up | ray-down | ray-status   the long-lived local Ray cluster (Serve lives on it)
-    slaflow demo [--conf FILE]               run ml_lifecycle end to end, print the summary
-    slaflow env                              print the environment the DAGs run with
+    slaflow demo [--conf FILE] [--verbose]   run ml_lifecycle end to end, print the summary
+    slaflow rollback --model NAME            champion back to previous_champion, and serve it
+    slaflow undeploy --model NAME            take a model off the endpoint (registry untouched)
+    slaflow env                              the environment for airflow, mlflow, ray, serve
+    slaflow contract-docs                    the contract reference (docs/contract.md)
 
 Airflow and Ray read their environment at import time, so this module sets it up first and
 imports them only inside the commands.
@@ -199,37 +202,76 @@ def _close_engines() -> None:
     sys.stderr.flush()
 
 
-def demo(conf: dict[str, Any]) -> int:
-    outcome = run_lifecycle(conf)
-    _close_engines()
+def _summary_lines(summary: dict[str, Any]) -> list[str]:
+    lines = [
+        f"model {summary['model_name']} v{summary['model_version']} -> alias "
+        f"{summary['alias']}; test accuracy {summary['accuracy']:.4f}",
+        f"training {summary['training_seconds']}s, deadline "
+        f"{'met' if summary['deadline_met'] else 'MISSED'} ({summary['stop_reason']})",
+    ]
+    if summary.get("endpoint_url"):
+        lines.append(f"endpoint {summary['endpoint_url']} serves v{summary['served_version']}: "
+                     f"p50 {summary['verify_p50_ms']} ms, p99 {summary['verify_p99_ms']} ms")
+    if summary.get("placement"):
+        lines.append(f"placement: {summary['placement']}")
+    lines += [f"MLflow UI: make mlflow-ui  (run {summary['mlflow_run_id']})"]
+    if summary.get("endpoint_url"):
+        lines.append(f"try: curl -s -X POST {summary['endpoint_url']} -H 'Content-Type: "
+                     f"application/json' -d @{REPO_ROOT / 'examples' / 'digit_request.json'}")
+    return lines
+
+
+def demo(conf: dict[str, Any], verbose: bool = False) -> int:
+    """Run ml_lifecycle in a child process, show one line per stage, then the stage table,
+    the summary and, as the last line of stdout, the JSON summary. The child's logs (task,
+    Ray, Spark) go to a file whose path is printed; ``verbose`` shows them live too."""
+    from rich.console import Console
+
+    from slaflow.console import read_outcome, run_watched, summary_table
+
+    apply_env()
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    logs = home() / "logs"
+    log_path, result_path = logs / f"demo-{stamp}.log", logs / f"demo-{stamp}.json"
+    conf_path = logs / f"demo-{stamp}.conf.json"
+    logs.mkdir(parents=True, exist_ok=True)
+    conf_path.write_text(json.dumps(conf))
+    err = Console(stderr=True, highlight=False)
+    out = Console(highlight=False, soft_wrap=True)
+    err.print(f"[bold]slaflow demo[/]: ml_lifecycle on the embedded stack; full logs in "
+              f"{log_path}" + ("" if verbose else " (make demo VERBOSE=1 shows them live)"))
+    code = run_watched([sys.executable, "-m", "slaflow.cli", "run-lifecycle", "--conf",
+                        str(conf_path), "--result", str(result_path)], log_path,
+                       verbose=verbose, console=err)
+    outcome = read_outcome(result_path)
+    if outcome is None:
+        err.print(f"[red]the run ended (exit {code}) before it produced a result; see "
+                  f"{log_path}[/]")
+        print(json.dumps({"state": "error", "log": str(log_path)}), flush=True)
+        return 1
+    out.print(summary_table(outcome, STAGES))
     tasks = outcome["tasks"]
-    lines = ["", "slaflow demo: ml_lifecycle " + outcome["state"] +
-             f" in {outcome['wall_seconds']}s", "  stage           state      seconds"]
-    for stage in STAGES:
-        t = tasks.get(stage, {})
-        lines.append(f"  {stage:<15} {t.get('state', '-'):<10} {t.get('seconds') or '-'}")
     summary = (tasks.get("verify") or {}).get("value")
     if summary:
         summary["stage_seconds"] = {s: tasks.get(s, {}).get("seconds") for s in STAGES}
         summary["demo_wall_seconds"] = outcome["wall_seconds"]
-        lines += [
-            f"  model {summary['model_name']} v{summary['model_version']} -> alias "
-            f"{summary['alias']}; test accuracy {summary['accuracy']:.4f}",
-            f"  training {summary['training_seconds']}s, deadline "
-            f"{'met' if summary['deadline_met'] else 'MISSED'} ({summary['stop_reason']})",
-            f"  endpoint {summary['endpoint_url']}: p50 {summary['verify_p50_ms']} ms, "
-            f"p99 {summary['verify_p99_ms']} ms",
-            *([f"  placement: {summary['placement']}"] if summary.get("placement") else []),
-            f"  MLflow UI: make mlflow-ui  (run {summary['mlflow_run_id']})",
-            f"  try: curl -s -X POST {summary['endpoint_url']} -H 'Content-Type: application/"
-            f"json' -d @{REPO_ROOT / 'examples' / 'digit_request.json'}",
-        ]
-    print("\n".join(lines), flush=True)
-    if not summary:
-        failed = [s for s, t in tasks.items() if "success" not in t["state"]]
-        print(json.dumps({"state": outcome["state"], "failed_or_skipped": failed}), flush=True)
-        return 1
-    print(json.dumps(summary), flush=True)
+        summary["log"] = str(log_path)
+        for line in _summary_lines(summary):
+            out.print(f"  {line}")
+        print(json.dumps(summary), flush=True)
+        return 0 if "success" in outcome["state"] else 1
+    failed = [s for s, t in tasks.items() if "success" not in t["state"]]
+    out.print(f"  see the log for why: {log_path}")
+    print(json.dumps({"state": outcome["state"], "failed_or_skipped": failed,
+                      "log": str(log_path)}), flush=True)
+    return 1
+
+
+def run_lifecycle_to_file(conf_path: Path, result_path: Path) -> int:
+    """The demo's child: run ml_lifecycle, write its task results as JSON."""
+    outcome = run_lifecycle(json.loads(conf_path.read_text()))
+    _close_engines()
+    result_path.write_text(json.dumps(outcome, default=str))
     return 0 if "success" in outcome["state"] else 1
 
 
@@ -249,7 +291,7 @@ def rollback(model_name: str) -> int:
     dag_run = load_dag("ml_rollback").test(run_conf={"model_name": model_name})
     results = task_results(dag_run)
     _close_engines()
-    value = (results.get("rollback") or {}).get("value") or {}
+    value = ((results.get("rollback") or {}).get("value") or {}).get("rollback") or {}
     deployed = (results.get("deploy") or {}).get("value") or {}
     print(json.dumps({"state": str(dag_run.state), "champion": value.get("champion"),
                       "demoted": value.get("demoted"),
@@ -258,19 +300,65 @@ def rollback(model_name: str) -> int:
     return 0 if "success" in str(dag_run.state) else 1
 
 
+def undeploy(model_name: str) -> int:
+    """``ml_undeploy`` in-process: the model leaves the endpoint, the registry stays."""
+    apply_env()
+    airflow_db_ready()
+    ray_up()
+    dag_run = load_dag("ml_undeploy").test(run_conf={"model_name": model_name})
+    results = task_results(dag_run)
+    _close_engines()
+    value = (results.get("undeploy") or {}).get("value") or {}
+    print(json.dumps({"state": str(dag_run.state), "model_name": model_name,
+                      "deleted": value.get("deleted"), "freed_cpus": value.get("freed_cpus")}),
+          flush=True)
+    return 0 if "success" in str(dag_run.state) else 1
+
+
+def tool_env() -> dict[str, str]:
+    """What ``eval "$(slaflow env)"`` exports: the Airflow settings of the embedded setup, and
+    the variables the ray, serve, mlflow and airflow CLIs read, pointed at the same endpoints
+    the DAGs use (so ``ray status``, ``ray job list``, ``serve status`` and
+    ``mlflow experiments search`` work as they are)."""
+    ep = Endpoints.from_env()
+    env = {**airflow_env(), "SLAFLOW_HOME": str(home()),
+           "SLAFLOW_MLFLOW_TRACKING_URI": ep.mlflow_tracking_uri,
+           "MLFLOW_TRACKING_URI": ep.mlflow_tracking_uri,
+           "SLAFLOW_RAY_ADDRESS": ep.ray_address,
+           "SLAFLOW_RAY_DASHBOARD_URL": ep.ray_dashboard_url,
+           "SLAFLOW_SERVE_URL": ep.serve_url,
+           "RAY_ADDRESS": ep.ray_address,
+           "RAY_API_SERVER_ADDRESS": ep.ray_dashboard_url,
+           "RAY_DASHBOARD_ADDRESS": ep.ray_dashboard_url,
+           "RAY_AUTH_MODE": os.environ.get("RAY_AUTH_MODE", "token")}
+    if os.environ.get("RAY_AUTH_TOKEN"):
+        env["RAY_AUTH_TOKEN"] = os.environ["RAY_AUTH_TOKEN"]
+    else:
+        env["RAY_AUTH_TOKEN_PATH"] = os.environ.get("RAY_AUTH_TOKEN_PATH", "")
+    return env
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="slaflow")
     sub = parser.add_subparsers(dest="cmd", required=True)
     up = sub.add_parser("ray-up", help="start the embedded Ray cluster (loopback only)")
     up.add_argument("--num-cpus", type=int, default=None)
-    sub.add_parser("ray-down", help="stop the embedded Ray cluster (ray stop)")
+    sub.add_parser("ray-down", help="stop the embedded Ray cluster")
     sub.add_parser("ray-status", help="say whether the configured Ray cluster answers")
     d = sub.add_parser("demo", help="run ml_lifecycle end to end and print the JSON summary")
     d.add_argument("--conf", type=Path, help="JSON file with contract fields (else defaults)")
-    sub.add_parser("env", help="print the environment for airflow/mlflow commands")
+    d.add_argument("--verbose", action="store_true", help="show the task, Ray and Spark logs")
+    r = sub.add_parser("run-lifecycle", help=argparse.SUPPRESS)
+    r.add_argument("--conf", type=Path, required=True)
+    r.add_argument("--result", type=Path, required=True)
+    sub.add_parser("env", help="print the environment for airflow/mlflow/ray/serve commands")
+    sub.add_parser("contract-docs", help="print the contract reference (docs/contract.md)")
     rb = sub.add_parser("rollback", help="run ml_rollback: champion back to previous_champion, "
                                          "registry and serving")
     rb.add_argument("--model", required=True, help="registered model name")
+    ud = sub.add_parser("undeploy", help="run ml_undeploy: take a model off the endpoint "
+                                         "(registry untouched)")
+    ud.add_argument("--model", required=True, help="registered model name")
     args = parser.parse_args(argv)
     apply_env()
     if args.cmd == "ray-up":
@@ -283,15 +371,19 @@ def main(argv: list[str] | None = None) -> int:
         return 0 if ok else 1
     elif args.cmd == "demo":
         conf = json.loads(args.conf.read_text()) if args.conf else {}
-        return demo(conf)
+        return demo(conf, verbose=args.verbose)
+    elif args.cmd == "run-lifecycle":
+        return run_lifecycle_to_file(args.conf, args.result)
     elif args.cmd == "rollback":
         return rollback(args.model)
+    elif args.cmd == "undeploy":
+        return undeploy(args.model)
+    elif args.cmd == "contract-docs":
+        from slaflow.docs import contract_reference
+
+        sys.stdout.write(contract_reference())
     elif args.cmd == "env":
-        ep = Endpoints.from_env()
-        env = {**airflow_env(), "SLAFLOW_HOME": str(home()),
-               "SLAFLOW_MLFLOW_TRACKING_URI": ep.mlflow_tracking_uri,
-               "RAY_AUTH_TOKEN_PATH": os.environ.get("RAY_AUTH_TOKEN_PATH", "")}
-        for key, value in env.items():
+        for key, value in tool_env().items():
             print(f"export {key}={shlex.quote(value)}")
     return 0
 

@@ -165,3 +165,27 @@ def profile_batches() -> list[int]:
     """``@serve.batch`` sizes the serving profile measures (``SLAFLOW_PROFILE_BATCHES``)."""
     return _positive_list("SLAFLOW_PROFILE_BATCHES", "1,16", int, "batch sizes", 1,
                           strict=False)
+
+
+def ray_auth_token() -> str | None:
+    """The Ray cluster's token for REST calls (dashboard, Serve API), if auth is on."""
+    if os.environ.get("RAY_AUTH_TOKEN"):
+        return os.environ["RAY_AUTH_TOKEN"].strip()
+    path = ray_token_path()
+    try:
+        return path.read_text().strip() or None
+    except OSError:
+        return None
+
+
+def gpu_price() -> float:
+    """Price of a GPU worker-second in CPU worker-seconds (``SLAFLOW_GPU_PRICE``, default 8):
+    what makes the feasibility plan compare a GPU shape with a CPU one."""
+    raw = os.environ.get("SLAFLOW_GPU_PRICE", "8").strip()
+    try:
+        value = float(raw)
+    except ValueError as exc:
+        raise ValueError(f"SLAFLOW_GPU_PRICE={raw!r}: give a number, e.g. 8") from exc
+    if value <= 0:
+        raise ValueError(f"SLAFLOW_GPU_PRICE={raw!r}: give a number above 0, e.g. 8")
+    return value

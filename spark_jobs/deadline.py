@@ -351,3 +351,34 @@ def run_with_deadline(spark: Any, work: Callable[[], T], *, deadline_s: float, m
     report.update(elapsed_s=round(elapsed, 3), met=elapsed <= deadline_s,
                   core_seconds=round(elapsed * actuator.held_cores(), 2))
     return result, report
+
+
+def controlled_conf(master: str, max_cores: int) -> dict[str, str]:
+    """Spark conf of a job under the deadline controller: one-core executors, so the
+    controller can move the cores one at a time (a ``local`` master has fixed cores: nothing
+    to set)."""
+    if master.startswith("local"):
+        return {}
+    return {"spark.executor.cores": "1", "spark.dynamicAllocation.enabled": "false",
+            "spark.cores.max": str(max_cores)}
+
+
+def stored_profile_path(job: str, *, data_source: str, label_column: str,
+                        validation_fraction: float, test_fraction: float, seed: int,
+                        master: str) -> Path:
+    """Where the stored profile of ``job`` on this data, split and master lives (a changed
+    data file is profiled again)."""
+    import hashlib
+    import os
+
+    from slaflow.settings import home
+
+    stamp: list[Any] = []
+    local = data_source[len("file://"):] if data_source.startswith("file://") else data_source
+    if "://" not in local and os.path.exists(local):
+        st = os.stat(local)
+        stamp = [st.st_size, st.st_mtime_ns]
+    blob = json.dumps([data_source, stamp, label_column, validation_fraction, test_fraction,
+                       seed, master])
+    digest = hashlib.sha256(blob.encode()).hexdigest()[:16]
+    return home() / "spark_profiles" / f"{job}-{digest}.json"

@@ -106,20 +106,33 @@ def prepared(slaflow_home: Path) -> dict[str, Any]:
                        cache_dir=slaflow_home / "datasets")
 
 
-def train_spec(prepared: dict[str, Any], tracking_uri: str, run_id: str, run_name: str,
-               **overrides: Any) -> dict[str, Any]:
+def job_runner(log: Any) -> Any:
+    """A ``RayJobRunner`` on the suite's cluster, specs on the suite's shared storage."""
+    from operators.hooks import RayHook
+    from operators.ray_job import RayJobRunner
     from slaflow.settings import Endpoints
 
-    spec = {
-        "run_name": run_name, "storage_path": Endpoints.from_env().ray_storage,
-        "tracking_uri": tracking_uri, "mlflow_run_id": run_id, "profile": prepared,
-        "train_path": prepared["paths"]["train"], "val_path": prepared["paths"]["val"],
+    return RayJobRunner(RayHook().job_client, log,
+                        spec_dir=f"{Endpoints.from_env().data_dir}/job_specs")
+
+
+def train_spec(prepared: dict[str, Any], tracking_uri: str, run_id: str, run_name: str,
+               **overrides: Any) -> dict[str, Any]:
+    """A training job's spec as the train task builds it (``ray_jobs.specs``) for a small
+    contract; ``overrides`` replace spec keys."""
+    from policies import RunContract
+    from ray_jobs.specs import training_spec
+    from slaflow.settings import Endpoints
+
+    contract = RunContract.from_dict({
         "hidden_units": [32], "learning_rate": 0.01, "batch_size": 64, "max_epochs": 3,
-        "seed": 7, "deadline_s": 300.0, "stop_accuracy": 0.999, "started_at": time.time(),
-        "num_workers": 2, "cpus_per_worker": 1.0, "max_workers": 2,
-        "resize_policy": "static", "on_target_unreachable": "continue", "prior_epochs": 3,
-        "throughput": {"shape": "cpu", "epoch_s": {"1": 1.0, "2": 0.8}, "startup_s": 10.0},
-    }
+        "seed": 7, "deadline_s": 300.0, "max_workers": 2, "resize_policy": "static",
+        "on_target_unreachable": "continue"})
+    spec = training_spec(
+        contract, prepared, run_name=run_name, storage_path=Endpoints.from_env().ray_storage,
+        tracking_uri=tracking_uri, mlflow_run_id=run_id, started_at=time.time(),
+        stop_accuracy=0.999, num_workers=2, prior_epochs=3,
+        throughput={"shape": "cpu", "epoch_s": {"1": 1.0, "2": 0.8}, "startup_s": 10.0})
     spec.update(overrides)
     return spec
 
@@ -128,14 +141,13 @@ def train_spec(prepared: dict[str, Any], tracking_uri: str, run_id: str, run_nam
 def trained(ray_cluster: Any, prepared: dict[str, Any], tracking_uri: str) -> dict[str, Any]:
     """One real Ray Train run (2 workers, 3 epochs), shared by the train and serve tests."""
     from mlflow_config import registry as reg
-    from operators.hooks import MlflowHook, RayHook
-    from operators.ray_job import RayJobRunner
+    from operators.hooks import MlflowHook
 
     client = MlflowHook().client
     exp = reg.get_or_create_experiment(client, "slaflow/tests", MlflowHook().artifact_location)
     run_id, _ = reg.find_or_create_run(client, exp, "fixture-run", "fixture", {})
     logs: list[str] = []
-    runner = RayJobRunner(RayHook().job_client, logs.append)
+    runner = job_runner(logs.append)
     result = runner.run(base_id="slaflow-train-fixture", module="ray_jobs.train",
                         spec=train_spec(prepared, tracking_uri, run_id, "fixture-run"),
                         timeout_s=600)

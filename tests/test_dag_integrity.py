@@ -25,7 +25,7 @@ def dagbag() -> object:
 
 def test_no_import_errors(dagbag: object) -> None:
     assert dagbag.import_errors == {}  # type: ignore[attr-defined]
-    assert {"ml_lifecycle", "ml_rollback", "training_data_watch"} <= set(
+    assert {"ml_lifecycle", "ml_rollback", "ml_undeploy", "training_data_watch"} <= set(
         dagbag.dag_ids)  # type: ignore[attr-defined]
 
 

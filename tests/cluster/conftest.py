@@ -42,17 +42,14 @@ def topology() -> Iterator[Topology]:
         topo.stop()
 
 
-_UNDEPLOY = ("import sys, ray; from ray import serve; "
-             "from slaflow.settings import Endpoints, ensure_ray_client_env; "
-             "ensure_ray_client_env(); "
-             "ray.init(address=Endpoints.from_env().ray_address, log_to_driver=False); "
-             "serve.delete(sys.argv[1])")
+_UNDEPLOY = ("import sys; from operators.hooks import ServeHook; "
+             "print(ServeHook(None).undeploy(sys.argv[1]))")
 
 
 def undeploy(topo: Topology, name: str) -> None:
-    """Delete a served model's Serve application on the topology's Ray cluster, in a process
-    of its own (this one may hold the suite's Ray). Its replicas hold ~1.1 of the cluster's
-    4 CPUs: a later test's 2 training workers would wait for them until its deadline."""
+    """Take a served model off the topology's endpoint (``ServeHook.undeploy``), in a process
+    of its own (this one may hold the suite's Ray). Its replicas hold CPUs of the cluster's 4:
+    a later test's training workers would wait for them until its deadline."""
     import requests
 
     proc = subprocess.run([sys.executable, "-c", _UNDEPLOY, name], env=topo.env(),

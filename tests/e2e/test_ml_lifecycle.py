@@ -1,4 +1,8 @@
-"""ml_lifecycle end to end through dag.test() on the real stack (Ray, Spark, MLflow, Serve)."""
+"""ml_lifecycle end to end through dag.test() on the real stack (Ray, Spark, MLflow, Serve).
+
+Each test has its own model name and makes its own preconditions (a champion served is set up
+from the session's trained model, without a DAG run), so the tests pass in any order.
+"""
 
 from __future__ import annotations
 
@@ -6,7 +10,6 @@ import json
 import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
@@ -51,8 +54,8 @@ def registry(lifecycle: Any) -> Any:
     return MlflowHook().client
 
 
-def _alias(client: Any, alias: str) -> str:
-    return str(client.get_model_version_by_alias(MODEL, alias).version)
+def _alias(client: Any, alias: str, model: str = MODEL) -> str:
+    return str(client.get_model_version_by_alias(model, alias).version)
 
 
 def test_first_run_trains_registers_promotes_and_serves(lifecycle: Any, registry: Any) -> None:
@@ -91,8 +94,12 @@ def test_first_run_trains_registers_promotes_and_serves(lifecycle: Any, registry
     placement = out["tasks"]["deploy"]["value"]["placement"]
     assert placement["predicted_tail_ms"] <= 300.0 and placement["tier"] == "cpu_on_demand"
     assert serving["plan"]["variant"] == placement["variant"]
-    assert serving["spec"]["tiers"]["warm"]["autoscaling_config"]["policy"][
-        "policy_function"] == "ray_jobs.serve_policy:SloAutoscalingPolicy"
+    tiers = {t["route"]: t for t in serving["tiers"]}
+    assert set(tiers) == {"warm", "batch", "elastic"}
+    assert tiers["warm"]["autoscaler"]["max_replicas"] == placement["max_replicas"]
+    # idle tiers hold nothing: batch and elastic start at zero (scale_to_zero is allowed)
+    assert tiers["batch"]["initial_replicas"] == tiers["elastic"]["initial_replicas"] == 0
+    assert json.loads(version.tags["slaflow.verify"])["passed"] is True
     assert version.tags["slaflow.airflow_run_url"].endswith(
         "/dags/ml_lifecycle/runs/" + version.tags["slaflow.airflow_run_id"].replace("+", "%2B")
         .replace(":", "%3A"))
@@ -107,28 +114,75 @@ def test_first_run_trains_registers_promotes_and_serves(lifecycle: Any, registry
 
 
 def _undeploy(name: str) -> None:
-    """Free the Serve application a test no longer needs (later tests train on the cluster)."""
-    import ray
-    from ray import serve
+    """Free the CPUs a test's model holds (later tests train on the cluster)."""
+    from operators.hooks import ServeHook
 
-    from operators.hooks import RayHook
+    ServeHook().undeploy(name)
 
-    RayHook().connect()
-    serve.delete(name)
-    ray.shutdown()
+
+@pytest.fixture
+def served_champion(trained: dict[str, Any], registry: Any, tracking_uri: str) -> Any:
+    """A model with a champion already served (the session's trained model as v1, fixed
+    layout), made without a DAG run; a test gets its own model name."""
+    from mlflow_config import registry as reg
+    from operators.hooks import ServeHook
+    from policies import (
+        PriceTable,
+        RunContract,
+        decide_promotion,
+        fixed_plan,
+        serving_layout,
+        version_app,
+    )
+
+    made: list[str] = []
+
+    def make(name: str) -> str:
+        run = trained["run_id"]
+        version, _ = reg.register_version(
+            registry, name, trained["result"]["model_uri"], run,
+            {reg.TAG_TEST_ACCURACY: repr(0.9), reg.TAG_CONTRACT: json.dumps(
+                RunContract.from_dict({**SMALL, "model_name": name}).to_dict())},
+            "v1 of a test: the session's trained model")
+        reg.apply_promotion(registry, name, str(version.version),
+                            decide_promotion(0.9, 0.85, 0.0, None))
+        contract = RunContract.from_dict({**SMALL, "model_name": name})
+        tiers = serving_layout(fixed_plan(contract), contract, PriceTable.default())
+        hook = ServeHook()
+        hook.deploy_version(name, tracking_uri, {
+            "version": str(version.version), "model_uri": f"models:/{name}/{version.version}",
+            "tiers": [t.to_dict() for t in tiers]})
+        hook.wait_running(version_app(name, str(version.version)))
+        hook.route(name, {"primary": str(version.version),
+                          "versions": {str(version.version): {"routes": ["warm"]}}})
+        hook.wait_routing(name, str(version.version), None)
+        made.append(name)
+        return str(version.version)
+
+    yield make
+    for name in made:
+        _undeploy(name)
 
 
 def test_new_champion_takes_traffic_through_a_canary(lifecycle: Any, registry: Any) -> None:
     """A weak v1 serves; a better v2 is promoted, deployed beside it, takes 10% then 50% of
     the traffic with the canary checks passing, then all of it; v1 is previous_champion."""
     name = "e2e-canary"
-    first = lifecycle({**SMALL, "model_name": name, "hidden_units": [8], "max_epochs": 1,
-                       "target_accuracy": 0.3, "stop_margin": 0.0})
+    # a weaker v1 of the same architecture (one epoch of 5 steps: accuracy ~0.5-0.8), far
+    # enough below v2 to lose, close enough that their answers mostly agree
+    first = lifecycle({**SMALL, "model_name": name, "max_epochs": 1, "batch_size": 256,
+                       "target_accuracy": 0.05, "stop_margin": 0.0})
     assert first["state"] == "success"
     assert first["tasks"]["deploy"]["value"]["canary"] == []  # nothing served before
     second = lifecycle({**SMALL, "model_name": name, "min_gain_over_champion": 0.01})
     states = {t: v["state"] for t, v in second["tasks"].items()}
     assert second["state"] == "success", states
+    # same architecture, weight shapes, replica shapes and node type: the latency profile
+    # of v1 is reused; each version's accuracy is its own
+    profile = second["tasks"]["profile_serving"]["value"]
+    assert profile["reused"] is True
+    assert {v["name"]: v["accuracy"] for v in profile["profile"]["variants"]}["full"] == \
+        pytest.approx(second["tasks"]["evaluate"]["value"]["test_accuracy"])
     deploy = second["tasks"]["deploy"]["value"]
     assert [(c["share"], c["action"]) for c in deploy["canary"]] == [(0.1, "advance"),
                                                                       (0.5, "advance")]
@@ -140,52 +194,61 @@ def test_new_champion_takes_traffic_through_a_canary(lifecycle: Any, registry: A
     assert info["model_version"] == "2" and info["canary"]["candidate"] is None
     served = json.loads(registry.get_model_version(name, "2").tags["slaflow.serving"])
     assert [c["action"] for c in served["canary"]] == ["advance", "advance"]
+    from operators.hooks import ServeHook
+
+    assert ServeHook().served_versions(name) == ["2"]  # v1's application is gone
     _undeploy(name)
 
 
-def test_cli_run_that_fails_the_gate_leaves_champion_serving(lifecycle: Any, registry: Any,
-                                                             tmp_path: Path) -> None:
+def test_cli_run_that_fails_the_gate_leaves_champion_serving(
+        lifecycle: Any, registry: Any, served_champion: Any, tmp_path: Path) -> None:
     """Through the demo's own CLI: its last stdout line is the JSON summary."""
+    name = "e2e-gate"
+    champion = served_champion(name)
     conf = tmp_path / "contract.json"
-    conf.write_text(json.dumps({**SMALL, "min_gain_over_champion": 0.5}))
+    conf.write_text(json.dumps({**SMALL, "model_name": name, "min_gain_over_champion": 0.5}))
     proc = subprocess.run([sys.executable, "-m", "slaflow.cli", "demo", "--conf", str(conf)],
                           capture_output=True, text=True, env=os.environ.copy(), timeout=900)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     summary = json.loads(proc.stdout.strip().splitlines()[-1])
     for key in ("contract", "accuracy", "deadline_met", "training_seconds", "mlflow_run_id",
                 "model_name", "model_version", "alias", "endpoint_url", "verify_p50_ms",
-                "verify_p99_ms"):
+                "verify_p99_ms", "stage_seconds", "log"):
         assert key in summary, key
-    assert summary["model_version"] == "2" and summary["alias"] == "challenger"
-    assert summary["promoted"] is False and summary["served_version"] == "1"
-    assert _alias(registry, "champion") == "1" and _alias(registry, "challenger") == "2"
-    report = json.loads(registry.get_model_version(MODEL, "2").tags["slaflow.gate.report"])
+    assert Path(summary["log"]).is_file() and "[progress]" in Path(summary["log"]).read_text()
+    new = summary["model_version"]
+    assert int(new) == int(champion) + 1 and summary["alias"] == "challenger"
+    assert summary["promoted"] is False and summary["served_version"] == champion
+    assert _alias(registry, "champion", name) == champion
+    assert _alias(registry, "challenger", name) == new
+    report = json.loads(registry.get_model_version(name, new).tags["slaflow.gate.report"])
     assert [c["passed"] for c in report["checks"]] == [True, False]
-    assert registry.get_model_version(MODEL, "2").tags["slaflow.gate.decision"] == "not_promoted"
+    assert registry.get_model_version(name, new).tags["slaflow.gate.decision"] == \
+        "not_promoted"
     answer = requests.post(summary["endpoint_url"], json=REQUEST, timeout=10).json()
-    assert answer["model_version"] == "1"
+    assert answer["model_version"] == champion
 
 
 def test_bad_contract_never_starts_a_run_and_harms_nothing(lifecycle: Any,
                                                            registry: Any) -> None:
     from airflow.sdk.exceptions import ParamValidationError
 
+    name = "e2e-bad-contract"
     with pytest.raises(ParamValidationError, match="deadline_s"):
-        lifecycle({**SMALL, "deadline_s": -1})
-    assert _alias(registry, "champion") == "1"
-    assert len(registry.search_model_versions(f"name = '{MODEL}'")) == 2
+        lifecycle({**SMALL, "model_name": name, "deadline_s": -1})
+    assert registry.search_model_versions(f"name = '{name}'") == []
 
 
 def test_infeasible_contract_fails_before_training(lifecycle: Any, registry: Any) -> None:
     """A 5 s deadline cannot hold even the start-up: refused before any training compute."""
-    out = lifecycle({**SMALL, "deadline_s": 5})
+    name = "e2e-infeasible"
+    out = lifecycle({**SMALL, "model_name": name, "deadline_s": 5})
     states = {t: v["state"] for t, v in out["tasks"].items()}
     assert out["state"] == "failed", states
     assert "failed" in states["feasibility"]
     assert "success" not in states.get("train", "none")
     assert out["tasks"].get("train", {}).get("value") is None
-    assert _alias(registry, "champion") == "1"
-    assert len(registry.search_model_versions(f"name = '{MODEL}'")) == 2
+    assert registry.search_model_versions(f"name = '{name}'") == []
 
 
 def test_federated_contract_trains_clients_and_serves_the_global_model(
@@ -278,45 +341,74 @@ def test_spark_mllib_contract_trains_on_spark_and_serves(lifecycle: Any, registr
 
 
 def test_rollback_moves_champion_and_serving_back_and_refuses_when_nothing_to_undo(
-        lifecycle: Any, registry: Any) -> None:
-    """v2 (challenger) is promoted by hand and served; ml_rollback (one CLI command) puts v1
-    back in the registry and on the endpoint. A second rollback has nothing to go back to."""
-    import ray
-    from ray import serve
-
+        lifecycle: Any, registry: Any, served_champion: Any, trained: dict[str, Any],
+        prepared: dict[str, Any], tracking_uri: str) -> None:
+    """A served v1; a v2 (an untrained network) promoted by hand and served; ml_rollback (one
+    CLI command) puts v1 back in the registry and on the endpoint. A second rollback has
+    nothing to go back to."""
     from mlflow_config import registry as reg
-    from operators.hooks import MlflowHook, RayHook
-    from policies import ReviewOutcome, apply_review, decide_promotion
-    from ray_jobs.serve_app import build_app
+    from operators.hooks import ServeHook
+    from policies import ReviewOutcome, apply_review, decide_promotion, version_app
+    from tests.conftest import log_untrained_model
 
-    decision = apply_review(decide_promotion(0.99, 0.85, 0.0, reg.get_champion(registry, MODEL)),
+    name = "e2e-rollback"
+    v1 = served_champion(name)
+    exp = reg.get_or_create_experiment(registry, "slaflow/tests", None)
+    run, _ = reg.find_or_create_run(registry, exp, "e2e-rollback-v2", "e2e-rollback-v2", {})
+    version, _ = reg.register_version(registry, name, log_untrained_model(run, prepared), run,
+                                      {reg.TAG_TEST_ACCURACY: repr(0.99)}, "v2 of a test")
+    v2 = str(version.version)
+    decision = apply_review(decide_promotion(0.99, 0.85, 0.0, reg.get_champion(registry, name)),
                             ReviewOutcome(True, "e2e-test"))
-    reg.apply_promotion(registry, MODEL, "2", decision)
-    assert _alias(registry, "champion") == "2" and _alias(registry, "previous_champion") == "1"
-    RayHook().connect()
-    serve.run(build_app(f"models:/{MODEL}/2", MlflowHook().tracking_uri, MODEL, "2"),
-              name=MODEL, route_prefix=f"/{MODEL}", blocking=False)
-    endpoint = f"{RayHook().endpoints['serve_url']}/{MODEL}"
-    for _ in range(120):
-        if requests.get(endpoint, timeout=5).json().get("model_version") == "2":
-            break
-        time.sleep(1)
-    ray.shutdown()
+    reg.apply_promotion(registry, name, v2, decision)
+    assert _alias(registry, "champion", name) == v2
+    assert _alias(registry, "previous_champion", name) == v1
+    hook = ServeHook()
+    hook.deploy_version(name, tracking_uri, {
+        "version": v2, "model_uri": f"models:/{name}/{v2}",
+        "tiers": [{"route": "warm", "num_cpus": 0.25, "num_gpus": 0.0, "resource": "",
+                   "max_ongoing_requests": 8, "max_queued_requests": 8, "max_batch_size": 1,
+                   "batch_wait_timeout_s": 0.0, "initial_replicas": 1, "replicas": 1}]})
+    hook.wait_running(version_app(name, v2))
+    hook.route(name, {"primary": v2, "versions": {v2: {"routes": ["warm"]}}})
+    hook.wait_routing(name, v2, None)
 
-    cmd = [sys.executable, "-m", "slaflow.cli", "rollback", "--model", MODEL]
+    cmd = [sys.executable, "-m", "slaflow.cli", "rollback", "--model", name]
     proc = subprocess.run(cmd, capture_output=True, text=True, env=os.environ.copy(),
                           timeout=600)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     out = json.loads(proc.stdout.strip().splitlines()[-1])
-    assert out["champion"] == "1" and out["demoted"] == "2" and out["serving"] == "1"
-    assert _alias(registry, "champion") == "1"
-    assert registry.get_model_version(MODEL, "2").tags["slaflow.rolled_back_by"].startswith(
+    assert out["champion"] == v1 and out["demoted"] == v2 and out["serving"] == v1
+    assert _alias(registry, "champion", name) == v1
+    assert registry.get_model_version(name, v2).tags["slaflow.rolled_back_by"].startswith(
         "ml_rollback/")
-    answer = requests.post(endpoint, json=REQUEST, timeout=10).json()
-    assert answer["model_version"] == "1" and answer["predictions"] == [0, 1]
+    answer = requests.post(hook.url(name), json=REQUEST, timeout=10).json()
+    assert answer["model_version"] == v1 and answer["predictions"] == [0, 1]
+    assert hook.served_versions(name) == [v1]
 
     again = subprocess.run(cmd, capture_output=True, text=True, env=os.environ.copy(),
                            timeout=600)
     assert again.returncode == 2
     assert "has no 'previous_champion' alias" in again.stdout
-    assert _alias(registry, "champion") == "1"
+    assert _alias(registry, "champion", name) == v1
+
+
+def test_undeploy_takes_the_model_off_the_endpoint_and_leaves_the_registry(
+        lifecycle: Any, registry: Any, served_champion: Any) -> None:
+    """`make undeploy` (the ml_undeploy DAG): the endpoint answers 404, the model's CPUs are
+    free again, and champion still names the version."""
+    from operators.hooks import ServeHook
+
+    name = "e2e-undeploy"
+    v1 = served_champion(name)
+    hook = ServeHook()
+    held = hook.footprint().by_model()[name]
+    assert held > 0
+    proc = subprocess.run([sys.executable, "-m", "slaflow.cli", "undeploy", "--model", name],
+                          capture_output=True, text=True, env=os.environ.copy(), timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert out["freed_cpus"] == pytest.approx(held) and name in out["deleted"]
+    assert name not in hook.footprint().by_model()
+    assert requests.get(hook.url(name), timeout=10).status_code == 404
+    assert _alias(registry, "champion", name) == v1

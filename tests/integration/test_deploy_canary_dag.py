@@ -78,9 +78,9 @@ def versions(trained: dict[str, Any], prepared: dict[str, Any]) -> Iterator[dict
     # what its (faulty) evaluation said; the artifact was never trained
     v2 = _register(client, log_untrained_model(bad_run, prepared), bad_run, 0.99)
     yield {"v1": v1, "v2": v2}
-    from ray import serve
+    from operators.hooks import ServeHook
 
-    serve.delete(NAME)
+    ServeHook().undeploy(NAME)
 
 
 def test_a_wrong_canary_is_rolled_back_by_the_deploy_task(
@@ -135,6 +135,9 @@ def test_a_wrong_canary_is_rolled_back_by_the_deploy_task(
     # the endpoint: v1 alone, no canary; no request failed during the try and the rollback
     info = requests.get(url, timeout=10).json()
     assert info["model_version"] == v1 and info["canary"]["candidate"] is None
+    from operators.hooks import ServeHook
+
+    assert ServeHook().served_versions(NAME) == [v1]  # the canary's application is gone
     assert len(codes) > 50 and set(codes) == {200}, sorted(set(codes))
     answers = requests.post(url, json={"instances": x[:200].tolist()}, timeout=30).json()
     assert np.mean(np.array(answers["predictions"]) == y[:200]) > 0.8  # v1's right answers

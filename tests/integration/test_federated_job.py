@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import train_spec
+from tests.conftest import job_runner, train_spec
 
 pytestmark = pytest.mark.integration
 
@@ -39,10 +39,8 @@ def _run(name: str) -> str:
 
 
 def _runner(logs: list[str]) -> Any:
-    from operators.hooks import RayHook
-    from operators.ray_job import RayJobRunner
 
-    return RayJobRunner(RayHook().job_client, logs.append)
+    return job_runner(logs.append)
 
 
 def test_rounds_follow_the_policy_reach_the_target_and_log_to_mlflow(

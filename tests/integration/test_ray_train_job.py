@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from tests.conftest import train_spec
+from tests.conftest import job_runner, train_spec
 
 pytestmark = pytest.mark.integration
 
@@ -64,11 +64,9 @@ def test_retry_attaches_to_the_finished_job_instead_of_resubmitting(
 def test_resubmitted_run_resumes_from_its_checkpoint(
         trained: dict[str, Any], prepared: dict[str, Any], tracking_uri: str) -> None:
     """A new job for the same run (as after a failed try) trains no epoch again."""
-    from operators.hooks import RayHook
-    from operators.ray_job import RayJobRunner
 
     logs: list[str] = []
-    result = RayJobRunner(RayHook().job_client, logs.append).run(
+    result = job_runner(logs.append).run(
         base_id="slaflow-train-fixture-resume", module="ray_jobs.train",
         spec=train_spec(prepared, tracking_uri, trained["run_id"], "fixture-run"),
         timeout_s=300)
@@ -80,13 +78,12 @@ def test_resubmitted_run_resumes_from_its_checkpoint(
 
 def test_failed_job_reports_its_own_error(ray_cluster: Any, prepared: dict[str, Any],
                                           tracking_uri: str) -> None:
-    from operators.hooks import RayHook
-    from operators.ray_job import RayJobFailed, RayJobRunner
+    from operators.ray_job import RayJobFailed
 
     spec = train_spec(prepared, tracking_uri, "no-such-run", "broken-run",
                       train_path="/nonexistent/train")
     with pytest.raises(RayJobFailed, match="ended FAILED") as info:
-        RayJobRunner(RayHook().job_client, lambda _: None).run(
+        job_runner(lambda _: None).run(
             base_id="slaflow-train-broken", module="ray_jobs.train", spec=spec, timeout_s=300)
     assert "nonexistent" in str(info.value)
 
@@ -99,8 +96,7 @@ def test_controller_resizes_for_real_and_loses_no_epoch(
     from mlflow.tracking import MlflowClient
 
     from mlflow_config import registry as reg
-    from operators.hooks import MlflowHook, RayHook
-    from operators.ray_job import RayJobRunner
+    from operators.hooks import MlflowHook
 
     client = MlflowHook().client
     exp = reg.get_or_create_experiment(client, "slaflow/tests", MlflowHook().artifact_location)
@@ -112,7 +108,7 @@ def test_controller_resizes_for_real_and_loses_no_epoch(
                       throughput={"shape": "cpu", "epoch_s": {"1": 0.5, "2": 0.45},
                                   "startup_s": 1.0})
     logs: list[str] = []
-    result = RayJobRunner(RayHook().job_client, logs.append).run(
+    result = job_runner(logs.append).run(
         base_id="slaflow-train-resize", module="ray_jobs.train", spec=spec, timeout_s=600)
     workers = [row["workers"] for row in result["history"]]
     assert workers[0] == 2 and workers[-1] == 1, workers
@@ -132,16 +128,14 @@ def test_controller_resizes_for_real_and_loses_no_epoch(
 
 def test_calibration_measures_each_worker_count(ray_cluster: Any,
                                                 prepared: dict[str, Any]) -> None:
-    from operators.hooks import RayHook
-    from operators.ray_job import RayJobRunner
+    from policies import RunContract
+    from ray_jobs.specs import calibration_spec
     from slaflow.settings import Endpoints
 
-    spec = {"profile": prepared, "train_path": prepared["paths"]["train"],
-            "val_path": prepared["paths"]["val"], "hidden_units": [32], "learning_rate": 0.01,
-            "batch_size": 64, "seed": 7, "cpus_per_worker": 1.0, "key": "testkey0000000",
-            "shape": "cpu", "worker_counts": [1, 2], "epochs": 2,
-            "storage_path": Endpoints.from_env().ray_storage}
-    result = RayJobRunner(RayHook().job_client, lambda _: None).run(
+    contract = RunContract.from_dict({"hidden_units": [32], "learning_rate": 0.01, "seed": 7})
+    spec = calibration_spec(contract, prepared, key="testkey0000000", shape="cpu",
+                            worker_counts=[1, 2], storage_path=Endpoints.from_env().ray_storage)
+    result = job_runner(lambda _: None).run(
         base_id="slaflow-calib-test", module="ray_jobs.calibrate", spec=spec, timeout_s=600)
     assert set(result["epoch_s"]) == {"1", "2"}
     assert all(0 < t < 60 for t in result["epoch_s"].values())
@@ -155,15 +149,14 @@ def test_tuning_study_stays_inside_its_deadline(ray_cluster: Any, prepared: dict
     from mlflow.tracking import MlflowClient
 
     from mlflow_config import registry as reg
-    from operators.hooks import MlflowHook, RayHook
-    from operators.ray_job import RayJobRunner
+    from operators.hooks import MlflowHook
 
     client = MlflowHook().client
     exp = reg.get_or_create_experiment(client, "slaflow/tests", MlflowHook().artifact_location)
     run_id, _ = reg.find_or_create_run(client, exp, "tune-run", "tune", {})
     spec = train_spec(prepared, tracking_uri, run_id, "tune-run", max_epochs=6,
                       deadline_s=100.0, tuning_trials=6, stop_accuracy=0.999)
-    result = RayJobRunner(RayHook().job_client, lambda _: None).run(
+    result = job_runner(lambda _: None).run(
         base_id="slaflow-tune-test", module="ray_jobs.tune", spec=spec, timeout_s=400)
     assert result["training_seconds"] <= 100.0 and result["deadline_met"] is True
     assert result["tuning"]["trials"] >= 2
@@ -187,16 +180,14 @@ def test_killed_worker_resumes_from_checkpoint_and_replans(
 
     from mlflow_config import registry as reg
     from operators.hooks import MlflowHook, RayHook
-    from operators.ray_job import RayJobRunner
 
     client = MlflowHook().client
     exp = reg.get_or_create_experiment(client, "slaflow/tests", MlflowHook().artifact_location)
     run_id, _ = reg.find_or_create_run(client, exp, "kill-run", "kill", {})
     spec = train_spec(prepared, tracking_uri, run_id, "kill-run", max_epochs=25,
                       resize_policy="deadline", deadline_s=400.0)
-    job_client = RayHook().job_client
     logs: list[str] = []
-    runner = RayJobRunner(job_client, logs.append)
+    runner = job_runner(logs.append)
     import threading
 
     box: dict[str, Any] = {}

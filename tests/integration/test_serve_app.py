@@ -1,4 +1,5 @@
-"""The Serve application on the real cluster, over real HTTP."""
+"""One model version served on the real cluster, over real HTTP: a version application with
+the fixed layout (no profile) behind its router, as ``ServeHook`` deploys every model."""
 
 from __future__ import annotations
 
@@ -17,20 +18,20 @@ APP = "serve-test-model"
 
 @pytest.fixture(scope="module")
 def endpoint(trained: dict[str, Any], tracking_uri: str) -> Iterator[str]:
-    from operators.hooks import RayHook
+    from operators.hooks import ServeHook
+    from policies import PriceTable, RunContract, fixed_plan, serving_layout, version_app
 
-    hook = RayHook()
-    hook.connect()
-    from ray import serve
-
-    from ray_jobs.serve_app import build_app
-
-    serve.start(http_options={"host": hook.endpoints["serve_host"],
-                              "port": int(hook.endpoints["serve_port"])})
-    serve.run(build_app(trained["result"]["model_uri"], tracking_uri, APP, "7"),
-              name=APP, route_prefix=f"/{APP}", blocking=False)
-    yield f"{hook.endpoints['serve_url']}/{APP}"
-    serve.delete(APP)
+    hook = ServeHook()
+    contract = RunContract.from_dict({"model_name": APP, "serving_replicas": 1})
+    tiers = serving_layout(fixed_plan(contract), contract, PriceTable.default())
+    hook.deploy_version(APP, tracking_uri, {"version": "7",
+                                            "model_uri": trained["result"]["model_uri"],
+                                            "tiers": [t.to_dict() for t in tiers]})
+    hook.wait_running(version_app(APP, "7"))
+    hook.route(APP, {"primary": "7", "versions": {"7": {"routes": ["warm"]}}})
+    hook.wait_routing(APP, "7", None)
+    yield hook.url(APP)
+    hook.undeploy(APP)
 
 
 @pytest.fixture(scope="module")
@@ -42,7 +43,7 @@ def test_rows(prepared: dict[str, Any]) -> tuple[np.ndarray, np.ndarray]:
 
 def test_info(endpoint: str, prepared: dict[str, Any]) -> None:
     info = requests.get(endpoint, timeout=10).json()
-    assert info["model_version"] == "7"
+    assert info["model_version"] == "7" and info["routes"] == ["warm"]
     assert info["features"] == prepared["feature_names"]
     assert info["classes"] == prepared["classes"]
 
@@ -106,3 +107,32 @@ def test_invalid_json_and_wrong_method(endpoint: str) -> None:
     resp = requests.post(endpoint, data=b"{not json", timeout=10)
     assert resp.status_code == 400 and "not valid JSON" in resp.json()["error"]
     assert requests.put(endpoint, json={}, timeout=10).status_code == 405
+
+
+def test_footprint_counts_what_the_model_holds_and_undeploy_frees_it(
+        endpoint: str, trained: dict[str, Any], tracking_uri: str) -> None:
+    """Serve's own view of the replicas: the router (0.05 CPU) and one 0.5-CPU warm replica;
+    a second model taken off the endpoint leaves the footprint and answers 404."""
+    from operators.hooks import ServeHook
+    from policies import version_app
+
+    hook = ServeHook()
+    mine = hook.footprint().of_model(APP)
+    assert mine.cpus == pytest.approx(0.55)
+    assert "v7 warm 1x0.5" in mine.describe()
+    other = "serve-test-other"
+    hook.deploy_version(other, tracking_uri, {
+        "version": "1", "model_uri": trained["result"]["model_uri"],
+        "tiers": [{"route": "warm", "num_cpus": 0.25, "num_gpus": 0.0, "resource": "",
+                   "max_ongoing_requests": 8, "max_queued_requests": 8,
+                   "max_batch_size": 1, "batch_wait_timeout_s": 0.0,
+                   "initial_replicas": 1, "replicas": 1}]})
+    hook.wait_running(version_app(other, "1"))
+    hook.route(other, {"primary": "1", "versions": {"1": {"routes": ["warm"]}}})
+    hook.wait_routing(other, "1", None)
+    assert hook.footprint().by_model()[other] == pytest.approx(0.3)
+    assert sorted(hook.undeploy(other)) == [other, version_app(other, "1")]
+    assert other not in hook.footprint().by_model()
+    assert requests.post(hook.url(other), json={"instances": [[0.0]]},
+                         timeout=10).status_code == 404
+    assert hook.served_version(APP) == "7"  # the other model's undeploy left this one alone

@@ -1,5 +1,6 @@
-"""The routed Serve application on the real cluster: variants, tiers, canary, SLO autoscaling,
-a replica killed under load. Real HTTP against Ray Serve; decisions by the pure policies."""
+"""The routed serving path on the real cluster: versions as their own Serve applications
+behind one router, variants, tiers, canary steps that restart nothing, SLO autoscaling, a
+replica killed under load, 503 shedding. Real HTTP; decisions by the pure policies."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ import numpy as np
 import pytest
 import requests
 
-from policies import AutoscalerConfig, CanaryStats, canary_verdict
+from policies import AutoscalerConfig, CanaryStats, TierSettings, canary_verdict, version_app
 from tests.conftest import log_untrained_model
 
 pytestmark = pytest.mark.integration
@@ -24,10 +25,16 @@ APP = "routed-test-model"
 
 @pytest.fixture(scope="module")
 def variant_uri(trained: dict[str, Any], prepared: dict[str, Any]) -> str:
+    import mlflow
+
+    from ray_jobs.model_format import Predictor, find_model_dir
     from ray_jobs.variants import log_int8_variant
 
-    return log_int8_variant(trained["result"]["model_uri"], trained["run_id"],
-                            prepared["feature_mean"], prepared["feature_std"])
+    with tempfile.TemporaryDirectory() as tmp:
+        local = find_model_dir(mlflow.artifacts.download_artifacts(
+            trained["result"]["model_uri"], dst_path=tmp))
+        return log_int8_variant(Predictor(local), local, trained["run_id"],
+                                prepared["feature_mean"], prepared["feature_std"])
 
 
 @pytest.fixture(scope="module")
@@ -43,61 +50,44 @@ def test_rows(prepared: dict[str, Any]) -> tuple[np.ndarray, np.ndarray]:
     return read_xy(prepared["paths"]["test"], prepared["feature_names"])
 
 
-def _versions(trained: dict[str, Any], wrong_uri: str, variant_uri: str) -> list[dict[str, Any]]:
-    from ray_jobs.serve_policy import autoscaling_config
-
-    warm_autoscale = AutoscalerConfig(slo_ms=200.0, percentile=99, capacity_rps=5.0,
-                                      min_replicas=1, max_replicas=2, downscale_delay_s=600)
-    small = {"ray_actor_options": {"num_cpus": 0.25}, "max_ongoing_requests": 16,
-             "max_queued_requests": 64}
-    return [
-        {"version": "1", "model_uri": trained["result"]["model_uri"], "tiers": {
-            "warm": {**small, "autoscaling_config": autoscaling_config(warm_autoscale),
-                     "user_config": {"max_batch_size": 8, "batch_wait_timeout_s": 0.001}},
-            "batch": {**small, "num_replicas": 1,
-                      "user_config": {"max_batch_size": 512, "batch_wait_timeout_s": 0.005}},
-        }},
-        {"version": "1i8", "model_uri": trained["result"]["model_uri"], "variant": "int8",
-         "variant_uri": variant_uri, "tiers": {"warm": {**small, "num_replicas": 1}}},
-        {"version": "2", "model_uri": wrong_uri, "tiers": {"warm": {**small, "num_replicas": 1}}},
-    ]
+def tier(route: str, *, replicas: int | None = 1, autoscaler: AutoscalerConfig | None = None,
+         batch: int = 8, ongoing: int = 16, queued: int = 64) -> dict[str, Any]:
+    return TierSettings(route=route, num_cpus=0.25, num_gpus=0.0, resource="",
+                        max_ongoing_requests=ongoing, max_queued_requests=queued,
+                        max_batch_size=batch, batch_wait_timeout_s=0.001,
+                        initial_replicas=replicas or 1,
+                        replicas=None if autoscaler else replicas,
+                        autoscaler=autoscaler).to_dict()
 
 
 ROUTER = {"primary": "1", "candidate": None, "share": 0.0, "percentile": 99,
-          "thresholds": {"large_rows": 32, "frequent_rps": 0.5}, "warm_max_in_flight": 64}
+          "thresholds": {"large_rows": 32, "frequent_rps": 0.5},
+          "versions": {"1": {"routes": ["batch", "warm"], "warm_max_in_flight": 64},
+                       "1i8": {"routes": ["warm"]}, "2": {"routes": ["warm"]}}}
 
 
 @pytest.fixture(scope="module")
 def routed(trained: dict[str, Any], tracking_uri: str, wrong_model_uri: str,
            variant_uri: str) -> Iterator[dict[str, Any]]:
-    from operators.hooks import RayHook
+    from operators.hooks import ServeHook
 
-    hook = RayHook()
-    hook.connect()
-    from ray import serve
-
-    from ray_jobs.serve_router import build_routed_app
-
-    versions = _versions(trained, wrong_model_uri, variant_uri)
-
-    def deploy(router_config: dict[str, Any]) -> None:
-        serve.run(build_routed_app(APP, tracking_uri, versions, router_config), name=APP,
-                  route_prefix=f"/{APP}", blocking=False)
-
-    serve.start(http_options={"host": hook.endpoints["serve_host"],
-                              "port": int(hook.endpoints["serve_port"])})
-    deploy(ROUTER)
-    url = f"{hook.endpoints['serve_url']}/{APP}"
-    deadline = time.monotonic() + 240
-    while time.monotonic() < deadline:
-        try:
-            if requests.get(url, timeout=5).ok:
-                break
-        except requests.RequestException:
-            pass
-        time.sleep(1)
-    yield {"url": url, "deploy": deploy, "serve": serve}
-    serve.delete(APP)
+    hook = ServeHook()
+    model_uri = trained["result"]["model_uri"]
+    specs = [
+        {"version": "1", "model_uri": model_uri,
+         "tiers": [tier("warm"), tier("batch", batch=512)]},
+        {"version": "1i8", "model_uri": model_uri, "variant": "int8",
+         "variant_uri": variant_uri, "tiers": [tier("warm")]},
+        {"version": "2", "model_uri": wrong_model_uri, "tiers": [tier("warm")]},
+    ]
+    for spec in specs:
+        hook.deploy_version(APP, tracking_uri, spec)
+    for spec in specs:
+        hook.wait_running(version_app(APP, spec["version"]))
+    hook.route(APP, ROUTER)
+    hook.wait_routing(APP, "1", None)
+    yield {"hook": hook, "url": hook.url(APP)}
+    hook.undeploy(APP)
 
 
 def _post(url: str, rows: list[list[float]], caller: str = "t") -> requests.Response:
@@ -128,8 +118,7 @@ def test_int8_variant_is_smaller_and_nearly_as_accurate(
 
 
 def test_small_requests_go_warm_and_large_ones_to_the_batch_path(
-        routed: dict[str, Any], test_rows: tuple[np.ndarray, np.ndarray],
-        trained: dict[str, Any]) -> None:
+        routed: dict[str, Any], test_rows: tuple[np.ndarray, np.ndarray]) -> None:
     x, _ = test_rows
     small = _post(routed["url"], x[:1].tolist())
     large = _post(routed["url"], x[:100].tolist())
@@ -159,17 +148,43 @@ def _load(url: str, x: np.ndarray, n: int, threads: int = 8) -> list[requests.Re
 
 
 def _set_canary(routed: dict[str, Any], candidate: str | None, share: float = 0.5) -> None:
-    """Redeploy the router config with this canary and wait until the ingress applies it."""
+    """Change the routing (a lightweight update of the router) and wait until it applies."""
+    hook = routed["hook"]
     cfg = ROUTER if candidate is None else {**ROUTER, "candidate": candidate, "share": share}
-    routed["deploy"](cfg)
-    deadline = time.monotonic() + 60
-    while requests.get(routed["url"], timeout=10).json()["canary"]["candidate"] != candidate:
-        assert time.monotonic() < deadline
-        time.sleep(0.5)
-    # serve.run restarted the replicas: measure once the replacements serve alone
-    while routed["serve"].status().applications[APP].status != "RUNNING":
-        assert time.monotonic() < deadline
-        time.sleep(0.5)
+    hook.route(APP, cfg)
+    hook.wait_routing(APP, "1", candidate, timeout_s=60)
+
+
+def _all_replicas(hook: Any) -> dict[str, dict[str, set[str]]]:
+    return {app: hook.replica_ids(app) for app in hook.model_applications(APP)}
+
+
+def test_a_canary_step_is_a_routing_change_that_restarts_no_replica(
+        routed: dict[str, Any], test_rows: tuple[np.ndarray, np.ndarray]) -> None:
+    """Candidate in, share up, candidate out: the router applies each in place; every replica
+    of the router and of each version keeps its id, and no request fails meanwhile."""
+    x, _ = test_rows
+    hook = routed["hook"]
+    before = _all_replicas(hook)
+    assert set(before) == {APP, version_app(APP, "1"), version_app(APP, "1i8"),
+                           version_app(APP, "2")}
+    stop = threading.Event()
+    codes: list[int] = []
+
+    def client() -> None:
+        while not stop.is_set():
+            codes.append(_post(routed["url"], [x[len(codes) % len(x)].tolist()]).status_code)
+
+    caller = threading.Thread(target=client)
+    caller.start()
+    try:
+        for candidate, share in (("1i8", 0.1), ("1i8", 0.5), (None, 0.0)):
+            _set_canary(routed, candidate, share)
+    finally:
+        stop.set()
+        caller.join()
+    assert _all_replicas(hook) == before
+    assert codes and set(codes) == {200}
 
 
 def test_wrong_canary_is_rolled_back_without_a_failed_request(
@@ -181,9 +196,9 @@ def test_wrong_canary_is_rolled_back_without_a_failed_request(
     assert {r.status_code for r in answers} == {200}
     served = {r.json()["model_version"] for r in answers}
     assert served == {"1", "2"}
-    stats = requests.get(f"{url}/-/stats", timeout=10).json()["versions"]["2"]
-    # this test is about wrong answers: a loose SLO keeps a slow first call of the freshly
-    # started replicas (a tail over 200 ms on a loaded CI runner) from deciding it first
+    stats = routed["hook"].stats(APP)["versions"]["2"]
+    # this test is about wrong answers: a loose SLO keeps a slow first call on a loaded CI
+    # runner from deciding it first
     verdict = canary_verdict(
         CanaryStats(int(stats["requests"]), int(stats.get("errors", 0)), stats["tail_ms"],
                     int(stats.get("disagreements", 0))), None, slo_ms=60_000.0,
@@ -199,11 +214,10 @@ def test_good_canary_advances(routed: dict[str, Any],
                               test_rows: tuple[np.ndarray, np.ndarray]) -> None:
     """The int8 variant of the same model as candidate: it agrees, so the canary advances."""
     x, _ = test_rows
-    url = routed["url"]
     _set_canary(routed, "1i8")
-    answers = _load(url, x, 100)
+    answers = _load(routed["url"], x, 100)
     assert {r.status_code for r in answers} == {200}
-    stats = requests.get(f"{url}/-/stats", timeout=10).json()["versions"]["1i8"]
+    stats = routed["hook"].stats(APP)["versions"]["1i8"]
     verdict = canary_verdict(
         CanaryStats(int(stats["requests"]), int(stats.get("errors", 0)), stats["tail_ms"],
                     int(stats.get("disagreements", 0))), None, slo_ms=60_000.0,
@@ -212,52 +226,67 @@ def test_good_canary_advances(routed: dict[str, Any],
     _set_canary(routed, None)
 
 
-def _running(serve: Any, deployment: str) -> int:
-    status = serve.status().applications[APP].deployments[deployment]
-    return int(status.replica_states.get("RUNNING", 0))
-
-
 def test_slo_autoscaler_adds_a_replica_under_load_and_a_killed_replica_fails_nothing(
-        routed: dict[str, Any], test_rows: tuple[np.ndarray, np.ndarray]) -> None:
+        routed: dict[str, Any], trained: dict[str, Any], tracking_uri: str,
+        test_rows: tuple[np.ndarray, np.ndarray]) -> None:
+    """A version of its own (so no earlier test's load decides where it starts): one warm
+    replica under the SLO autoscaler; load makes it two; one is killed; nothing fails."""
     import ray
 
     x, _ = test_rows
-    serve, url = routed["serve"], routed["url"]
-    name = f"{APP}_v1_warm"
-    assert _running(serve, name) == 1
-    stop = threading.Event()
-    codes: list[int] = []
-
-    def pump() -> None:
-        with requests.Session() as http:
-            i = 0
-            while not stop.is_set():
-                r = http.post(url, json={"instances": [x[i % len(x)].tolist()]}, timeout=60)
-                codes.append(r.status_code)
-                i += 1
-
-    workers = [threading.Thread(target=pump) for _ in range(4)]
-    for w in workers:
-        w.start()
+    hook = routed["hook"]
+    auto = AutoscalerConfig(slo_ms=200.0, percentile=99, capacity_rps=5.0, min_replicas=1,
+                            max_replicas=2, downscale_delay_s=600)
+    name = "autoscaled-test-model"
+    hook.deploy_version(name, tracking_uri, {"version": "1",
+                                             "model_uri": trained["result"]["model_uri"],
+                                             "tiers": [tier("warm", autoscaler=auto)]})
+    app = version_app(name, "1")
+    hook.wait_running(app)
+    hook.route(name, {"primary": "1", "versions": {"1": {"routes": ["warm"]}}})
+    hook.wait_routing(name, "1", None)
+    url = hook.url(name)
     try:
-        # 5 req/s capacity per replica at 60% target: any real load asks for the maximum (2)
-        deadline = time.monotonic() + 90
-        while _running(serve, name) < 2:
-            assert time.monotonic() < deadline, "the SLO autoscaler did not add a replica"
-            time.sleep(1)
-        # kill one of the two warm replicas while the load goes on
-        actors = [a for a in ray.util.list_named_actors(all_namespaces=True)
-                  if name in a["name"] and "SERVE_REPLICA" in a["name"]]
-        assert len(actors) == 2
-        ray.kill(ray.get_actor(actors[0]["name"], namespace=actors[0]["namespace"]),
-                 no_restart=True)
-        time.sleep(8)
-    finally:
-        stop.set()
+        assert len(hook.replica_ids(app)["warm"]) == 1
+        stop = threading.Event()
+        codes: list[int] = []
+
+        def pump() -> None:
+            with requests.Session() as http:
+                i = 0
+                while not stop.is_set():
+                    r = http.post(url, json={"instances": [x[i % len(x)].tolist()]},
+                                  timeout=60)
+                    codes.append(r.status_code)
+                    i += 1
+
+        workers = [threading.Thread(target=pump) for _ in range(4)]
         for w in workers:
-            w.join()
-    assert len(codes) > 50
-    assert set(codes) == {200}, {c: codes.count(c) for c in set(codes)}
+            w.start()
+        try:
+            # 5 req/s capacity per replica at 60% target: any real load asks for 2
+            deadline = time.monotonic() + 90
+            while hook.running_replicas(app, "warm") < 2:
+                assert time.monotonic() < deadline, "the SLO autoscaler did not add a replica"
+                time.sleep(1)
+            actors = [a for a in ray.util.list_named_actors(all_namespaces=True)
+                      if f"{app}#warm" in a["name"] and "SERVE_REPLICA" in a["name"]]
+            assert len(actors) == 2
+            ray.kill(ray.get_actor(actors[0]["name"], namespace=actors[0]["namespace"]),
+                     no_restart=True)
+            served_after_kill = len(codes) + 40
+            deadline = time.monotonic() + 60
+            while len(codes) < served_after_kill:  # traffic flows on after the kill
+                assert time.monotonic() < deadline
+                time.sleep(0.2)
+        finally:
+            stop.set()
+            for w in workers:
+                w.join()
+        assert len(codes) > 50
+        assert set(codes) == {200}, {c: codes.count(c) for c in set(codes)}
+    finally:
+        hook.undeploy(name)
 
 
 def test_overload_is_shed_with_503_not_unbounded_latency(
@@ -265,32 +294,20 @@ def test_overload_is_shed_with_503_not_unbounded_latency(
         test_rows: tuple[np.ndarray, np.ndarray]) -> None:
     """A warm tier bounded to 1 in flight + 1 queued: a burst gets answers or a fast 503
     saying why, never a hang or a 500."""
-    from ray import serve
-
-    from ray_jobs.serve_router import build_routed_app
-
     x, _ = test_rows
+    hook = routed["hook"]
     name = "bounded-test-model"
-    tiny = {"num_replicas": 1, "ray_actor_options": {"num_cpus": 0.25},
-            "max_ongoing_requests": 1, "max_queued_requests": 1,
-            "user_config": {"max_batch_size": 1, "batch_wait_timeout_s": 0.0}}
-    serve.run(build_routed_app(name, tracking_uri, [
-        {"version": "1", "model_uri": trained["result"]["model_uri"], "tiers": {"warm": tiny}}],
-        {**ROUTER, "warm_max_in_flight": 10_000}), name=name, route_prefix=f"/{name}",
-        blocking=False)
-    url = routed["url"].replace(APP, name)
-    deadline = time.monotonic() + 120
-    while True:
-        try:
-            if requests.get(url, timeout=5).ok:
-                break
-        except requests.RequestException:
-            pass
-        assert time.monotonic() < deadline
-        time.sleep(1)
+    hook.deploy_version(name, tracking_uri, {
+        "version": "1", "model_uri": trained["result"]["model_uri"],
+        "tiers": [tier("warm", batch=1, ongoing=1, queued=1)]})
+    hook.wait_running(version_app(name, "1"))
+    hook.route(name, {**ROUTER, "versions": {"1": {"routes": ["warm"],
+                                                   "warm_max_in_flight": 10_000}}})
+    hook.wait_routing(name, "1", None)
     try:
         with ThreadPoolExecutor(32) as pool:
-            answers = list(pool.map(lambda i: _post(url, [x[i % len(x)].tolist()] * 200),
+            answers = list(pool.map(lambda i: _post(hook.url(name),
+                                                    [x[i % len(x)].tolist()] * 200),
                                     range(96)))
         codes = [r.status_code for r in answers]
         assert set(codes) <= {200, 503}, codes
@@ -299,4 +316,4 @@ def test_overload_is_shed_with_503_not_unbounded_latency(
         assert "overloaded" in shed.json()["error"] and shed.headers["retry-after"] == "1"
         assert max(r.elapsed.total_seconds() for r in answers) < 30
     finally:
-        serve.delete(name)
+        hook.undeploy(name)

@@ -1,4 +1,7 @@
-"""MLflow pyfunc flavour of a slaflow model, so ``mlflow.pyfunc.load_model(uri)`` works."""
+"""MLflow pyfunc flavour of a slaflow model, so ``mlflow.pyfunc.load_model(uri)`` works.
+
+It lives with the model format it wraps (not in ``mlflow_config``, which handles tracking
+and the registry and imports nothing of ``ray_jobs``)."""
 
 from __future__ import annotations
 

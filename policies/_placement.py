@@ -1,35 +1,27 @@
-"""Serving policies: placement planning, SLO autoscaling, request routing and canary checks.
+"""Serving placement: which model variant, tier, replica shape, batching and replica bounds
+serve the contract's traffic within its latency SLO and accuracy floor at the lowest cost.
 
-Pure, deterministic code with no Ray, Airflow or MLflow import; the Serve adapters
-(``ray_jobs/serve_app.py``, ``ray_jobs/serve_policy.py``) feed it measured numbers and apply
-its answers as Ray Serve settings.
+The self-managed-serving / INFaaS / MArk line of work: from a measured ``ServingProfile``
+(latency and capacity of each variant per replica shape and batch size), the expected traffic,
+the SLO, the minimum accuracy and a ``PriceTable``, ``plan_placement`` chooses at the lowest
+cost or raises ``PlacementInfeasible`` naming the binding constraint and the gap.
+``tier_layout`` turns a plan into the settings of each serving tier (warm, batch, elastic).
 
-- ``plan_placement``: from a measured ``ServingProfile`` (latency and capacity of each model
-  variant per replica shape and batch size), the expected traffic, the SLO, the minimum
-  accuracy and a ``PriceTable``, choose variant x tier x replicas x batching x autoscaling
-  bounds at the lowest cost (the self-managed-serving / INFaaS / MArk line of work). When no
-  candidate fits, ``PlacementInfeasible`` names the binding constraint and the gap.
-- ``SloAutoscaler``: ROMA's response-time controller: replicas from the arrival rate and the
-  profiled capacity, corrected by the queue length against Little's law (SLO x arrival rate)
-  and by the measured tail latency against the SLO, scaling up at once and down only after a
-  sustained quiet period; to zero only when the plan allows it.
-- ``route_request``: StraightLine's rule over request traits (caller frequency, rows) with
-  thresholds derived from the profile (``RouterThresholds.from_profile``), never constants.
-- ``canary_verdict``: promote, wait or roll back a new version from its canary traffic.
-
-Latency model (documented approximation, checked against measurements by the serving
-benchmark): a replica whose saturated throughput is ``mu`` requests/s, offered ``lam`` < ``mu``,
-answers at percentile q in ``p_q(0) + 1000*ln(1/(1-q))*(1/(mu-lam) - 1/mu)`` ms (the profiled
-unloaded percentile plus the M/M/1 queueing term).
+Latency model (checked against measurements, see docs/serving.md): a replica whose saturated
+throughput is ``mu`` requests/s, offered ``lam`` < ``mu``, answers at percentile q in
+``p_q(0) + 1000*ln(1/(1-q))*(1/(mu-lam) - 1/mu)`` ms (the profiled unloaded percentile plus the
+M/M/1 queueing term).
 """
 
 from __future__ import annotations
 
 import json
 import math
-from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import asdict, dataclass, field, replace
-from typing import TYPE_CHECKING, Any, Final, Literal
+from collections.abc import Iterable, Mapping
+from dataclasses import asdict, dataclass, replace
+from typing import TYPE_CHECKING, Any, Final
+
+from policies._autoscaling import AutoscalerConfig
 
 if TYPE_CHECKING:
     from policies._contract import RunContract
@@ -506,223 +498,3 @@ def plan_for_contract(contract: RunContract, profile: ServingProfile, prices: Pr
     return plan
 
 
-# --------------------------------------------------------------------------------------------
-# SLO autoscaler (ROMA)
-# --------------------------------------------------------------------------------------------
-
-@dataclass(frozen=True)
-class AutoscalerConfig:
-    slo_ms: float
-    percentile: int
-    capacity_rps: float              # profiled saturated throughput of one replica
-    min_replicas: int
-    max_replicas: int
-    target_utilisation: float = 0.6  # of capacity, at the arrival rate
-    latency_margin: float = 0.5      # ROMA's a: act once latency passes SLO*(1-a)
-    downscale_delay_s: float = 20.0
-    downscale_to_zero_delay_s: float = 60.0
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> AutoscalerConfig:
-        return cls(**d)
-
-
-@dataclass(frozen=True)
-class LoadSample:
-    now_s: float
-    current_replicas: int
-    arrival_rps: float               # measured over the last window
-    in_system: float                 # requests ongoing + queued, all replicas
-    tail_latency_ms: float | None = None  # measured percentile over the window, if any
-
-
-@dataclass(frozen=True)
-class ScaleDecision:
-    replicas: int
-    reason: str
-    state: dict[str, Any] = field(default_factory=dict)
-
-
-def autoscale(config: AutoscalerConfig, sample: LoadSample,
-              state: Mapping[str, Any] | None = None) -> ScaleDecision:
-    """Replicas for the next period.
-
-    Three estimates, the largest wins: the arrival rate over the profiled capacity at the
-    target utilisation; the queue against Little's law (``in_system`` above
-    ``arrival x SLO`` means requests wait longer than the SLO: scale in proportion); the
-    measured tail latency against ``SLO x (1-a)`` (ROMA's need term). Up at once; down only
-    after ``downscale_delay_s`` of wanting fewer; to zero only after
-    ``downscale_to_zero_delay_s`` with no traffic, and only when ``min_replicas`` is 0.
-    """
-    st = dict(state or {})
-    cur = max(0, sample.current_replicas)
-    slo_s = config.slo_ms / 1000.0
-    rate_n = math.ceil(sample.arrival_rps / (config.capacity_rps * config.target_utilisation)
-                       - 1e-9) if sample.arrival_rps > 0 else 0
-    littles = sample.arrival_rps * slo_s
-    queue_n = 0
-    if sample.in_system > max(littles, 1.0) and cur > 0:
-        queue_n = math.ceil(cur * sample.in_system / max(littles, 1.0))
-    lat_n = 0
-    threshold = config.slo_ms * (1 - config.latency_margin)
-    if sample.tail_latency_ms is not None and sample.tail_latency_ms > threshold and cur > 0:
-        need = (sample.tail_latency_ms - threshold) / config.slo_ms
-        lat_n = cur + max(1, math.ceil(cur * need))
-    want = max(rate_n, queue_n, lat_n)
-    if sample.in_system > 0 or sample.arrival_rps > 0:
-        want = max(want, 1)
-    want = max(config.min_replicas, min(config.max_replicas, want))
-    why = (f"rate {sample.arrival_rps:.1f}/s -> {rate_n}, queue {sample.in_system:.0f} vs "
-           f"{littles:.1f} -> {queue_n}, p{config.percentile} "
-           f"{'-' if sample.tail_latency_ms is None else f'{sample.tail_latency_ms:.1f}'} ms "
-           f"-> {lat_n}")
-    if want >= cur:
-        st.pop("below_since", None)
-        if want == 0:
-            return ScaleDecision(0, f"idle at zero ({why})", st)
-        return ScaleDecision(want, f"{'up' if want > cur else 'hold'} {cur}->{want} ({why})", st)
-    since = float(st.setdefault("below_since", sample.now_s))
-    delay = config.downscale_to_zero_delay_s if want == 0 else config.downscale_delay_s
-    if sample.now_s - since < delay:
-        return ScaleDecision(cur, f"hold {cur} (wants {want} for {sample.now_s - since:.0f}/"
-                                  f"{delay:.0f} s; {why})", st)
-    st.pop("below_since", None)
-    # step down gradually: at most half the surplus per period, never below what is wanted
-    step = want if want == 0 else max(want, cur - max(1, (cur - want + 1) // 2))
-    return ScaleDecision(step, f"down {cur}->{step} ({why})", st)
-
-
-# --------------------------------------------------------------------------------------------
-# Request routing (StraightLine)
-# --------------------------------------------------------------------------------------------
-
-ROUTE_WARM: Final = "warm"
-ROUTE_ELASTIC: Final = "elastic"
-ROUTE_BATCH: Final = "batch"
-Route = Literal["warm", "elastic", "batch"]
-
-
-@dataclass(frozen=True)
-class RouterThresholds:
-    """``large_rows`` (D): rows above which a request goes to the batch path; ``frequent_rps``
-    (F): a caller sending more often than this keeps an elastic (scale-to-zero) replica warm."""
-
-    large_rows: int
-    frequent_rps: float
-
-    @classmethod
-    def from_profile(cls, warm: ProfilePoint, slo_ms: float, percentile: int,
-                     idle_timeout_s: float) -> RouterThresholds:
-        """D: the most rows the warm tier answers within half the SLO (the other half is left
-        to queueing), from its profiled per-row cost, and never fewer than the rows that add a
-        tenth of the SLO (so a profile taken on a busy node, whose tail is already past half
-        the SLO, does not send every two-row request to the batch path); F: one request per
-        idle timeout."""
-        budget = max(0.5 * slo_ms - warm.tail_ms(percentile), 0.1 * slo_ms)
-        per_row = max(warm.row_ms, 1e-3)
-        return cls(large_rows=max(1, int(budget / per_row)),
-                   frequent_rps=1.0 / max(idle_timeout_s, 1e-3))
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-
-def route_request(rows: int, caller_rps: float, warm_busy: bool,
-                  thresholds: RouterThresholds) -> Route:
-    """StraightLine's rule: large inputs to the batch path; otherwise the warm tier while it
-    has room; when it is busy, frequent callers to the elastic tier (they keep it warm) and
-    rare ones to the batch path, whose replicas are up anyway."""
-    if rows > thresholds.large_rows:
-        return ROUTE_BATCH
-    if not warm_busy:
-        return ROUTE_WARM
-    return ROUTE_ELASTIC if caller_rps > thresholds.frequent_rps else ROUTE_BATCH
-
-
-class CallerRates:
-    """Exponentially decayed request rate per caller (half-life ``half_life_s``), bounded."""
-
-    def __init__(self, half_life_s: float = 10.0, max_callers: int = 10_000) -> None:
-        self._decay = math.log(2.0) / half_life_s
-        self._max = max_callers
-        self._seen: dict[str, tuple[float, float]] = {}  # caller -> (rate, t)
-
-    def observe(self, caller: str, now_s: float) -> float:
-        rate, t = self._seen.get(caller, (0.0, now_s))
-        rate = rate * math.exp(-self._decay * max(0.0, now_s - t)) + self._decay
-        self._seen[caller] = (rate, now_s)
-        if len(self._seen) > self._max:
-            oldest = min(self._seen, key=lambda k: self._seen[k][1])
-            del self._seen[oldest]
-        return rate
-
-
-# --------------------------------------------------------------------------------------------
-# Canary promotion
-# --------------------------------------------------------------------------------------------
-
-CANARY_SHARES: Final[tuple[float, ...]] = (0.1, 0.5, 1.0)
-
-
-@dataclass(frozen=True)
-class CanaryStats:
-    requests: int
-    errors: int              # 5xx answers and wrong-shaped answers
-    tail_ms: float           # latency at the contract percentile
-    disagreements: int = 0   # answers that differ from the old version's on the same rows
-
-    @property
-    def error_rate(self) -> float:
-        return self.errors / self.requests if self.requests else 0.0
-
-
-@dataclass(frozen=True)
-class CanaryVerdict:
-    action: Literal["wait", "advance", "rollback"]
-    reason: str
-
-
-def canary_verdict(new: CanaryStats, old: CanaryStats | None, *, slo_ms: float,
-                   min_requests: int = 50, max_error_rate: float = 0.01,
-                   max_latency_ratio: float = 1.5,
-                   max_disagreement: float = 0.5) -> CanaryVerdict:
-    """Advance the canary, wait for more requests, or roll back.
-
-    Roll back on: an error rate above ``max_error_rate`` (and above the old version's),
-    a tail over the SLO and over ``max_latency_ratio`` x the old version's, or answers that
-    disagree with the old version's on more than ``max_disagreement`` of the rows (a model
-    answering wrongly, e.g. constant or shuffled classes).
-    """
-    if new.requests < min_requests:
-        return CanaryVerdict("wait", f"{new.requests}/{min_requests} canary requests so far")
-    old_err = old.error_rate if old else 0.0
-    if new.error_rate > max_error_rate and new.error_rate > old_err:
-        return CanaryVerdict("rollback", f"error rate {new.error_rate:.3f} > "
-                                         f"{max_error_rate:.3f} (old {old_err:.3f})")
-    old_tail = old.tail_ms if old and old.requests else None
-    if new.tail_ms > slo_ms and (old_tail is None or new.tail_ms > max_latency_ratio * old_tail):
-        return CanaryVerdict("rollback", f"tail {new.tail_ms:.1f} ms over the SLO {slo_ms:g} ms"
-                             + (f" and {new.tail_ms / old_tail:.2f}x the old version's"
-                                if old_tail else ""))
-    if new.disagreements / new.requests > max_disagreement:
-        return CanaryVerdict("rollback", f"{new.disagreements}/{new.requests} answers differ "
-                                         f"from the serving version's")
-    return CanaryVerdict("advance", f"{new.requests} requests: errors {new.error_rate:.3f}, "
-                                    f"tail {new.tail_ms:.1f} ms <= SLO {slo_ms:g} ms")
-
-
-def disagreement_bound(old_accuracy: float, new_accuracy: float, margin: float = 0.1) -> float:
-    """Most answers two classifiers of these test accuracies can disagree on, (1-a)+(1-b),
-    plus ``margin`` for sampling noise (at most 0.9): far more means the new one, as served,
-    answers wrongly."""
-    return min(0.9, (1 - old_accuracy) + (1 - new_accuracy) + margin)
-
-
-def next_canary_share(current: float, shares: Sequence[float] = CANARY_SHARES) -> float:
-    for s in shares:
-        if s > current + 1e-9:
-            return s
-    return 1.0

@@ -1,0 +1,95 @@
+"""Data preparation: a Spark job that validates, splits and writes the data as Parquet."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from typing import Any
+
+from airflow.sdk.exceptions import AirflowFailException
+
+from operators.base import PlannedStageOperator
+from operators.hooks import SparkHook
+
+
+class PrepareDataOperator(PlannedStageOperator):
+    """Spark job: validate, split and write Parquet under ``SLAFLOW_DATA_DIR/<run key>``.
+
+    With ``prepare_deadline_s`` it runs under the dynaSpark controller. Writes with mode
+    overwrite into a folder owned by this DAG run: a retry redoes it whole.
+    """
+
+    template_fields: Sequence[str] = ("plan",)
+
+    def __init__(self, *, spark_conn_id: str = "slaflow_spark", **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.spark_conn_id = spark_conn_id
+
+    def execute(self, context: Any) -> dict[str, Any]:
+        from slaflow.settings import Endpoints, home
+        from spark_jobs.deadline import (
+            SparkDeadlineInfeasible,
+            controlled_conf,
+            run_with_deadline,
+            stored_profile_path,
+        )
+        from spark_jobs.prepare import DataError, run_prepare
+
+        contract = self.contract
+        hook = SparkHook(self.spark_conn_id)
+        master = contract.spark_master or hook.master
+        output = f"{Endpoints.from_env().data_dir.rstrip('/')}/{self.run_plan.run_key}"
+        controlled = contract.prepare_deadline_s > 0
+        self.log.info("Preparing %s on Spark master %s -> %s%s", contract.data_source,
+                      master, output,
+                      f" (deadline {contract.prepare_deadline_s:g}s, at most "
+                      f"{contract.prepare_max_cores} cores)" if controlled else "")
+        conf = controlled_conf(master, contract.prepare_max_cores) if controlled else {}
+        spark = hook.session(f"slaflow-prepare-{self.run_plan.run_key}", master=master,
+                             conf=conf)
+        started = time.monotonic()
+
+        def work() -> dict[str, Any]:
+            return run_prepare(
+                spark, source=contract.data_source, label_column=contract.label_column,
+                output_dir=output, validation_fraction=contract.validation_fraction,
+                test_fraction=contract.test_fraction, seed=contract.seed,
+                cache_dir=home() / "datasets",
+            )
+
+        try:
+            if not controlled:
+                profile = work()
+            else:
+                profile, report = run_with_deadline(
+                    spark, work, deadline_s=contract.prepare_deadline_s,
+                    max_cores=contract.prepare_max_cores,
+                    profile_path=stored_profile_path(
+                        "prepare", data_source=contract.data_source,
+                        label_column=contract.label_column,
+                        validation_fraction=contract.validation_fraction,
+                        test_fraction=contract.test_fraction, seed=contract.seed,
+                        master=master),
+                    on_infeasible=contract.on_infeasible, log=self.log.info)
+                report["timeline"] = report.get("timeline", [])[-50:]
+                profile["spark_deadline"] = report
+                (self.log.info if report["met"] else self.log.warning)(
+                    "Spark deadline (%s): finished in %.1fs of %.1fs, %.1f core-seconds, %s",
+                    report["mode"], report["elapsed_s"], contract.prepare_deadline_s,
+                    report["core_seconds"], "met" if report["met"] else "MISSED")
+        except DataError as exc:
+            raise AirflowFailException(f"data rejected: {exc}") from exc
+        except SparkDeadlineInfeasible as exc:
+            raise AirflowFailException(
+                f"contract field 'prepare_deadline_s': {exc} (or set on_infeasible to "
+                f"best_effort to prepare on all prepare_max_cores anyway)") from exc
+        profile["prepare_seconds"] = time.monotonic() - started
+        self.log.info("Rows read %d (dropped incomplete: %d, malformed: %d); split %s; "
+                      "%d features, %d classes", profile["rows_read"],
+                      profile["rows_dropped_incomplete"], profile["rows_dropped_malformed"],
+                      profile["split_counts"], len(profile["feature_names"]),
+                      len(profile["classes"]))
+        if profile["rows_dropped_malformed"]:
+            self.log.warning("Malformed values (unparsable numbers) per column: %s; their rows "
+                             "were dropped", profile["malformed_values_by_column"])
+        return profile

@@ -1,0 +1,570 @@
+"""Serving stages: profile the promoted version, deploy it under the contract (placement,
+tiers, canary through the router), verify the endpoint with real requests, and take a model
+off the endpoint (``ml_undeploy``). Every Serve and endpoint call goes through ``ServeHook``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
+
+from operators.base import PlannedStageOperator, RayJobStageOperator, StageOperator
+from operators.links import ServeEndpointLink
+from policies import (
+    CHAMPION,
+    CanaryPolicy,
+    CanaryStats,
+    ComputeSample,
+    PlacementInfeasible,
+    PlacementPlan,
+    PriceTable,
+    ProfilePoint,
+    RouterThresholds,
+    RunContract,
+    ServeOverhead,
+    ServingProfile,
+    TierSettings,
+    build_profile,
+    canary_step,
+    capacity_check,
+    fixed_plan,
+    node_key,
+    percentile,
+    plan_for_contract,
+    profile_key,
+    serving_layout,
+    verify_verdict,
+    version_app,
+)
+
+PROFILE_ARTIFACT = "serving/profile.json"
+
+
+def _price_table() -> PriceTable:
+    from slaflow import settings
+
+    path = settings.price_table_path()
+    if not path:
+        return PriceTable.default()
+    try:
+        return PriceTable.from_json(Path(path).read_text())
+    except (OSError, ValueError) as exc:
+        raise AirflowFailException(f"SLAFLOW_PRICE_TABLE={path}: {exc}") from exc
+
+
+class ProfileServingOperator(RayJobStageOperator):
+    """The serving profile of the promoted version, for the placement planner.
+
+    Latency per variant, replica shape and batch size = the Serve path's overhead (measured
+    once per node type, ``ServeHook.measure_overhead``) + the model's own compute (a Ray Job
+    measuring it in-process, ``ray_jobs.profile_serving``). Both are stored in MLflow and
+    reused while nothing they depend on changed (``policies.profile_key``); accuracies come
+    from the evaluate task, per version. Logged as ``serving/profile.json`` on the run and
+    linked from the version's ``slaflow.serving.profile`` tag. Skips when this run promoted
+    nothing. A retry reuses what the first try stored.
+    """
+
+    template_fields: Sequence[str] = ("plan", "train", "evaluation", "promotion")
+
+    def __init__(self, *, train: Any, evaluation: Any, promotion: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("trigger_rule", "none_failed")
+        super().__init__(**kwargs)
+        self.train, self.evaluation, self.promotion = train, evaluation, promotion
+
+    def execute(self, context: Any) -> dict[str, Any]:
+        from mlflow_config import profiles
+        from mlflow_config import registry as reg
+        from ray_jobs.specs import profile_spec
+        from slaflow import settings
+
+        if not self.promotion or not self.promotion.get("promoted"):
+            raise AirflowSkipException("this run promoted nothing: no serving profile needed")
+        started = time.monotonic()
+        contract, client = self.contract, self.mlflow.client
+        version = str(self.promotion["model_version"])
+        variants = dict(self.evaluation.get("variants") or {
+            "full": {"accuracy": self.evaluation["test_accuracy"], "size_bytes": 0}})
+        variant_uri = str(self.evaluation.get("variant_uri") or "")
+        cpus, batches = settings.profile_cpus(), settings.profile_batches()
+        resource = contract.serving_node_resource
+        node = node_key(self.ray.alive_nodes(), resource)
+        key = profile_key(model_signature=str(self.evaluation.get("model_signature", "")),
+                          variants=sorted(variants), cpus=cpus, batches=batches, node=node)
+        stored = profiles.find_compute(client, key)
+        if stored is not None:
+            samples = stored["samples"]
+            self.log.info("Compute profile reused (%s, key %s): same architecture, weight "
+                          "shapes, replica shapes %s, batch sizes %s and node type",
+                          stored["source"], key, cpus, batches)
+        else:
+            need = max(cpus)
+            check = capacity_check(need_cpus=need, free_cpus=self.ray.free_cpus(),
+                                   footprint=self.serve.footprint(),
+                                   what=f"profiling a {need:g}-CPU replica")
+            if not check.fits:
+                raise AirflowFailException(check.message)
+            self.log.info("No stored compute profile for key %s: measuring %s CPU x batch %s",
+                          key, cpus, batches)
+            out = self.run_job(context, "profile", "ray_jobs.profile_serving", profile_spec(
+                tracking_uri=self.mlflow.tracking_uri,
+                model_uri=f"models:/{contract.model_name}/{version}", variant_uri=variant_uri,
+                cpus=cpus, batches=batches, resource=resource), timeout_s=600)
+            samples = out["samples"]
+            profiles.save_compute(client, key, {"samples": samples, "node_key": node},
+                                  self.mlflow.artifact_location)
+        overhead = self._overhead(node, resource, min(cpus))
+        profile = build_profile(overhead, [ComputeSample.from_dict(s) for s in samples],
+                                accuracy={v: float(d["accuracy"]) for v, d in variants.items()},
+                                size_bytes={v: int(d.get("size_bytes", 0))
+                                            for v, d in variants.items()})
+        doc = {**profile.to_dict(), "variant_uri": variant_uri, "version": version,
+               "profile_key": key, "node_key": node, "reused": stored is not None,
+               "overhead": overhead.to_dict()}
+        run_id = self.train["mlflow_run_id"]
+        client.log_dict(run_id, doc, PROFILE_ARTIFACT)
+        uri = f"runs:/{run_id}/{PROFILE_ARTIFACT}"
+        reg.record_serving_profile(client, contract.model_name, version, uri)
+        for p in profile.points:
+            self.log.info("%s %.2g CPU batch %d: predicted p50 %.2f ms p99 %.2f ms, %.0f req/s",
+                          p.variant, p.num_cpus, p.max_batch_size, p.p50_ms, p.p99_ms,
+                          p.capacity_rps)
+        return {"profile": profile.to_dict(), "variant_uri": variant_uri, "version": version,
+                "profile_uri": uri, "reused": stored is not None,
+                "seconds": round(time.monotonic() - started, 2)}
+
+    def _overhead(self, node: str, resource: str, num_cpus: float) -> ServeOverhead:
+        """The Serve path's overhead on this node type: stored, or measured now (once)."""
+        import ray
+
+        from mlflow_config import profiles
+
+        key = hashlib.sha256(f"{node}|{resource}|{ray.__version__}".encode()).hexdigest()[:24]
+        stored = profiles.find_overhead(self.mlflow.client, key)
+        if stored is not None:
+            self.log.info("Serve path overhead reused (%s): p50 %.2f ms, %.0f req/s",
+                          stored["source"], stored["p50_ms"], stored["capacity_rps"])
+            return ServeOverhead.from_dict(stored)
+        measured = self.serve.measure_overhead(num_cpus=num_cpus, resource=resource)
+        measured = ServeOverhead(**{**measured.to_dict(), "node_key": node})
+        profiles.save_overhead(self.mlflow.client, key, measured.to_dict(),
+                               self.mlflow.artifact_location)
+        self.log.info("Serve path overhead measured on this node type: p50 %.2f ms, p99 %.2f "
+                      "ms, %.0f req/s, cold start %.1fs", measured.p50_ms, measured.p99_ms,
+                      measured.capacity_rps, measured.cold_start_s)
+        return measured
+
+
+class DeployModelOperator(PlannedStageOperator):
+    """Serve the ``champion`` on Ray Serve as the contract plans it; a no-op when that version
+    already serves alone.
+
+    The placement planner chooses variant, CPUs, batching, replica bounds and queue bound from
+    the version's serving profile (a version without one gets ``serving_replicas`` fixed
+    replicas); ``policies.serving_layout`` sets its tiers. The version starts as its own Serve
+    application beside whatever serves; the model's router then gives it a canary share of the
+    traffic (10%, 50%, then all), checked at each step against the old version (errors, tail
+    latency, disagreeing answers) on test-set probes plus live traffic. Each step is a routing
+    change: no replica restarts. A failed check routes everything back to the old version,
+    moves ``champion`` back and fails the task. ``canary=False`` (``ml_rollback``) switches
+    at once. Capacity is checked first: a version that cannot get its CPUs fails at once,
+    naming what served models hold.
+
+    Skips (with the reason) when the model has no champion yet. Idempotent: a retry finds the
+    version serving, or reuses its running application and runs the canary again.
+    """
+
+    template_fields: Sequence[str] = ("plan", "promotion", "serving_profile", "data_profile")
+    operator_extra_links = (ServeEndpointLink(),)
+
+    def __init__(self, *, promotion: Any, serving_profile: Any = None, data_profile: Any = None,
+                 canary: bool = True, ready_timeout_s: float = 300,
+                 canary_policy: CanaryPolicy | None = None, **kwargs: Any) -> None:
+        kwargs.setdefault("trigger_rule", "none_failed")
+        super().__init__(**kwargs)
+        self.promotion = promotion
+        self.serving_profile, self.data_profile = serving_profile, data_profile
+        self.canary = canary
+        self.ready_timeout_s = ready_timeout_s
+        self.canary_policy = canary_policy or CanaryPolicy()
+
+    def execute(self, context: Any) -> dict[str, Any]:
+        from mlflow_config import registry as reg
+
+        contract, client = self.contract, self.mlflow.client
+        model = contract.model_name
+        champion = reg.get_alias_version(client, model, CHAMPION)
+        if champion is None:
+            raise AirflowSkipException(
+                f"{model} has no champion (this run was not promoted and none was before): "
+                f"nothing to serve")
+        version = str(champion.version)
+        endpoint = self.serve.url(model)
+        context["ti"].xcom_push(key="endpoint_url", value=endpoint)
+        info = self.serve.info(model)
+        served = None if info is None else str(info["model_version"])
+        routed = self._routed_versions(model) if info is not None else {}
+        if served == version and not (info or {}).get("canary", {}).get("candidate"):
+            self.log.info("%s already serves %s v%s: nothing to do", endpoint, model, version)
+            return {"endpoint_url": endpoint, "model_version": version, "changed": False}
+        plan, profile_doc = self._plan(contract, version)
+        for r in plan.reasons:
+            self.log.info("placement: %s", r)
+        tiers = serving_layout(plan, contract, _price_table())
+        for t in tiers:
+            self.log.info("tier %s: %g CPU, %s; %s", t.route, t.num_cpus,
+                          f"{t.replicas} replica(s)" if t.autoscaler is None else
+                          f"{t.autoscaler.min_replicas}-{t.autoscaler.max_replicas} replicas "
+                          f"(SLO autoscaler)", t.reason)
+        self._check_capacity(model, version, tiers)
+        spec = {"version": version, "model_uri": f"models:/{model}/{version}",
+                "variant": plan.variant,
+                "variant_uri": (profile_doc or {}).get("variant_uri", "")
+                if plan.variant != "full" else "",
+                "tiers": [t.to_dict() for t in tiers]}
+        self._start_version(model, spec)
+        entry = {"routes": [t.route for t in tiers],
+                 "warm_max_in_flight": plan.max_ongoing_requests * max(1, plan.max_replicas)}
+        base = self._router_base(contract, plan, profile_doc)
+        canary_log: list[dict[str, Any]] = []
+        old = served if served is not None and served != version and served in routed else None
+        if old is None:
+            if info is not None and not routed:
+                self.log.warning("%s is served by an older slaflow layout: replacing it at once",
+                                 endpoint)
+            self._route(model, {**base, "primary": version, "versions": {version: entry}})
+            self.serve.wait_running(model, self.ready_timeout_s)
+            self.serve.wait_routing(model, version, None, self.ready_timeout_s)
+        else:
+            if self.canary:
+                canary_log = self._canary(context, model, base, old, routed[old], version, entry)
+            self._route(model, {**base, "primary": version, "versions": {version: entry}})
+            self.serve.wait_routing(model, version, None, self.ready_timeout_s)
+            self._drop_versions(model, keep=version)
+        self.log.info("Serving %s v%s at %s (%s)", model, version, endpoint, plan.reasons[0])
+        reg.record_serving(client, model, version, {
+            "endpoint": endpoint, "latency_slo_ms": contract.latency_slo_ms,
+            "latency_percentile": contract.latency_percentile,
+            "deployed_by": f"{context['dag'].dag_id}/{context['run_id']}",
+            "deployed_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "plan": plan.to_dict(), "tiers": spec["tiers"], "canary": canary_log,
+            "thresholds": base.get("thresholds")})
+        return {"endpoint_url": endpoint, "model_version": version, "changed": True,
+                "placement": plan.to_dict(), "tiers": spec["tiers"], "canary": canary_log}
+
+    # -- decisions' inputs ---------------------------------------------------------------
+
+    def _plan(self, contract: RunContract, version: str
+              ) -> tuple[PlacementPlan, dict[str, Any] | None]:
+        """The placement of ``version``: from its serving profile, else the fixed plan."""
+        doc = self._profile_doc(contract.model_name, version)
+        if doc is None:
+            self.log.warning("%s v%s has no serving profile: %d fixed replica(s)",
+                             contract.model_name, version, contract.serving_replicas)
+            return fixed_plan(contract), None
+        try:
+            plan = plan_for_contract(contract, ServingProfile.from_dict(doc), _price_table(),
+                                     self.ray.cluster_resources())
+        except PlacementInfeasible as exc:
+            served = self.serve.served_version(contract.model_name)
+            still = f"v{served} still serves" if served else "nothing was serving"
+            raise AirflowFailException(
+                f"serving placement for {contract.model_name} v{version}: {exc} (binding: "
+                f"{exc.binding}, off by {exc.gap:.4g}); {still}") from exc
+        return plan, doc
+
+    def _profile_doc(self, model: str, version: str) -> dict[str, Any] | None:
+        if self.serving_profile and str(self.serving_profile.get("version")) == version:
+            return {**self.serving_profile["profile"],
+                    "variant_uri": self.serving_profile.get("variant_uri", "")}
+        from mlflow_config import registry as reg
+
+        uri = reg.version_tag(self.mlflow.client, model, version, reg.TAG_SERVING_PROFILE)
+        return None if not uri else self.mlflow.load_dict(uri)
+
+    def _router_base(self, contract: RunContract, plan: PlacementPlan,
+                     profile_doc: dict[str, Any] | None) -> dict[str, Any]:
+        """Routing settings that do not depend on which versions serve: the thresholds of
+        StraightLine's rule from the planned shape's profile, the percentile, the canary's
+        timeout."""
+        base: dict[str, Any] = {"candidate": None, "share": 0.0,
+                                "percentile": contract.latency_percentile,
+                                "candidate_timeout_s": self.canary_policy.candidate_timeout_s}
+        if profile_doc is not None:
+            point = next(ProfilePoint(**p) for p in profile_doc["points"]
+                         if p["variant"] == plan.variant and p["num_cpus"] == plan.num_cpus
+                         and p["max_batch_size"] == plan.max_batch_size)
+            base["thresholds"] = RouterThresholds.from_profile(
+                point, contract.latency_slo_ms, contract.latency_percentile,
+                plan.idle_timeout_s).to_dict()
+        return base
+
+    def _routed_versions(self, model: str) -> dict[str, dict[str, Any]]:
+        """The versions the model's router sends traffic to, with their route entries
+        (empty for an endpoint of an older layout, which has no version applications)."""
+        try:
+            config = self.serve.stats(model).get("config") or {}
+        except Exception:  # noqa: BLE001 - an older router without stats: no versions
+            return {}
+        return {str(v): dict(e) for v, e in (config.get("versions") or {}).items()}
+
+    def _check_capacity(self, model: str, version: str, tiers: Sequence[TierSettings]) -> None:
+        if version_app(model, version) in self.serve.applications():
+            return  # started by a previous try: its CPUs are already held
+        need = sum(t.initial_replicas * t.num_cpus for t in tiers)
+        need_gpus = sum(t.initial_replicas * t.num_gpus for t in tiers)
+        free = self.ray.available_resources()
+        check = capacity_check(need_cpus=need, need_gpus=need_gpus,
+                               free_cpus=free.get("CPU", 0.0), free_gpus=free.get("GPU", 0.0),
+                               footprint=self.serve.footprint(),
+                               what=f"serving {model} v{version}")
+        self.log.info("capacity: %s", check.message)
+        if not check.fits:
+            raise AirflowFailException(check.message)
+
+    # -- Serve actions (through the hook) -------------------------------------------------
+
+    def _start_version(self, model: str, spec: dict[str, Any]) -> None:
+        app = version_app(model, spec["version"])
+        if self.serve.applications().get(app) == "RUNNING":
+            self.log.info("%s is already running (a previous try started it)", app)
+            return
+        self.serve.deploy_version(model, self.mlflow.tracking_uri, spec)
+        self.serve.wait_running(app, self.ready_timeout_s)
+
+    def _route(self, model: str, config: dict[str, Any]) -> None:
+        self.serve.route(model, config, self.contract.serving_node_resource)
+
+    def _drop_versions(self, model: str, keep: str) -> None:
+        """Delete the model's version applications the router no longer sends traffic to
+        (their in-flight requests finish first: Serve stops replicas gracefully)."""
+        for v in self.serve.served_versions(model):
+            if v != keep:
+                self.serve.delete(version_app(model, v))
+                self.log.info("removed %s v%s's application", model, v)
+
+    def _canary(self, context: Any, model: str, base: dict[str, Any], old: str,
+                old_entry: dict[str, Any], new: str, new_entry: dict[str, Any]
+                ) -> list[dict[str, Any]]:
+        from mlflow_config import registry as reg
+
+        policy = self.canary_policy
+        client = self.mlflow.client
+        old_acc = reg.version_test_accuracy(client, model, old)
+        new_acc = reg.version_test_accuracy(client, model, new)
+        versions = {old: old_entry, new: new_entry}
+        log: list[dict[str, Any]] = []
+        for share in policy.steps():
+            t0 = time.monotonic()
+            self._route(model, {**base, "primary": old, "candidate": new, "share": share,
+                                "versions": versions})
+            self.serve.wait_routing(model, old, new, self.ready_timeout_s)
+            switched = time.monotonic() - t0
+            rounds, verdict = 0, None
+            while verdict is None or verdict.action == "wait":
+                self._probe(model)
+                rounds += 1
+                stats = self.serve.stats(model)["versions"]
+                s_new, s_old = stats.get(new, {}), stats.get(old, {})
+                verdict = canary_step(
+                    CanaryStats(int(s_new.get("requests", 0)), int(s_new.get("errors", 0)),
+                                float(s_new.get("tail_ms", 0.0)),
+                                int(s_new.get("disagreements", 0))),
+                    CanaryStats(int(s_old.get("requests", 0)), int(s_old.get("errors", 0)),
+                                float(s_old.get("tail_ms", 0.0))),
+                    policy=policy, slo_ms=self.contract.latency_slo_ms, old_accuracy=old_acc,
+                    new_accuracy=new_acc, rounds_done=rounds)
+            log.append({"share": share, "action": verdict.action, "reason": verdict.reason,
+                        "routing_change_s": round(switched, 3),
+                        "step_s": round(time.monotonic() - t0, 3)})
+            self.log.info("canary v%s at %.0f%%: %s (%s); routing change took %.2fs", new,
+                          share * 100, verdict.action, verdict.reason, switched)
+            if verdict.action != "advance":
+                self._route(model, {**base, "primary": old, "versions": {old: old_entry}})
+                self.serve.wait_routing(model, old, None, self.ready_timeout_s)
+                self._drop_versions(model, keep=old)
+                marker = f"{context['dag'].dag_id}/{context['run_id']}"
+                try:
+                    reg.rollback(client, model, marker)
+                except reg.RollbackError as exc:
+                    self.log.warning("registry rollback: %s", exc)
+                raise AirflowFailException(
+                    f"canary of {model} v{new} rolled back at {share:.0%} of traffic: "
+                    f"{verdict.reason}; v{old} serves all traffic again and is champion")
+        return log
+
+    def _probe(self, model: str) -> None:
+        """Test-set rows as canary traffic (both versions see them; live traffic adds up)."""
+        from concurrent.futures import ThreadPoolExecutor
+
+        import requests
+
+        if not self.data_profile or not self.canary_policy.probe_requests:
+            time.sleep(5)  # live traffic only: give it time to arrive
+            return
+        if getattr(self, "_probe_rows", None) is None:  # read the test set once per task
+            from ray_jobs import data_io
+
+            x, _ = data_io.read_xy(self.data_profile["paths"]["test"],
+                                   self.data_profile["feature_names"])
+            self._probe_rows = x
+        x = self._probe_rows
+
+        def one(i: int) -> None:
+            try:
+                self.serve.predict(model, [x[i % len(x)].tolist()], caller="slaflow-canary")
+            except requests.RequestException:
+                pass
+
+        with ThreadPoolExecutor(4) as pool:
+            list(pool.map(one, range(self.canary_policy.probe_requests)))
+
+
+class VerifyEndpointOperator(PlannedStageOperator):
+    """Real HTTP requests from the test set against the endpoint, judged by
+    ``policies.verify_verdict``: the latency SLO at the contract's percentile, answers as
+    accurate as the served variant tested, a malformed request refused with a 4xx. The
+    metrics, the histogram and the verdict with its reasons are recorded; a failed verdict
+    fails the task with them. Read-only apart from that record.
+    """
+
+    template_fields: Sequence[str] = ("plan", "profile", "train", "evaluation", "registration",
+                                      "promotion", "deployment")
+
+    def __init__(self, *, profile: Any, train: Any, evaluation: Any, registration: Any,
+                 promotion: Any, deployment: Any, requests_count: int = 200,
+                 **kwargs: Any) -> None:
+        kwargs.setdefault("trigger_rule", "none_failed")
+        super().__init__(**kwargs)
+        self.profile, self.train = profile, train
+        self.evaluation, self.registration = evaluation, registration
+        self.promotion, self.deployment = promotion, deployment
+        self.requests_count = requests_count
+
+    def execute(self, context: Any) -> dict[str, Any]:
+        from mlflow_config import registry as reg
+
+        contract, client = self.contract, self.mlflow.client
+        summary: dict[str, Any] = {
+            "contract": contract.to_dict(),
+            "accuracy": self.evaluation["test_accuracy"],
+            "deadline_met": self.train["deadline_met"],
+            "training_seconds": round(self.train["training_seconds"], 2),
+            "stop_reason": self.train["stop_reason"],
+            "outcome": self.train.get("outcome"),
+            "worker_seconds": round(self.train.get("worker_seconds", 0.0), 1),
+            "resizes": self.train.get("resizes", 0),
+            "mlflow_run_id": self.train["mlflow_run_id"],
+            "model_name": contract.model_name,
+            "model_version": self.registration["model_version"],
+            "alias": self.promotion["alias"],
+            "promoted": self.promotion["promoted"],
+            "endpoint_url": None, "served_version": None,
+            "verify_p50_ms": None, "verify_p99_ms": None, "verify_accuracy": None,
+        }
+        if not self.deployment:
+            self.log.warning("Nothing deployed (no champion): endpoint not verified")
+            return summary
+        served = str(self.deployment["model_version"])
+        record = reg.serving_record(client, contract.model_name, served) or {}
+        plan = record.get("plan") or self.deployment.get("placement") or {}
+        expected = float(plan.get("accuracy") or 0.0) or reg.version_test_accuracy(
+            client, contract.model_name, served)
+        latencies, correct, bad = self._probe(contract.model_name)
+        verdict = verify_verdict(latencies_ms=latencies, correct=correct,
+                                 slo_ms=contract.latency_slo_ms,
+                                 percentile_q=contract.latency_percentile,
+                                 expected_accuracy=expected, bad_request_status=bad)
+        p99 = percentile(latencies, 99)
+        summary.update(endpoint_url=self.deployment["endpoint_url"], served_version=served,
+                       verify_p50_ms=verdict.p50_ms, verify_p99_ms=round(p99, 3),
+                       verify_accuracy=verdict.served_accuracy,
+                       verify_requests=len(latencies), latency_slo_met=verdict.checks[0].passed,
+                       bad_request_status=bad, verify=verdict.to_dict())
+        if plan.get("variant"):
+            summary["placement"] = (
+                f"{plan['variant']} on {plan['tier']}, {plan['num_cpus']:g} CPU x "
+                f"{plan['min_replicas']}-{plan['max_replicas']} replicas"
+                + (" (SLO autoscaler)" if plan["tier"] != "fixed" else "")
+                + f", batch {plan['max_batch_size']}, queue {plan['max_queued_requests']}, "
+                f"predicted p{plan['percentile']} {plan['predicted_tail_ms']:.1f} ms, "
+                f"{plan['cost_per_hour']:.4f}/h")
+        reg.record_verify(client, model_name=contract.model_name, version=served,
+                          run_id=self.train["mlflow_run_id"],
+                          metrics={"verify_p50_ms": verdict.p50_ms, "verify_p99_ms": p99,
+                                   "verify_accuracy": verdict.served_accuracy},
+                          verdict=verdict.to_dict(),
+                          figure=latency_plot(latencies, contract))
+        for reason in verdict.reasons:
+            (self.log.info if not reason.startswith("FAIL") else self.log.error)(
+                "verify: %s", reason)
+        if not verdict.passed:
+            raise AirflowFailException(
+                f"{contract.model_name} v{served} at {self.deployment['endpoint_url']} fails "
+                f"its contract: " + "; ".join(r for r in verdict.reasons
+                                               if r.startswith("FAIL")))
+        return summary
+
+    def _probe(self, model: str) -> tuple[list[float], int, int]:
+        """Sequential one-row requests from the test set; latencies, right answers, and the
+        status a malformed body got."""
+        from ray_jobs import data_io
+
+        x, y = data_io.read_xy(self.profile["paths"]["test"], self.profile["feature_names"])
+        classes = self.profile["classes"]
+        n = min(self.requests_count, len(x))
+        bad = self.serve.predict(model, [[1.0, 2.0]], timeout_s=10).status_code
+        latencies, correct = [], 0
+        for i in range(n):
+            t0 = time.perf_counter()
+            resp = self.serve.predict(model, [x[i].tolist()], timeout_s=10)
+            latencies.append((time.perf_counter() - t0) * 1000)
+            if resp.status_code != 200:
+                raise AirflowFailException(f"request {i} to {self.serve.url(model)} got HTTP "
+                                           f"{resp.status_code}: {resp.text[:500]}")
+            correct += resp.json()["predictions"][0] == classes[int(y[i])]
+        return latencies, correct, bad
+
+
+def latency_plot(latencies_ms: list[float], contract: RunContract) -> Any:
+    """Histogram of the verify requests' latency against the contract's SLO (a PNG in MLflow)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    ax.hist(latencies_ms, bins=40, color="#4c72b0")
+    p = percentile(latencies_ms, contract.latency_percentile)
+    ax.axvline(contract.latency_slo_ms, color="red", linestyle="--",
+               label=f"SLO {contract.latency_slo_ms:g} ms")
+    ax.axvline(p, color="black", linestyle=":",
+               label=f"p{contract.latency_percentile} {p:.1f} ms")
+    ax.set_xlabel("request latency (ms), real HTTP to Ray Serve")
+    ax.set_ylabel("requests")
+    ax.set_title(f"Endpoint check: {len(latencies_ms)} requests")
+    ax.legend()
+    fig.tight_layout()
+    return fig
+
+
+class UndeployModelOperator(StageOperator):
+    """Take a model off the endpoint (``ml_undeploy``): its router and every version
+    application are deleted, so its CPUs return to the cluster; the registry is untouched
+    (``champion`` still names the version, and a deploy serves it again). Idempotent: a
+    model that is not served is reported as such."""
+
+    def execute(self, context: Any) -> dict[str, Any]:
+        model = str(context["params"]["model_name"])
+        before = self.serve.footprint().of_model(model)
+        deleted = self.serve.undeploy(model)
+        if not deleted:
+            self.log.info("%s is not served: nothing to take off", model)
+        else:
+            self.log.info("%s taken off the endpoint: deleted %s, freeing %.4g CPU", model,
+                          deleted, before.cpus)
+        return {"model_name": model, "deleted": deleted, "freed_cpus": before.cpus}

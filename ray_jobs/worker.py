@@ -1,0 +1,46 @@
+"""One Ray Train worker's setup, shared by the training and calibration jobs."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import numpy as np
+
+from ray_jobs import data_io
+
+
+def setup_worker(config: dict[str, Any]) -> tuple[Any, Any, int, np.ndarray, np.ndarray]:
+    """Model under MultiWorkerMirroredStrategy, this worker's shard, steps per epoch, val set.
+
+    Shared by training and calibration, so a calibrated epoch is a trained epoch."""
+    os.environ["TF_USE_LEGACY_KERAS"] = "1"
+    import ray.train
+    import tensorflow as tf
+
+    from ray_jobs.model_format import build_mlp, tf_keras
+
+    keras = tf_keras()
+    ctx = ray.train.get_context()
+    rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    profile = config["profile"]
+    x_train, y_train = data_io.read_xy(config["train_path"], profile["feature_names"])
+    x_val, y_val = data_io.read_xy(config["val_path"], profile["feature_names"])
+
+    strategy = tf.distribute.MultiWorkerMirroredStrategy()
+    with strategy.scope():
+        model = build_mlp(len(profile["feature_names"]), len(profile["classes"]),
+                          config["hidden_units"], profile["feature_mean"], profile["feature_std"],
+                          config["seed"])
+        model.compile(optimizer=keras.optimizers.Adam(config["learning_rate"]),
+                      loss="sparse_categorical_crossentropy", metrics=["accuracy"])
+    # Each worker trains on its own shard; all run the same number of steps (MWMS needs it).
+    batch = int(config["batch_size"])
+    shard_x, shard_y = x_train[rank::world], y_train[rank::world]
+    steps = max(1, len(x_train) // world // batch)
+    options = tf.data.Options()
+    options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.OFF
+    dataset = (tf.data.Dataset.from_tensor_slices((shard_x, shard_y))
+               .shuffle(len(shard_x), seed=config["seed"] + rank).repeat()
+               .batch(batch * world).with_options(options))
+    return model, dataset, steps, x_val, y_val
