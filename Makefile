@@ -77,9 +77,10 @@ mlflow-ui: install
 airflow: install ray-up
 	eval "$$($(PY) -m slaflow.cli env)" && $(VENV)/bin/airflow standalone
 
-## Stage timings of ml_lifecycle (2 demo runs) -> benchmarks/results/lifecycle.json
+## Stage timings of ml_lifecycle: a first run from an empty SLAFLOW_HOME, then 2 warm runs
+## -> benchmarks/results/lifecycle.json (stops the embedded Ray cluster first)
 bench-lifecycle: install
-	$(PY) benchmarks/lifecycle.py --runs 2
+	$(PY) benchmarks/lifecycle.py --runs 3 --clean
 
 ## Serving under the contract: overhead, bursty (slaflow vs static peak vs Serve default),
 ## mixed (router vs single tiers) on real Serve + the cluster-scale simulation

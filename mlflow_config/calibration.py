@@ -42,6 +42,15 @@ def find_calibration(client: Any, key: str, shape: str, now: float | None = None
     return result
 
 
+def merge_calibrations(old: dict[str, Any] | None, new: dict[str, Any]) -> dict[str, Any]:
+    """A stored calibration with newly measured worker counts added (the new ones win; the
+    start-up cost is the largest seen)."""
+    if not old:
+        return dict(new)
+    return {**old, **new, "epoch_s": {**old["epoch_s"], **new["epoch_s"]},
+            "startup_s": max(float(old["startup_s"]), float(new["startup_s"]))}
+
+
 def save_calibration(client: Any, key: str, result: dict[str, Any],
                      artifact_location: str | None, parts: dict[str, Any]) -> str:
     from mlflow_config.registry import get_or_create_experiment

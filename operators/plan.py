@@ -18,9 +18,9 @@ from policies import (
     RunPlan,
     ThroughputModel,
     assess_feasibility,
-    calibration_worker_counts,
     cluster_capacity,
     estimate_epochs_needed,
+    next_calibration,
     plan_workers,
     size_training,
 )
@@ -141,38 +141,42 @@ class FeasibilityOperator(RayJobStageOperator):
         }
         key = cal.calibration_key(**parts)
         client = self.mlflow.client
+        curves = cal.past_curves(client, reg.experiment_name(contract.model_name), key,
+                                 contract.learning_rate)
+        estimate = estimate_epochs_needed(curves, self.run_plan.stop_accuracy,
+                                          contract.max_epochs)
         models = []
         for shape, fit in capacity.items():
-            sizes = calibration_worker_counts(contract.max_workers, fit)
-            if not sizes:
-                continue
+            price = gpu_price() if shape == "gpu" else cpw
             found = cal.find_calibration(client, key, shape)
-            if found is None:
-                self.log.info("No calibration for this cluster and job (key %s, %s): measuring "
-                              "%s workers", key, shape, sizes)
+            model = None if found is None else _throughput(shape, found, price)
+            while todo := next_calibration(model, epochs=estimate.epochs,
+                                           deadline_s=contract.deadline_s,
+                                           max_workers=contract.max_workers, capacity=fit):
+                self.log.info("Calibrating %s workers (%s) on this cluster and job (key %s)%s",
+                              todo, shape, key, "" if model is None else
+                              ": one worker cannot finish in time, so larger counts matter")
                 spec = calibration_spec(contract, self.profile, key=key, shape=shape,
-                                        worker_counts=sizes,
+                                        worker_counts=todo,
                                         storage_path=Endpoints.from_env().ray_storage)
-                found = self.run_job(context, f"calib-{shape}", "ray_jobs.calibrate", spec,
-                                     timeout_s=900)
+                measured = self.run_job(
+                    context, f"calib-{shape}{'-'.join(map(str, todo))}", "ray_jobs.calibrate",
+                    spec, timeout_s=900)
+                found = cal.merge_calibrations(found, measured)
                 cal.save_calibration(client, key, found, self.mlflow.artifact_location, parts)
                 found["source"] = "calibration measured now"
-            price = gpu_price() if shape == "gpu" else cpw
-            models.append(ThroughputModel(shape, {int(n): float(t) for n, t in
-                                                  found["epoch_s"].items()},
-                                          float(found["startup_s"]), price, found["source"]))
+                model = _throughput(shape, found, price)
+            if model is None:
+                continue
+            models.append(model)
             self.log.info("Throughput (%s, %s): %s s/epoch by workers, start-up %.1fs", shape,
-                          found["source"], found["epoch_s"], found["startup_s"])
+                          model.source, dict(model.epoch_s), model.startup_s)
         if not models:
             raise AirflowFailException(
                 f"contract infeasible: not one training worker of {cpw:g} CPUs fits now "
                 f"({free.get('CPU', 0.0):.4g} free; served models hold {serving.cpus:g}: "
                 f"{serving.describe()}). Fix: `make undeploy MODEL=<name>`, add nodes, or "
                 f"lower cpus_per_worker")
-        curves = cal.past_curves(client, reg.experiment_name(contract.model_name), key,
-                                 contract.learning_rate)
-        estimate = estimate_epochs_needed(curves, self.run_plan.stop_accuracy,
-                                          contract.max_epochs)
         verdict = assess_feasibility(
             deadline_s=contract.deadline_s, elapsed_s=0.0, max_workers=contract.max_workers,
             capacity=capacity, models=models, estimate=estimate, now_unix=time.time())
@@ -224,3 +228,8 @@ class FeasibilityOperator(RayJobStageOperator):
                 "throughput": {"shape": "cpu", "epoch_s": {}, "startup_s": 0.0,
                                "source": "none"},
                 "predicted_training_s": None}
+
+
+def _throughput(shape: str, found: dict[str, Any], price: float) -> ThroughputModel:
+    return ThroughputModel(shape, {int(n): float(t) for n, t in found["epoch_s"].items()},
+                           float(found["startup_s"]), price, str(found.get("source", "")))

@@ -16,7 +16,10 @@ class PrepareDataOperator(PlannedStageOperator):
     """Spark job: validate, split and write Parquet under ``SLAFLOW_DATA_DIR/<run key>``.
 
     With ``prepare_deadline_s`` it runs under the dynaSpark controller. Writes with mode
-    overwrite into a folder owned by this DAG run: a retry redoes it whole.
+    overwrite into a folder owned by this DAG run: a retry redoes it whole. Splits prepared
+    before from the same content (a local file's size and time, or the built-in data set),
+    label column, fractions and seed, by the same version of the job, are reused instead of
+    running Spark again; never under a deadline (that run exists to run Spark under control).
     """
 
     template_fields: Sequence[str] = ("plan",)
@@ -33,12 +36,29 @@ class PrepareDataOperator(PlannedStageOperator):
             run_with_deadline,
             stored_profile_path,
         )
-        from spark_jobs.prepare import DataError, run_prepare
+        from spark_jobs.prepare import (
+            DataError,
+            find_prepared,
+            record_prepared,
+            reuse_key,
+            run_prepare,
+        )
 
         contract = self.contract
+        data_dir = Endpoints.from_env().data_dir
+        key = None if contract.prepare_deadline_s > 0 else reuse_key(
+            source=contract.data_source, label_column=contract.label_column,
+            validation_fraction=contract.validation_fraction,
+            test_fraction=contract.test_fraction, seed=contract.seed)
+        found = None if key is None else find_prepared(data_dir, key)
+        if found is not None:
+            self.log.info("Reusing the splits prepared from the same data and settings (%s): "
+                          "%s; split %s", key, found["paths"]["train"].rsplit("/", 2)[0],
+                          found["split_counts"])
+            return {**found, "reused": key, "prepare_seconds": 0.0}
         hook = SparkHook(self.spark_conn_id)
         master = contract.spark_master or hook.master
-        output = f"{Endpoints.from_env().data_dir.rstrip('/')}/{self.run_plan.run_key}"
+        output = f"{data_dir.rstrip('/')}/{self.run_plan.run_key}"
         controlled = contract.prepare_deadline_s > 0
         self.log.info("Preparing %s on Spark master %s -> %s%s", contract.data_source,
                       master, output,
@@ -92,4 +112,6 @@ class PrepareDataOperator(PlannedStageOperator):
         if profile["rows_dropped_malformed"]:
             self.log.warning("Malformed values (unparsable numbers) per column: %s; their rows "
                              "were dropped", profile["malformed_values_by_column"])
+        if key is not None:
+            record_prepared(data_dir, key, profile)
         return profile

@@ -57,7 +57,7 @@ class RayJobRunner:
             attempt += 1
 
     def run(self, *, base_id: str, module: str, spec: dict[str, Any], timeout_s: float,
-            env_vars: dict[str, str] | None = None, poll_s: float = 2.0) -> dict[str, Any]:
+            env_vars: dict[str, str] | None = None, poll_s: float = 0.5) -> dict[str, Any]:
         sid, status = self.pick_submission(base_id)
         if status is None:
             spec_uri = f"{self._spec_dir}/{sid}.json"

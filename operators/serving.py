@@ -95,6 +95,9 @@ class ProfileServingOperator(RayJobStageOperator):
         node = node_key(self.ray.alive_nodes(), resource)
         key = profile_key(model_signature=str(self.evaluation.get("model_signature", "")),
                           variants=sorted(variants), cpus=cpus, batches=batches, node=node)
+        # the Serve path first: measured (once per node type) before the compute job, whose
+        # processes would otherwise still be winding down while it is timed
+        overhead = self._overhead(node, resource, min(cpus))
         stored = profiles.find_compute(client, key)
         if stored is not None:
             samples = stored["samples"]
@@ -117,7 +120,6 @@ class ProfileServingOperator(RayJobStageOperator):
             samples = out["samples"]
             profiles.save_compute(client, key, {"samples": samples, "node_key": node},
                                   self.mlflow.artifact_location)
-        overhead = self._overhead(node, resource, min(cpus))
         profile = build_profile(overhead, [ComputeSample.from_dict(s) for s in samples],
                                 accuracy={v: float(d["accuracy"]) for v, d in variants.items()},
                                 size_bytes={v: int(d.get("size_bytes", 0))
@@ -343,8 +345,8 @@ class DeployModelOperator(PlannedStageOperator):
         """Delete the model's version applications the router no longer sends traffic to
         (their in-flight requests finish first: Serve stops replicas gracefully)."""
         for v in self.serve.served_versions(model):
-            if v != keep:
-                self.serve.delete(version_app(model, v))
+            if v != keep:  # no wait: Serve stops the replicas in the background
+                self.serve.delete(version_app(model, v), wait=False)
                 self.log.info("removed %s v%s's application", model, v)
 
     def _canary(self, context: Any, model: str, base: dict[str, Any], old: str,

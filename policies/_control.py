@@ -183,3 +183,18 @@ def summarize_allocation(records: Sequence[EpochRecord]) -> Mapping[str, float]:
     worker_s = sum(r.workers * r.duration_s for r in records)
     resizes = sum(1 for a, b in zip(records, records[1:], strict=False) if a.workers != b.workers)
     return {"epoch_worker_seconds": worker_s, "resizes": float(resizes)}
+
+
+#: A checkpoint at most this often while training goes on: persisting one costs ~1-2 s here
+#: (Ray Train's report and storage), more than a small model's epoch.
+CHECKPOINT_EVERY_S = 10.0
+
+
+def checkpoint_due(*, now_s: float, last_checkpoint_s: float | None, action: Action | str,
+                   every_s: float = CHECKPOINT_EVERY_S) -> bool:
+    """Whether this epoch ends with a checkpoint: always when training stops or resizes (the
+    next segment and the export read it) and for the first epoch; otherwise once
+    ``every_s`` have passed since the last one, so a failure loses at most that much."""
+    if str(action) != Action.CONTINUE.value or last_checkpoint_s is None:
+        return True
+    return now_s - last_checkpoint_s >= every_s

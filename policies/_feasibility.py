@@ -238,3 +238,20 @@ def assess_feasibility(
     return Feasibility(Verdict.INFEASIBLE, binding, fastest[0].shape, fastest[1], earliest,
                        deadline_s, earliest, estimate.epochs, f"infeasible: {message}",
                        tuple(suggestions))
+
+
+def next_calibration(model: ThroughputModel | None, *, epochs: float, deadline_s: float,
+                     max_workers: int, capacity: int) -> list[int]:
+    """Worker counts still to measure before the verdict: one worker first (the cheapest
+    measurement, and the whole answer whenever one worker finishes in time, since no plan
+    uses fewer); the larger counts only when it does not."""
+    from policies._training import calibration_worker_counts
+
+    wanted = calibration_worker_counts(max_workers, capacity)
+    if not wanted:
+        return []
+    if model is None or 1 not in model.epoch_s:
+        return [1]
+    if time_for(model, 1, epochs * START_MARGIN) <= DEADLINE_ALPHA * deadline_s:
+        return []
+    return [n for n in wanted if n not in model.epoch_s]

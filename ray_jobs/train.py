@@ -1,9 +1,10 @@
 """Ray Train job: a Keras MLP trained data-parallel with ``TensorflowTrainer``.
 
 Runs as a Ray Job (``python -m ray_jobs.train``), submitted by ``TrainModelOperator``.
-Every epoch: a checkpoint (latest and best weights + state), per-epoch metrics to MLflow from
-rank 0, a progress line in the log, and the deadline/accuracy decision of
-``policies.next_epoch_decision`` broadcast from rank 0 so all workers stop together.
+Every epoch: per-epoch metrics to MLflow from rank 0, a progress line in the log, and the
+deadline/accuracy decision of ``policies.after_epoch`` broadcast from rank 0 so all workers
+stop together; a checkpoint (latest and best weights + state) when ``policies.checkpoint_due``
+says so (every 10 s, and always before a resize or the end).
 A resubmitted job (Airflow retry, or a failed driver) resumes from the newest checkpoint in
 its storage folder, so no finished epoch is lost.
 """
@@ -56,6 +57,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         EpochRecord,
         ThroughputModel,
         after_epoch,
+        checkpoint_due,
     )
 
     ctx = ray.train.get_context()
@@ -97,6 +99,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     if rank == 0 and state["segments"] and state["segments"][-1].get("resumed_at") is None:
         state["segments"][-1]["resumed_at"] = time.time() - started_at
     run_next = True
+    last_checkpoint_s: float | None = None
     while run_next:
         epoch_start = time.time()
         hist = model.fit(dataset, epochs=state["epoch"] + 1, initial_epoch=state["epoch"],
@@ -165,11 +168,25 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
                                           "to": state["resize_to"], "resumed_at": None})
             if mlflow_client is not None:
                 _log_epoch(mlflow_client, config["mlflow_run_id"], row)
-            with tempfile.TemporaryDirectory() as d:
-                _save_weights(Path(d) / LATEST_WEIGHTS, model.get_weights())
-                _save_weights(Path(d) / BEST_WEIGHTS, best_weights)
-                (Path(d) / STATE_FILE).write_text(json.dumps(state))
-                ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(d))
+            if not run_next and not state["resize_to"]:
+                # Training is over: export here, where TensorFlow is loaded, so the driver
+                # never imports it (seconds saved on every run).
+                state["training_seconds"] = time.time() - started_at
+                state["summary"] = training_summary(state, float(config["stop_accuracy"]))
+                state["model_uri"] = export_and_log(config, best_weights, state,
+                                                    state["training_seconds"],
+                                                    state["summary"])
+            if checkpoint_due(now_s=now_s, last_checkpoint_s=last_checkpoint_s,
+                              action=decision["action"]):
+                last_checkpoint_s = now_s
+                with tempfile.TemporaryDirectory() as d:
+                    _save_weights(Path(d) / LATEST_WEIGHTS, model.get_weights())
+                    _save_weights(Path(d) / BEST_WEIGHTS, best_weights)
+                    (Path(d) / STATE_FILE).write_text(json.dumps(state))
+                    ray.train.report(metrics,
+                                     checkpoint=ray.train.Checkpoint.from_directory(d))
+            else:
+                ray.train.report(metrics)
         else:
             ray.train.report(metrics)
         if state["resize_to"]:
@@ -289,15 +306,10 @@ def _checkpoint_state(path: str) -> dict[str, Any]:
         return json.loads((Path(d) / STATE_FILE).read_text())  # type: ignore[no-any-return]
 
 
-def _finish(spec: dict[str, Any], checkpoint_path: str, resume: str | None) -> dict[str, Any]:
-    from ray.train import Checkpoint
-
-    with Checkpoint.from_directory(checkpoint_path).as_directory() as d:
-        state = json.loads((Path(d) / STATE_FILE).read_text())
-        best = _load_weights(Path(d) / BEST_WEIGHTS)
+def training_summary(state: dict[str, Any], stop_accuracy: float) -> dict[str, Any]:
+    """Worker-seconds, resizes, restart times and the outcome of a training state."""
     from policies import EpochRecord, outcome, summarize_allocation
 
-    training_seconds = time.time() - float(spec["started_at"])
     records = [EpochRecord(**r) for r in state.get("records", [])]
     alloc = dict(summarize_allocation(records))
     restarts = [seg["resumed_at"] - seg["at_s"] for seg in state.get("segments", [])
@@ -310,12 +322,29 @@ def _finish(spec: dict[str, Any], checkpoint_path: str, resume: str | None) -> d
         seg["to"] * (seg["resumed_at"] - seg["at_s"]) for seg in state.get("segments", [])
         if seg.get("resumed_at") is not None) + (
         records[0].workers * first_start if records else 0.0)
-    label = outcome(state.get("stop_reason"), state["best_val_accuracy"],
-                    float(spec["stop_accuracy"]))
-    summary = {"worker_seconds": worker_seconds, "resizes": int(alloc["resizes"]),
-               "restart_seconds": restarts, "outcome": label.value,
-               "segments": state.get("segments", [])}
-    model_uri = export_and_log(spec, best, state, training_seconds, summary)
+    label = outcome(state.get("stop_reason"), state["best_val_accuracy"], stop_accuracy)
+    return {"worker_seconds": worker_seconds, "resizes": int(alloc["resizes"]),
+            "restart_seconds": restarts, "outcome": label.value,
+            "segments": state.get("segments", [])}
+
+
+def _finish(spec: dict[str, Any], checkpoint_path: str, resume: str | None) -> dict[str, Any]:
+    """The job's result from the final checkpoint. Rank 0 exported the model when training
+    stopped; only a checkpoint without an export (an attempt that died in between) is
+    exported here."""
+    from ray.train import Checkpoint
+
+    with Checkpoint.from_directory(checkpoint_path).as_directory() as d:
+        state = json.loads((Path(d) / STATE_FILE).read_text())
+        best = _load_weights(Path(d) / BEST_WEIGHTS)
+    if state.get("model_uri"):
+        training_seconds = float(state["training_seconds"])
+        summary = state["summary"]
+        model_uri = state["model_uri"]
+    else:
+        training_seconds = time.time() - float(spec["started_at"])
+        summary = training_summary(state, float(spec["stop_accuracy"]))
+        model_uri = export_and_log(spec, best, state, training_seconds, summary)
     return {**summary,
         "epochs": state["epoch"],
         "best_epoch": state["best_epoch"],

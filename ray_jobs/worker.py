@@ -27,7 +27,10 @@ def setup_worker(config: dict[str, Any]) -> tuple[Any, Any, int, np.ndarray, np.
     x_train, y_train = data_io.read_xy(config["train_path"], profile["feature_names"])
     x_val, y_val = data_io.read_xy(config["val_path"], profile["feature_names"])
 
-    strategy = tf.distribute.MultiWorkerMirroredStrategy()
+    # One worker needs no collective: MultiWorkerMirroredStrategy would only add its gRPC
+    # server and collective setup to every (re)start.
+    strategy = tf.distribute.MultiWorkerMirroredStrategy() if world > 1 else \
+        tf.distribute.get_strategy()
     with strategy.scope():
         model = build_mlp(len(profile["feature_names"]), len(profile["classes"]),
                           config["hidden_units"], profile["feature_mean"], profile["feature_std"],

@@ -256,6 +256,10 @@ def demo(conf: dict[str, Any], verbose: bool = False) -> int:
         summary["stage_seconds"] = {s: tasks.get(s, {}).get("seconds") for s in STAGES}
         summary["demo_wall_seconds"] = outcome["wall_seconds"]
         summary["log"] = str(log_path)
+        profiled = (tasks.get("profile_serving") or {}).get("value") or {}
+        deployed = (tasks.get("deploy") or {}).get("value") or {}
+        summary["serving_profile"] = {k: profiled.get(k) for k in ("reused", "seconds")}
+        summary["canary"] = deployed.get("canary", [])
         for line in _summary_lines(summary):
             out.print(f"  {line}")
         print(json.dumps(summary), flush=True)

@@ -15,6 +15,7 @@ BUILTIN_DIGITS = "sklearn:digits"
 LABEL_INDEX = "__label_index"
 PROFILE_FILE = "profile.json"
 SPLITS = ("train", "val", "test")
+SPLIT_COLUMN = "__split"
 MAX_CLASSES = 1000
 
 
@@ -133,12 +134,20 @@ def run_prepare(
             f"(e.g. {None if sample is None else sample[0]!r}), but features must be numeric: "
             f"encode or drop {', '.join(repr(b.name) for b in bad)} before training"
         )
-    total = frame.count()
-    complete = frame.dropna(subset=[label_column, *features])
-    kept = complete.count()
+    # Few Spark jobs, since each costs a scheduling round trip (and the first ones of a fresh
+    # JVM much more): one pass counts rows and complete rows, one collects the classes, one
+    # counts rows per split and label on a cached frame that carries its split, one takes the
+    # training statistics, and the three writes read from the cache.
+    complete_row = F.lit(True)
+    for c in (label_column, *features):
+        complete_row = complete_row & F.col(c).isNotNull()
+    row_counts = frame.agg(F.count(F.lit(1)).alias("n"),
+                           F.sum(F.when(complete_row, 1).otherwise(0)).alias("kept")).first()
+    total, kept = int(row_counts["n"]), int(row_counts["kept"] or 0)
     if kept == 0:
         raise DataError(f"no complete rows: all {total + malformed_rows} rows have a missing or "
                         f"malformed value")
+    complete = frame.where(complete_row)
     classes = sorted(r[0] for r in complete.select(label_column).distinct().limit(MAX_CLASSES + 1)
                      .collect())
     if len(classes) > MAX_CLASSES:
@@ -148,22 +157,34 @@ def run_prepare(
         raise DataError(f"label_column {label_column!r} has {len(classes)} class(es): "
                         f"need at least 2 to train a classifier")
     mapping = F.create_map(*[x for i, c in enumerate(classes) for x in (F.lit(c), F.lit(i))])
-    indexed = complete.select(
+    train_fraction = 1.0 - validation_fraction - test_fraction
+    u = F.col(SPLIT_COLUMN + "_u")  # one draw per row, then compared twice
+    split = (F.when(u < train_fraction, SPLITS[0])
+             .when(u < train_fraction + validation_fraction, SPLITS[1]).otherwise(SPLITS[2]))
+    labeled = complete.select(
         *[F.col(f).cast("float").alias(f) for f in features],
         mapping[F.col(label_column)].cast("int").alias(LABEL_INDEX),
-    )
-    train_fraction = 1.0 - validation_fraction - test_fraction
-    parts = indexed.randomSplit([train_fraction, validation_fraction, test_fraction], seed=seed)
-    counts: dict[str, int] = {}
-    for name, part in zip(SPLITS, parts, strict=True):
-        part.write.mode("overwrite").parquet(f"{output_dir.rstrip('/')}/{name}")
-        counts[name] = spark.read.parquet(f"{output_dir.rstrip('/')}/{name}").count()
-    stats = parts[0].agg(*[F.mean(f).alias(f"m_{i}") for i, f in enumerate(features)],
-                         *[F.stddev_pop(f).alias(f"s_{i}") for i, f in enumerate(features)],
-                         *[F.min(f).alias(f"lo_{i}") for i, f in enumerate(features)],
-                         *[F.max(f).alias(f"hi_{i}") for i, f in enumerate(features)]).first()
-    label_counts = {classes[r[0]]: r[1] for r in
-                    parts[0].groupBy(LABEL_INDEX).count().collect()}
+        F.rand(seed).alias(SPLIT_COLUMN + "_u"),
+    ).withColumn(SPLIT_COLUMN, split).drop(SPLIT_COLUMN + "_u").cache()
+    counts = dict.fromkeys(SPLITS, 0)
+    label_counts: dict[Any, int] = {}
+    for row in labeled.groupBy(SPLIT_COLUMN, LABEL_INDEX).count().collect():
+        counts[row[SPLIT_COLUMN]] += int(row["count"])
+        if row[SPLIT_COLUMN] == SPLITS[0]:
+            label_counts[classes[row[LABEL_INDEX]]] = int(row["count"])
+    if min(counts.values()) == 0:
+        labeled.unpersist()
+        raise DataError(f"a split is empty ({counts}) with {kept} rows: use more data or "
+                        f"larger validation_fraction/test_fraction")
+    train = labeled.where(F.col(SPLIT_COLUMN) == SPLITS[0])
+    stats = train.agg(*[F.mean(f).alias(f"m_{i}") for i, f in enumerate(features)],
+                      *[F.stddev_pop(f).alias(f"s_{i}") for i, f in enumerate(features)],
+                      *[F.min(f).alias(f"lo_{i}") for i, f in enumerate(features)],
+                      *[F.max(f).alias(f"hi_{i}") for i, f in enumerate(features)]).first()
+    for name in SPLITS:
+        (labeled.where(F.col(SPLIT_COLUMN) == name).drop(SPLIT_COLUMN)
+         .write.mode("overwrite").parquet(f"{output_dir.rstrip('/')}/{name}"))
+    labeled.unpersist()
     profile = {
         "source": source,
         "label_column": label_column,
@@ -181,11 +202,68 @@ def run_prepare(
         "train_label_counts": {str(k): v for k, v in sorted(label_counts.items())},
         "paths": {name: f"{output_dir.rstrip('/')}/{name}" for name in SPLITS},
     }
-    if min(counts.values()) == 0:
-        raise DataError(f"a split is empty ({counts}) with {kept} rows: use more data or "
-                        f"larger validation_fraction/test_fraction")
     _write_text(f"{output_dir.rstrip('/')}/{PROFILE_FILE}", json.dumps(profile, indent=2))
     return profile
+
+
+def source_fingerprint(source: str) -> str | None:
+    """What identifies the content of ``source`` cheaply: the built-in data set's name, a
+    local file's size and modification time, a local folder's files' names, sizes and times;
+    None for a remote URI (no cheap fingerprint: it is prepared every time)."""
+    import hashlib
+
+    if source.startswith("sklearn:"):
+        return source
+    local = Path(source[len("file://"):] if source.startswith("file://") else source)
+    if "://" in str(local) or not local.exists():
+        return None
+    if local.is_file():
+        st = local.stat()
+        return f"{local.resolve()}:{st.st_size}:{st.st_mtime_ns}"
+    digest = hashlib.sha256(str(local.resolve()).encode())
+    for file in sorted(p for p in local.rglob("*") if p.is_file()):
+        st = file.stat()
+        digest.update(f"{file.relative_to(local)}:{st.st_size}:{st.st_mtime_ns}\n".encode())
+    return digest.hexdigest()
+
+
+def reuse_key(*, source: str, label_column: str, validation_fraction: float,
+              test_fraction: float, seed: int) -> str | None:
+    """The key under which prepared splits of the same content, label, fractions and seed,
+    by this version of this job, are reused; None when the source has no fingerprint."""
+    import hashlib
+
+    fingerprint = source_fingerprint(source)
+    if fingerprint is None:
+        return None
+    code = hashlib.sha256(Path(__file__).read_bytes()).hexdigest()[:12]
+    blob = json.dumps([fingerprint, label_column, validation_fraction, test_fraction, seed,
+                       code])
+    return hashlib.sha256(blob.encode()).hexdigest()[:24]
+
+
+def find_prepared(data_dir: str, key: str) -> dict[str, Any] | None:
+    """The profile of splits prepared before under ``key``, if they are all still there."""
+    import pyarrow.fs as pafs
+
+    index = f"{data_dir.rstrip('/')}/prepared/{key}.json"
+    fs, path = pafs.FileSystem.from_uri(index) if "://" in index else \
+        (pafs.LocalFileSystem(), index)
+    try:
+        with fs.open_input_stream(path) as fh:
+            profile: dict[str, Any] = json.loads(fh.read())
+    except (FileNotFoundError, OSError, ValueError):
+        return None
+    for split_path in profile["paths"].values():
+        sfs, spath = pafs.FileSystem.from_uri(split_path) if "://" in split_path else \
+            (pafs.LocalFileSystem(), split_path)
+        if sfs.get_file_info(spath).type == pafs.FileType.NotFound:
+            return None
+    return profile
+
+
+def record_prepared(data_dir: str, key: str, profile: dict[str, Any]) -> None:
+    _write_text(f"{data_dir.rstrip('/')}/prepared/{key}.json", json.dumps(profile))
 
 
 def _jsonable(value: Any) -> Any:
@@ -196,6 +274,7 @@ def _write_text(uri: str, text: str) -> None:
     import pyarrow.fs as pafs
 
     fs, path = pafs.FileSystem.from_uri(uri) if "://" in uri else (pafs.LocalFileSystem(), uri)
+    fs.create_dir(path.rsplit("/", 1)[0], recursive=True)
     with fs.open_output_stream(path) as fh:
         fh.write(text.encode())
 

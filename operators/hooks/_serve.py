@@ -8,8 +8,6 @@ tiers. Operators, the CLI, the benchmarks and the tests all go through this hook
 
 from __future__ import annotations
 
-import statistics
-import threading
 import time
 from functools import cached_property
 from typing import Any
@@ -95,9 +93,10 @@ class ServeHook(BaseHook):
         serve.run(build_router_app(model, config, node_resource), name=model,
                   route_prefix=f"/{model}", blocking=False)
 
-    def delete(self, app: str) -> None:
+    def delete(self, app: str, wait: bool = True) -> None:
+        """Delete an application; ``wait`` until its replicas are gone (their CPUs free)."""
         serve = self.connect()
-        serve.delete(app, _blocking=True)
+        serve.delete(app, _blocking=wait)
 
     def applications(self) -> dict[str, str]:
         """Every Serve application and its status (``RUNNING``, ``DEPLOYING``, ...)."""
@@ -105,12 +104,15 @@ class ServeHook(BaseHook):
         return {name: _status(app.status) for name, app in serve.status().applications.items()}
 
     def model_applications(self, model: str) -> list[str]:
-        """The router and version applications of ``model`` that exist now."""
-        return sorted(a for a in self.applications() if model_of_app(a) == model)
+        """The router and version applications of ``model`` that exist now (not those being
+        deleted)."""
+        return sorted(a for a, status in self.applications().items()
+                      if model_of_app(a) == model and status != "DELETING")
 
     def served_versions(self, model: str) -> list[str]:
-        return sorted(parsed[1] for a in self.applications()
-                      if (parsed := parse_version_app(a)) and parsed[0] == model)
+        """Versions of ``model`` with an application now (not those being deleted)."""
+        return sorted(parsed[1] for a in self.model_applications(model)
+                      if (parsed := parse_version_app(a)))
 
     def undeploy(self, model: str) -> list[str]:
         """Take ``model`` off the endpoint: its router first (requests get 404 at once), then
@@ -210,55 +212,30 @@ class ServeHook(BaseHook):
             time.sleep(0.1)
         raise TimeoutError(f"{self.url(model)} did not answer within {timeout_s:.0f}s")
 
-    def measure(self, model: str, rows: list[list[float]], *, sequential: int = 60,
-                concurrency: int = 8, load_s: float = 3.0, big_rows: int = 64
-                ) -> dict[str, float]:
+    def measure(self, model: str, rows: list[list[float]], *, sequential: int = 200,
+                concurrency: int = 8, load_s: float = 3.0, big_rows: int = 64,
+                warmup: int = 20) -> dict[str, float]:
         """Latency of one-row requests at low load (p50/p99), saturated requests/s with
-        ``concurrency`` clients, and the extra milliseconds per row of a large request."""
-        import numpy as np
-        import requests
+        ``concurrency`` clients, and the extra milliseconds per row of a large request;
+        measured from a process of its own (``ray_jobs.serve_measure``), so the caller's
+        threads (an Airflow task's, a test's) do not slow the client down."""
+        import json
+        import subprocess
+        import sys
+        import tempfile
 
-        url = self.url(model)
-        rows = [rows[i % len(rows)] for i in range(max(sequential, big_rows))]
-        lat: list[float] = []
-        with requests.Session() as http:
-            for i in range(5):  # warm the connection and the replica
-                http.post(url, json={"instances": [rows[i]]}, timeout=30)
-            for i in range(sequential):
-                t0 = time.perf_counter()
-                r = http.post(url, json={"instances": [rows[i]]}, timeout=30)
-                lat.append((time.perf_counter() - t0) * 1000)
-                r.raise_for_status()
-            big: list[float] = []
-            for _ in range(10):
-                t0 = time.perf_counter()
-                http.post(url, json={"instances": rows[:big_rows]}, timeout=30).raise_for_status()
-                big.append((time.perf_counter() - t0) * 1000)
-        done = [0]
-        stop = time.monotonic() + load_s
-        lock = threading.Lock()
-
-        def client(k: int) -> None:
-            with requests.Session() as http:
-                i = k
-                while time.monotonic() < stop:
-                    if http.post(url, json={"instances": [rows[i % len(rows)]]},
-                                 timeout=30).ok:
-                        with lock:
-                            done[0] += 1
-                    i += concurrency
-
-        t0 = time.monotonic()
-        threads = [threading.Thread(target=client, args=(k,)) for k in range(concurrency)]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
-        p50 = statistics.median(lat)
-        return {"p50_ms": round(p50, 3), "p99_ms": round(float(np.percentile(lat, 99)), 3),
-                "capacity_rps": round(done[0] / (time.monotonic() - t0), 1),
-                "row_ms": round(max(0.0, statistics.median(big) - p50) / max(1, big_rows - 1),
-                                4)}
+        spec = {"url": self.url(model), "rows": rows, "sequential": sequential,
+                "concurrency": concurrency, "load_s": load_s, "big_rows": big_rows,
+                "warmup": warmup}
+        with tempfile.NamedTemporaryFile("w", suffix=".json") as fh:
+            json.dump(spec, fh)
+            fh.flush()
+            out = subprocess.run([sys.executable, "-m", "ray_jobs.serve_measure", fh.name],
+                                 capture_output=True, text=True, timeout=600)
+        if out.returncode != 0:
+            raise RuntimeError(f"measuring {self.url(model)} failed: {out.stderr[-2000:]}")
+        result: dict[str, float] = json.loads(out.stdout.strip().splitlines()[-1])
+        return result
 
     def deploy_noop(self, name: str, *, num_cpus: float, resource: str = "",
                     wait: bool = True) -> None:
@@ -290,7 +267,7 @@ class ServeHook(BaseHook):
         try:
             self.wait_answering(name, timeout_s=300)
             cold = time.monotonic() - t0
-            m = self.measure(name, [[0.0]], sequential=60, load_s=load_s, big_rows=2)
+            m = self.measure(name, [[0.0]], load_s=load_s, big_rows=2)
         finally:
             serve = self.connect()
             for app in (name, version_app(name, "0")):

@@ -16,6 +16,9 @@ import pytest
 
 from tests.cluster.topology import Topology
 
+#: The model the cluster tests serve and retrain (the browser journey's run makes it champion).
+MODEL = "cluster-digits"
+
 
 def tails(topo: Topology) -> str:
     out = []

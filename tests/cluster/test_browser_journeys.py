@@ -1,13 +1,20 @@
-"""The three user journeys in a real browser: Playwright drives Debian's Chromium against the
-Airflow UI and the MLflow UI of the production topology (real api-server, scheduler, MLflow
-server, Ray and Spark clusters).
+"""One contract from the trigger form to a served model, on the production topology: the
+three user journeys in a real browser (Playwright drives Debian's Chromium against the
+Airflow UI and the MLflow UI: real api-server, scheduler, MLflow server, Ray and Spark
+clusters), and then where everything of that same run ran.
 
 1. Log in to Airflow, open ml_lifecycle's trigger form, submit a bad value: the form shows
-   the validation message and no run starts. Submit a valid contract (review_policy always).
+   the validation message and no run starts. Submit a valid contract (review_policy always,
+   replicas on the ``large`` node, static sizing so both training workers can be located).
 2. The run stops at the review; approve it in the task's Required Actions tab; the run ends
    with the model promoted and served.
 3. Open the model version in the MLflow UI: alias, description and gate tags are there.
+4. The run on the topology: training workers off the head, the replica on the ``large`` node,
+   the prepare job on the Spark master, artifacts through the MLflow server, Airflow's runs in
+   PostgreSQL.
 
+One DAG run serves all four (it used to be two runs of minutes each on 2 cores). The model
+stays served for the retrain test (``test_cluster_lifecycle.py``), which takes it off.
 Screenshots go to ``test-artifacts/browser/`` (``SLAFLOW_TEST_ARTIFACTS`` to move them).
 """
 
@@ -23,14 +30,13 @@ from urllib.parse import unquote
 import pytest
 import requests
 
-from tests.cluster.conftest import tails, task_states, undeploy, wait_run
-from tests.cluster.topology import Topology
+from tests.cluster.conftest import MODEL, tails, task_states, wait_run, xcom
+from tests.cluster.topology import PORTS, Topology
 
 pytestmark = [pytest.mark.cluster, pytest.mark.browser]
 CHROMIUM = Path("/usr/bin/chromium")
 REPO = Path(__file__).resolve().parents[2]
 SHOTS = Path(os.environ.get("SLAFLOW_TEST_ARTIFACTS", REPO / "test-artifacts")) / "browser"
-MODEL = "browser-digits"
 REQUEST = json.loads((REPO / "examples" / "digit_request.json").read_text())
 
 
@@ -70,13 +76,12 @@ def _runs(topo: Topology) -> int:
     return int(body["total_entries"])
 
 
-def test_trigger_form_review_and_registry_in_a_real_browser(
-        topology: Topology, browser_page: Any, request: pytest.FixtureRequest) -> None:
+def test_a_contract_from_the_trigger_form_through_review_to_serving_on_the_topology(
+        topology: Topology, browser_page: Any) -> None:
     from playwright.sync_api import expect
 
     topo, page = topology, browser_page
-    # the cluster tests after this one train on the same 4 CPUs: free what this one serves
-    request.addfinalizer(lambda: undeploy(topo, MODEL))
+    started = time.monotonic()
     password = json.loads((topo.root / "airflow" /
                            "simple_auth_manager_passwords.json.generated").read_text())["admin"]
 
@@ -109,12 +114,18 @@ def test_trigger_form_review_and_registry_in_a_real_browser(
     dialog.get_by_role("button", name="Model", exact=True).click()
     _field(dialog, "model_name").fill(MODEL)
     _field(dialog, "max_epochs").fill("12")
+    # static sizing holds max_workers (2) throughout, so the test can check that both
+    # training workers landed on worker nodes; the deadline controller would pick 1
+    dialog.get_by_role("button", name="Budget", exact=True).click()
+    _field(dialog, "resize_policy").click()
+    page.get_by_role("option", name="static", exact=True).click()
     # a serving contract a 2-core runner holds while it also hosts the whole topology (the
     # defaults, 100 ms at p99 for bursts of 60 req/s, want more headroom than that)
     dialog.get_by_role("button", name="Serving", exact=True).click()
     _field(dialog, "latency_slo_ms").fill("300")
     _field(dialog, "expected_rps").fill("5")
     _field(dialog, "peak_rps").fill("20")
+    _field(dialog, "serving_node_resource").fill("large")
     dialog.get_by_role("button", name="Promotion review", exact=True).click()
     _field(dialog, "review_policy").click()
     page.get_by_role("option", name="always", exact=True).click()
@@ -167,3 +178,54 @@ def test_trigger_form_review_and_registry_in_a_real_browser(
     assert report["review_answer"] == {"approved": True, "responder": "admin",
                                        "timed_out": False}
     assert version.tags["slaflow.airflow_run_url"].startswith(topo.airflow_url)
+
+    # Journey 4: where that run ran on the topology.
+    _where_it_ran(topo, run_id, client, time.monotonic() - started)
+
+
+def _where_it_ran(topo: Topology, run_id: str, client: Any, run_seconds: float) -> None:
+    summary = xcom(topo, run_id, "verify")
+    assert summary["alias"] == "champion" and summary["model_version"] == "1"
+    assert summary["endpoint_url"] == f"http://127.0.0.1:{PORTS['serve']}/{MODEL}"
+    # MLflow: the server on PostgreSQL holds the version and alias; artifacts went through it
+    assert str(client.get_model_version_by_alias(MODEL, "champion").version) == "1"
+    assert any((topo.root / "shared" / "mlartifacts").rglob("saved_model.pb"))
+    # Ray nodes, the training workers, the Serve replicas
+    nodes = topo.ray_query(
+        f"import json, ray; ray.init(address='127.0.0.1:{PORTS['ray_gcs']}', "
+        "logging_level='ERROR'); "
+        "print(json.dumps([{'id': n['NodeID'], 'res': n['Resources']} for n in ray.nodes() "
+        "if n['Alive']]))")
+    assert len(nodes) == 3
+    large = {n["id"] for n in nodes if "large" in n["res"]}
+    head = {n["id"] for n in nodes if "CPU" not in n["res"]}
+    workers = xcom(topo, run_id, "train")["worker_nodes"]
+    assert len(workers) == 2 and not {w["node_id"] for w in workers} & head
+    replicas = topo.ray_query(
+        "import json, ray; from ray.util.state import list_actors; "
+        f"ray.init(address='127.0.0.1:{PORTS['ray_gcs']}', logging_level='ERROR'); "
+        # The address is explicit: the suite's own Ray may be running beside this cluster.
+        "print(json.dumps([a.node_id for a in list_actors("
+        f"address='127.0.0.1:{PORTS['ray_gcs']}', filters=[('state', '=', 'ALIVE')], "
+        "limit=1000, raise_on_missing_output=False) "
+        f"if a.class_name.startswith('ServeReplica:{MODEL}')]))")
+    assert replicas and set(replicas) <= large  # the router and every tier of the version
+    # Spark: the prepare job ran as an application of the standalone master
+    apps = requests.get(f"http://127.0.0.1:{PORTS['spark_ui']}/json/", timeout=5).json()
+    names = [a["name"] for a in apps.get("completedapps", []) + apps.get("activeapps", [])]
+    assert any(n.startswith("slaflow-prepare-") for n in names), names
+    # Airflow's metadata is in PostgreSQL
+    import psycopg2
+
+    with psycopg2.connect(host="127.0.0.1", user="postgres", dbname=topo.airflow_db) as conn:
+        with conn.cursor() as cur:
+            cur.execute("select count(*) from dag_run where dag_id = 'ml_lifecycle' and "
+                        "run_id = %s", (run_id,))
+            assert cur.fetchone()[0] == 1
+    report = {"startup_seconds": topo.timings, "run_seconds": round(run_seconds, 1),
+              "training_seconds": summary["training_seconds"],
+              "verify_p50_ms": summary["verify_p50_ms"], "verify_p99_ms": summary["verify_p99_ms"],
+              "training_worker_nodes": workers, "serve_replica_nodes": replicas,
+              "large_nodes": sorted(large), "head_nodes": sorted(head)}
+    (topo.root / "report.json").write_text(json.dumps(report, indent=2))
+    print(json.dumps(report))

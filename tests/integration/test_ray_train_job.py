@@ -179,7 +179,7 @@ def test_killed_worker_resumes_from_checkpoint_and_replans(
     from ray.util.state import list_actors
 
     from mlflow_config import registry as reg
-    from operators.hooks import MlflowHook, RayHook
+    from operators.hooks import MlflowHook
 
     client = MlflowHook().client
     exp = reg.get_or_create_experiment(client, "slaflow/tests", MlflowHook().artifact_location)

@@ -3,6 +3,8 @@ operators: early-stop accuracy, worker counts, deadline met."""
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 
 from policies import (
@@ -77,3 +79,44 @@ def test_plan_workers_names_what_served_models_hold() -> None:
     with pytest.raises(InfeasibleError, match=r"0\.5 free; served models hold 3 CPU: "
                                               r"digits 3 CPU \(v1 warm 3x1\).*make undeploy"):
         plan_workers(2, 1.0, 0.5, serving=serving)
+
+
+def test_calibration_measures_one_worker_first_and_more_only_when_it_is_too_slow() -> None:
+    from policies import ThroughputModel, next_calibration
+
+    kw = dict(epochs=20.0, max_workers=4, capacity=4)
+    assert next_calibration(None, deadline_s=600, **kw) == [1]
+    fast = ThroughputModel("cpu", {1: 2.0}, startup_s=20.0)
+    assert next_calibration(fast, deadline_s=600, **kw) == []  # 20 + 23 x 2 s fits easily
+    assert next_calibration(fast, deadline_s=60, **kw) == [2, 4]
+    both = ThroughputModel("cpu", {1: 2.0, 2: 1.2, 4: 0.9}, startup_s=20.0)
+    assert next_calibration(both, deadline_s=60, **kw) == []
+    assert next_calibration(None, deadline_s=600, epochs=20.0, max_workers=4,
+                            capacity=0) == []
+
+
+def test_checkpoints_every_ten_seconds_and_always_at_a_stop_or_resize() -> None:
+    from policies import checkpoint_due
+
+    assert checkpoint_due(now_s=3.0, last_checkpoint_s=None, action="continue")
+    assert not checkpoint_due(now_s=9.0, last_checkpoint_s=3.0, action="continue")
+    assert checkpoint_due(now_s=13.0, last_checkpoint_s=3.0, action="continue")
+    assert checkpoint_due(now_s=4.0, last_checkpoint_s=3.0, action="stop")
+    assert checkpoint_due(now_s=4.0, last_checkpoint_s=3.0, action="resize")
+
+
+def test_prepared_splits_are_keyed_by_content_settings_and_code(tmp_path: Any) -> None:
+    import os
+
+    from spark_jobs.prepare import reuse_key
+
+    data = tmp_path / "d.csv"
+    data.write_text("a,label\n1,0\n2,1\n")
+    kw = dict(label_column="label", validation_fraction=0.15, test_fraction=0.15, seed=1)
+    key = reuse_key(source=str(data), **kw)  # type: ignore[arg-type]
+    assert key and key == reuse_key(source=f"file://{data}", **kw)  # type: ignore[arg-type]
+    assert reuse_key(source=str(data), **{**kw, "seed": 2}) != key  # type: ignore[arg-type]
+    os.utime(data, ns=(1, 1))  # a rewritten file: prepared again
+    assert reuse_key(source=str(data), **kw) != key  # type: ignore[arg-type]
+    assert reuse_key(source="s3://bucket/d.csv", **kw) is None  # type: ignore[arg-type]
+    assert reuse_key(source="sklearn:digits", **kw)  # type: ignore[arg-type]
