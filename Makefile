@@ -10,7 +10,8 @@ PYTEST_ARGS ?=
 
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 
-.PHONY: install browser-deps test-browser rollback demo test test-fast test-integration test-e2e test-cluster lint ray-up ray-down \
+.PHONY: install browser-deps test-browser rollback undeploy demo test test-quick test-fast \
+        test-integration test-e2e test-cluster lint docs ray-up ray-down \
         mlflow-ui airflow bench-lifecycle bench-training bench-sim bench-federated bench-spark bench-spark-sim bench-serving clean
 
 $(STAMP): pyproject.toml
@@ -22,8 +23,9 @@ $(STAMP): pyproject.toml
 install: $(STAMP)
 
 ## Run ml_lifecycle end to end on the embedded defaults; last stdout line is a JSON summary.
+## CONF=contract.json for your own contract fields, VERBOSE=1 to see the logs live.
 demo: install
-	$(PY) -m slaflow.cli demo $(if $(CONF),--conf $(CONF))
+	$(PY) -m slaflow.cli demo $(if $(CONF),--conf $(CONF)) $(if $(VERBOSE),--verbose)
 
 ## The suite: unit, integration (real Ray/Spark/MLflow/Serve), end-to-end DAG runs, and the
 ## production topology (PostgreSQL, MLflow server, 3-node Ray, Spark standalone, Airflow
@@ -41,6 +43,10 @@ browser-deps:
 test-browser: install browser-deps
 	$(PY) -m pytest -m browser -s $(PYTEST_ARGS)
 
+## The inner loop: unit tests and the integration tests of one engine without Ray (a few min).
+test-quick: install
+	$(PY) -m pytest -m "unit or quick" $(PYTEST_ARGS)
+
 test-fast: install
 	$(PY) -m pytest -m unit $(PYTEST_ARGS)
 
@@ -55,11 +61,20 @@ test-cluster: install
 
 lint: install
 	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy policies
 
-## Roll MODEL's champion back to previous_champion (registry and serving): make rollback MODEL=digits
+## Regenerate the reference generated from code (docs/contract.md; a test checks it).
+docs: install
+	$(PY) -m slaflow.cli contract-docs > docs/contract.md
+
+## Roll MODEL's champion back to previous_champion (registry and serving): make rollback MODEL=slaflow-digits
 rollback: install
 	$(PY) -m slaflow.cli rollback --model "$(MODEL)"
+
+## Take MODEL off the Serve endpoint; its CPUs return to the cluster, the registry stays.
+undeploy: install
+	$(PY) -m slaflow.cli undeploy --model "$(MODEL)"
 
 ## The embedded, long-lived Ray cluster (Serve applications live on it).
 ray-up: install

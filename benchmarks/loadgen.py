@@ -37,8 +37,7 @@ async def _play(spec: dict[str, Any]) -> list[list[Any]]:
             t0 = time.perf_counter()
             status, route = 0, ""
             try:
-                async with http.post(url, json=body,
-                                     headers={"x-slaflow-caller": caller}) as resp:
+                async with http.post(url, json=body, headers={"x-slaflow-caller": caller}) as resp:
                     status = resp.status
                     data = await resp.json(content_type=None)
                     route = str(data.get("route", "")) if isinstance(data, dict) else ""
@@ -46,8 +45,9 @@ async def _play(spec: dict[str, Any]) -> list[list[Any]]:
                 status = 0
             out[i] = [t, n, caller, status, (time.perf_counter() - t0) * 1000, route]
 
-        await asyncio.gather(*(one(i, float(t), int(n), str(c))
-                               for i, (t, n, c) in enumerate(trace)))
+        await asyncio.gather(
+            *(one(i, float(t), int(n), str(c)) for i, (t, n, c) in enumerate(trace))
+        )
     return out
 
 

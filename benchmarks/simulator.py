@@ -79,11 +79,12 @@ class Job:
 
     def accuracy(self, epoch: int) -> float:
         b = math.log(10) / math.log(max(self.epochs_to_target, 2))
-        return 1 - 0.5 * epoch ** -b  # 0.95 at epochs_to_target
+        return 1 - 0.5 * epoch**-b  # 0.95 at epochs_to_target
 
 
-def make_jobs(n_jobs: int, arrival_rate: float, base: ThroughputModel, seed: int,
-              max_workers: int) -> list[Job]:
+def make_jobs(
+    n_jobs: int, arrival_rate: float, base: ThroughputModel, seed: int, max_workers: int
+) -> list[Job]:
     rng = random.Random(seed)
     t = 0.0
     jobs = []
@@ -95,8 +96,7 @@ def make_jobs(n_jobs: int, arrival_rate: float, base: ThroughputModel, seed: int
         table = {n: t1 * (serial + (1 - serial) / n) for n in range(1, max_workers + 1)}
         true = ThroughputModel("cpu", table, base.startup_s * rng.uniform(0.8, 1.5))
         noise = rng.uniform(0.9, 1.1)
-        calib = ThroughputModel("cpu", {1: table[1] * noise, 4: table[4] * noise},
-                                true.startup_s)
+        calib = ThroughputModel("cpu", {1: table[1] * noise, 4: table[4] * noise}, true.startup_s)
         epochs = rng.randint(8, 40)
         ref = true.startup_s + epochs * table[4]  # time on 4 workers
         deadline = t + rng.uniform(0.8, 3.0) * ref
@@ -119,12 +119,17 @@ def simulate(policy: str, jobs: list[Job], cores: int, dt: float = 1.0) -> dict[
             ai += 1
             if policy == "slaflow":
                 f = assess_feasibility(
-                    deadline_s=job.deadline - job.arrival, elapsed_s=0.0,
-                    max_workers=job.max_workers, capacity={"cpu": cores}, models=[job.calib],
+                    deadline_s=job.deadline - job.arrival,
+                    elapsed_s=0.0,
+                    max_workers=job.max_workers,
+                    capacity={"cpu": cores},
+                    models=[job.calib],
                     # The estimate is uncertain: admission turns a job away only when even
                     # 80% of its planned epochs cannot fit (the real plan task's "at risk").
-                    estimate=EpochEstimate(job.prior_epochs, max(1, int(0.8 * job.prior_epochs)),
-                                           True, "sim"))
+                    estimate=EpochEstimate(
+                        job.prior_epochs, max(1, int(0.8 * job.prior_epochs)), True, "sim"
+                    ),
+                )
                 if f.verdict is Verdict.INFEASIBLE:
                     job.rejected = job.done = True
                     continue
@@ -158,9 +163,12 @@ def simulate(policy: str, jobs: list[Job], cores: int, dt: float = 1.0) -> dict[
         _finish(job, now, met=False)
     decided = [j for j in jobs]
     met = sum(1 for j in decided if j.met)
-    return {"deadlines_met": met, "deadlines_met_frac": round(met / len(jobs), 4),
-            "core_seconds": round(sum(j.core_seconds for j in jobs), 1),
-            "rejected": sum(1 for j in jobs if j.rejected)}
+    return {
+        "deadlines_met": met,
+        "deadlines_met_frac": round(met / len(jobs), 4),
+        "core_seconds": round(sum(j.core_seconds for j in jobs), 1),
+        "rejected": sum(1 for j in jobs if j.rejected),
+    }
 
 
 def _finish(job: Job, now: float, met: bool) -> None:
@@ -173,8 +181,9 @@ def _start(job: Job, n: int, now: float) -> None:
     job.first_of_segment = True
 
 
-def _admit(policy: str, pending: list[Job], running: list[Job], free: int, cores: int,
-           now: float) -> int:
+def _admit(
+    policy: str, pending: list[Job], running: list[Job], free: int, cores: int, now: float
+) -> int:
     if policy == "static_max":
         while pending and free >= pending[0].max_workers:
             job = pending.pop(0)
@@ -197,7 +206,8 @@ def _admit(policy: str, pending: list[Job], running: list[Job], free: int, cores
             break
         budget = DEADLINE_ALPHA * (job.deadline - now)
         n = (starting_workers if policy == "slaflow" else fewest_workers)(
-            job.calib, job.prior_epochs, budget, job.max_workers)
+            job.calib, job.prior_epochs, budget, job.max_workers
+        )
         if n is None:
             if policy == "slaflow":
                 # Feasibility re-checked at start: a job that can no longer make its deadline
@@ -233,8 +243,9 @@ def _grow(running: list[Job], free: int, now: float) -> int:
 def _epoch_end(policy: str, job: Job, now: float, running: list[Job], free: int) -> int:
     epoch = len(job.records) + 1
     duration = job.true.epoch_seconds(job.workers)
-    job.records.append(EpochRecord(epoch, job.workers, duration, job.accuracy(epoch),
-                                   job.first_of_segment))
+    job.records.append(
+        EpochRecord(epoch, job.workers, duration, job.accuracy(epoch), job.first_of_segment)
+    )
     job.first_of_segment = False
     if policy != "slaflow":
         if epoch >= job.epochs_to_target:
@@ -243,14 +254,20 @@ def _epoch_end(policy: str, job: Job, now: float, running: list[Job], free: int)
             return free + job.workers
         return free
     plan = after_epoch(
-        now_s=now - job.arrival, deadline_s=job.deadline - job.arrival, records=job.records,
-        max_epochs=200, stop_accuracy=0.95 - 1e-9, workers=job.workers,
-        max_workers=min(job.max_workers, job.workers + free), model=job.calib,
-        state=job.state, prior_epochs=job.prior_epochs)
+        now_s=now - job.arrival,
+        deadline_s=job.deadline - job.arrival,
+        records=job.records,
+        max_epochs=200,
+        stop_accuracy=0.95 - 1e-9,
+        workers=job.workers,
+        max_workers=min(job.max_workers, job.workers + free),
+        model=job.calib,
+        state=job.state,
+        prior_epochs=job.prior_epochs,
+    )
     job.state = plan.state
     if plan.action is Action.STOP:
-        _finish(job, now, met=job.records[-1].val_accuracy >= 0.95 - 1e-9
-                and now <= job.deadline)
+        _finish(job, now, met=job.records[-1].val_accuracy >= 0.95 - 1e-9 and now <= job.deadline)
         running.remove(job)
         return free + job.workers
     if plan.action is Action.RESIZE:
@@ -265,10 +282,22 @@ def _epoch_end(policy: str, job: Job, now: float, running: list[Job], free: int)
     return free
 
 
-def run(nodes: int, cores_per_node: int, n_jobs: int, arrival_rate: float, seed: int,
-        base: ThroughputModel, max_workers: int) -> dict[str, object]:
-    out: dict[str, object] = {"jobs": n_jobs, "nodes": nodes, "cores": nodes * cores_per_node,
-                              "arrival_rate_per_s": arrival_rate, "seed": seed}
+def run(
+    nodes: int,
+    cores_per_node: int,
+    n_jobs: int,
+    arrival_rate: float,
+    seed: int,
+    base: ThroughputModel,
+    max_workers: int,
+) -> dict[str, object]:
+    out: dict[str, object] = {
+        "jobs": n_jobs,
+        "nodes": nodes,
+        "cores": nodes * cores_per_node,
+        "arrival_rate_per_s": arrival_rate,
+        "seed": seed,
+    }
     for policy in POLICIES:
         jobs = make_jobs(n_jobs, arrival_rate, base, seed, max_workers)
         out[policy] = simulate(policy, jobs, nodes * cores_per_node)
@@ -283,28 +312,57 @@ def main() -> int:
     p.add_argument("--arrival-rate", type=float, default=0.05, help="jobs per second")
     p.add_argument("--max-workers", type=int, default=16)
     p.add_argument("--seeds", type=int, default=3)
-    p.add_argument("--calibration", type=Path, default=None,
-                   help="JSON with epoch_s by workers and startup_s from a real calibration")
+    p.add_argument(
+        "--calibration",
+        type=Path,
+        default=None,
+        help="JSON with epoch_s by workers and startup_s from a real calibration",
+    )
     p.add_argument("--out", type=Path, default=None)
     args = p.parse_args()
     if args.calibration and args.calibration.exists():
         raw = json.loads(args.calibration.read_text())
-        base = ThroughputModel("cpu", {int(k): float(v) for k, v in raw["epoch_s"].items()},
-                               float(raw["startup_s"]), source=str(args.calibration))
+        base = ThroughputModel(
+            "cpu",
+            {int(k): float(v) for k, v in raw["epoch_s"].items()},
+            float(raw["startup_s"]),
+            source=str(args.calibration),
+        )
     else:
         base = ThroughputModel("cpu", {1: 2.0, 2: 1.2}, 12.0, source="default")
-    results = [run(args.nodes, args.cores_per_node, args.jobs, args.arrival_rate, s, base,
-                   args.max_workers) for s in range(args.seeds)]
-    summary: dict[str, object] = {"jobs": args.jobs, "nodes": args.nodes,
-                                  "cores": args.nodes * args.cores_per_node,
-                                  "seeds": args.seeds, "calibration": base.source,
-                                  "per_seed": results}
+    results = [
+        run(
+            args.nodes, args.cores_per_node, args.jobs, args.arrival_rate, s, base, args.max_workers
+        )
+        for s in range(args.seeds)
+    ]
+    summary: dict[str, object] = {
+        "jobs": args.jobs,
+        "nodes": args.nodes,
+        "cores": args.nodes * args.cores_per_node,
+        "seeds": args.seeds,
+        "calibration": base.source,
+        "per_seed": results,
+    }
     for policy in POLICIES:
         summary[policy] = {
-            "deadlines_met_frac": round(sum(r[policy]["deadlines_met_frac"]  # type: ignore[index]
-                                            for r in results) / len(results), 4),
-            "core_seconds": round(sum(r[policy]["core_seconds"]  # type: ignore[index]
-                                      for r in results) / len(results), 1)}
+            "deadlines_met_frac": round(
+                sum(
+                    r[policy]["deadlines_met_frac"]  # type: ignore[index]
+                    for r in results
+                )
+                / len(results),
+                4,
+            ),
+            "core_seconds": round(
+                sum(
+                    r[policy]["core_seconds"]  # type: ignore[index]
+                    for r in results
+                )
+                / len(results),
+                1,
+            ),
+        }
     print(json.dumps({k: v for k, v in summary.items() if k != "per_seed"}, indent=1))
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)

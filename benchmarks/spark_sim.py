@@ -69,13 +69,22 @@ def make_apps(n: int, rate: float, seed: int, slack: tuple[float, float]) -> lis
     t, apps = 0.0, []
     for aid in range(n):
         t += rng.expovariate(rate)
-        stages = [StageProfile(f"s{i}", rng.randint(20_000, 400_000),
-                               rng.uniform(500.0, 3000.0), tasks=rng.choice([8, 16, 32, 64]),
-                               overhead_s=rng.uniform(0.5, 2.0))
-                  for i in range(rng.randint(3, 6))]
+        stages = [
+            StageProfile(
+                f"s{i}",
+                rng.randint(20_000, 400_000),
+                rng.uniform(500.0, 3000.0),
+                tasks=rng.choice([8, 16, 32, 64]),
+                overhead_s=rng.uniform(0.5, 2.0),
+            )
+            for i in range(rng.randint(3, 6))
+        ]
         on8 = sum(s.seconds(8) for s in stages)
-        apps.append(App(aid, t, rng.uniform(*slack) * on8, stages,
-                        [rng.uniform(0.75, 1.25) for _ in stages]))
+        apps.append(
+            App(
+                aid, t, rng.uniform(*slack) * on8, stages, [rng.uniform(0.75, 1.25) for _ in stages]
+            )
+        )
     return apps
 
 
@@ -93,8 +102,9 @@ def simulate(policy: str, apps: list[App], cores: int, dt: float = 1.0) -> dict[
             if policy == "static_deadline":
                 work = sum(s.core_seconds for s in app.stages)
                 over = sum(s.overhead_s for s in app.stages)
-                app.fixed = min(cores, math.ceil(work / max(SPARK_ALPHA * app.deadline - over,
-                                                            1e-9)))
+                app.fixed = min(
+                    cores, math.ceil(work / max(SPARK_ALPHA * app.deadline - over, 1e-9))
+                )
             app.stage_start = now
             running.append(app)
         demands: dict[str, float] = {}
@@ -103,10 +113,10 @@ def simulate(policy: str, apps: list[App], cores: int, dt: float = 1.0) -> dict[
             s = app.stages[app.stage]
             if policy.startswith("slaflow"):
                 if app.ctl is None:
-                    plan = plan_stage(app.stages, app.stage, now - app.arrival, app.deadline,
-                                      cores)
-                    app.ctl = StageController(plan.cores, max(plan.deadline_s, dt),
-                                              min(cores, s.tasks))
+                    plan = plan_stage(app.stages, app.stage, now - app.arrival, app.deadline, cores)
+                    app.ctl = StageController(
+                        plan.cores, max(plan.deadline_s, dt), min(cores, s.tasks)
+                    )
                 want = float(math.ceil(app.ctl.cores - 1e-9))
             elif policy == "static_deadline":
                 want = float(app.fixed)
@@ -136,11 +146,13 @@ def simulate(policy: str, apps: list[App], cores: int, dt: float = 1.0) -> dict[
     ran = [a for a in apps if not a.refused]
     met = [a for a in ran if a.finish is not None and a.finish - a.arrival <= a.deadline]
     ratio = [(a.finish - a.arrival) / a.deadline for a in ran if a.finish is not None]
-    return {"deadlines_met_frac": round(len(met) / len(apps), 4),
-            "met_of_admitted": round(len(met) / max(len(ran), 1), 4),
-            "refused": refused,
-            "core_seconds": round(sum(a.core_s for a in apps), 1),
-            "median_finish_over_deadline": round(statistics.median(ratio), 4) if ratio else None}
+    return {
+        "deadlines_met_frac": round(len(met) / len(apps), 4),
+        "met_of_admitted": round(len(met) / max(len(ran), 1), 4),
+        "refused": refused,
+        "core_seconds": round(sum(a.core_s for a in apps), 1),
+        "median_finish_over_deadline": round(statistics.median(ratio), 4) if ratio else None,
+    }
 
 
 SCENARIOS = [  # nodes x cores per node, arrivals per second, deadline slack range
@@ -159,12 +171,20 @@ def run_scenarios(seeds: int, n_apps: int) -> list[dict[str, object]]:
             for pol in POLICIES:
                 apps = make_apps(n_apps, sc["rate"], seed, sc["slack"])
                 per_policy[pol].append(simulate(pol, apps, cores))
-        row = {"nodes": sc["nodes"], "cores_per_node": sc["cores_per_node"],
-               "arrival_rate": sc["rate"], "apps": n_apps, "slack": list(sc["slack"]),
-               "policies": {pol: {k: round(statistics.mean(r[k] for r in rs), 4)
-                                  for k in ("deadlines_met_frac", "met_of_admitted",
-                                            "refused", "core_seconds")}
-                            for pol, rs in per_policy.items()}}
+        row = {
+            "nodes": sc["nodes"],
+            "cores_per_node": sc["cores_per_node"],
+            "arrival_rate": sc["rate"],
+            "apps": n_apps,
+            "slack": list(sc["slack"]),
+            "policies": {
+                pol: {
+                    k: round(statistics.mean(r[k] for r in rs), 4)
+                    for k in ("deadlines_met_frac", "met_of_admitted", "refused", "core_seconds")
+                }
+                for pol, rs in per_policy.items()
+            },
+        }
         out.append(row)
         print(json.dumps(row), flush=True)
     return out

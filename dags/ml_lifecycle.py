@@ -34,8 +34,9 @@ def _schedule() -> object:
     cron = retrain_schedule()
     if cron is None:
         return [training_data_asset()]
-    return AssetOrTimeSchedule(timetable=CronTriggerTimetable(cron, timezone="UTC"),
-                               assets=[training_data_asset()])
+    return AssetOrTimeSchedule(
+        timetable=CronTriggerTimetable(cron, timezone="UTC"), assets=[training_data_asset()]
+    )
 
 
 with DAG(
@@ -52,32 +53,74 @@ with DAG(
 ) as dag:
     plan = PlanRunOperator(task_id="plan")
     prepare = PrepareDataOperator(task_id="prepare", plan=_xcom("plan"))
-    feasibility = FeasibilityOperator(task_id="feasibility", plan=_xcom("plan"),
-                                      profile=_xcom("prepare"))
-    train = TrainModelOperator(task_id="train", plan=_xcom("plan"), profile=_xcom("prepare"),
-                               feasibility=_xcom("feasibility"))
-    evaluate = EvaluateModelOperator(task_id="evaluate", plan=_xcom("plan"),
-                                     profile=_xcom("prepare"), train=_xcom("train"))
-    register = RegisterModelOperator(task_id="register", plan=_xcom("plan"),
-                                     train=_xcom("train"), evaluation=_xcom("evaluate"))
-    gate = GateOperator(task_id="gate", plan=_xcom("plan"), evaluation=_xcom("evaluate"),
-                        registration=_xcom("register"))
-    review = ReviewPromotionOperator(task_id="review", plan=_xcom("plan"), gate=_xcom("gate"),
-                                     retries=0)
-    promote = PromoteModelOperator(task_id="promote", plan=_xcom("plan"),
-                                   evaluation=_xcom("evaluate"), registration=_xcom("register"),
-                                   gate=_xcom("gate"), review=_xcom("review"))
+    feasibility = FeasibilityOperator(
+        task_id="feasibility", plan=_xcom("plan"), profile=_xcom("prepare")
+    )
+    train = TrainModelOperator(
+        task_id="train",
+        plan=_xcom("plan"),
+        profile=_xcom("prepare"),
+        feasibility=_xcom("feasibility"),
+    )
+    evaluate = EvaluateModelOperator(
+        task_id="evaluate", plan=_xcom("plan"), profile=_xcom("prepare"), train=_xcom("train")
+    )
+    register = RegisterModelOperator(
+        task_id="register", plan=_xcom("plan"), train=_xcom("train"), evaluation=_xcom("evaluate")
+    )
+    gate = GateOperator(
+        task_id="gate",
+        plan=_xcom("plan"),
+        evaluation=_xcom("evaluate"),
+        registration=_xcom("register"),
+    )
+    review = ReviewPromotionOperator(
+        task_id="review", plan=_xcom("plan"), gate=_xcom("gate"), retries=0
+    )
+    promote = PromoteModelOperator(
+        task_id="promote",
+        plan=_xcom("plan"),
+        evaluation=_xcom("evaluate"),
+        registration=_xcom("register"),
+        gate=_xcom("gate"),
+        review=_xcom("review"),
+    )
     profile_serving = ProfileServingOperator(
-        task_id="profile_serving", plan=_xcom("plan"), train=_xcom("train"),
-        evaluation=_xcom("evaluate"), promotion=_xcom("promote"))
-    deploy = DeployModelOperator(task_id="deploy", plan=_xcom("plan"),
-                                 promotion=_xcom("promote"),
-                                 serving_profile=_xcom("profile_serving"),
-                                 data_profile=_xcom("prepare"))
+        task_id="profile_serving",
+        plan=_xcom("plan"),
+        train=_xcom("train"),
+        evaluation=_xcom("evaluate"),
+        promotion=_xcom("promote"),
+    )
+    deploy = DeployModelOperator(
+        task_id="deploy",
+        plan=_xcom("plan"),
+        promotion=_xcom("promote"),
+        serving_profile=_xcom("profile_serving"),
+        data_profile=_xcom("prepare"),
+    )
     verify = VerifyEndpointOperator(
-        task_id="verify", plan=_xcom("plan"), profile=_xcom("prepare"), train=_xcom("train"),
-        evaluation=_xcom("evaluate"), registration=_xcom("register"),
-        promotion=_xcom("promote"), deployment=_xcom("deploy"))
+        task_id="verify",
+        plan=_xcom("plan"),
+        profile=_xcom("prepare"),
+        train=_xcom("train"),
+        evaluation=_xcom("evaluate"),
+        registration=_xcom("register"),
+        promotion=_xcom("promote"),
+        deployment=_xcom("deploy"),
+    )
 
-    (plan >> prepare >> feasibility >> train >> evaluate >> register >> gate >> review
-     >> promote >> profile_serving >> deploy >> verify)
+    (
+        plan
+        >> prepare
+        >> feasibility
+        >> train
+        >> evaluate
+        >> register
+        >> gate
+        >> review
+        >> promote
+        >> profile_serving
+        >> deploy
+        >> verify
+    )

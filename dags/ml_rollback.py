@@ -18,16 +18,21 @@ with DAG(
     description="Roll the champion back to previous_champion, registry and serving",
     schedule=None,
     catchup=False,
-    params={"model_name": model_name_param(
-        "Registered model whose champion goes back to its previous_champion.")},
+    params={
+        "model_name": model_name_param(
+            "Registered model whose champion goes back to its previous_champion."
+        )
+    },
     render_template_as_native_obj=True,
     max_active_runs=1,
     tags=["slaflow", "ml"],
     doc_md=__doc__,
 ) as dag:
     rollback = RollbackModelOperator(task_id="rollback", retries=1)
-    deploy = DeployModelOperator(task_id="deploy",
-                                 plan="{{ ti.xcom_pull(task_ids='rollback') }}",
-                                 promotion="{{ ti.xcom_pull(task_ids='rollback') }}",
-                                 canary=False)
+    deploy = DeployModelOperator(
+        task_id="deploy",
+        plan="{{ ti.xcom_pull(task_ids='rollback') }}",
+        promotion="{{ ti.xcom_pull(task_ids='rollback') }}",
+        canary=False,
+    )
     rollback >> deploy

@@ -32,7 +32,9 @@ def find_calibration(client: Any, key: str, shape: str, now: float | None = None
     runs = client.search_runs(
         [exp.experiment_id],
         filter_string=f"tags.`{TAG_KEY}` = '{key}' and tags.`slaflow.shape` = '{shape}'",
-        order_by=["attributes.start_time DESC"], max_results=1)
+        order_by=["attributes.start_time DESC"],
+        max_results=1,
+    )
     if not runs or TAG_RESULT not in runs[0].data.tags:
         return None
     result: dict[str, Any] = json.loads(runs[0].data.tags[TAG_RESULT])
@@ -47,32 +49,46 @@ def merge_calibrations(old: dict[str, Any] | None, new: dict[str, Any]) -> dict[
     start-up cost is the largest seen)."""
     if not old:
         return dict(new)
-    return {**old, **new, "epoch_s": {**old["epoch_s"], **new["epoch_s"]},
-            "startup_s": max(float(old["startup_s"]), float(new["startup_s"]))}
+    return {
+        **old,
+        **new,
+        "epoch_s": {**old["epoch_s"], **new["epoch_s"]},
+        "startup_s": max(float(old["startup_s"]), float(new["startup_s"])),
+    }
 
 
-def save_calibration(client: Any, key: str, result: dict[str, Any],
-                     artifact_location: str | None, parts: dict[str, Any]) -> str:
+def save_calibration(
+    client: Any,
+    key: str,
+    result: dict[str, Any],
+    artifact_location: str | None,
+    parts: dict[str, Any],
+) -> str:
     from mlflow_config.registry import get_or_create_experiment
 
     exp_id = get_or_create_experiment(client, CALIBRATION_EXPERIMENT, artifact_location)
-    run = client.create_run(exp_id, run_name=f"calibration {result['shape']} {key[:8]}",
-                            tags={TAG_KEY: key, "slaflow.shape": result["shape"],
-                                  TAG_RESULT: json.dumps(result)})
+    run = client.create_run(
+        exp_id,
+        run_name=f"calibration {result['shape']} {key[:8]}",
+        tags={TAG_KEY: key, "slaflow.shape": result["shape"], TAG_RESULT: json.dumps(result)},
+    )
     from mlflow.entities import Metric, Param
 
     ts = int(time.time() * 1000)
-    metrics = [Metric(f"epoch_s_{n}_workers", float(v), ts, 0)
-               for n, v in result["epoch_s"].items()]
+    metrics = [
+        Metric(f"epoch_s_{n}_workers", float(v), ts, 0) for n, v in result["epoch_s"].items()
+    ]
     metrics.append(Metric("startup_s", float(result["startup_s"]), ts, 0))
-    client.log_batch(run.info.run_id, metrics=metrics,
-                     params=[Param(k, str(v)[:500]) for k, v in parts.items()])
+    client.log_batch(
+        run.info.run_id, metrics=metrics, params=[Param(k, str(v)[:500]) for k, v in parts.items()]
+    )
     client.set_terminated(run.info.run_id)
     return str(run.info.run_id)
 
 
-def past_curves(client: Any, experiment_name: str, key: str, learning_rate: float,
-                limit: int = 5) -> list[list[float]]:
+def past_curves(
+    client: Any, experiment_name: str, key: str, learning_rate: float, limit: int = 5
+) -> list[list[float]]:
     """Validation-accuracy curves of the latest finished runs with the same key."""
     exp = client.get_experiment_by_name(experiment_name)
     if exp is None:
@@ -80,7 +96,9 @@ def past_curves(client: Any, experiment_name: str, key: str, learning_rate: floa
     runs = client.search_runs(
         [exp.experiment_id],
         filter_string=f"tags.`{TAG_KEY}` = '{key}' and attributes.status = 'FINISHED'",
-        order_by=["attributes.start_time DESC"], max_results=20)
+        order_by=["attributes.start_time DESC"],
+        max_results=20,
+    )
     curves = []
     for run in runs:
         if run.data.params.get("learning_rate") != str(learning_rate):

@@ -28,7 +28,9 @@ def _find(client: Any, kind: str, key: str, now: float | None) -> dict[str, Any]
     runs = client.search_runs(
         [exp.experiment_id],
         filter_string=f"tags.`{TAG_KIND}` = '{kind}' and tags.`{TAG_KEY}` = '{key}'",
-        order_by=["attributes.start_time DESC"], max_results=1)
+        order_by=["attributes.start_time DESC"],
+        max_results=1,
+    )
     if not runs or TAG_DOC not in runs[0].data.tags:
         return None
     doc: dict[str, Any] = json.loads(runs[0].data.tags[TAG_DOC])
@@ -38,14 +40,21 @@ def _find(client: Any, kind: str, key: str, now: float | None) -> dict[str, Any]
     return doc
 
 
-def _save(client: Any, kind: str, key: str, doc: dict[str, Any],
-          artifact_location: str | None) -> str:
+def _save(
+    client: Any, kind: str, key: str, doc: dict[str, Any], artifact_location: str | None
+) -> str:
     from mlflow_config.registry import get_or_create_experiment
 
     exp_id = get_or_create_experiment(client, PROFILE_EXPERIMENT, artifact_location)
-    run = client.create_run(exp_id, run_name=f"{kind} {key[:8]}",
-                            tags={TAG_KIND: kind, TAG_KEY: key,
-                                  TAG_DOC: json.dumps({**doc, "measured_at": time.time()})})
+    run = client.create_run(
+        exp_id,
+        run_name=f"{kind} {key[:8]}",
+        tags={
+            TAG_KIND: kind,
+            TAG_KEY: key,
+            TAG_DOC: json.dumps({**doc, "measured_at": time.time()}),
+        },
+    )
     client.set_terminated(run.info.run_id)
     return str(run.info.run_id)
 
@@ -54,8 +63,9 @@ def find_overhead(client: Any, key: str, now: float | None = None) -> dict[str, 
     return _find(client, "overhead", key, now)
 
 
-def save_overhead(client: Any, key: str, overhead: dict[str, Any],
-                  artifact_location: str | None) -> str:
+def save_overhead(
+    client: Any, key: str, overhead: dict[str, Any], artifact_location: str | None
+) -> str:
     return _save(client, "overhead", key, overhead, artifact_location)
 
 
@@ -64,6 +74,5 @@ def find_compute(client: Any, key: str, now: float | None = None) -> dict[str, A
     return _find(client, "compute", key, now)
 
 
-def save_compute(client: Any, key: str, doc: dict[str, Any],
-                 artifact_location: str | None) -> str:
+def save_compute(client: Any, key: str, doc: dict[str, Any], artifact_location: str | None) -> str:
     return _save(client, "compute", key, doc, artifact_location)

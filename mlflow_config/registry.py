@@ -74,16 +74,22 @@ def find_or_create_run(
     return str(run.info.run_id), True
 
 
-def start_training_run(client: Any, experiment_id: str, run_key: str, run_name: str,
-                       tags: dict[str, str], params: dict[str, Any]) -> tuple[str, float]:
+def start_training_run(
+    client: Any,
+    experiment_id: str,
+    run_key: str,
+    run_name: str,
+    tags: dict[str, str],
+    params: dict[str, Any],
+) -> tuple[str, float]:
     """The training run of this Airflow run, created with its tags and params on the first
     try and found again on a retry; ``(run_id, started_at)`` where ``started_at`` is when the
     first try began (the deadline clock does not restart on a retry)."""
     from mlflow.entities import Param
 
     run_id, created = find_or_create_run(
-        client, experiment_id, run_key, run_name,
-        {**tags, TAG_STARTED_AT: repr(time.time())})
+        client, experiment_id, run_key, run_name, {**tags, TAG_STARTED_AT: repr(time.time())}
+    )
     if created:
         client.log_batch(run_id, params=[Param(k, str(v)[:6000]) for k, v in params.items()])
     return run_id, float(client.get_run(run_id).data.tags[TAG_STARTED_AT])
@@ -122,8 +128,11 @@ def get_champion(client: Any, model_name: str) -> ChampionRecord | None:
         run = client.get_run(version.run_id)
         accuracy = run.data.metrics.get("test_accuracy", 0.0)
     cost = version.tags.get(TAG_MODEL_PARAMS)
-    return ChampionRecord(version=str(version.version), accuracy=float(accuracy),
-                          cost=None if cost is None else float(cost))
+    return ChampionRecord(
+        version=str(version.version),
+        accuracy=float(accuracy),
+        cost=None if cost is None else float(cost),
+    )
 
 
 def get_alias_version(client: Any, model_name: str, alias: str) -> Any | None:
@@ -149,17 +158,23 @@ def register_version(
 
     try:
         client.create_registered_model(
-            model_name, description="Registered by slaflow: each version is one run of "
-            "ml_lifecycle; see its tags for the contract and the gate decision.")
+            model_name,
+            description="Registered by slaflow: each version is one run of "
+            "ml_lifecycle; see its tags for the contract and the gate decision.",
+        )
     except MlflowException:
         pass  # already exists
     existing = client.search_model_versions(f"name = '{model_name}' and run_id = '{run_id}'")
     if existing:
         return min(existing, key=lambda v: int(v.version)), False
     # A tracking server requires the logged model's id with a ``models:/m-...`` source.
-    model_id = model_uri[len("models:/"):] if model_uri.startswith("models:/m-") else None
+    model_id = model_uri[len("models:/") :] if model_uri.startswith("models:/m-") else None
     version = client.create_model_version(
-        model_name, source=model_uri, run_id=run_id, tags=tags, description=description,
+        model_name,
+        source=model_uri,
+        run_id=run_id,
+        tags=tags,
+        description=description,
         model_id=model_id,
     )
     deadline = time.monotonic() + timeout_s
@@ -171,22 +186,34 @@ def register_version(
     return version, True
 
 
-def record_gate(client: Any, model_name: str, version: str, decision: PromotionDecision,
-                report: dict[str, Any], pending_review: bool) -> None:
+def record_gate(
+    client: Any,
+    model_name: str,
+    version: str,
+    decision: PromotionDecision,
+    report: dict[str, Any],
+    pending_review: bool,
+) -> None:
     """Write the gate's report on the version (``pending_review`` while a person decides)."""
     client.set_model_version_tag(
-        model_name, version, TAG_GATE_DECISION,
-        PENDING_REVIEW if pending_review else
-        ("promoted" if decision.promote else "not_promoted"))
-    client.set_model_version_tag(model_name, version, TAG_GATE_REPORT,
-                                 json.dumps({**report, **decision.to_dict()}))
-    client.set_model_version_tag(model_name, version, TAG_GATE_REASONS,
-                                 "; ".join(decision.reasons))
+        model_name,
+        version,
+        TAG_GATE_DECISION,
+        PENDING_REVIEW if pending_review else ("promoted" if decision.promote else "not_promoted"),
+    )
+    client.set_model_version_tag(
+        model_name, version, TAG_GATE_REPORT, json.dumps({**report, **decision.to_dict()})
+    )
+    client.set_model_version_tag(model_name, version, TAG_GATE_REASONS, "; ".join(decision.reasons))
 
 
 def apply_promotion(
-    client: Any, model_name: str, version: str, decision: PromotionDecision,
-    report: dict[str, Any] | None = None, run_id: str | None = None,
+    client: Any,
+    model_name: str,
+    version: str,
+    decision: PromotionDecision,
+    report: dict[str, Any] | None = None,
+    run_id: str | None = None,
 ) -> dict[str, Any]:
     """Record the gate decision on the version (tags, description, and the training run's
     tag when ``run_id`` is given) and move aliases. Safe to repeat.
@@ -196,8 +223,9 @@ def apply_promotion(
     """
     record_gate(client, model_name, version, decision, report or {}, pending_review=False)
     if run_id:
-        client.set_tag(run_id, TAG_GATE_DECISION,
-                       "promoted" if decision.promote else "not_promoted")
+        client.set_tag(
+            run_id, TAG_GATE_DECISION, "promoted" if decision.promote else "not_promoted"
+        )
     registered = client.get_model_version(model_name, version).description or ""
     described = promotion_description(registered, decision)
     if described != registered:
@@ -232,26 +260,30 @@ def rollback(client: Any, model_name: str, marker: str) -> dict[str, str]:
     version by its tag and returns the same answer without moving anything again.
     """
     done = client.search_model_versions(
-        f"name = '{model_name}' and tags.`{TAG_ROLLED_BACK}` = '{marker}'")
+        f"name = '{model_name}' and tags.`{TAG_ROLLED_BACK}` = '{marker}'"
+    )
     if done:
         demoted = done[0]
         champion = get_alias_version(client, model_name, CHAMPION)
-        return {"champion": str(champion.version) if champion else "",
-                "demoted": str(demoted.version), "repeated": "true"}
+        return {
+            "champion": str(champion.version) if champion else "",
+            "demoted": str(demoted.version),
+            "repeated": "true",
+        }
     previous = get_alias_version(client, model_name, PREVIOUS_CHAMPION)
     if previous is None:
         raise RollbackError(
             f"model {model_name!r} has no '{PREVIOUS_CHAMPION}' alias: there is no earlier "
             f"champion to roll back to. Fix: set the alias on the version to restore in the "
-            f"MLflow UI (or with MlflowClient.set_registered_model_alias), then roll back again")
+            f"MLflow UI (or with MlflowClient.set_registered_model_alias), then roll back again"
+        )
     current = get_alias_version(client, model_name, CHAMPION)
     client.set_registered_model_alias(model_name, CHAMPION, previous.version)
     client.delete_registered_model_alias(model_name, PREVIOUS_CHAMPION)
     demoted = "" if current is None else str(current.version)
     if current is not None:
         client.set_model_version_tag(model_name, current.version, TAG_ROLLED_BACK, marker)
-        client.set_model_version_tag(model_name, current.version, TAG_GATE_DECISION,
-                                     "rolled_back")
+        client.set_model_version_tag(model_name, current.version, TAG_GATE_DECISION, "rolled_back")
     return {"champion": str(previous.version), "demoted": demoted, "repeated": "false"}
 
 
@@ -270,8 +302,16 @@ def serving_record(client: Any, model_name: str, version: str) -> dict[str, Any]
     return None if not raw else dict(json.loads(raw))
 
 
-def record_verify(client: Any, *, model_name: str, version: str, run_id: str,
-                  metrics: dict[str, float], verdict: dict[str, Any], figure: Any) -> None:
+def record_verify(
+    client: Any,
+    *,
+    model_name: str,
+    version: str,
+    run_id: str,
+    metrics: dict[str, float],
+    verdict: dict[str, Any],
+    figure: Any,
+) -> None:
     """The endpoint check: metrics and the latency histogram on the training run, the
     verdict with its reasons on the version."""
     from mlflow.entities import Metric

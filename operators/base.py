@@ -36,8 +36,13 @@ class StageOperator(BaseOperator):
 
     ui_color = "#e8f1fb"
 
-    def __init__(self, *, ray_conn_id: str = "slaflow_ray",
-                 mlflow_conn_id: str = "slaflow_mlflow", **kwargs: Any) -> None:
+    def __init__(
+        self,
+        *,
+        ray_conn_id: str = "slaflow_ray",
+        mlflow_conn_id: str = "slaflow_mlflow",
+        **kwargs: Any,
+    ) -> None:
         super().__init__(**kwargs)
         self.ray_conn_id = ray_conn_id
         self.mlflow_conn_id = mlflow_conn_id
@@ -84,16 +89,19 @@ class PlannedStageOperator(StageOperator):
 class RayJobStageOperator(PlannedStageOperator):
     """A stage whose work runs as a Ray Job: submit-or-attach, stream logs, stop on kill."""
 
-    def run_job(self, context: Any, stage: str, module: str, spec: dict[str, Any],
-                timeout_s: float) -> dict[str, Any]:
+    def run_job(
+        self, context: Any, stage: str, module: str, spec: dict[str, Any], timeout_s: float
+    ) -> dict[str, Any]:
         from slaflow.settings import Endpoints
 
-        self._runner = RayJobRunner(self.ray.job_client, self.log.info,
-                                    spec_dir=f"{Endpoints.from_env().data_dir}/job_specs")
+        self._runner = RayJobRunner(
+            self.ray.job_client,
+            self.log.info,
+            spec_dir=f"{Endpoints.from_env().data_dir}/job_specs",
+        )
         base_id = submission_base_id(stage, context["dag"].dag_id, context["run_id"])
         try:
-            return self._runner.run(base_id=base_id, module=module, spec=spec,
-                                    timeout_s=timeout_s)
+            return self._runner.run(base_id=base_id, module=module, spec=spec, timeout_s=timeout_s)
         except RayJobFailed as exc:
             raise RuntimeError(str(exc)) from exc  # retryable: the next try attaches/resumes
 

@@ -42,8 +42,9 @@ def fingerprint(path: Path) -> dict[str, Any]:
         for file in sorted(p for p in path.rglob("*") if p.is_file()):
             stat = file.stat()
             total += stat.st_size
-            digest.update(f"{file.relative_to(path)}\0{stat.st_size}\0{stat.st_mtime_ns}\n"
-                          .encode())
+            digest.update(
+                f"{file.relative_to(path)}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode()
+            )
         return {"sha256": digest.hexdigest(), "bytes": total}
     raise FileNotFoundError(path)
 
@@ -66,17 +67,22 @@ class TrainingDataWatchOperator(BaseOperator):
         path = training_data_path()
         if not path.exists():
             raise AirflowSkipException(
-                f"no dataset at {path} (SLAFLOW_TRAINING_DATA): nothing to retrain on")
+                f"no dataset at {path} (SLAFLOW_TRAINING_DATA): nothing to retrain on"
+            )
         current = fingerprint(path)
         events = context["inlet_events"][self.asset]
         last = events[-1].extra if len(events) else {}
         if last.get("sha256") == current["sha256"]:
             raise AirflowSkipException(
-                f"{path} unchanged since the last event (sha256 {current['sha256'][:12]})")
-        extra = {"path": str(path), **current,
-                 "previous_sha256": last.get("sha256")}
+                f"{path} unchanged since the last event (sha256 {current['sha256'][:12]})"
+            )
+        extra = {"path": str(path), **current, "previous_sha256": last.get("sha256")}
         context["outlet_events"][self.asset].extra = extra
-        self.log.info("%s %s (sha256 %s, %d bytes): ml_lifecycle retrains on it",
-                      path, "changed" if last else "is new", current["sha256"][:12],
-                      current["bytes"])
+        self.log.info(
+            "%s %s (sha256 %s, %d bytes): ml_lifecycle retrains on it",
+            path,
+            "changed" if last else "is new",
+            current["sha256"][:12],
+            current["bytes"],
+        )
         return extra

@@ -33,5 +33,9 @@ def model_name_param(description: str) -> Param:
     from policies import FIELDS_BY_NAME
 
     spec = FIELDS_BY_NAME["model_name"]
-    return Param(type="string", pattern=spec.pattern, title="Model name",
-                 description=f"{description} {spec.fix[0].upper()}{spec.fix[1:]}.")
+    return Param(
+        type="string",
+        pattern=spec.pattern,
+        title="Model name",
+        description=f"{description} {spec.fix[0].upper()}{spec.fix[1:]}.",
+    )

@@ -46,34 +46,53 @@ class PrepareDataOperator(PlannedStageOperator):
 
         contract = self.contract
         data_dir = Endpoints.from_env().data_dir
-        key = None if contract.prepare_deadline_s > 0 else reuse_key(
-            source=contract.data_source, label_column=contract.label_column,
-            validation_fraction=contract.validation_fraction,
-            test_fraction=contract.test_fraction, seed=contract.seed)
+        key = (
+            None
+            if contract.prepare_deadline_s > 0
+            else reuse_key(
+                source=contract.data_source,
+                label_column=contract.label_column,
+                validation_fraction=contract.validation_fraction,
+                test_fraction=contract.test_fraction,
+                seed=contract.seed,
+            )
+        )
         found = None if key is None else find_prepared(data_dir, key)
         if found is not None:
-            self.log.info("Reusing the splits prepared from the same data and settings (%s): "
-                          "%s; split %s", key, found["paths"]["train"].rsplit("/", 2)[0],
-                          found["split_counts"])
+            self.log.info(
+                "Reusing the splits prepared from the same data and settings (%s): %s; split %s",
+                key,
+                found["paths"]["train"].rsplit("/", 2)[0],
+                found["split_counts"],
+            )
             return {**found, "reused": key, "prepare_seconds": 0.0}
         hook = SparkHook(self.spark_conn_id)
         master = contract.spark_master or hook.master
         output = f"{data_dir.rstrip('/')}/{self.run_plan.run_key}"
         controlled = contract.prepare_deadline_s > 0
-        self.log.info("Preparing %s on Spark master %s -> %s%s", contract.data_source,
-                      master, output,
-                      f" (deadline {contract.prepare_deadline_s:g}s, at most "
-                      f"{contract.prepare_max_cores} cores)" if controlled else "")
+        self.log.info(
+            "Preparing %s on Spark master %s -> %s%s",
+            contract.data_source,
+            master,
+            output,
+            f" (deadline {contract.prepare_deadline_s:g}s, at most "
+            f"{contract.prepare_max_cores} cores)"
+            if controlled
+            else "",
+        )
         conf = controlled_conf(master, contract.prepare_max_cores) if controlled else {}
-        spark = hook.session(f"slaflow-prepare-{self.run_plan.run_key}", master=master,
-                             conf=conf)
+        spark = hook.session(f"slaflow-prepare-{self.run_plan.run_key}", master=master, conf=conf)
         started = time.monotonic()
 
         def work() -> dict[str, Any]:
             return run_prepare(
-                spark, source=contract.data_source, label_column=contract.label_column,
-                output_dir=output, validation_fraction=contract.validation_fraction,
-                test_fraction=contract.test_fraction, seed=contract.seed,
+                spark,
+                source=contract.data_source,
+                label_column=contract.label_column,
+                output_dir=output,
+                validation_fraction=contract.validation_fraction,
+                test_fraction=contract.test_fraction,
+                seed=contract.seed,
                 cache_dir=home() / "datasets",
             )
 
@@ -82,36 +101,55 @@ class PrepareDataOperator(PlannedStageOperator):
                 profile = work()
             else:
                 profile, report = run_with_deadline(
-                    spark, work, deadline_s=contract.prepare_deadline_s,
+                    spark,
+                    work,
+                    deadline_s=contract.prepare_deadline_s,
                     max_cores=contract.prepare_max_cores,
                     profile_path=stored_profile_path(
-                        "prepare", data_source=contract.data_source,
+                        "prepare",
+                        data_source=contract.data_source,
                         label_column=contract.label_column,
                         validation_fraction=contract.validation_fraction,
-                        test_fraction=contract.test_fraction, seed=contract.seed,
-                        master=master),
-                    on_infeasible=contract.on_infeasible, log=self.log.info)
+                        test_fraction=contract.test_fraction,
+                        seed=contract.seed,
+                        master=master,
+                    ),
+                    on_infeasible=contract.on_infeasible,
+                    log=self.log.info,
+                )
                 report["timeline"] = report.get("timeline", [])[-50:]
                 profile["spark_deadline"] = report
                 (self.log.info if report["met"] else self.log.warning)(
                     "Spark deadline (%s): finished in %.1fs of %.1fs, %.1f core-seconds, %s",
-                    report["mode"], report["elapsed_s"], contract.prepare_deadline_s,
-                    report["core_seconds"], "met" if report["met"] else "MISSED")
+                    report["mode"],
+                    report["elapsed_s"],
+                    contract.prepare_deadline_s,
+                    report["core_seconds"],
+                    "met" if report["met"] else "MISSED",
+                )
         except DataError as exc:
             raise AirflowFailException(f"data rejected: {exc}") from exc
         except SparkDeadlineInfeasible as exc:
             raise AirflowFailException(
                 f"contract field 'prepare_deadline_s': {exc} (or set on_infeasible to "
-                f"best_effort to prepare on all prepare_max_cores anyway)") from exc
+                f"best_effort to prepare on all prepare_max_cores anyway)"
+            ) from exc
         profile["prepare_seconds"] = time.monotonic() - started
-        self.log.info("Rows read %d (dropped incomplete: %d, malformed: %d); split %s; "
-                      "%d features, %d classes", profile["rows_read"],
-                      profile["rows_dropped_incomplete"], profile["rows_dropped_malformed"],
-                      profile["split_counts"], len(profile["feature_names"]),
-                      len(profile["classes"]))
+        self.log.info(
+            "Rows read %d (dropped incomplete: %d, malformed: %d); split %s; "
+            "%d features, %d classes",
+            profile["rows_read"],
+            profile["rows_dropped_incomplete"],
+            profile["rows_dropped_malformed"],
+            profile["split_counts"],
+            len(profile["feature_names"]),
+            len(profile["classes"]),
+        )
         if profile["rows_dropped_malformed"]:
-            self.log.warning("Malformed values (unparsable numbers) per column: %s; their rows "
-                             "were dropped", profile["malformed_values_by_column"])
+            self.log.warning(
+                "Malformed values (unparsable numbers) per column: %s; their rows were dropped",
+                profile["malformed_values_by_column"],
+            )
         if key is not None:
             record_prepared(data_dir, key, profile)
         return profile

@@ -56,8 +56,16 @@ class RayJobRunner:
                 return sid, status
             attempt += 1
 
-    def run(self, *, base_id: str, module: str, spec: dict[str, Any], timeout_s: float,
-            env_vars: dict[str, str] | None = None, poll_s: float = 0.5) -> dict[str, Any]:
+    def run(
+        self,
+        *,
+        base_id: str,
+        module: str,
+        spec: dict[str, Any],
+        timeout_s: float,
+        env_vars: dict[str, str] | None = None,
+        poll_s: float = 0.5,
+    ) -> dict[str, Any]:
         sid, status = self.pick_submission(base_id)
         if status is None:
             spec_uri = f"{self._spec_dir}/{sid}.json"

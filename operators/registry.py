@@ -47,9 +47,11 @@ class RegisterModelOperator(PlannedStageOperator):
         dag_id, run_id = context["dag"].dag_id, context["run_id"]
         run_url = f"{airflow_ui_url()}/dags/{dag_id}/runs/{quote(run_id, safe='')}"
         tags = {
-            reg.TAG_AIRFLOW_RUN_ID: run_id, reg.TAG_DAG_ID: dag_id,
+            reg.TAG_AIRFLOW_RUN_ID: run_id,
+            reg.TAG_DAG_ID: dag_id,
             reg.TAG_AIRFLOW_RUN_URL: run_url,
-            reg.TAG_CONTRACT: json.dumps(contract.to_dict()), reg.TAG_TEST_ACCURACY: repr(acc),
+            reg.TAG_CONTRACT: json.dumps(contract.to_dict()),
+            reg.TAG_TEST_ACCURACY: repr(acc),
             "slaflow.test_accuracy_ci95": json.dumps([round(ci[0], 4), round(ci[1], 4)]),
             "slaflow.stop_reason": str(self.train["stop_reason"]),
             "slaflow.outcome": str(self.train.get("outcome")),
@@ -69,15 +71,32 @@ class RegisterModelOperator(PlannedStageOperator):
             f"{GATE_PENDING_LINE}"
         )
         version, created = reg.register_version(
-            self.mlflow.client, contract.model_name, self.train["model_uri"],
-            self.train["mlflow_run_id"], tags, description)
-        self.log.info("%s model version %s v%s", "Registered" if created else "Found existing",
-                      contract.model_name, version.version)
-        context["ti"].xcom_push(key="model_version_url", value=(
-            f"{mlflow_ui_url(self.mlflow.tracking_uri)}/#/models/"
-            f"{quote(contract.model_name, safe='')}/versions/{version.version}"))
-        return {"model_name": contract.model_name, "model_version": str(version.version),
-                "mlflow_run_id": self.train["mlflow_run_id"], "created": created}
+            self.mlflow.client,
+            contract.model_name,
+            self.train["model_uri"],
+            self.train["mlflow_run_id"],
+            tags,
+            description,
+        )
+        self.log.info(
+            "%s model version %s v%s",
+            "Registered" if created else "Found existing",
+            contract.model_name,
+            version.version,
+        )
+        context["ti"].xcom_push(
+            key="model_version_url",
+            value=(
+                f"{mlflow_ui_url(self.mlflow.tracking_uri)}/#/models/"
+                f"{quote(contract.model_name, safe='')}/versions/{version.version}"
+            ),
+        )
+        return {
+            "model_name": contract.model_name,
+            "model_version": str(version.version),
+            "mlflow_run_id": self.train["mlflow_run_id"],
+            "created": created,
+        }
 
 
 class GateOperator(PlannedStageOperator):
@@ -103,32 +122,62 @@ class GateOperator(PlannedStageOperator):
         if champion is not None and champion.version == version:
             self.log.info("v%s is already champion (a previous try promoted it)", version)
             raw = reg.version_tag(client, contract.model_name, version, reg.TAG_GATE_REPORT)
-            return {"already_champion": True, "decision": json.loads(raw or "{}"),
-                    "review": {"required": False, "reasons": ["already champion"]},
-                    "model_name": contract.model_name, "model_version": version}
-        decision = decide_promotion(self.evaluation["test_accuracy"], contract.target_accuracy,
-                                    contract.min_gain_over_champion, champion)
+            return {
+                "already_champion": True,
+                "decision": json.loads(raw or "{}"),
+                "review": {"required": False, "reasons": ["already champion"]},
+                "model_name": contract.model_name,
+                "model_version": version,
+            }
+        decision = decide_promotion(
+            self.evaluation["test_accuracy"],
+            contract.target_accuracy,
+            contract.min_gain_over_champion,
+            champion,
+        )
         ci = (self.evaluation["test_accuracy_ci_low"], self.evaluation["test_accuracy_ci_high"])
         review = review_request(
-            decision, policy=contract.review_policy, accuracy_noise=(ci[1] - ci[0]) / 2,
-            margin=contract.review_margin, candidate_cost=self.evaluation.get("model_params"),
-            max_cost_ratio=contract.review_max_cost_ratio)
-        report = {"test_accuracy_ci95": list(ci),
-                  "candidate_cost": self.evaluation.get("model_params"),
-                  "review": review.to_dict()}
-        reg.record_gate(client, contract.model_name, version, decision, report,
-                        pending_review=review.required)
+            decision,
+            policy=contract.review_policy,
+            accuracy_noise=(ci[1] - ci[0]) / 2,
+            margin=contract.review_margin,
+            candidate_cost=self.evaluation.get("model_params"),
+            max_cost_ratio=contract.review_max_cost_ratio,
+        )
+        report = {
+            "test_accuracy_ci95": list(ci),
+            "candidate_cost": self.evaluation.get("model_params"),
+            "review": review.to_dict(),
+        }
+        reg.record_gate(
+            client, contract.model_name, version, decision, report, pending_review=review.required
+        )
         for reason in decision.reasons:
             self.log.info("Gate: %s", reason)
-        self.log.info("Gate for %s v%s: %s; review %s (%s)", contract.model_name, version,
-                      decision.summary(), "REQUIRED" if review.required else "not needed",
-                      "; ".join(review.reasons))
-        return {"already_champion": False, "decision": decision.to_dict(),
-                "review": review.to_dict(), "report": report,
-                "model_name": contract.model_name, "model_version": version,
-                "report_markdown": gate_report_markdown(
-                    model_name=contract.model_name, version=version, decision=decision,
-                    review=review, ci=ci, review_timeout_s=contract.review_timeout_s)}
+        self.log.info(
+            "Gate for %s v%s: %s; review %s (%s)",
+            contract.model_name,
+            version,
+            decision.summary(),
+            "REQUIRED" if review.required else "not needed",
+            "; ".join(review.reasons),
+        )
+        return {
+            "already_champion": False,
+            "decision": decision.to_dict(),
+            "review": review.to_dict(),
+            "report": report,
+            "model_name": contract.model_name,
+            "model_version": version,
+            "report_markdown": gate_report_markdown(
+                model_name=contract.model_name,
+                version=version,
+                decision=decision,
+                review=review,
+                ci=ci,
+                review_timeout_s=contract.review_timeout_s,
+            ),
+        }
 
 
 class PromoteModelOperator(PlannedStageOperator):
@@ -141,8 +190,9 @@ class PromoteModelOperator(PlannedStageOperator):
 
     template_fields: Sequence[str] = ("plan", "evaluation", "registration", "gate", "review")
 
-    def __init__(self, *, evaluation: Any, registration: Any, gate: Any, review: Any = None,
-                 **kwargs: Any) -> None:
+    def __init__(
+        self, *, evaluation: Any, registration: Any, gate: Any, review: Any = None, **kwargs: Any
+    ) -> None:
         kwargs.setdefault("max_active_tis_per_dag", 1)
         kwargs.setdefault("trigger_rule", "none_failed")  # the review is skipped when not needed
         super().__init__(**kwargs)
@@ -157,37 +207,68 @@ class PromoteModelOperator(PlannedStageOperator):
         version = self.registration["model_version"]
         champion = reg.get_champion(client, contract.model_name)
         if self.gate.get("already_champion") or (
-                champion is not None and champion.version == version):
+            champion is not None and champion.version == version
+        ):
             self.log.info("v%s is already champion (a previous try promoted it)", version)
-            return {"promoted": True, "alias": CHAMPION, "model_version": version,
-                    "decision": self.gate["decision"]}
+            return {
+                "promoted": True,
+                "alias": CHAMPION,
+                "model_version": version,
+                "decision": self.gate["decision"],
+            }
         gate_decision = PromotionDecision.from_dict(self.gate["decision"])
         now_champion = None if champion is None else champion.version
         if now_champion != gate_decision.champion_version:
-            self.log.warning("The champion moved from v%s to v%s since the gate: deciding again",
-                             gate_decision.champion_version, now_champion)
-        review = None if not self.review else ReviewOutcome(
-            approved=bool(self.review["approved"]), responder=self.review["responder"],
-            timeout_s=contract.review_timeout_s)
+            self.log.warning(
+                "The champion moved from v%s to v%s since the gate: deciding again",
+                gate_decision.champion_version,
+                now_champion,
+            )
+        review = (
+            None
+            if not self.review
+            else ReviewOutcome(
+                approved=bool(self.review["approved"]),
+                responder=self.review["responder"],
+                timeout_s=contract.review_timeout_s,
+            )
+        )
         try:
             decision = final_decision(
-                gate_decision, candidate_accuracy=self.evaluation["test_accuracy"],
+                gate_decision,
+                candidate_accuracy=self.evaluation["test_accuracy"],
                 target_accuracy=contract.target_accuracy,
                 min_gain_over_champion=contract.min_gain_over_champion,
-                champion_now=champion, review_required=bool(self.gate["review"]["required"]),
-                review=review)
+                champion_now=champion,
+                review_required=bool(self.gate["review"]["required"]),
+                review=review,
+            )
         except ValueError as exc:
             raise AirflowFailException(f"{exc}; clear the review task to ask again") from exc
         for reason in decision.reasons:
             self.log.info("Gate: %s", reason)
-        moved = reg.apply_promotion(client, contract.model_name, version, decision,
-                                    report={**self.gate.get("report", {}),
-                                            "review_answer": self.review},
-                                    run_id=self.registration["mlflow_run_id"])
-        self.log.info("Decision for %s v%s: %s; aliases set %s", contract.model_name, version,
-                      decision.summary(), moved)
-        return {"promoted": decision.promote, "alias": decision.alias, "model_version": version,
-                "decision": decision.to_dict(), "aliases_moved": moved}
+        moved = reg.apply_promotion(
+            client,
+            contract.model_name,
+            version,
+            decision,
+            report={**self.gate.get("report", {}), "review_answer": self.review},
+            run_id=self.registration["mlflow_run_id"],
+        )
+        self.log.info(
+            "Decision for %s v%s: %s; aliases set %s",
+            contract.model_name,
+            version,
+            decision.summary(),
+            moved,
+        )
+        return {
+            "promoted": decision.promote,
+            "alias": decision.alias,
+            "model_version": version,
+            "decision": decision.to_dict(),
+            "aliases_moved": moved,
+        }
 
 
 class RollbackModelOperator(StageOperator):
@@ -209,16 +290,27 @@ class RollbackModelOperator(StageOperator):
             moved = reg.rollback(client, model, marker)
         except reg.RollbackError as exc:
             raise AirflowFailException(str(exc)) from exc
-        raw = json.loads(reg.version_tag(client, model, moved["champion"], reg.TAG_CONTRACT)
-                         or "{}")
+        raw = json.loads(
+            reg.version_tag(client, model, moved["champion"], reg.TAG_CONTRACT) or "{}"
+        )
         raw["model_name"] = model
         try:
             contract = RunContract.from_dict(raw)  # from the registry: validated, not trusted
         except ValueError as exc:
-            raise AirflowFailException(f"the contract recorded on {model} v{moved['champion']} "
-                                       f"is not valid: {exc}") from exc
-        self.log.info("%s: champion is v%s again%s", model, moved["champion"],
-                      f"; v{moved['demoted']} demoted" if moved["demoted"] else "")
-        plan = RunPlan.make(contract, run_key=run_key(context), champion=None, num_workers=1,
-                            worker_reason="rollback: no training")
+            raise AirflowFailException(
+                f"the contract recorded on {model} v{moved['champion']} is not valid: {exc}"
+            ) from exc
+        self.log.info(
+            "%s: champion is v%s again%s",
+            model,
+            moved["champion"],
+            f"; v{moved['demoted']} demoted" if moved["demoted"] else "",
+        )
+        plan = RunPlan.make(
+            contract,
+            run_key=run_key(context),
+            champion=None,
+            num_workers=1,
+            worker_reason="rollback: no training",
+        )
         return {**plan.to_dict(), "rollback": moved}

@@ -41,12 +41,17 @@ class ReviewPromotionOperator(ApprovalOperator):
             raise AirflowSkipException("no review needed: " + "; ".join(review["reasons"]))
         contract = RunContract.from_dict(self.plan["contract"])
         self.response_timeout = timedelta(seconds=contract.review_timeout_s)
-        self.subject = (f"Promote {self.gate['model_name']} v{self.gate['model_version']} to "
-                        "champion?")
+        self.subject = (
+            f"Promote {self.gate['model_name']} v{self.gate['model_version']} to champion?"
+        )
         self.body = self.gate["report_markdown"]
-        self.log.info("Waiting up to %ds for a person to approve or reject %s v%s in Airflow's "
-                      "Required Actions", contract.review_timeout_s, self.gate["model_name"],
-                      self.gate["model_version"])
+        self.log.info(
+            "Waiting up to %ds for a person to approve or reject %s v%s in Airflow's "
+            "Required Actions",
+            contract.review_timeout_s,
+            self.gate["model_name"],
+            self.gate["model_version"],
+        )
         return super().execute(context)
 
     def execute_complete(self, context: Any, event: dict[str, Any]) -> dict[str, Any]:
@@ -55,11 +60,16 @@ class ReviewPromotionOperator(ApprovalOperator):
         chosen = payload["chosen_options"][0]
         user = payload.get("responded_by_user")
         timed_out = bool(event.get("timedout")) or user is None
-        responder = None if timed_out else str(
-            (user or {}).get("name") or (user or {}).get("id") or "unknown user")
+        responder = (
+            None
+            if timed_out
+            else str((user or {}).get("name") or (user or {}).get("id") or "unknown user")
+        )
         approved = chosen == self.APPROVE and not timed_out
-        self.log.info("Review of %s v%s: %s", self.gate["model_name"],
-                      self.gate["model_version"],
-                      "no answer in time (default: Reject)" if timed_out else
-                      f"{chosen} by {responder}")
+        self.log.info(
+            "Review of %s v%s: %s",
+            self.gate["model_name"],
+            self.gate["model_version"],
+            "no answer in time (default: Reject)" if timed_out else f"{chosen} by {responder}",
+        )
         return {"approved": approved, "responder": responder, "timed_out": timed_out}

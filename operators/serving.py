@@ -87,57 +87,106 @@ class ProfileServingOperator(RayJobStageOperator):
         started = time.monotonic()
         contract, client = self.contract, self.mlflow.client
         version = str(self.promotion["model_version"])
-        variants = dict(self.evaluation.get("variants") or {
-            "full": {"accuracy": self.evaluation["test_accuracy"], "size_bytes": 0}})
+        variants = dict(
+            self.evaluation.get("variants")
+            or {"full": {"accuracy": self.evaluation["test_accuracy"], "size_bytes": 0}}
+        )
         variant_uri = str(self.evaluation.get("variant_uri") or "")
         cpus, batches = settings.profile_cpus(), settings.profile_batches()
         resource = contract.serving_node_resource
         node = node_key(self.ray.alive_nodes(), resource)
-        key = profile_key(model_signature=str(self.evaluation.get("model_signature", "")),
-                          variants=sorted(variants), cpus=cpus, batches=batches, node=node)
+        key = profile_key(
+            model_signature=str(self.evaluation.get("model_signature", "")),
+            variants=sorted(variants),
+            cpus=cpus,
+            batches=batches,
+            node=node,
+        )
         # the Serve path first: measured (once per node type) before the compute job, whose
         # processes would otherwise still be winding down while it is timed
         overhead = self._overhead(node, resource, min(cpus))
         stored = profiles.find_compute(client, key)
         if stored is not None:
             samples = stored["samples"]
-            self.log.info("Compute profile reused (%s, key %s): same architecture, weight "
-                          "shapes, replica shapes %s, batch sizes %s and node type",
-                          stored["source"], key, cpus, batches)
+            self.log.info(
+                "Compute profile reused (%s, key %s): same architecture, weight "
+                "shapes, replica shapes %s, batch sizes %s and node type",
+                stored["source"],
+                key,
+                cpus,
+                batches,
+            )
         else:
             need = max(cpus)
-            check = capacity_check(need_cpus=need, free_cpus=self.ray.free_cpus(),
-                                   footprint=self.serve.footprint(),
-                                   what=f"profiling a {need:g}-CPU replica")
+            check = capacity_check(
+                need_cpus=need,
+                free_cpus=self.ray.free_cpus(),
+                footprint=self.serve.footprint(),
+                what=f"profiling a {need:g}-CPU replica",
+            )
             if not check.fits:
                 raise AirflowFailException(check.message)
-            self.log.info("No stored compute profile for key %s: measuring %s CPU x batch %s",
-                          key, cpus, batches)
-            out = self.run_job(context, "profile", "ray_jobs.profile_serving", profile_spec(
-                tracking_uri=self.mlflow.tracking_uri,
-                model_uri=f"models:/{contract.model_name}/{version}", variant_uri=variant_uri,
-                cpus=cpus, batches=batches, resource=resource), timeout_s=600)
+            self.log.info(
+                "No stored compute profile for key %s: measuring %s CPU x batch %s",
+                key,
+                cpus,
+                batches,
+            )
+            out = self.run_job(
+                context,
+                "profile",
+                "ray_jobs.profile_serving",
+                profile_spec(
+                    tracking_uri=self.mlflow.tracking_uri,
+                    model_uri=f"models:/{contract.model_name}/{version}",
+                    variant_uri=variant_uri,
+                    cpus=cpus,
+                    batches=batches,
+                    resource=resource,
+                ),
+                timeout_s=600,
+            )
             samples = out["samples"]
-            profiles.save_compute(client, key, {"samples": samples, "node_key": node},
-                                  self.mlflow.artifact_location)
-        profile = build_profile(overhead, [ComputeSample.from_dict(s) for s in samples],
-                                accuracy={v: float(d["accuracy"]) for v, d in variants.items()},
-                                size_bytes={v: int(d.get("size_bytes", 0))
-                                            for v, d in variants.items()})
-        doc = {**profile.to_dict(), "variant_uri": variant_uri, "version": version,
-               "profile_key": key, "node_key": node, "reused": stored is not None,
-               "overhead": overhead.to_dict()}
+            profiles.save_compute(
+                client, key, {"samples": samples, "node_key": node}, self.mlflow.artifact_location
+            )
+        profile = build_profile(
+            overhead,
+            [ComputeSample.from_dict(s) for s in samples],
+            accuracy={v: float(d["accuracy"]) for v, d in variants.items()},
+            size_bytes={v: int(d.get("size_bytes", 0)) for v, d in variants.items()},
+        )
+        doc = {
+            **profile.to_dict(),
+            "variant_uri": variant_uri,
+            "version": version,
+            "profile_key": key,
+            "node_key": node,
+            "reused": stored is not None,
+            "overhead": overhead.to_dict(),
+        }
         run_id = self.train["mlflow_run_id"]
         client.log_dict(run_id, doc, PROFILE_ARTIFACT)
         uri = f"runs:/{run_id}/{PROFILE_ARTIFACT}"
         reg.record_serving_profile(client, contract.model_name, version, uri)
         for p in profile.points:
-            self.log.info("%s %.2g CPU batch %d: predicted p50 %.2f ms p99 %.2f ms, %.0f req/s",
-                          p.variant, p.num_cpus, p.max_batch_size, p.p50_ms, p.p99_ms,
-                          p.capacity_rps)
-        return {"profile": profile.to_dict(), "variant_uri": variant_uri, "version": version,
-                "profile_uri": uri, "reused": stored is not None,
-                "seconds": round(time.monotonic() - started, 2)}
+            self.log.info(
+                "%s %.2g CPU batch %d: predicted p50 %.2f ms p99 %.2f ms, %.0f req/s",
+                p.variant,
+                p.num_cpus,
+                p.max_batch_size,
+                p.p50_ms,
+                p.p99_ms,
+                p.capacity_rps,
+            )
+        return {
+            "profile": profile.to_dict(),
+            "variant_uri": variant_uri,
+            "version": version,
+            "profile_uri": uri,
+            "reused": stored is not None,
+            "seconds": round(time.monotonic() - started, 2),
+        }
 
     def _overhead(self, node: str, resource: str, num_cpus: float) -> ServeOverhead:
         """The Serve path's overhead on this node type: stored, or measured now (once)."""
@@ -148,16 +197,26 @@ class ProfileServingOperator(RayJobStageOperator):
         key = hashlib.sha256(f"{node}|{resource}|{ray.__version__}".encode()).hexdigest()[:24]
         stored = profiles.find_overhead(self.mlflow.client, key)
         if stored is not None:
-            self.log.info("Serve path overhead reused (%s): p50 %.2f ms, %.0f req/s",
-                          stored["source"], stored["p50_ms"], stored["capacity_rps"])
+            self.log.info(
+                "Serve path overhead reused (%s): p50 %.2f ms, %.0f req/s",
+                stored["source"],
+                stored["p50_ms"],
+                stored["capacity_rps"],
+            )
             return ServeOverhead.from_dict(stored)
         measured = self.serve.measure_overhead(num_cpus=num_cpus, resource=resource)
         measured = ServeOverhead(**{**measured.to_dict(), "node_key": node})
-        profiles.save_overhead(self.mlflow.client, key, measured.to_dict(),
-                               self.mlflow.artifact_location)
-        self.log.info("Serve path overhead measured on this node type: p50 %.2f ms, p99 %.2f "
-                      "ms, %.0f req/s, cold start %.1fs", measured.p50_ms, measured.p99_ms,
-                      measured.capacity_rps, measured.cold_start_s)
+        profiles.save_overhead(
+            self.mlflow.client, key, measured.to_dict(), self.mlflow.artifact_location
+        )
+        self.log.info(
+            "Serve path overhead measured on this node type: p50 %.2f ms, p99 %.2f "
+            "ms, %.0f req/s, cold start %.1fs",
+            measured.p50_ms,
+            measured.p99_ms,
+            measured.capacity_rps,
+            measured.cold_start_s,
+        )
         return measured
 
 
@@ -183,9 +242,17 @@ class DeployModelOperator(PlannedStageOperator):
     template_fields: Sequence[str] = ("plan", "promotion", "serving_profile", "data_profile")
     operator_extra_links = (ServeEndpointLink(),)
 
-    def __init__(self, *, promotion: Any, serving_profile: Any = None, data_profile: Any = None,
-                 canary: bool = True, ready_timeout_s: float = 300,
-                 canary_policy: CanaryPolicy | None = None, **kwargs: Any) -> None:
+    def __init__(
+        self,
+        *,
+        promotion: Any,
+        serving_profile: Any = None,
+        data_profile: Any = None,
+        canary: bool = True,
+        ready_timeout_s: float = 300,
+        canary_policy: CanaryPolicy | None = None,
+        **kwargs: Any,
+    ) -> None:
         kwargs.setdefault("trigger_rule", "none_failed")
         super().__init__(**kwargs)
         self.promotion = promotion
@@ -203,7 +270,8 @@ class DeployModelOperator(PlannedStageOperator):
         if champion is None:
             raise AirflowSkipException(
                 f"{model} has no champion (this run was not promoted and none was before): "
-                f"nothing to serve")
+                f"nothing to serve"
+            )
         version = str(champion.version)
         endpoint = self.serve.url(model)
         context["ti"].xcom_push(key="endpoint_url", value=endpoint)
@@ -218,26 +286,39 @@ class DeployModelOperator(PlannedStageOperator):
             self.log.info("placement: %s", r)
         tiers = serving_layout(plan, contract, _price_table())
         for t in tiers:
-            self.log.info("tier %s: %g CPU, %s; %s", t.route, t.num_cpus,
-                          f"{t.replicas} replica(s)" if t.autoscaler is None else
-                          f"{t.autoscaler.min_replicas}-{t.autoscaler.max_replicas} replicas "
-                          f"(SLO autoscaler)", t.reason)
+            self.log.info(
+                "tier %s: %g CPU, %s; %s",
+                t.route,
+                t.num_cpus,
+                f"{t.replicas} replica(s)"
+                if t.autoscaler is None
+                else f"{t.autoscaler.min_replicas}-{t.autoscaler.max_replicas} replicas "
+                f"(SLO autoscaler)",
+                t.reason,
+            )
         self._check_capacity(model, version, tiers)
-        spec = {"version": version, "model_uri": f"models:/{model}/{version}",
-                "variant": plan.variant,
-                "variant_uri": (profile_doc or {}).get("variant_uri", "")
-                if plan.variant != "full" else "",
-                "tiers": [t.to_dict() for t in tiers]}
+        spec = {
+            "version": version,
+            "model_uri": f"models:/{model}/{version}",
+            "variant": plan.variant,
+            "variant_uri": (profile_doc or {}).get("variant_uri", "")
+            if plan.variant != "full"
+            else "",
+            "tiers": [t.to_dict() for t in tiers],
+        }
         self._start_version(model, spec)
-        entry = {"routes": [t.route for t in tiers],
-                 "warm_max_in_flight": plan.max_ongoing_requests * max(1, plan.max_replicas)}
+        entry = {
+            "routes": [t.route for t in tiers],
+            "warm_max_in_flight": plan.max_ongoing_requests * max(1, plan.max_replicas),
+        }
         base = self._router_base(contract, plan, profile_doc)
         canary_log: list[dict[str, Any]] = []
         old = served if served is not None and served != version and served in routed else None
         if old is None:
             if info is not None and not routed:
-                self.log.warning("%s is served by an older slaflow layout: replacing it at once",
-                                 endpoint)
+                self.log.warning(
+                    "%s is served by an older slaflow layout: replacing it at once", endpoint
+                )
             self._route(model, {**base, "primary": version, "versions": {version: entry}})
             self.serve.wait_running(model, self.ready_timeout_s)
             self.serve.wait_routing(model, version, None, self.ready_timeout_s)
@@ -248,61 +329,96 @@ class DeployModelOperator(PlannedStageOperator):
             self.serve.wait_routing(model, version, None, self.ready_timeout_s)
             self._drop_versions(model, keep=version)
         self.log.info("Serving %s v%s at %s (%s)", model, version, endpoint, plan.reasons[0])
-        reg.record_serving(client, model, version, {
-            "endpoint": endpoint, "latency_slo_ms": contract.latency_slo_ms,
-            "latency_percentile": contract.latency_percentile,
-            "deployed_by": f"{context['dag'].dag_id}/{context['run_id']}",
-            "deployed_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-            "plan": plan.to_dict(), "tiers": spec["tiers"], "canary": canary_log,
-            "thresholds": base.get("thresholds")})
-        return {"endpoint_url": endpoint, "model_version": version, "changed": True,
-                "placement": plan.to_dict(), "tiers": spec["tiers"], "canary": canary_log}
+        reg.record_serving(
+            client,
+            model,
+            version,
+            {
+                "endpoint": endpoint,
+                "latency_slo_ms": contract.latency_slo_ms,
+                "latency_percentile": contract.latency_percentile,
+                "deployed_by": f"{context['dag'].dag_id}/{context['run_id']}",
+                "deployed_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                "plan": plan.to_dict(),
+                "tiers": spec["tiers"],
+                "canary": canary_log,
+                "thresholds": base.get("thresholds"),
+            },
+        )
+        return {
+            "endpoint_url": endpoint,
+            "model_version": version,
+            "changed": True,
+            "placement": plan.to_dict(),
+            "tiers": spec["tiers"],
+            "canary": canary_log,
+        }
 
     # -- decisions' inputs ---------------------------------------------------------------
 
-    def _plan(self, contract: RunContract, version: str
-              ) -> tuple[PlacementPlan, dict[str, Any] | None]:
+    def _plan(
+        self, contract: RunContract, version: str
+    ) -> tuple[PlacementPlan, dict[str, Any] | None]:
         """The placement of ``version``: from its serving profile, else the fixed plan."""
         doc = self._profile_doc(contract.model_name, version)
         if doc is None:
-            self.log.warning("%s v%s has no serving profile: %d fixed replica(s)",
-                             contract.model_name, version, contract.serving_replicas)
+            self.log.warning(
+                "%s v%s has no serving profile: %d fixed replica(s)",
+                contract.model_name,
+                version,
+                contract.serving_replicas,
+            )
             return fixed_plan(contract), None
         try:
-            plan = plan_for_contract(contract, ServingProfile.from_dict(doc), _price_table(),
-                                     self.ray.cluster_resources())
+            plan = plan_for_contract(
+                contract,
+                ServingProfile.from_dict(doc),
+                _price_table(),
+                self.ray.cluster_resources(),
+            )
         except PlacementInfeasible as exc:
             served = self.serve.served_version(contract.model_name)
             still = f"v{served} still serves" if served else "nothing was serving"
             raise AirflowFailException(
                 f"serving placement for {contract.model_name} v{version}: {exc} (binding: "
-                f"{exc.binding}, off by {exc.gap:.4g}); {still}") from exc
+                f"{exc.binding}, off by {exc.gap:.4g}); {still}"
+            ) from exc
         return plan, doc
 
     def _profile_doc(self, model: str, version: str) -> dict[str, Any] | None:
         if self.serving_profile and str(self.serving_profile.get("version")) == version:
-            return {**self.serving_profile["profile"],
-                    "variant_uri": self.serving_profile.get("variant_uri", "")}
+            return {
+                **self.serving_profile["profile"],
+                "variant_uri": self.serving_profile.get("variant_uri", ""),
+            }
         from mlflow_config import registry as reg
 
         uri = reg.version_tag(self.mlflow.client, model, version, reg.TAG_SERVING_PROFILE)
         return None if not uri else self.mlflow.load_dict(uri)
 
-    def _router_base(self, contract: RunContract, plan: PlacementPlan,
-                     profile_doc: dict[str, Any] | None) -> dict[str, Any]:
+    def _router_base(
+        self, contract: RunContract, plan: PlacementPlan, profile_doc: dict[str, Any] | None
+    ) -> dict[str, Any]:
         """Routing settings that do not depend on which versions serve: the thresholds of
         StraightLine's rule from the planned shape's profile, the percentile, the canary's
         timeout."""
-        base: dict[str, Any] = {"candidate": None, "share": 0.0,
-                                "percentile": contract.latency_percentile,
-                                "candidate_timeout_s": self.canary_policy.candidate_timeout_s}
+        base: dict[str, Any] = {
+            "candidate": None,
+            "share": 0.0,
+            "percentile": contract.latency_percentile,
+            "candidate_timeout_s": self.canary_policy.candidate_timeout_s,
+        }
         if profile_doc is not None:
-            point = next(ProfilePoint(**p) for p in profile_doc["points"]
-                         if p["variant"] == plan.variant and p["num_cpus"] == plan.num_cpus
-                         and p["max_batch_size"] == plan.max_batch_size)
+            point = next(
+                ProfilePoint(**p)
+                for p in profile_doc["points"]
+                if p["variant"] == plan.variant
+                and p["num_cpus"] == plan.num_cpus
+                and p["max_batch_size"] == plan.max_batch_size
+            )
             base["thresholds"] = RouterThresholds.from_profile(
-                point, contract.latency_slo_ms, contract.latency_percentile,
-                plan.idle_timeout_s).to_dict()
+                point, contract.latency_slo_ms, contract.latency_percentile, plan.idle_timeout_s
+            ).to_dict()
         return base
 
     def _routed_versions(self, model: str) -> dict[str, dict[str, Any]]:
@@ -320,10 +436,14 @@ class DeployModelOperator(PlannedStageOperator):
         need = sum(t.initial_replicas * t.num_cpus for t in tiers)
         need_gpus = sum(t.initial_replicas * t.num_gpus for t in tiers)
         free = self.ray.available_resources()
-        check = capacity_check(need_cpus=need, need_gpus=need_gpus,
-                               free_cpus=free.get("CPU", 0.0), free_gpus=free.get("GPU", 0.0),
-                               footprint=self.serve.footprint(),
-                               what=f"serving {model} v{version}")
+        check = capacity_check(
+            need_cpus=need,
+            need_gpus=need_gpus,
+            free_cpus=free.get("CPU", 0.0),
+            free_gpus=free.get("GPU", 0.0),
+            footprint=self.serve.footprint(),
+            what=f"serving {model} v{version}",
+        )
         self.log.info("capacity: %s", check.message)
         if not check.fits:
             raise AirflowFailException(check.message)
@@ -349,9 +469,16 @@ class DeployModelOperator(PlannedStageOperator):
                 self.serve.delete(version_app(model, v), wait=False)
                 self.log.info("removed %s v%s's application", model, v)
 
-    def _canary(self, context: Any, model: str, base: dict[str, Any], old: str,
-                old_entry: dict[str, Any], new: str, new_entry: dict[str, Any]
-                ) -> list[dict[str, Any]]:
+    def _canary(
+        self,
+        context: Any,
+        model: str,
+        base: dict[str, Any],
+        old: str,
+        old_entry: dict[str, Any],
+        new: str,
+        new_entry: dict[str, Any],
+    ) -> list[dict[str, Any]]:
         from mlflow_config import registry as reg
 
         policy = self.canary_policy
@@ -362,8 +489,10 @@ class DeployModelOperator(PlannedStageOperator):
         log: list[dict[str, Any]] = []
         for share in policy.steps():
             t0 = time.monotonic()
-            self._route(model, {**base, "primary": old, "candidate": new, "share": share,
-                                "versions": versions})
+            self._route(
+                model,
+                {**base, "primary": old, "candidate": new, "share": share, "versions": versions},
+            )
             self.serve.wait_routing(model, old, new, self.ready_timeout_s)
             switched = time.monotonic() - t0
             rounds, verdict = 0, None
@@ -373,18 +502,40 @@ class DeployModelOperator(PlannedStageOperator):
                 stats = self.serve.stats(model)["versions"]
                 s_new, s_old = stats.get(new, {}), stats.get(old, {})
                 verdict = canary_step(
-                    CanaryStats(int(s_new.get("requests", 0)), int(s_new.get("errors", 0)),
-                                float(s_new.get("tail_ms", 0.0)),
-                                int(s_new.get("disagreements", 0))),
-                    CanaryStats(int(s_old.get("requests", 0)), int(s_old.get("errors", 0)),
-                                float(s_old.get("tail_ms", 0.0))),
-                    policy=policy, slo_ms=self.contract.latency_slo_ms, old_accuracy=old_acc,
-                    new_accuracy=new_acc, rounds_done=rounds)
-            log.append({"share": share, "action": verdict.action, "reason": verdict.reason,
-                        "routing_change_s": round(switched, 3),
-                        "step_s": round(time.monotonic() - t0, 3)})
-            self.log.info("canary v%s at %.0f%%: %s (%s); routing change took %.2fs", new,
-                          share * 100, verdict.action, verdict.reason, switched)
+                    CanaryStats(
+                        int(s_new.get("requests", 0)),
+                        int(s_new.get("errors", 0)),
+                        float(s_new.get("tail_ms", 0.0)),
+                        int(s_new.get("disagreements", 0)),
+                    ),
+                    CanaryStats(
+                        int(s_old.get("requests", 0)),
+                        int(s_old.get("errors", 0)),
+                        float(s_old.get("tail_ms", 0.0)),
+                    ),
+                    policy=policy,
+                    slo_ms=self.contract.latency_slo_ms,
+                    old_accuracy=old_acc,
+                    new_accuracy=new_acc,
+                    rounds_done=rounds,
+                )
+            log.append(
+                {
+                    "share": share,
+                    "action": verdict.action,
+                    "reason": verdict.reason,
+                    "routing_change_s": round(switched, 3),
+                    "step_s": round(time.monotonic() - t0, 3),
+                }
+            )
+            self.log.info(
+                "canary v%s at %.0f%%: %s (%s); routing change took %.2fs",
+                new,
+                share * 100,
+                verdict.action,
+                verdict.reason,
+                switched,
+            )
             if verdict.action != "advance":
                 self._route(model, {**base, "primary": old, "versions": {old: old_entry}})
                 self.serve.wait_routing(model, old, None, self.ready_timeout_s)
@@ -396,7 +547,8 @@ class DeployModelOperator(PlannedStageOperator):
                     self.log.warning("registry rollback: %s", exc)
                 raise AirflowFailException(
                     f"canary of {model} v{new} rolled back at {share:.0%} of traffic: "
-                    f"{verdict.reason}; v{old} serves all traffic again and is champion")
+                    f"{verdict.reason}; v{old} serves all traffic again and is champion"
+                )
         return log
 
     def _probe(self, model: str) -> None:
@@ -411,8 +563,9 @@ class DeployModelOperator(PlannedStageOperator):
         if getattr(self, "_probe_rows", None) is None:  # read the test set once per task
             from ray_jobs import data_io
 
-            x, _ = data_io.read_xy(self.data_profile["paths"]["test"],
-                                   self.data_profile["feature_names"])
+            x, _ = data_io.read_xy(
+                self.data_profile["paths"]["test"], self.data_profile["feature_names"]
+            )
             self._probe_rows = x
         x = self._probe_rows
 
@@ -434,12 +587,28 @@ class VerifyEndpointOperator(PlannedStageOperator):
     fails the task with them. Read-only apart from that record.
     """
 
-    template_fields: Sequence[str] = ("plan", "profile", "train", "evaluation", "registration",
-                                      "promotion", "deployment")
+    template_fields: Sequence[str] = (
+        "plan",
+        "profile",
+        "train",
+        "evaluation",
+        "registration",
+        "promotion",
+        "deployment",
+    )
 
-    def __init__(self, *, profile: Any, train: Any, evaluation: Any, registration: Any,
-                 promotion: Any, deployment: Any, requests_count: int = 200,
-                 **kwargs: Any) -> None:
+    def __init__(
+        self,
+        *,
+        profile: Any,
+        train: Any,
+        evaluation: Any,
+        registration: Any,
+        promotion: Any,
+        deployment: Any,
+        requests_count: int = 200,
+        **kwargs: Any,
+    ) -> None:
         kwargs.setdefault("trigger_rule", "none_failed")
         super().__init__(**kwargs)
         self.profile, self.train = profile, train
@@ -465,8 +634,11 @@ class VerifyEndpointOperator(PlannedStageOperator):
             "model_version": self.registration["model_version"],
             "alias": self.promotion["alias"],
             "promoted": self.promotion["promoted"],
-            "endpoint_url": None, "served_version": None,
-            "verify_p50_ms": None, "verify_p99_ms": None, "verify_accuracy": None,
+            "endpoint_url": None,
+            "served_version": None,
+            "verify_p50_ms": None,
+            "verify_p99_ms": None,
+            "verify_accuracy": None,
         }
         if not self.deployment:
             self.log.warning("Nothing deployed (no champion): endpoint not verified")
@@ -475,18 +647,29 @@ class VerifyEndpointOperator(PlannedStageOperator):
         record = reg.serving_record(client, contract.model_name, served) or {}
         plan = record.get("plan") or self.deployment.get("placement") or {}
         expected = float(plan.get("accuracy") or 0.0) or reg.version_test_accuracy(
-            client, contract.model_name, served)
+            client, contract.model_name, served
+        )
         latencies, correct, bad = self._probe(contract.model_name)
-        verdict = verify_verdict(latencies_ms=latencies, correct=correct,
-                                 slo_ms=contract.latency_slo_ms,
-                                 percentile_q=contract.latency_percentile,
-                                 expected_accuracy=expected, bad_request_status=bad)
+        verdict = verify_verdict(
+            latencies_ms=latencies,
+            correct=correct,
+            slo_ms=contract.latency_slo_ms,
+            percentile_q=contract.latency_percentile,
+            expected_accuracy=expected,
+            bad_request_status=bad,
+        )
         p99 = percentile(latencies, 99)
-        summary.update(endpoint_url=self.deployment["endpoint_url"], served_version=served,
-                       verify_p50_ms=verdict.p50_ms, verify_p99_ms=round(p99, 3),
-                       verify_accuracy=verdict.served_accuracy,
-                       verify_requests=len(latencies), latency_slo_met=verdict.checks[0].passed,
-                       bad_request_status=bad, verify=verdict.to_dict())
+        summary.update(
+            endpoint_url=self.deployment["endpoint_url"],
+            served_version=served,
+            verify_p50_ms=verdict.p50_ms,
+            verify_p99_ms=round(p99, 3),
+            verify_accuracy=verdict.served_accuracy,
+            verify_requests=len(latencies),
+            latency_slo_met=verdict.checks[0].passed,
+            bad_request_status=bad,
+            verify=verdict.to_dict(),
+        )
         if plan.get("variant"):
             summary["placement"] = (
                 f"{plan['variant']} on {plan['tier']}, {plan['num_cpus']:g} CPU x "
@@ -494,21 +677,30 @@ class VerifyEndpointOperator(PlannedStageOperator):
                 + (" (SLO autoscaler)" if plan["tier"] != "fixed" else "")
                 + f", batch {plan['max_batch_size']}, queue {plan['max_queued_requests']}, "
                 f"predicted p{plan['percentile']} {plan['predicted_tail_ms']:.1f} ms, "
-                f"{plan['cost_per_hour']:.4f}/h")
-        reg.record_verify(client, model_name=contract.model_name, version=served,
-                          run_id=self.train["mlflow_run_id"],
-                          metrics={"verify_p50_ms": verdict.p50_ms, "verify_p99_ms": p99,
-                                   "verify_accuracy": verdict.served_accuracy},
-                          verdict=verdict.to_dict(),
-                          figure=latency_plot(latencies, contract))
+                f"{plan['cost_per_hour']:.4f}/h"
+            )
+        reg.record_verify(
+            client,
+            model_name=contract.model_name,
+            version=served,
+            run_id=self.train["mlflow_run_id"],
+            metrics={
+                "verify_p50_ms": verdict.p50_ms,
+                "verify_p99_ms": p99,
+                "verify_accuracy": verdict.served_accuracy,
+            },
+            verdict=verdict.to_dict(),
+            figure=latency_plot(latencies, contract),
+        )
         for reason in verdict.reasons:
             (self.log.info if not reason.startswith("FAIL") else self.log.error)(
-                "verify: %s", reason)
+                "verify: %s", reason
+            )
         if not verdict.passed:
             raise AirflowFailException(
                 f"{contract.model_name} v{served} at {self.deployment['endpoint_url']} fails "
-                f"its contract: " + "; ".join(r for r in verdict.reasons
-                                               if r.startswith("FAIL")))
+                f"its contract: " + "; ".join(r for r in verdict.reasons if r.startswith("FAIL"))
+            )
         return summary
 
     def _probe(self, model: str) -> tuple[list[float], int, int]:
@@ -526,8 +718,10 @@ class VerifyEndpointOperator(PlannedStageOperator):
             resp = self.serve.predict(model, [x[i].tolist()], timeout_s=10)
             latencies.append((time.perf_counter() - t0) * 1000)
             if resp.status_code != 200:
-                raise AirflowFailException(f"request {i} to {self.serve.url(model)} got HTTP "
-                                           f"{resp.status_code}: {resp.text[:500]}")
+                raise AirflowFailException(
+                    f"request {i} to {self.serve.url(model)} got HTTP "
+                    f"{resp.status_code}: {resp.text[:500]}"
+                )
             correct += resp.json()["predictions"][0] == classes[int(y[i])]
         return latencies, correct, bad
 
@@ -542,10 +736,13 @@ def latency_plot(latencies_ms: list[float], contract: RunContract) -> Any:
     fig, ax = plt.subplots(figsize=(6, 3.5))
     ax.hist(latencies_ms, bins=40, color="#4c72b0")
     p = percentile(latencies_ms, contract.latency_percentile)
-    ax.axvline(contract.latency_slo_ms, color="red", linestyle="--",
-               label=f"SLO {contract.latency_slo_ms:g} ms")
-    ax.axvline(p, color="black", linestyle=":",
-               label=f"p{contract.latency_percentile} {p:.1f} ms")
+    ax.axvline(
+        contract.latency_slo_ms,
+        color="red",
+        linestyle="--",
+        label=f"SLO {contract.latency_slo_ms:g} ms",
+    )
+    ax.axvline(p, color="black", linestyle=":", label=f"p{contract.latency_percentile} {p:.1f} ms")
     ax.set_xlabel("request latency (ms), real HTTP to Ray Serve")
     ax.set_ylabel("requests")
     ax.set_title(f"Endpoint check: {len(latencies_ms)} requests")
@@ -567,6 +764,10 @@ class UndeployModelOperator(StageOperator):
         if not deleted:
             self.log.info("%s is not served: nothing to take off", model)
         else:
-            self.log.info("%s taken off the endpoint: deleted %s, freeing %.4g CPU", model,
-                          deleted, before.cpus)
+            self.log.info(
+                "%s taken off the endpoint: deleted %s, freeing %.4g CPU",
+                model,
+                deleted,
+                before.cpus,
+            )
         return {"model_name": model, "deleted": deleted, "freed_cpus": before.cpus}

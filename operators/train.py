@@ -32,12 +32,12 @@ class _Strategy:
     module = "ray_jobs.train"
 
     def describe(self, contract: RunContract, spec: dict[str, Any]) -> str:
-        return (f"{spec['num_workers']} worker(s) to start, resize policy "
-                f"{contract.resize_policy}")
+        return f"{spec['num_workers']} worker(s) to start, resize policy {contract.resize_policy}"
 
     def run(self, op: TrainModelOperator, context: Any, spec: dict[str, Any]) -> dict[str, Any]:
-        return op.run_job(context, self.stage, self.module, spec,
-                          timeout_s=op.contract.deadline_s + JOB_GRACE_S)
+        return op.run_job(
+            context, self.stage, self.module, spec, timeout_s=op.contract.deadline_s + JOB_GRACE_S
+        )
 
 
 class _Centralized(_Strategy):
@@ -52,8 +52,10 @@ class _Tuning(_Strategy):
     module = "ray_jobs.tune"
 
     def describe(self, contract: RunContract, spec: dict[str, Any]) -> str:
-        return (f"up to {contract.tuning_trials} Optuna trials, {spec['num_workers']} in "
-                f"parallel, inside the deadline")
+        return (
+            f"up to {contract.tuning_trials} Optuna trials, {spec['num_workers']} in "
+            f"parallel, inside the deadline"
+        )
 
     def run(self, op: TrainModelOperator, context: Any, spec: dict[str, Any]) -> dict[str, Any]:
         spec = {**spec, "num_workers": op.feasibility["max_usable_workers"]}
@@ -67,10 +69,12 @@ class _Federated(_Strategy):
     module = "ray_jobs.federated"
 
     def describe(self, contract: RunContract, spec: dict[str, Any]) -> str:
-        return (f"federated: {contract.fl_clients} clients (Dirichlet alpha "
-                f"{contract.fl_dirichlet_alpha:g}), {contract.fl_clients_per_round} per round, "
-                f"up to {contract.fl_rounds} rounds, local epochs by the {contract.fl_strategy} "
-                f"strategy")
+        return (
+            f"federated: {contract.fl_clients} clients (Dirichlet alpha "
+            f"{contract.fl_dirichlet_alpha:g}), {contract.fl_clients_per_round} per round, "
+            f"up to {contract.fl_rounds} rounds, local epochs by the {contract.fl_strategy} "
+            f"strategy"
+        )
 
 
 class _SparkMllib(_Strategy):
@@ -82,8 +86,10 @@ class _SparkMllib(_Strategy):
     stage = "mllib"
 
     def describe(self, contract: RunContract, spec: dict[str, Any]) -> str:
-        return (f"MLlib logistic regression, up to {contract.max_epochs} iterations on "
-                f"{contract.prepare_max_cores} Spark cores")
+        return (
+            f"MLlib logistic regression, up to {contract.max_epochs} iterations on "
+            f"{contract.prepare_max_cores} Spark cores"
+        )
 
     def run(self, op: TrainModelOperator, context: Any, spec: dict[str, Any]) -> dict[str, Any]:
         from mlflow_config import registry as reg
@@ -107,57 +113,109 @@ class _SparkMllib(_Strategy):
             return dict(json.loads(done))
         hook = SparkHook()
         master = contract.spark_master or hook.master
-        spark = hook.session(f"slaflow-train-{op.run_plan.run_key}", master=master,
-                             conf=controlled_conf(master, contract.prepare_max_cores))
+        spark = hook.session(
+            f"slaflow-train-{op.run_plan.run_key}",
+            master=master,
+            conf=controlled_conf(master, contract.prepare_max_cores),
+        )
         remaining = contract.deadline_s - (time.time() - float(spec["started_at"]))
         if remaining <= 0:
-            raise AirflowFailException("contract field 'deadline_s': the deadline passed "
-                                       "before training started; give a longer deadline")
+            raise AirflowFailException(
+                "contract field 'deadline_s': the deadline passed "
+                "before training started; give a longer deadline"
+            )
         try:
             fit, report = run_with_deadline(
-                spark, lambda: fit_logistic(spark, train_path=spec["train_path"],
-                                            val_path=spec["val_path"], profile=profile,
-                                            max_iter=contract.max_epochs),
-                deadline_s=remaining, max_cores=contract.prepare_max_cores,
+                spark,
+                lambda: fit_logistic(
+                    spark,
+                    train_path=spec["train_path"],
+                    val_path=spec["val_path"],
+                    profile=profile,
+                    max_iter=contract.max_epochs,
+                ),
+                deadline_s=remaining,
+                max_cores=contract.prepare_max_cores,
                 profile_path=stored_profile_path(
-                    f"mllib-{contract.max_epochs}", data_source=contract.data_source,
+                    f"mllib-{contract.max_epochs}",
+                    data_source=contract.data_source,
                     label_column=contract.label_column,
                     validation_fraction=contract.validation_fraction,
-                    test_fraction=contract.test_fraction, seed=contract.seed, master=master),
-                on_infeasible=contract.on_infeasible, log=op.log.info)
+                    test_fraction=contract.test_fraction,
+                    seed=contract.seed,
+                    master=master,
+                ),
+                on_infeasible=contract.on_infeasible,
+                log=op.log.info,
+            )
         except SparkDeadlineInfeasible as exc:
             raise AirflowFailException(f"contract field 'deadline_s': {exc}") from exc
         training_seconds = time.time() - float(spec["started_at"])
         stop_accuracy = float(spec["stop_accuracy"])
-        stop = single_fit_stop_reason(fit.val_accuracy, stop_accuracy, training_seconds,
-                                      contract.deadline_s)
+        stop = single_fit_stop_reason(
+            fit.val_accuracy, stop_accuracy, training_seconds, contract.deadline_s
+        )
         label = outcome(stop, fit.val_accuracy, stop_accuracy)
-        weights = build_mlp(len(profile["feature_names"]), len(profile["classes"]), (),
-                            profile["feature_mean"], profile["feature_std"],
-                            contract.seed).get_weights()
+        weights = build_mlp(
+            len(profile["feature_names"]),
+            len(profile["classes"]),
+            (),
+            profile["feature_mean"],
+            profile["feature_std"],
+            contract.seed,
+        ).get_weights()
         weights[-2], weights[-1] = fit.kernel, fit.bias
-        history = [{"epoch": fit.iterations, "val_accuracy": fit.val_accuracy,
-                    "accuracy": fit.train_accuracy, "elapsed_s": training_seconds}]
-        state = {"epoch": fit.iterations, "best_epoch": fit.iterations,
-                 "best_val_accuracy": fit.val_accuracy, "stop_reason": stop.value,
-                 "history": history}
-        summary = {"worker_seconds": float(report["core_seconds"]), "resizes": 0,
-                   "outcome": label.value}
-        model_uri = export_and_log({**spec, "hidden_units": []}, weights, state,
-                                   training_seconds, summary, plots=False)
-        result = {**summary, "epochs": fit.iterations, "best_epoch": fit.iterations,
-                  "best_val_accuracy": fit.val_accuracy, "stop_reason": stop.value,
-                  "history": history, "training_seconds": training_seconds,
-                  "deadline_met": deadline_met(training_seconds, contract.deadline_s),
-                  "num_workers": contract.prepare_max_cores, "model_uri": model_uri,
-                  "spark_deadline": {k: v for k, v in report.items() if k != "timeline"}}
-        reg.set_run_tag(client, run_id, reg.TAG_MLLIB_RESULT, json.dumps(
-            {k: v for k, v in result.items() if k != "spark_deadline"}))
+        history = [
+            {
+                "epoch": fit.iterations,
+                "val_accuracy": fit.val_accuracy,
+                "accuracy": fit.train_accuracy,
+                "elapsed_s": training_seconds,
+            }
+        ]
+        state = {
+            "epoch": fit.iterations,
+            "best_epoch": fit.iterations,
+            "best_val_accuracy": fit.val_accuracy,
+            "stop_reason": stop.value,
+            "history": history,
+        }
+        summary = {
+            "worker_seconds": float(report["core_seconds"]),
+            "resizes": 0,
+            "outcome": label.value,
+        }
+        model_uri = export_and_log(
+            {**spec, "hidden_units": []}, weights, state, training_seconds, summary, plots=False
+        )
+        result = {
+            **summary,
+            "epochs": fit.iterations,
+            "best_epoch": fit.iterations,
+            "best_val_accuracy": fit.val_accuracy,
+            "stop_reason": stop.value,
+            "history": history,
+            "training_seconds": training_seconds,
+            "deadline_met": deadline_met(training_seconds, contract.deadline_s),
+            "num_workers": contract.prepare_max_cores,
+            "model_uri": model_uri,
+            "spark_deadline": {k: v for k, v in report.items() if k != "timeline"},
+        }
+        reg.set_run_tag(
+            client,
+            run_id,
+            reg.TAG_MLLIB_RESULT,
+            json.dumps({k: v for k, v in result.items() if k != "spark_deadline"}),
+        )
         return result
 
 
-_STRATEGIES: dict[str, _Strategy] = {"centralized": _Centralized(), "tuning": _Tuning(),
-                                     "federated": _Federated(), "spark_mllib": _SparkMllib()}
+_STRATEGIES: dict[str, _Strategy] = {
+    "centralized": _Centralized(),
+    "tuning": _Tuning(),
+    "federated": _Federated(),
+    "spark_mllib": _SparkMllib(),
+}
 
 
 def _strategy(contract: RunContract) -> _Strategy:
@@ -187,49 +245,83 @@ class TrainModelOperator(RayJobStageOperator):
 
         contract, plan = self.contract, self.run_plan
         client = self.mlflow.client
-        exp_id = reg.get_or_create_experiment(client, reg.experiment_name(contract.model_name),
-                                              self.mlflow.artifact_location)
+        exp_id = reg.get_or_create_experiment(
+            client, reg.experiment_name(contract.model_name), self.mlflow.artifact_location
+        )
         run_id, started_at = reg.start_training_run(
-            client, exp_id, plan.run_key,
+            client,
+            exp_id,
+            plan.run_key,
             run_name=f"{context['dag'].dag_id}/{context['run_id']}",
-            tags={reg.TAG_AIRFLOW_RUN_ID: context["run_id"],
-                  reg.TAG_DAG_ID: context["dag"].dag_id,
-                  reg.TAG_CONTRACT: json.dumps(contract.to_dict()),
-                  reg.TAG_CALIBRATION_KEY: self.feasibility["calibration_key"],
-                  reg.TAG_FEASIBILITY: json.dumps(self.feasibility["verdict"])},
-            params={**contract.to_dict(), "num_workers": self.feasibility["num_workers"],
-                    "stop_accuracy": plan.stop_accuracy})
+            tags={
+                reg.TAG_AIRFLOW_RUN_ID: context["run_id"],
+                reg.TAG_DAG_ID: context["dag"].dag_id,
+                reg.TAG_CONTRACT: json.dumps(contract.to_dict()),
+                reg.TAG_CALIBRATION_KEY: self.feasibility["calibration_key"],
+                reg.TAG_FEASIBILITY: json.dumps(self.feasibility["verdict"]),
+            },
+            params={
+                **contract.to_dict(),
+                "num_workers": self.feasibility["num_workers"],
+                "stop_accuracy": plan.stop_accuracy,
+            },
+        )
         dashboard = self.ray.endpoints["dashboard_url"]
-        context["ti"].xcom_push(key="mlflow_run_url", value=(
-            f"{mlflow_ui_url(self.mlflow.tracking_uri)}/#/experiments/{exp_id}/runs/{run_id}"))
+        context["ti"].xcom_push(
+            key="mlflow_run_url",
+            value=(
+                f"{mlflow_ui_url(self.mlflow.tracking_uri)}/#/experiments/{exp_id}/runs/{run_id}"
+            ),
+        )
         context["ti"].xcom_push(key="ray_dashboard_url", value=f"{dashboard}/#/jobs")
         spec = training_spec(
-            contract, self.profile, run_name=plan.run_key,
+            contract,
+            self.profile,
+            run_name=plan.run_key,
             storage_path=Endpoints.from_env().ray_storage,
-            tracking_uri=self.mlflow.tracking_uri, mlflow_run_id=run_id,
-            started_at=started_at, stop_accuracy=plan.stop_accuracy,
+            tracking_uri=self.mlflow.tracking_uri,
+            mlflow_run_id=run_id,
+            started_at=started_at,
+            stop_accuracy=plan.stop_accuracy,
             num_workers=self.feasibility["num_workers"],
             throughput=self.feasibility["throughput"],
-            prior_epochs=self.feasibility["prior_epochs"])
+            prior_epochs=self.feasibility["prior_epochs"],
+        )
         strategy = _strategy(contract)
-        self.log.info("Training %s (%s): %s; %s; deadline %.0fs, started %.1fs ago",
-                      contract.model_name, type(strategy).__name__.strip("_").lower(),
-                      strategy.describe(contract, spec),
-                      self.feasibility["verdict"]["message"], contract.deadline_s,
-                      time.time() - started_at)
+        self.log.info(
+            "Training %s (%s): %s; %s; deadline %.0fs, started %.1fs ago",
+            contract.model_name,
+            type(strategy).__name__.strip("_").lower(),
+            strategy.describe(contract, spec),
+            self.feasibility["verdict"]["message"],
+            contract.deadline_s,
+            time.time() - started_at,
+        )
         result = strategy.run(self, context, spec)
-        self.log.info("Trained %d epochs in %.1fs (deadline %s): %s (stop reason %s), best val "
-                      "accuracy %.4f at epoch %d; %.0f worker-seconds, %d resizes",
-                      result["epochs"], result["training_seconds"],
-                      "met" if result["deadline_met"] else "MISSED", result["outcome"],
-                      result["stop_reason"], result["best_val_accuracy"], result["best_epoch"],
-                      result["worker_seconds"], result["resizes"])
+        self.log.info(
+            "Trained %d epochs in %.1fs (deadline %s): %s (stop reason %s), best val "
+            "accuracy %.4f at epoch %d; %.0f worker-seconds, %d resizes",
+            result["epochs"],
+            result["training_seconds"],
+            "met" if result["deadline_met"] else "MISSED",
+            result["outcome"],
+            result["stop_reason"],
+            result["best_val_accuracy"],
+            result["best_epoch"],
+            result["worker_seconds"],
+            result["resizes"],
+        )
         submission = self.last_submission_id
         if submission:  # the link goes to this run's job, not the job list
-            context["ti"].xcom_push(key="ray_dashboard_url",
-                                    value=f"{dashboard}/#/jobs/{submission}")
-        return {**result, "mlflow_run_id": run_id, "experiment_id": exp_id,
-                "ray_submission_id": submission}
+            context["ti"].xcom_push(
+                key="ray_dashboard_url", value=f"{dashboard}/#/jobs/{submission}"
+            )
+        return {
+            **result,
+            "mlflow_run_id": run_id,
+            "experiment_id": exp_id,
+            "ray_submission_id": submission,
+        }
 
 
 class EvaluateModelOperator(RayJobStageOperator):
@@ -245,13 +337,20 @@ class EvaluateModelOperator(RayJobStageOperator):
     def execute(self, context: Any) -> dict[str, Any]:
         from ray_jobs.specs import evaluation_spec
 
-        spec = evaluation_spec(self.profile, tracking_uri=self.mlflow.tracking_uri,
-                               mlflow_run_id=self.train["mlflow_run_id"],
-                               model_uri=self.train["model_uri"])
+        spec = evaluation_spec(
+            self.profile,
+            tracking_uri=self.mlflow.tracking_uri,
+            mlflow_run_id=self.train["mlflow_run_id"],
+            model_uri=self.train["model_uri"],
+        )
         metrics = self.run_job(context, "eval", "ray_jobs.evaluate", spec, timeout_s=600)
-        self.log.info("Test accuracy %.4f (95%% CI %.4f-%.4f) on %d rows; test loss %.4f; "
-                      "variants %s", metrics["test_accuracy"], metrics["test_accuracy_ci_low"],
-                      metrics["test_accuracy_ci_high"], metrics["test_rows"],
-                      metrics["test_loss"],
-                      {v: round(d["accuracy"], 4) for v, d in metrics["variants"].items()})
+        self.log.info(
+            "Test accuracy %.4f (95%% CI %.4f-%.4f) on %d rows; test loss %.4f; variants %s",
+            metrics["test_accuracy"],
+            metrics["test_accuracy_ci_low"],
+            metrics["test_accuracy_ci_high"],
+            metrics["test_rows"],
+            metrics["test_loss"],
+            {v: round(d["accuracy"], 4) for v, d in metrics["variants"].items()},
+        )
         return metrics

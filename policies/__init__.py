@@ -2,6 +2,7 @@
 
 Each private module holds one concern; this package re-exports its public names.
 """
+
 from policies._accuracy import (
     FIT_WINDOW,
     MIN_EPOCHS_FOR_VERDICT,

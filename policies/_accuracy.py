@@ -60,8 +60,9 @@ def fit_learning_curve(val_accuracy: Sequence[float], window: int = FIT_WINDOW) 
     ``None`` with fewer than three usable points. A curve that is not improving gets
     ``b <= 0`` (never reaches a higher target).
     """
-    points = [(float(e), 1.0 - acc) for e, acc in enumerate(val_accuracy, start=1)
-              if 0.0 <= acc < 1.0]
+    points = [
+        (float(e), 1.0 - acc) for e, acc in enumerate(val_accuracy, start=1) if 0.0 <= acc < 1.0
+    ]
     points = points[-window:]
     if len(points) < 3:
         return None
@@ -104,22 +105,28 @@ def assess_target(
     needed = math.inf if fit is None else fit.epochs_to(target)
     at_budget = None if fit is None else min(1.0, fit.accuracy_at(epochs_affordable))
     if done < MIN_EPOCHS_FOR_VERDICT or fit is None:
-        return AccuracyOutlook(True, needed, at_budget,
-                               f"{done} epochs: too early to extrapolate")
+        return AccuracyOutlook(True, needed, at_budget, f"{done} epochs: too early to extrapolate")
     best_epoch = 1 + max(range(done), key=lambda i: val_accuracy[i])
     if done - best_epoch >= PLATEAU_PATIENCE:
         return AccuracyOutlook(
-            False, math.inf, best,
+            False,
+            math.inf,
+            best,
             f"plateau: best {best:.4f} at epoch {best_epoch}, no gain in {done - best_epoch} "
-            f"epochs; target {target:.4f}")
+            f"epochs; target {target:.4f}",
+        )
     if needed > UNREACHABLE_MARGIN * epochs_affordable:
         shown = "never" if math.isinf(needed) else f"~{needed:.0f} epochs"
         return AccuracyOutlook(
-            False, needed, at_budget,
+            False,
+            needed,
+            at_budget,
             f"learning curve reaches {target:.4f} after {shown}; the deadline affords "
-            f"{epochs_affordable:.0f} (predicted {at_budget:.4f} by then)")
-    return AccuracyOutlook(True, needed, at_budget,
-                           f"on track: ~{needed:.1f} epochs to {target:.4f}")
+            f"{epochs_affordable:.0f} (predicted {at_budget:.4f} by then)",
+        )
+    return AccuracyOutlook(
+        True, needed, at_budget, f"on track: ~{needed:.1f} epochs to {target:.4f}"
+    )
 
 
 @dataclass(frozen=True)
@@ -132,26 +139,38 @@ class EpochEstimate:
     source: str
 
 
-def estimate_epochs_needed(past_curves: Sequence[Sequence[float]], target: float,
-                           max_epochs: int) -> EpochEstimate:
+def estimate_epochs_needed(
+    past_curves: Sequence[Sequence[float]], target: float, max_epochs: int
+) -> EpochEstimate:
     """Epochs to ``target`` from the validation curves of past runs of the same model.
 
     Takes the slowest past run that reached the target (a conservative plan). Without
     history the plan is ``max_epochs``, with one epoch certainly needed.
     """
-    reached = [next(i for i, acc in enumerate(c, start=1) if acc >= target)
-               for c in past_curves if any(acc >= target for acc in c)]
+    reached = [
+        next(i for i, acc in enumerate(c, start=1) if acc >= target)
+        for c in past_curves
+        if any(acc >= target for acc in c)
+    ]
     if reached:
         epochs = min(max_epochs, max(reached))
-        return EpochEstimate(epochs, min(epochs, min(reached)), True,
-                             f"{len(reached)} of {len(past_curves)} past runs reached "
-                             f"{target:.4f}, after {min(reached)}-{max(reached)} epochs")
+        return EpochEstimate(
+            epochs,
+            min(epochs, min(reached)),
+            True,
+            f"{len(reached)} of {len(past_curves)} past runs reached "
+            f"{target:.4f}, after {min(reached)}-{max(reached)} epochs",
+        )
     long_runs = [c for c in past_curves if len(c) >= max_epochs]
     if long_runs:
         best = max(max(c) for c in long_runs)
-        return EpochEstimate(max_epochs, max_epochs, False,
-                             f"{len(long_runs)} past runs of >= {max_epochs} epochs peaked at "
-                             f"{best:.4f} < target {target:.4f}")
+        return EpochEstimate(
+            max_epochs,
+            max_epochs,
+            False,
+            f"{len(long_runs)} past runs of >= {max_epochs} epochs peaked at "
+            f"{best:.4f} < target {target:.4f}",
+        )
     if past_curves:
         fits = [f for f in (fit_learning_curve(c) for c in past_curves) if f is not None]
         guesses = [f.epochs_to(target) for f in fits]
@@ -159,7 +178,12 @@ def estimate_epochs_needed(past_curves: Sequence[Sequence[float]], target: float
         if finite:
             epochs = min(max_epochs, math.ceil(max(finite)))
             longest = max(len(c) for c in past_curves)
-            return EpochEstimate(epochs, min(epochs, longest), True,
-                                 f"extrapolated from {len(fits)} past runs: ~{epochs} epochs")
-    return EpochEstimate(max_epochs, 1, True, f"no past runs reached the target: planning "
-                                              f"max_epochs={max_epochs}")
+            return EpochEstimate(
+                epochs,
+                min(epochs, longest),
+                True,
+                f"extrapolated from {len(fits)} past runs: ~{epochs} epochs",
+            )
+    return EpochEstimate(
+        max_epochs, 1, True, f"no past runs reached the target: planning max_epochs={max_epochs}"
+    )

@@ -18,11 +18,11 @@ from typing import Any
 class AutoscalerConfig:
     slo_ms: float
     percentile: int
-    capacity_rps: float              # profiled saturated throughput of one replica
+    capacity_rps: float  # profiled saturated throughput of one replica
     min_replicas: int
     max_replicas: int
     target_utilisation: float = 0.6  # of capacity, at the arrival rate
-    latency_margin: float = 0.5      # ROMA's a: act once latency passes SLO*(1-a)
+    latency_margin: float = 0.5  # ROMA's a: act once latency passes SLO*(1-a)
     downscale_delay_s: float = 20.0
     downscale_to_zero_delay_s: float = 60.0
 
@@ -38,8 +38,8 @@ class AutoscalerConfig:
 class LoadSample:
     now_s: float
     current_replicas: int
-    arrival_rps: float               # measured over the last window
-    in_system: float                 # requests ongoing + queued, all replicas
+    arrival_rps: float  # measured over the last window
+    in_system: float  # requests ongoing + queued, all replicas
     tail_latency_ms: float | None = None  # measured percentile over the window, if any
 
 
@@ -50,8 +50,9 @@ class ScaleDecision:
     state: dict[str, Any] = field(default_factory=dict)
 
 
-def autoscale(config: AutoscalerConfig, sample: LoadSample,
-              state: Mapping[str, Any] | None = None) -> ScaleDecision:
+def autoscale(
+    config: AutoscalerConfig, sample: LoadSample, state: Mapping[str, Any] | None = None
+) -> ScaleDecision:
     """Replicas for the next period.
 
     Three estimates, the largest wins: the arrival rate over the profiled capacity at the
@@ -64,8 +65,11 @@ def autoscale(config: AutoscalerConfig, sample: LoadSample,
     st = dict(state or {})
     cur = max(0, sample.current_replicas)
     slo_s = config.slo_ms / 1000.0
-    rate_n = math.ceil(sample.arrival_rps / (config.capacity_rps * config.target_utilisation)
-                       - 1e-9) if sample.arrival_rps > 0 else 0
+    rate_n = (
+        math.ceil(sample.arrival_rps / (config.capacity_rps * config.target_utilisation) - 1e-9)
+        if sample.arrival_rps > 0
+        else 0
+    )
     littles = sample.arrival_rps * slo_s
     queue_n = 0
     if sample.in_system > max(littles, 1.0) and cur > 0:
@@ -79,10 +83,12 @@ def autoscale(config: AutoscalerConfig, sample: LoadSample,
     if sample.in_system > 0 or sample.arrival_rps > 0:
         want = max(want, 1)
     want = max(config.min_replicas, min(config.max_replicas, want))
-    why = (f"rate {sample.arrival_rps:.1f}/s -> {rate_n}, queue {sample.in_system:.0f} vs "
-           f"{littles:.1f} -> {queue_n}, p{config.percentile} "
-           f"{'-' if sample.tail_latency_ms is None else f'{sample.tail_latency_ms:.1f}'} ms "
-           f"-> {lat_n}")
+    why = (
+        f"rate {sample.arrival_rps:.1f}/s -> {rate_n}, queue {sample.in_system:.0f} vs "
+        f"{littles:.1f} -> {queue_n}, p{config.percentile} "
+        f"{'-' if sample.tail_latency_ms is None else f'{sample.tail_latency_ms:.1f}'} ms "
+        f"-> {lat_n}"
+    )
     if want >= cur:
         st.pop("below_since", None)
         if want == 0:
@@ -91,11 +97,12 @@ def autoscale(config: AutoscalerConfig, sample: LoadSample,
     since = float(st.setdefault("below_since", sample.now_s))
     delay = config.downscale_to_zero_delay_s if want == 0 else config.downscale_delay_s
     if sample.now_s - since < delay:
-        return ScaleDecision(cur, f"hold {cur} (wants {want} for {sample.now_s - since:.0f}/"
-                                  f"{delay:.0f} s; {why})", st)
+        return ScaleDecision(
+            cur,
+            f"hold {cur} (wants {want} for {sample.now_s - since:.0f}/{delay:.0f} s; {why})",
+            st,
+        )
     st.pop("below_since", None)
     # step down gradually: at most half the surplus per period, never below what is wanted
     step = want if want == 0 else max(want, cur - max(1, (cur - want + 1) // 2))
     return ScaleDecision(step, f"down {cur}->{step} ({why})", st)
-
-

@@ -87,315 +87,537 @@ _S_REVIEW = "Promotion review"
 
 FIELDS: Final[tuple[FieldSpec, ...]] = (
     FieldSpec(
-        "deadline_s", "number", 600.0, "Training deadline (s)",
+        "deadline_s",
+        "number",
+        600.0,
+        "Training deadline (s)",
         "Wall-clock seconds training may take, counted from the start of the train task. "
         "Training stops in time to meet it and keeps the best model so far.",
-        _S_QUALITY, "give the training budget in seconds, e.g. 600",
-        exclusive_minimum=0, maximum=7 * 86400,
+        _S_QUALITY,
+        "give the training budget in seconds, e.g. 600",
+        exclusive_minimum=0,
+        maximum=7 * 86400,
     ),
     FieldSpec(
-        "target_accuracy", "number", 0.9, "Target accuracy",
+        "target_accuracy",
+        "number",
+        0.9,
+        "Target accuracy",
         "Test-set accuracy the model must reach to be promoted (0 < x < 1).",
-        _S_QUALITY, "use a fraction below 1.0, e.g. 0.9 (no held-out metric is reliably 1.0)",
-        exclusive_minimum=0, exclusive_maximum=1,
+        _S_QUALITY,
+        "use a fraction below 1.0, e.g. 0.9 (no held-out metric is reliably 1.0)",
+        exclusive_minimum=0,
+        exclusive_maximum=1,
     ),
     FieldSpec(
-        "min_gain_over_champion", "number", 0.0, "Minimum gain over champion",
+        "min_gain_over_champion",
+        "number",
+        0.0,
+        "Minimum gain over champion",
         "Accuracy the new model must add to the model now serving (champion) to replace it.",
-        _S_QUALITY, "use a fraction between 0 and 0.5, e.g. 0.005",
-        minimum=0, maximum=0.5,
+        _S_QUALITY,
+        "use a fraction between 0 and 0.5, e.g. 0.005",
+        minimum=0,
+        maximum=0.5,
     ),
     FieldSpec(
-        "stop_margin", "number", 0.03, "Validation margin",
+        "stop_margin",
+        "number",
+        0.03,
+        "Validation margin",
         "Training stops early only once validation accuracy exceeds the accuracy the gate "
         "needs by this much: the gate reads the test set, a different sample, and a model "
         "stopped exactly at the threshold fails it about half the time (0.03 is about the "
         "95% CI half-width of a few hundred validation rows).",
-        _S_QUALITY, "use a fraction from 0 to 0.2, e.g. 0.03",
-        minimum=0, maximum=0.2,
+        _S_QUALITY,
+        "use a fraction from 0 to 0.2, e.g. 0.03",
+        minimum=0,
+        maximum=0.2,
     ),
     FieldSpec(
-        "max_workers", "integer", 2, "Max training workers",
+        "max_workers",
+        "integer",
+        2,
+        "Max training workers",
         "Most Ray Train workers this run may use at once.",
-        _S_BUDGET, "use a whole number from 1 to 64",
-        minimum=1, maximum=64,
+        _S_BUDGET,
+        "use a whole number from 1 to 64",
+        minimum=1,
+        maximum=64,
     ),
     FieldSpec(
-        "cpus_per_worker", "number", 1.0, "CPUs per worker",
+        "cpus_per_worker",
+        "number",
+        1.0,
+        "CPUs per worker",
         "Logical CPUs each training worker reserves on the Ray cluster.",
-        _S_BUDGET, "use a number from 0.25 to 64",
-        minimum=0.25, maximum=64,
+        _S_BUDGET,
+        "use a number from 0.25 to 64",
+        minimum=0.25,
+        maximum=64,
     ),
     FieldSpec(
-        "resize_policy", "string", "deadline", "Worker sizing",
+        "resize_policy",
+        "string",
+        "deadline",
+        "Worker sizing",
         "deadline: the fewest workers that finish by the deadline, resized while training "
         "runs (checkpoint and restart); static: max_workers from start to end.",
-        _S_BUDGET, "choose 'deadline' or 'static'",
+        _S_BUDGET,
+        "choose 'deadline' or 'static'",
         enum=("deadline", "static"),
     ),
     FieldSpec(
-        "on_infeasible", "string", "fail", "If the contract is infeasible",
+        "on_infeasible",
+        "string",
+        "fail",
+        "If the contract is infeasible",
         "fail: stop before any training compute with the reason and what to relax; "
         "best_effort: train anyway and keep the best model the deadline allows.",
-        _S_QUALITY, "choose 'fail' or 'best_effort'",
+        _S_QUALITY,
+        "choose 'fail' or 'best_effort'",
         enum=("fail", "best_effort"),
     ),
     FieldSpec(
-        "on_target_unreachable", "string", "stop", "If the target becomes unreachable",
+        "on_target_unreachable",
+        "string",
+        "stop",
+        "If the target becomes unreachable",
         "While training, the learning curve is extrapolated; when it cannot reach the target "
         "by the deadline, stop (keep the best model, save the compute) or continue to the "
         "deadline.",
-        _S_QUALITY, "choose 'stop' or 'continue'",
+        _S_QUALITY,
+        "choose 'stop' or 'continue'",
         enum=("stop", "continue"),
     ),
     FieldSpec(
-        "review_policy", "string", "never", "Human review of the gate",
+        "review_policy",
+        "string",
+        "never",
+        "Human review of the gate",
         "never: the gate decides alone; borderline: a decision within the evaluation's noise "
         "(or a costlier model) waits for approval in Airflow (Required Actions); always: every "
         "candidate that meets the target waits for approval. Reject or no answer: not promoted.",
-        _S_REVIEW, "choose 'never', 'borderline' or 'always'",
+        _S_REVIEW,
+        "choose 'never', 'borderline' or 'always'",
         enum=("never", "borderline", "always"),
     ),
     FieldSpec(
-        "review_margin", "number", 0.005, "Borderline margin",
+        "review_margin",
+        "number",
+        0.005,
+        "Borderline margin",
         "A candidate whose accuracy is within max(this, the 95% CI half-width of its test "
         "accuracy) of the accuracy it needs, on either side, is borderline.",
-        _S_REVIEW, "use a fraction from 0 to 0.2, e.g. 0.005",
-        minimum=0, maximum=0.2,
+        _S_REVIEW,
+        "use a fraction from 0 to 0.2, e.g. 0.005",
+        minimum=0,
+        maximum=0.2,
     ),
     FieldSpec(
-        "review_max_cost_ratio", "number", 1.5, "Borderline serving cost ratio",
+        "review_max_cost_ratio",
+        "number",
+        1.5,
+        "Borderline serving cost ratio",
         "A candidate the gate would promote is borderline when it has more than this times "
         "the champion's parameters (its serving cost); 0 turns the cost rule off.",
-        _S_REVIEW, "use a number from 0 to 100, e.g. 1.5 (0: off)",
-        minimum=0, maximum=100,
+        _S_REVIEW,
+        "use a number from 0 to 100, e.g. 1.5 (0: off)",
+        minimum=0,
+        maximum=100,
     ),
     FieldSpec(
-        "review_timeout_s", "integer", 3600, "Review timeout (s)",
+        "review_timeout_s",
+        "integer",
+        3600,
+        "Review timeout (s)",
         "How long a review waits for an answer; no answer is recorded as 'not promoted'.",
-        _S_REVIEW, "use a whole number of seconds from 10 to 604800 (a week)",
-        minimum=10, maximum=7 * 86400,
+        _S_REVIEW,
+        "use a whole number of seconds from 10 to 604800 (a week)",
+        minimum=10,
+        maximum=7 * 86400,
     ),
     FieldSpec(
-        "tuning_trials", "integer", 0, "Tuning trials (Optuna)",
+        "tuning_trials",
+        "integer",
+        0,
+        "Tuning trials (Optuna)",
         "0: train the given hyperparameters. N > 0: an Optuna study of up to N trials "
         "(learning rate, hidden units, batch size) on Ray, pruned on validation accuracy and "
         "bounded by the deadline; the best trial's model goes on.",
-        _S_MODEL, "use a whole number from 0 to 200",
-        minimum=0, maximum=200,
+        _S_MODEL,
+        "use a whole number from 0 to 200",
+        minimum=0,
+        maximum=200,
     ),
     FieldSpec(
-        "training_mode", "string", "centralized", "Training mode",
+        "training_mode",
+        "string",
+        "centralized",
+        "Training mode",
         "centralized: Ray Train data-parallel under the deadline controller; tuning: an Optuna "
         "study of tuning_trials trials; federated: FedAvg over Ray actor clients holding "
         "non-IID shards, local epochs per round chosen by fl_strategy; spark_mllib: MLlib's "
         "multinomial logistic regression on the Spark master (tabular data; max_epochs is its "
         "iteration limit, hidden_units is not used), under the Spark deadline controller.",
-        _S_MODEL, "choose 'centralized', 'tuning', 'federated' or 'spark_mllib'",
+        _S_MODEL,
+        "choose 'centralized', 'tuning', 'federated' or 'spark_mllib'",
         enum=("centralized", "tuning", "federated", "spark_mllib"),
     ),
     FieldSpec(
-        "fl_clients", "integer", 6, "Clients",
+        "fl_clients",
+        "integer",
+        6,
+        "Clients",
         "Federated clients (Ray actors), each holding a Dirichlet non-IID shard of the "
         "training data.",
-        _S_FEDERATED, "use a whole number from 2 to 256",
-        minimum=2, maximum=256,
+        _S_FEDERATED,
+        "use a whole number from 2 to 256",
+        minimum=2,
+        maximum=256,
     ),
     FieldSpec(
-        "fl_clients_per_round", "integer", 3, "Clients per round",
+        "fl_clients_per_round",
+        "integer",
+        3,
+        "Clients per round",
         "Clients sampled to train in each round (at most fl_clients).",
-        _S_FEDERATED, "use a whole number from 1 to fl_clients",
-        minimum=1, maximum=256,
+        _S_FEDERATED,
+        "use a whole number from 1 to fl_clients",
+        minimum=1,
+        maximum=256,
     ),
     FieldSpec(
-        "fl_rounds", "integer", 20, "Round budget (R)",
+        "fl_rounds",
+        "integer",
+        20,
+        "Round budget (R)",
         "Most FedAvg rounds; the target accuracy should be reached within them.",
-        _S_FEDERATED, "use a whole number from 1 to 1000",
-        minimum=1, maximum=1000,
+        _S_FEDERATED,
+        "use a whole number from 1 to 1000",
+        minimum=1,
+        maximum=1000,
     ),
     FieldSpec(
-        "fl_network_budget", "integer", 0, "Network budget (participations)",
+        "fl_network_budget",
+        "integer",
+        0,
+        "Network budget (participations)",
         "Most client participations (one client in one round) in all; 0: rounds alone bound "
         "training.",
-        _S_FEDERATED, "use 0 (no network budget) or a whole number of participations",
-        minimum=0, maximum=1_000_000,
+        _S_FEDERATED,
+        "use 0 (no network budget) or a whole number of participations",
+        minimum=0,
+        maximum=1_000_000,
     ),
     FieldSpec(
-        "fl_strategy", "string", "linear", "Local-epochs strategy",
+        "fl_strategy",
+        "string",
+        "linear",
+        "Local-epochs strategy",
         "How each round's local epochs are chosen (hyperFL): linear or quadratic control "
         "towards the target within the budget, or static (fl_local_epochs every round).",
-        _S_FEDERATED, "choose 'linear', 'quadratic' or 'static'",
+        _S_FEDERATED,
+        "choose 'linear', 'quadratic' or 'static'",
         enum=("linear", "quadratic", "static"),
     ),
     FieldSpec(
-        "fl_local_epochs", "integer", 1, "Local epochs (static / first round)",
+        "fl_local_epochs",
+        "integer",
+        1,
+        "Local epochs (static / first round)",
         "Local epochs per round with the static strategy; the first round's with the others.",
-        _S_FEDERATED, "use a whole number from 1 to fl_max_local_epochs",
-        minimum=1, maximum=1024,
+        _S_FEDERATED,
+        "use a whole number from 1 to fl_max_local_epochs",
+        minimum=1,
+        maximum=1024,
     ),
     FieldSpec(
-        "fl_max_local_epochs", "integer", 32, "Most local epochs per round",
+        "fl_max_local_epochs",
+        "integer",
+        32,
+        "Most local epochs per round",
         "Upper bound on the local epochs the controller may choose for a round.",
-        _S_FEDERATED, "use a whole number from 1 to 1024",
-        minimum=1, maximum=1024,
+        _S_FEDERATED,
+        "use a whole number from 1 to 1024",
+        minimum=1,
+        maximum=1024,
     ),
     FieldSpec(
-        "fl_dirichlet_alpha", "number", 0.5, "Non-IID skew (Dirichlet alpha)",
+        "fl_dirichlet_alpha",
+        "number",
+        0.5,
+        "Non-IID skew (Dirichlet alpha)",
         "Label skew of the client shards: small (0.1) is very skewed, large (100) near IID.",
-        _S_FEDERATED, "use a number above 0, e.g. 0.5",
-        exclusive_minimum=0, maximum=1000,
+        _S_FEDERATED,
+        "use a number above 0, e.g. 0.5",
+        exclusive_minimum=0,
+        maximum=1000,
     ),
     FieldSpec(
-        "fl_round_timeout_s", "number", 120.0, "Round timeout (s)",
+        "fl_round_timeout_s",
+        "number",
+        120.0,
+        "Round timeout (s)",
         "Clients that have not answered by then are left out of the round (training goes on).",
-        _S_FEDERATED, "give seconds above 0, e.g. 120",
-        exclusive_minimum=0, maximum=86400,
+        _S_FEDERATED,
+        "give seconds above 0, e.g. 120",
+        exclusive_minimum=0,
+        maximum=86400,
     ),
     FieldSpec(
-        "latency_slo_ms", "number", 100.0, "Latency SLO (ms)",
+        "latency_slo_ms",
+        "number",
+        100.0,
+        "Latency SLO (ms)",
         "Serving latency objective per request, at the percentile below.",
-        _S_SERVING, "give milliseconds above 0, e.g. 100",
-        exclusive_minimum=0, maximum=60_000,
+        _S_SERVING,
+        "give milliseconds above 0, e.g. 100",
+        exclusive_minimum=0,
+        maximum=60_000,
     ),
     FieldSpec(
-        "latency_percentile", "integer", 99, "Latency percentile",
+        "latency_percentile",
+        "integer",
+        99,
+        "Latency percentile",
         "Percentile of request latency the SLO applies to.",
-        _S_SERVING, "choose one of 50, 90, 95, 99",
+        _S_SERVING,
+        "choose one of 50, 90, 95, 99",
         enum=(50, 90, 95, 99),
     ),
     FieldSpec(
-        "serving_replicas", "integer", 1, "Serving replicas",
+        "serving_replicas",
+        "integer",
+        1,
+        "Serving replicas",
         "Ray Serve replicas for the champion.",
-        _S_SERVING, "use a whole number from 1 to 16",
-        minimum=1, maximum=16,
+        _S_SERVING,
+        "use a whole number from 1 to 16",
+        minimum=1,
+        maximum=16,
     ),
     FieldSpec(
-        "serving_node_resource", "string", "", "Serving node resource",
+        "serving_node_resource",
+        "string",
+        "",
+        "Serving node resource",
         "Custom Ray resource the Serve replicas must be placed on (e.g. 'large' or 'gpu_node'); "
         "empty: any node.",
-        _S_SERVING, "name a custom resource some Ray node was started with, or leave it empty",
+        _S_SERVING,
+        "name a custom resource some Ray node was started with, or leave it empty",
         pattern=r"^[A-Za-z0-9_.-]{0,64}$",
     ),
     FieldSpec(
-        "serving_max_replicas", "integer", 4, "Most serving replicas",
+        "serving_max_replicas",
+        "integer",
+        4,
+        "Most serving replicas",
         "Upper bound the placement planner and the SLO autoscaler may use for the warm tier.",
-        _S_SERVING, "use a whole number from 1 to 64, at least serving_replicas",
-        minimum=1, maximum=64,
+        _S_SERVING,
+        "use a whole number from 1 to 64, at least serving_replicas",
+        minimum=1,
+        maximum=64,
     ),
     FieldSpec(
-        "expected_rps", "number", 20.0, "Expected requests/s",
+        "expected_rps",
+        "number",
+        20.0,
+        "Expected requests/s",
         "Mean request rate the endpoint should plan for (the planner sizes replicas from it).",
-        _S_SERVING, "give requests per second, 0 or more, e.g. 20",
-        minimum=0, maximum=1_000_000,
+        _S_SERVING,
+        "give requests per second, 0 or more, e.g. 20",
+        minimum=0,
+        maximum=1_000_000,
     ),
     FieldSpec(
-        "peak_rps", "number", 60.0, "Peak requests/s",
+        "peak_rps",
+        "number",
+        60.0,
+        "Peak requests/s",
         "Request rate of bursts; the autoscaler's upper bound must hold it within the SLO.",
-        _S_SERVING, "give requests per second, at least expected_rps, e.g. 60",
-        minimum=0, maximum=1_000_000,
+        _S_SERVING,
+        "give requests per second, at least expected_rps, e.g. 60",
+        minimum=0,
+        maximum=1_000_000,
     ),
     FieldSpec(
-        "serving_tiers", "string", "cpu_on_demand,scale_to_zero,gpu", "Allowed serving tiers",
+        "serving_tiers",
+        "string",
+        "cpu_on_demand,scale_to_zero,gpu",
+        "Allowed serving tiers",
         "Comma-separated tiers of the price table the planner may use: cpu_on_demand, "
         "cpu_spot, gpu, scale_to_zero (tiers the cluster lacks are left out).",
-        _S_SERVING, "list tiers separated by commas, e.g. cpu_on_demand,scale_to_zero",
+        _S_SERVING,
+        "list tiers separated by commas, e.g. cpu_on_demand,scale_to_zero",
         pattern=r"^[a-z0-9_]+(,[a-z0-9_]+)*$",
     ),
     FieldSpec(
-        "serving_accuracy_slack", "number", 0.01, "Variant accuracy slack",
+        "serving_accuracy_slack",
+        "number",
+        0.01,
+        "Variant accuracy slack",
         "A cheaper model variant (int8) may serve if its measured accuracy is at most this "
         "far below the trained model's and still meets the target accuracy.",
-        _S_SERVING, "use a fraction from 0 to 0.2 (0: only the full model)",
-        minimum=0, maximum=0.2,
+        _S_SERVING,
+        "use a fraction from 0 to 0.2 (0: only the full model)",
+        minimum=0,
+        maximum=0.2,
     ),
     FieldSpec(
-        "serving_budget_per_hour", "number", 0.0, "Serving budget per hour",
-        "Most the planned placement may cost per hour in the price table's currency; "
-        "0: no limit.",
-        _S_SERVING, "give an amount, 0 or more (0: no limit)",
-        minimum=0, maximum=1_000_000,
+        "serving_budget_per_hour",
+        "number",
+        0.0,
+        "Serving budget per hour",
+        "Most the planned placement may cost per hour in the price table's currency; 0: no limit.",
+        _S_SERVING,
+        "give an amount, 0 or more (0: no limit)",
+        minimum=0,
+        maximum=1_000_000,
     ),
     FieldSpec(
-        "data_source", "string", "sklearn:digits", "Data source",
+        "data_source",
+        "string",
+        "sklearn:digits",
+        "Data source",
         "CSV or Parquet path/URI with one row per example, or 'sklearn:digits' for the "
         "bundled digits data set.",
-        _S_DATA, "give a readable .csv or .parquet path, or sklearn:digits",
+        _S_DATA,
+        "give a readable .csv or .parquet path, or sklearn:digits",
     ),
     FieldSpec(
-        "label_column", "string", "label", "Label column",
+        "label_column",
+        "string",
+        "label",
+        "Label column",
         "Column holding the class label; every other column must be numeric.",
-        _S_DATA, "name the column of the data that holds the class label",
+        _S_DATA,
+        "name the column of the data that holds the class label",
     ),
     FieldSpec(
-        "validation_fraction", "number", 0.15, "Validation fraction",
+        "validation_fraction",
+        "number",
+        0.15,
+        "Validation fraction",
         "Share of rows held out for per-epoch validation.",
-        _S_DATA, "use a fraction from 0.05 to 0.4",
-        minimum=0.05, maximum=0.4,
+        _S_DATA,
+        "use a fraction from 0.05 to 0.4",
+        minimum=0.05,
+        maximum=0.4,
     ),
     FieldSpec(
-        "test_fraction", "number", 0.15, "Test fraction",
+        "test_fraction",
+        "number",
+        0.15,
+        "Test fraction",
         "Share of rows held out for the final test metrics and the promotion gate.",
-        _S_DATA, "use a fraction from 0.05 to 0.4",
-        minimum=0.05, maximum=0.4,
+        _S_DATA,
+        "use a fraction from 0.05 to 0.4",
+        minimum=0.05,
+        maximum=0.4,
     ),
     FieldSpec(
-        "spark_master", "string", "", "Spark master",
+        "spark_master",
+        "string",
+        "",
+        "Spark master",
         "Where the prepare stage runs: a standalone master URL (spark://host:7077) or "
         "local[N]; empty: the slaflow_spark connection or SLAFLOW_SPARK_MASTER (local[*]).",
-        _S_DATA, "give spark://host:port, local[*] or local[N], or leave it empty",
+        _S_DATA,
+        "give spark://host:port, local[*] or local[N], or leave it empty",
         pattern=r"^$|^local(\[(\*|[0-9]{1,4})\])?$|^spark://[A-Za-z0-9_.-]+:[0-9]{1,5}"
-                r"(,[A-Za-z0-9_.-]+:[0-9]{1,5})*$",
+        r"(,[A-Za-z0-9_.-]+:[0-9]{1,5})*$",
     ),
     FieldSpec(
-        "prepare_deadline_s", "number", 0.0, "Data preparation deadline (s)",
+        "prepare_deadline_s",
+        "number",
+        0.0,
+        "Data preparation deadline (s)",
         "0: no deadline. Above 0: the Spark prepare job runs under the dynaSpark controller "
         "(cores per stage from a stored profile, resized while it runs on a standalone master); "
         "the first run of a data set profiles it.",
-        _S_DATA, "give seconds, e.g. 60, or 0 for no deadline",
-        minimum=0, maximum=7 * 86400,
+        _S_DATA,
+        "give seconds, e.g. 60, or 0 for no deadline",
+        minimum=0,
+        maximum=7 * 86400,
     ),
     FieldSpec(
-        "prepare_max_cores", "integer", 2, "Most Spark cores",
+        "prepare_max_cores",
+        "integer",
+        2,
+        "Most Spark cores",
         "Cores the Spark jobs (prepare, and spark_mllib training) may hold at once under "
         "their deadline.",
-        _S_DATA, "use a whole number from 1 to 4096",
-        minimum=1, maximum=4096,
+        _S_DATA,
+        "use a whole number from 1 to 4096",
+        minimum=1,
+        maximum=4096,
     ),
     FieldSpec(
-        "model_name", "string", "slaflow-digits", "Registered model name",
+        "model_name",
+        "string",
+        "slaflow-digits",
+        "Registered model name",
         "Name of the model in the MLflow registry; also the Serve application and route.",
-        _S_MODEL, "use letters, digits, '-', '_' or '.', starting with a letter or digit",
+        _S_MODEL,
+        "use letters, digits, '-', '_' or '.', starting with a letter or digit",
         pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$",
     ),
     FieldSpec(
-        "hidden_units", "array", [64, 64], "Hidden layer sizes",
+        "hidden_units",
+        "array",
+        [64, 64],
+        "Hidden layer sizes",
         "Units of each hidden Dense layer of the Keras MLP.",
-        _S_MODEL, "give 1 to 8 whole numbers from 1 to 4096, e.g. [64, 64]",
-        items={"type": "integer", "minimum": 1, "maximum": 4096}, min_items=1, max_items=8,
+        _S_MODEL,
+        "give 1 to 8 whole numbers from 1 to 4096, e.g. [64, 64]",
+        items={"type": "integer", "minimum": 1, "maximum": 4096},
+        min_items=1,
+        max_items=8,
     ),
     FieldSpec(
-        "max_epochs", "integer", 30, "Max epochs",
+        "max_epochs",
+        "integer",
+        30,
+        "Max epochs",
         "Upper bound on epochs; training stops earlier at the target or the deadline.",
-        _S_MODEL, "use a whole number from 1 to 1000",
-        minimum=1, maximum=1000,
+        _S_MODEL,
+        "use a whole number from 1 to 1000",
+        minimum=1,
+        maximum=1000,
     ),
     FieldSpec(
-        "batch_size", "integer", 64, "Batch size per worker",
+        "batch_size",
+        "integer",
+        64,
+        "Batch size per worker",
         "Examples per worker per step.",
-        _S_MODEL, "use a whole number from 1 to 65536",
-        minimum=1, maximum=65536,
+        _S_MODEL,
+        "use a whole number from 1 to 65536",
+        minimum=1,
+        maximum=65536,
     ),
     FieldSpec(
-        "learning_rate", "number", 0.005, "Learning rate",
+        "learning_rate",
+        "number",
+        0.005,
+        "Learning rate",
         "Adam learning rate.",
-        _S_MODEL, "use a number above 0 and at most 1, e.g. 0.005",
-        exclusive_minimum=0, maximum=1,
+        _S_MODEL,
+        "use a number above 0 and at most 1, e.g. 0.005",
+        exclusive_minimum=0,
+        maximum=1,
     ),
     FieldSpec(
-        "seed", "integer", 42, "Seed",
+        "seed",
+        "integer",
+        42,
+        "Seed",
         "Seed for the data split and weight initialisation.",
-        _S_MODEL, "use a whole number from 0 to 2147483647",
-        minimum=0, maximum=2**31 - 1,
+        _S_MODEL,
+        "use a whole number from 0 to 2147483647",
+        minimum=0,
+        maximum=2**31 - 1,
     ),
 )
 
@@ -466,21 +688,30 @@ class RunContract:
         Raises :class:`ContractError` naming the first bad field and how to fix it.
         """
         if not isinstance(raw, Mapping):
-            raise ContractError("<contract>", f"must be a JSON object, got {type(raw).__name__}",
-                                "pass the contract as a mapping of field name to value")
+            raise ContractError(
+                "<contract>",
+                f"must be a JSON object, got {type(raw).__name__}",
+                "pass the contract as a mapping of field name to value",
+            )
         known = set(FIELDS_BY_NAME) | {"contract_version"}
         unknown = sorted(set(raw) - known)
         if unknown:
             raise ContractError(
-                unknown[0], "is not a field of run contract v1",
+                unknown[0],
+                "is not a field of run contract v1",
                 f"remove it or use one of: {', '.join(sorted(known))}",
             )
         version = raw.get("contract_version", CONTRACT_VERSION)
         if version != CONTRACT_VERSION:
-            raise ContractError("contract_version", f"version {version!r} is not supported",
-                                f"use contract_version {CONTRACT_VERSION}")
-        values = {spec.name: _validate(spec, _or_default(spec, raw.get(spec.name, spec.default)))
-                  for spec in FIELDS}
+            raise ContractError(
+                "contract_version",
+                f"version {version!r} is not supported",
+                f"use contract_version {CONTRACT_VERSION}",
+            )
+        values = {
+            spec.name: _validate(spec, _or_default(spec, raw.get(spec.name, spec.default)))
+            for spec in FIELDS
+        }
         if values["validation_fraction"] + values["test_fraction"] > 0.6:
             raise ContractError(
                 "test_fraction",
@@ -499,14 +730,14 @@ class RunContract:
         person or another system wrote."""
         values = {spec.name: raw.get(spec.name, spec.default) for spec in FIELDS}
         values["hidden_units"] = tuple(values["hidden_units"])
-        return cls(**values, contract_version=int(raw.get("contract_version",
-                                                          CONTRACT_VERSION)))
+        return cls(**values, contract_version=int(raw.get("contract_version", CONTRACT_VERSION)))
 
     @property
     def tuning(self) -> bool:
         """Whether training is an Optuna study (mode tuning, or trials given in centralized)."""
         return self.training_mode == "tuning" or (
-            self.training_mode == "centralized" and self.tuning_trials > 0)
+            self.training_mode == "centralized" and self.tuning_trials > 0
+        )
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-able form; round-trips through :meth:`from_dict`."""
@@ -521,48 +752,70 @@ SERVING_TIERS: Final[tuple[str, ...]] = ("cpu_on_demand", "cpu_spot", "gpu", "sc
 def _check_serving(values: Mapping[str, Any]) -> None:
     """Cross-field rules of the serving section."""
     if values["peak_rps"] < values["expected_rps"]:
-        raise ContractError("peak_rps", f"{values['peak_rps']:g} is below expected_rps "
-                            f"{values['expected_rps']:g}",
-                            "give a peak at least the expected rate")
+        raise ContractError(
+            "peak_rps",
+            f"{values['peak_rps']:g} is below expected_rps {values['expected_rps']:g}",
+            "give a peak at least the expected rate",
+        )
     if values["serving_max_replicas"] < values["serving_replicas"]:
-        raise ContractError("serving_max_replicas",
-                            f"{values['serving_max_replicas']} is below serving_replicas "
-                            f"{values['serving_replicas']}",
-                            "raise it to at least serving_replicas")
+        raise ContractError(
+            "serving_max_replicas",
+            f"{values['serving_max_replicas']} is below serving_replicas "
+            f"{values['serving_replicas']}",
+            "raise it to at least serving_replicas",
+        )
     unknown = [t for t in values["serving_tiers"].split(",") if t not in SERVING_TIERS]
     if unknown:
-        raise ContractError("serving_tiers", f"names unknown tier(s) {unknown}",
-                            f"use some of {', '.join(SERVING_TIERS)}")
+        raise ContractError(
+            "serving_tiers",
+            f"names unknown tier(s) {unknown}",
+            f"use some of {', '.join(SERVING_TIERS)}",
+        )
 
 
 def _check_training_mode(values: Mapping[str, Any]) -> None:
     """Cross-field rules of the training mode."""
     mode = values["training_mode"]
     if mode == "tuning" and values["tuning_trials"] < 1:
-        raise ContractError("tuning_trials", "must be at least 1 when training_mode is "
-                            "'tuning'", "give the number of Optuna trials, e.g. 8")
+        raise ContractError(
+            "tuning_trials",
+            "must be at least 1 when training_mode is 'tuning'",
+            "give the number of Optuna trials, e.g. 8",
+        )
     if mode == "spark_mllib" and values["tuning_trials"] > 0:
-        raise ContractError("tuning_trials", "tuning is not available with training_mode "
-                            "'spark_mllib'", "set tuning_trials to 0")
+        raise ContractError(
+            "tuning_trials",
+            "tuning is not available with training_mode 'spark_mllib'",
+            "set tuning_trials to 0",
+        )
     if mode == "federated":
         if values["tuning_trials"] > 0:
-            raise ContractError("tuning_trials", "tuning is not available with training_mode "
-                                "'federated'", "set tuning_trials to 0")
+            raise ContractError(
+                "tuning_trials",
+                "tuning is not available with training_mode 'federated'",
+                "set tuning_trials to 0",
+            )
         if values["fl_clients_per_round"] > values["fl_clients"]:
             raise ContractError(
                 "fl_clients_per_round",
                 f"{values['fl_clients_per_round']} clients per round but only "
-                f"{values['fl_clients']} clients", "lower it to at most fl_clients")
+                f"{values['fl_clients']} clients",
+                "lower it to at most fl_clients",
+            )
         if values["fl_local_epochs"] > values["fl_max_local_epochs"]:
-            raise ContractError("fl_local_epochs", "is above fl_max_local_epochs",
-                                "lower it or raise fl_max_local_epochs")
+            raise ContractError(
+                "fl_local_epochs",
+                "is above fl_max_local_epochs",
+                "lower it or raise fl_max_local_epochs",
+            )
         budget = values["fl_network_budget"]
         if 0 < budget < values["fl_clients_per_round"]:
             raise ContractError(
                 "fl_network_budget",
                 f"{budget} participations do not pay for one round of "
                 f"{values['fl_clients_per_round']} clients",
-                "use 0 (no network budget) or at least fl_clients_per_round")
+                "use 0 (no network budget) or at least fl_clients_per_round",
+            )
 
 
 def _or_default(spec: FieldSpec, value: Any) -> Any:
@@ -631,11 +884,18 @@ def contract_json_schema() -> dict[str, Any]:
     properties: dict[str, Any] = {}
     for spec in FIELDS:
         prop = spec.json_schema()
-        prop.update(title=spec.title, description=spec.description, default=spec.default,
-                    section=spec.section)
+        prop.update(
+            title=spec.title,
+            description=spec.description,
+            default=spec.default,
+            section=spec.section,
+        )
         properties[spec.name] = prop
-    properties["contract_version"] = {"type": "integer", "const": CONTRACT_VERSION,
-                                      "default": CONTRACT_VERSION}
+    properties["contract_version"] = {
+        "type": "integer",
+        "const": CONTRACT_VERSION,
+        "default": CONTRACT_VERSION,
+    }
     return {
         "$schema": "https://json-schema.org/draft/2020-12/schema",
         "title": f"slaflow run contract v{CONTRACT_VERSION}",

@@ -58,12 +58,15 @@ class EpochPlan:
     detail: str
 
     def to_dict(self) -> dict[str, object]:
-        return {"action": self.action.value, "workers": self.workers,
-                "stop_reason": None if self.stop_reason is None else self.stop_reason.value,
-                "epochs_planned": self.epochs_planned,
-                "eta_s": round(self.eta_s, 2) if math.isfinite(self.eta_s) else None,
-                "control": None if self.control is None else self.control.to_dict(),
-                "detail": self.detail}
+        return {
+            "action": self.action.value,
+            "workers": self.workers,
+            "stop_reason": None if self.stop_reason is None else self.stop_reason.value,
+            "epochs_planned": self.epochs_planned,
+            "eta_s": round(self.eta_s, 2) if math.isfinite(self.eta_s) else None,
+            "control": None if self.control is None else self.control.to_dict(),
+            "detail": self.detail,
+        }
 
 
 def measured_model(base: ThroughputModel, records: Sequence[EpochRecord]) -> ThroughputModel:
@@ -86,21 +89,22 @@ def measured_model(base: ThroughputModel, records: Sequence[EpochRecord]) -> Thr
     ratio = statistics.median(t / base.epoch_seconds(n) for n, t in measured.items())
     table = {n: t * ratio for n, t in base.epoch_s.items()}
     table.update(measured)
-    ref = ThroughputModel(base.shape, table, base.startup_s, base.price_per_worker_s,
-                          base.source)
+    ref = ThroughputModel(base.shape, table, base.startup_s, base.price_per_worker_s, base.source)
     if len(measured) == 1:
         # Keep the calibrated scaling shape, re-anchored on the one measured count.
-        (n0, t0), = measured.items()
+        ((n0, t0),) = measured.items()
         shape_ratio = t0 / base.epoch_seconds(n0)
         full = {n: base.epoch_seconds(n) * shape_ratio for n in range(1, max(table) + 1)}
         full.update(measured)
-        return ThroughputModel(base.shape, full, base.startup_s, base.price_per_worker_s,
-                               base.source)
+        return ThroughputModel(
+            base.shape, full, base.startup_s, base.price_per_worker_s, base.source
+        )
     return ref
 
 
-def outcome(stop_reason: StopReason | str | None, best_val_accuracy: float,
-            stop_accuracy: float) -> Outcome:
+def outcome(
+    stop_reason: StopReason | str | None, best_val_accuracy: float, stop_accuracy: float
+) -> Outcome:
     """The three-way label the promotion gate reads."""
     if best_val_accuracy >= stop_accuracy or stop_reason == StopReason.TARGET_MET:
         return Outcome.TARGET_MET
@@ -109,8 +113,9 @@ def outcome(stop_reason: StopReason | str | None, best_val_accuracy: float,
     return Outcome.TARGET_UNREACHABLE
 
 
-def single_fit_stop_reason(val_accuracy: float, stop_accuracy: float, elapsed_s: float,
-                           deadline_s: float) -> StopReason:
+def single_fit_stop_reason(
+    val_accuracy: float, stop_accuracy: float, elapsed_s: float, deadline_s: float
+) -> StopReason:
     """Why a one-shot fit (no epochs to steer, e.g. MLlib's solver) ended where it did."""
     if val_accuracy >= stop_accuracy:
         return StopReason.TARGET_MET
@@ -142,13 +147,19 @@ def after_epoch(
     accs = [r.val_accuracy for r in records]
     current = [r.duration_s for r in records if r.workers == workers]
     guard = next_epoch_decision(
-        elapsed_s=now_s, epoch_durations_s=current or [records[-1].duration_s],
-        epochs_done=done, max_epochs=max_epochs, deadline_s=deadline_s,
-        val_accuracy=accs[-1], stop_accuracy=stop_accuracy)
+        elapsed_s=now_s,
+        epoch_durations_s=current or [records[-1].duration_s],
+        epochs_done=done,
+        max_epochs=max_epochs,
+        deadline_s=deadline_s,
+        val_accuracy=accs[-1],
+        stop_accuracy=stop_accuracy,
+    )
     if not guard.run_next:
         assert guard.stop_reason is not None
-        return EpochPlan(Action.STOP, workers, guard.stop_reason, done, now_s, state, None,
-                         guard.detail)
+        return EpochPlan(
+            Action.STOP, workers, guard.stop_reason, done, now_s, state, None, guard.detail
+        )
 
     model = measured_model(model, records)
     fastest = min(model.epoch_seconds(n) for n in range(1, max(max_workers, 1) + 1))
@@ -156,8 +167,16 @@ def after_epoch(
     affordable = min(float(max_epochs), done + time_left / fastest)
     outlook = assess_target(accs, stop_accuracy, affordable)
     if not outlook.reachable and stop_when_unreachable:
-        return EpochPlan(Action.STOP, workers, StopReason.TARGET_UNREACHABLE, done, now_s,
-                         state, None, f"target unreachable: {outlook.detail}")
+        return EpochPlan(
+            Action.STOP,
+            workers,
+            StopReason.TARGET_UNREACHABLE,
+            done,
+            now_s,
+            state,
+            None,
+            f"target unreachable: {outlook.detail}",
+        )
 
     if math.isfinite(outlook.predicted_epochs_needed):
         planned = math.ceil(outlook.predicted_epochs_needed * PLAN_SAFETY)
@@ -165,17 +184,45 @@ def after_epoch(
         planned = prior_epochs
     planned = max(done + 1, min(max_epochs, planned))
     if not resize:
-        return EpochPlan(Action.CONTINUE, workers, None, planned, guard.eta_s, state, None,
-                         f"{guard.detail}; static allocation of {workers} workers")
-    ramp_state = state if state.ramp_start_s is not None else ControllerState(
-        state.integral, state.last_t, max(0.0, now_s - sum(r.duration_s for r in records)))
-    decision = control_step(now_s=now_s, deadline_s=deadline_s, epochs_done=done,
-                            epochs_planned=planned, workers=workers, max_workers=max_workers,
-                            model=model, state=ramp_state, config=config)
+        return EpochPlan(
+            Action.CONTINUE,
+            workers,
+            None,
+            planned,
+            guard.eta_s,
+            state,
+            None,
+            f"{guard.detail}; static allocation of {workers} workers",
+        )
+    ramp_state = (
+        state
+        if state.ramp_start_s is not None
+        else ControllerState(
+            state.integral, state.last_t, max(0.0, now_s - sum(r.duration_s for r in records))
+        )
+    )
+    decision = control_step(
+        now_s=now_s,
+        deadline_s=deadline_s,
+        epochs_done=done,
+        epochs_planned=planned,
+        workers=workers,
+        max_workers=max_workers,
+        model=model,
+        state=ramp_state,
+        config=config,
+    )
     action = Action.RESIZE if decision.resize else Action.CONTINUE
-    return EpochPlan(action, decision.workers, None, planned, decision.predicted_finish_s,
-                     decision.state, decision,
-                     f"{outlook.detail}; plan {planned} epochs; {decision.reason}")
+    return EpochPlan(
+        action,
+        decision.workers,
+        None,
+        planned,
+        decision.predicted_finish_s,
+        decision.state,
+        decision,
+        f"{outlook.detail}; plan {planned} epochs; {decision.reason}",
+    )
 
 
 def summarize_allocation(records: Sequence[EpochRecord]) -> Mapping[str, float]:
@@ -190,8 +237,13 @@ def summarize_allocation(records: Sequence[EpochRecord]) -> Mapping[str, float]:
 CHECKPOINT_EVERY_S = 10.0
 
 
-def checkpoint_due(*, now_s: float, last_checkpoint_s: float | None, action: Action | str,
-                   every_s: float = CHECKPOINT_EVERY_S) -> bool:
+def checkpoint_due(
+    *,
+    now_s: float,
+    last_checkpoint_s: float | None,
+    action: Action | str,
+    every_s: float = CHECKPOINT_EVERY_S,
+) -> bool:
     """Whether this epoch ends with a checkpoint: always when training stops or resizes (the
     next segment and the export read it) and for the first epoch; otherwise once
     ``every_s`` have passed since the last one, so a failure loses at most that much."""

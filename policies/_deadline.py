@@ -40,16 +40,18 @@ class ControllerState:
     ramp_start_s: float | None = None
 
     def to_dict(self) -> dict[str, float | None]:
-        return {"integral": self.integral, "last_t": self.last_t,
-                "ramp_start_s": self.ramp_start_s}
+        return {"integral": self.integral, "last_t": self.last_t, "ramp_start_s": self.ramp_start_s}
 
     @classmethod
     def from_dict(cls, raw: dict[str, float | None] | None) -> ControllerState:
         if not raw:
             return cls()
         integral = raw.get("integral")
-        return cls(integral=float(integral or 0.0), last_t=raw.get("last_t"),
-                   ramp_start_s=raw.get("ramp_start_s"))
+        return cls(
+            integral=float(integral or 0.0),
+            last_t=raw.get("last_t"),
+            ramp_start_s=raw.get("ramp_start_s"),
+        )
 
 
 @dataclass(frozen=True)
@@ -66,14 +68,21 @@ class ControlDecision:
     reason: str
 
     def to_dict(self) -> dict[str, object]:
-        return {"workers": self.workers, "resize": self.resize,
-                "setpoint": round(self.setpoint, 4), "progress": round(self.progress, 4),
-                "error": round(self.error, 4), "correction": round(self.correction, 4),
-                "required_epoch_s": round(self.required_epoch_s, 3)
-                if math.isfinite(self.required_epoch_s) else None,
-                "predicted_finish_s": round(self.predicted_finish_s, 2)
-                if math.isfinite(self.predicted_finish_s) else None,
-                "reason": self.reason}
+        return {
+            "workers": self.workers,
+            "resize": self.resize,
+            "setpoint": round(self.setpoint, 4),
+            "progress": round(self.progress, 4),
+            "error": round(self.error, 4),
+            "correction": round(self.correction, 4),
+            "required_epoch_s": round(self.required_epoch_s, 3)
+            if math.isfinite(self.required_epoch_s)
+            else None,
+            "predicted_finish_s": round(self.predicted_finish_s, 2)
+            if math.isfinite(self.predicted_finish_s)
+            else None,
+            "reason": self.reason,
+        }
 
 
 def setpoint(now_s: float, ramp_start_s: float, deadline_s: float) -> float:
@@ -114,8 +123,18 @@ def control_step(
 
     if remaining_epochs <= 0:
         new_state = replace(state, last_t=now_s, ramp_start_s=ramp_start)
-        return ControlDecision(workers, False, sp, progress, error, 0.0, math.inf, now_s,
-                               new_state, "planned epochs done: keep the workers")
+        return ControlDecision(
+            workers,
+            False,
+            sp,
+            progress,
+            error,
+            0.0,
+            math.inf,
+            now_s,
+            new_state,
+            "planned epochs done: keep the workers",
+        )
 
     integral = state.integral
     u = config.kp * error + integral
@@ -134,34 +153,46 @@ def control_step(
     # The correction may tighten the finish line (behind the set point) or relax the pace it
     # asks for, but never moves the finish past alpha * deadline.
     limit = min(DEADLINE_ALPHA * deadline_s, now_s + max(remaining_s, 0.0) / (1.0 + u))
-    candidates = [n for n in range(1, top + 1)
-                  if finish(n, config.downsize_margin if n < workers else 0.0) <= limit]
+    candidates = [
+        n
+        for n in range(1, top + 1)
+        if finish(n, config.downsize_margin if n < workers else 0.0) <= limit
+    ]
     saturated = False
     if not candidates:
         # Behind whatever we do: the fastest option (the current count if no resize is faster).
         choice = min(range(1, top + 1), key=lambda n: (finish(n), n))
         saturated = True
-        reason = (f"behind: even the fastest option ends at {finish(choice):.0f}s > "
-                  f"{limit:.0f}s; {choice} workers")
+        reason = (
+            f"behind: even the fastest option ends at {finish(choice):.0f}s > "
+            f"{limit:.0f}s; {choice} workers"
+        )
     else:
         cheapest = min(candidates, key=lambda n: (cost(n), n))
-        if workers in candidates and workers <= top and (
-                cheapest == workers or cost(cheapest) > (1 - config.min_saving) * cost(workers)):
+        if (
+            workers in candidates
+            and workers <= top
+            and (cheapest == workers or cost(cheapest) > (1 - config.min_saving) * cost(workers))
+        ):
             choice = workers
-            reason = (f"on plan: {workers} workers end at {finish(workers):.0f}s <= "
-                      f"{limit:.0f}s")
+            reason = f"on plan: {workers} workers end at {finish(workers):.0f}s <= {limit:.0f}s"
         else:
             choice = cheapest
             why = "too slow" if workers not in candidates or workers > top else "wasteful"
-            reason = (f"{workers} workers {why}; {choice} end at {finish(choice):.0f}s <= "
-                      f"{limit:.0f}s with {cost(choice):.0f} worker-s (restart "
-                      f"{model.startup_s:.0f}s counted)")
-        saturated = choice in (1, top) and ((choice == top and error > 0) or
-                                            (choice == 1 and error < 0))
+            reason = (
+                f"{workers} workers {why}; {choice} end at {finish(choice):.0f}s <= "
+                f"{limit:.0f}s with {cost(choice):.0f} worker-s (restart "
+                f"{model.startup_s:.0f}s counted)"
+            )
+        saturated = choice in (1, top) and (
+            (choice == top and error > 0) or (choice == 1 and error < 0)
+        )
     # Anti-windup: integrate only while the actuator is not pinned against the error.
     if not saturated:
-        integral = min(config.integral_limit,
-                       max(-config.integral_limit, integral + config.ki * error * dt))
+        integral = min(
+            config.integral_limit, max(-config.integral_limit, integral + config.ki * error * dt)
+        )
     new_state = ControllerState(integral=integral, last_t=now_s, ramp_start_s=ramp_start)
-    return ControlDecision(choice, choice != workers, sp, progress, error, u, needed,
-                           finish(choice), new_state, reason)
+    return ControlDecision(
+        choice, choice != workers, sp, progress, error, u, needed, finish(choice), new_state, reason
+    )

@@ -69,8 +69,13 @@ class ThroughputModel:
         """Blend a new measurement for ``n`` workers into the table (EWMA)."""
         old = self.epoch_s.get(n)
         new = epoch_s if old is None else (1 - weight) * old + weight * epoch_s
-        return ThroughputModel(self.shape, {**self.epoch_s, n: new}, self.startup_s,
-                               self.price_per_worker_s, self.source)
+        return ThroughputModel(
+            self.shape,
+            {**self.epoch_s, n: new},
+            self.startup_s,
+            self.price_per_worker_s,
+            self.source,
+        )
 
 
 class Verdict(StrEnum):
@@ -97,12 +102,19 @@ class Feasibility:
         return self.verdict is not Verdict.INFEASIBLE
 
     def to_dict(self) -> dict[str, object]:
-        return {"verdict": self.verdict.value, "feasible": self.feasible,
-                "binding": self.binding, "shape": self.shape, "workers": self.workers,
-                "predicted_training_s": round(self.predicted_training_s, 2),
-                "deadline_s": self.deadline_s,
-                "earliest_finish_s": round(self.earliest_finish_s, 2), "epochs": self.epochs,
-                "message": self.message, "suggestions": list(self.suggestions)}
+        return {
+            "verdict": self.verdict.value,
+            "feasible": self.feasible,
+            "binding": self.binding,
+            "shape": self.shape,
+            "workers": self.workers,
+            "predicted_training_s": round(self.predicted_training_s, 2),
+            "deadline_s": self.deadline_s,
+            "earliest_finish_s": round(self.earliest_finish_s, 2),
+            "epochs": self.epochs,
+            "message": self.message,
+            "suggestions": list(self.suggestions),
+        }
 
 
 def _clock(now_unix: float | None, offset_s: float) -> str:
@@ -116,8 +128,9 @@ def time_for(model: ThroughputModel, n: int, epochs: float) -> float:
     return model.startup_s + epochs * model.epoch_seconds(n)
 
 
-def fewest_workers(model: ThroughputModel, epochs: float, budget_s: float,
-                   max_workers: int) -> int | None:
+def fewest_workers(
+    model: ThroughputModel, epochs: float, budget_s: float, max_workers: int
+) -> int | None:
     """Smallest worker count whose predicted time fits ``budget_s`` (None if none does)."""
     for n in range(1, max_workers + 1):
         if time_for(model, n, epochs) <= budget_s:
@@ -130,11 +143,13 @@ def fewest_workers(model: ThroughputModel, epochs: float, budget_s: float,
 START_MARGIN = 1.15
 
 
-def starting_workers(model: ThroughputModel, epochs: float, budget_s: float,
-                     max_workers: int) -> int | None:
+def starting_workers(
+    model: ThroughputModel, epochs: float, budget_s: float, max_workers: int
+) -> int | None:
     """Fewest workers for ``epochs`` x START_MARGIN, else for ``epochs`` (None: none fits)."""
-    return (fewest_workers(model, epochs * START_MARGIN, budget_s, max_workers)
-            or fewest_workers(model, epochs, budget_s, max_workers))
+    return fewest_workers(model, epochs * START_MARGIN, budget_s, max_workers) or fewest_workers(
+        model, epochs, budget_s, max_workers
+    )
 
 
 def assess_feasibility(
@@ -159,22 +174,45 @@ def assess_feasibility(
     budget = DEADLINE_ALPHA * remaining
     cpu = next((m for m in models if m.shape == "cpu"), models[0])
     if remaining <= 0:
-        return Feasibility(Verdict.INFEASIBLE, "deadline", cpu.shape, 0, math.inf, deadline_s,
-                           math.inf, estimate.epochs,
-                           f"the deadline passed {-remaining:.0f}s ago: nothing can be trained",
-                           ("trigger a new run with a new deadline",))
+        return Feasibility(
+            Verdict.INFEASIBLE,
+            "deadline",
+            cpu.shape,
+            0,
+            math.inf,
+            deadline_s,
+            math.inf,
+            estimate.epochs,
+            f"the deadline passed {-remaining:.0f}s ago: nothing can be trained",
+            ("trigger a new run with a new deadline",),
+        )
     if not estimate.reachable:
-        return Feasibility(Verdict.INFEASIBLE, "target", cpu.shape, 0, math.inf, deadline_s,
-                           math.inf, estimate.epochs,
-                           f"target out of reach: {estimate.source}",
-                           ("lower target_accuracy", "change the model (hidden_units, "
-                            "learning_rate) or the data"))
+        return Feasibility(
+            Verdict.INFEASIBLE,
+            "target",
+            cpu.shape,
+            0,
+            math.inf,
+            deadline_s,
+            math.inf,
+            estimate.epochs,
+            f"target out of reach: {estimate.source}",
+            ("lower target_accuracy", "change the model (hidden_units, learning_rate) or the data"),
+        )
     usable = {m.shape: min(max_workers, capacity.get(m.shape, 0)) for m in models}
     if all(u < 1 for u in usable.values()):
-        return Feasibility(Verdict.INFEASIBLE, "cluster", cpu.shape, 0, math.inf, deadline_s,
-                           math.inf, estimate.epochs,
-                           "the cluster has no free room for one training worker",
-                           ("free the Ray cluster or add nodes", "lower cpus_per_worker"))
+        return Feasibility(
+            Verdict.INFEASIBLE,
+            "cluster",
+            cpu.shape,
+            0,
+            math.inf,
+            deadline_s,
+            math.inf,
+            estimate.epochs,
+            "the cluster has no free room for one training worker",
+            ("free the Ray cluster or add nodes", "lower cpus_per_worker"),
+        )
 
     def best_plan(epochs: float) -> tuple[ThroughputModel, int, float] | None:
         plans = []
@@ -188,25 +226,37 @@ def assess_feasibility(
         _, t, m, n = min(plans, key=lambda p: (p[0], p[1]))
         return m, n, t
 
-    fastest = min(((m, usable[m.shape]) for m in models if usable[m.shape] >= 1),
-                  key=lambda mn: time_for(mn[0], mn[1], estimate.epochs))
+    fastest = min(
+        ((m, usable[m.shape]) for m in models if usable[m.shape] >= 1),
+        key=lambda mn: time_for(mn[0], mn[1], estimate.epochs),
+    )
     earliest = time_for(fastest[0], fastest[1], estimate.epochs)
     plan = best_plan(estimate.epochs)
     if plan is not None:
         m, n, t = plan
         return Feasibility(
-            Verdict.FEASIBLE, "none", m.shape, n, t, deadline_s, earliest, estimate.epochs,
+            Verdict.FEASIBLE,
+            "none",
+            m.shape,
+            n,
+            t,
+            deadline_s,
+            earliest,
+            estimate.epochs,
             f"feasible: {estimate.epochs} epochs ({estimate.source}) take ~{t:.0f}s on {n} "
             f"{m.shape} worker(s) (fewest that fit {DEADLINE_ALPHA:.0%} of the {remaining:.0f}s "
-            f"left); {max(budget - t, 0):.0f}s slack")
+            f"left); {max(budget - t, 0):.0f}s slack",
+        )
 
     # Not feasible for the planned epochs: find what binds.
     unbounded = {m.shape: fewest_workers(m, estimate.epochs, budget, 4096) for m in models}
     need = min((n for n in unbounded.values() if n is not None), default=None)
     cap_total = max(capacity.get(m.shape, 0) for m in models)
     relax_by = earliest / DEADLINE_ALPHA - remaining
-    suggestions = [f"relax deadline_s by {math.ceil(relax_by)}s "
-                   f"(to {math.ceil(deadline_s + relax_by)}s)", "lower target_accuracy"]
+    suggestions = [
+        f"relax deadline_s by {math.ceil(relax_by)}s (to {math.ceil(deadline_s + relax_by)}s)",
+        "lower target_accuracy",
+    ]
     if need is not None and need > max_workers:
         binding = "budget"
         head = f"needs {need} workers, max_workers is {max_workers}"
@@ -219,10 +269,12 @@ def assess_feasibility(
     else:
         binding = "deadline"
         head = "no worker count fits: start-up plus per-epoch time alone exceed the deadline"
-    message = (f"{head}; {estimate.epochs} epochs ({estimate.source}) finish at the earliest "
-               f"at {_clock(now_unix, earliest)} ({earliest:.0f}s from now on "
-               f"{fastest[1]} {fastest[0].shape} workers), the deadline allows "
-               f"{budget:.0f}s")
+    message = (
+        f"{head}; {estimate.epochs} epochs ({estimate.source}) finish at the earliest "
+        f"at {_clock(now_unix, earliest)} ({earliest:.0f}s from now on "
+        f"{fastest[1]} {fastest[0].shape} workers), the deadline allows "
+        f"{budget:.0f}s"
+    )
     # Certainly infeasible only if even the epochs surely needed do not fit.
     if estimate.min_epochs < estimate.epochs:
         sure = best_plan(estimate.min_epochs)
@@ -230,18 +282,41 @@ def assess_feasibility(
             m, n, t = sure
             affordable = int((budget - m.startup_s) / m.epoch_seconds(usable[m.shape]))
             return Feasibility(
-                Verdict.AT_RISK, binding, m.shape, usable[m.shape], t, deadline_s, earliest,
+                Verdict.AT_RISK,
+                binding,
+                m.shape,
+                usable[m.shape],
+                t,
+                deadline_s,
+                earliest,
                 estimate.epochs,
                 f"at risk: {message}; the deadline affords ~{affordable} epochs on "
                 f"{usable[m.shape]} workers, so training ends when the target is met or the "
-                f"deadline comes, whichever is first", tuple(suggestions))
-    return Feasibility(Verdict.INFEASIBLE, binding, fastest[0].shape, fastest[1], earliest,
-                       deadline_s, earliest, estimate.epochs, f"infeasible: {message}",
-                       tuple(suggestions))
+                f"deadline comes, whichever is first",
+                tuple(suggestions),
+            )
+    return Feasibility(
+        Verdict.INFEASIBLE,
+        binding,
+        fastest[0].shape,
+        fastest[1],
+        earliest,
+        deadline_s,
+        earliest,
+        estimate.epochs,
+        f"infeasible: {message}",
+        tuple(suggestions),
+    )
 
 
-def next_calibration(model: ThroughputModel | None, *, epochs: float, deadline_s: float,
-                     max_workers: int, capacity: int) -> list[int]:
+def next_calibration(
+    model: ThroughputModel | None,
+    *,
+    epochs: float,
+    deadline_s: float,
+    max_workers: int,
+    capacity: int,
+) -> list[int]:
     """Worker counts still to measure before the verdict: one worker first (the cheapest
     measurement, and the whole answer whenever one worker finishes in time, since no plan
     uses fewer); the larger counts only when it does not."""

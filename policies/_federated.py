@@ -90,8 +90,9 @@ def rounds_left(history: Sequence[RoundRecord], budget: FederatedBudget) -> int:
     done = max((r.round for r in history), default=0)
     left = budget.rounds - done
     if budget.network_budget > 0:
-        left = min(left, (budget.network_budget - participations(history))
-                   // budget.clients_per_round)
+        left = min(
+            left, (budget.network_budget - participations(history)) // budget.clients_per_round
+        )
     return max(0, left)
 
 
@@ -102,8 +103,9 @@ def reference_accuracy(round_no: float, rounds: int, target: float) -> float:
     return min(target, a * round_no**2 + b * round_no)
 
 
-def _epochs_for_gain(history: Sequence[RoundRecord], gain: float, last_e: int,
-                     budget: FederatedBudget) -> int:
+def _epochs_for_gain(
+    history: Sequence[RoundRecord], gain: float, last_e: int, budget: FederatedBudget
+) -> int:
     """Local epochs to add ``gain`` accuracy, by the line through the last two rounds."""
     if gain <= 0:
         return budget.min_local_epochs
@@ -150,31 +152,50 @@ def next_round(
         return stop(StopReason.TARGET_MET, f"target {target:.4f} reached ({best:.4f})")
     if left <= 0:
         if budget.network_budget > 0 and last.round < budget.rounds:
-            return stop(StopReason.BUDGET_EXHAUSTED,
-                        f"network budget of {budget.network_budget} participations spent "
-                        f"({participations(history)}); best {best:.4f} < target {target:.4f}")
-        return stop(StopReason.ROUNDS_EXHAUSTED,
-                    f"{budget.rounds} rounds done; best {best:.4f} < target {target:.4f}")
+            return stop(
+                StopReason.BUDGET_EXHAUSTED,
+                f"network budget of {budget.network_budget} participations spent "
+                f"({participations(history)}); best {best:.4f} < target {target:.4f}",
+            )
+        return stop(
+            StopReason.ROUNDS_EXHAUSTED,
+            f"{budget.rounds} rounds done; best {best:.4f} < target {target:.4f}",
+        )
     round_s = max((r.seconds for r in history if r.round > 0), default=0.0)
     if now_s + round_s > alpha * deadline_s:
-        return stop(StopReason.DEADLINE_TRUNCATED,
-                    f"another round (~{round_s:.1f}s) would end past {alpha:.0%} of the "
-                    f"{deadline_s:g}s deadline")
+        return stop(
+            StopReason.DEADLINE_TRUNCATED,
+            f"another round (~{round_s:.1f}s) would end past {alpha:.0%} of the "
+            f"{deadline_s:g}s deadline",
+        )
     last_e = next((r.local_epochs for r in reversed(history) if r.round > 0), static_epochs)
     if strategy is EpochStrategy.STATIC or len(history) < 2:
         e = max(budget.min_local_epochs, min(static_epochs, budget.max_local_epochs))
-        return RoundDecision(False, e, None, left, None,
-                             f"{strategy.value}: E={e}" if strategy is EpochStrategy.STATIC
-                             else f"{strategy.value}: first round at E={e}")
+        return RoundDecision(
+            False,
+            e,
+            None,
+            left,
+            None,
+            f"{strategy.value}: E={e}"
+            if strategy is EpochStrategy.STATIC
+            else f"{strategy.value}: first round at E={e}",
+        )
     if strategy is EpochStrategy.LINEAR:
         wanted = last.accuracy + (target - last.accuracy) / left
     else:
         total = last.round + left  # the rounds this budget allows in all
         wanted = max(reference_accuracy(last.round + 1, total, target), 0.0)
     e = _epochs_for_gain(history, wanted - last.accuracy, last_e, budget)
-    return RoundDecision(False, e, None, left, wanted,
-                         f"{strategy.value}: acc {last.accuracy:.4f} -> wanted {wanted:.4f} "
-                         f"next round, {left} rounds left: E={e}")
+    return RoundDecision(
+        False,
+        e,
+        None,
+        left,
+        wanted,
+        f"{strategy.value}: acc {last.accuracy:.4f} -> wanted {wanted:.4f} "
+        f"next round, {left} rounds left: E={e}",
+    )
 
 
 def select_clients(alive: Sequence[int], per_round: int, seed: int, round_no: int) -> list[int]:

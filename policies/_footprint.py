@@ -83,8 +83,7 @@ class ServingFootprint:
         return dict(sorted(out.items(), key=lambda kv: (-kv[1], kv[0])))
 
     def of_model(self, model: str) -> ServingFootprint:
-        return ServingFootprint(tuple(d for d in self.deployments
-                                      if model_of_app(d.app) == model))
+        return ServingFootprint(tuple(d for d in self.deployments if model_of_app(d.app) == model))
 
     def describe(self, limit: int = 6) -> str:
         """``slaflow-digits 0.55 CPU (v1 warm 1x0.5, router 1x0.05); ...``"""
@@ -110,8 +109,15 @@ class CapacityCheck:
     message: str
 
 
-def capacity_check(*, need_cpus: float, free_cpus: float, footprint: ServingFootprint,
-                   what: str, need_gpus: float = 0.0, free_gpus: float = 0.0) -> CapacityCheck:
+def capacity_check(
+    *,
+    need_cpus: float,
+    free_cpus: float,
+    footprint: ServingFootprint,
+    what: str,
+    need_gpus: float = 0.0,
+    free_gpus: float = 0.0,
+) -> CapacityCheck:
     """Does ``need`` fit in what the cluster has free now? If not, say who holds what.
 
     ``free_cpus`` is the cluster's unreserved CPUs (what Ray reports available); served
@@ -119,17 +125,31 @@ def capacity_check(*, need_cpus: float, free_cpus: float, footprint: ServingFoot
     """
     short_cpu = need_cpus - free_cpus > 1e-9
     short_gpu = need_gpus - free_gpus > 1e-9
-    held = (f"served models hold {footprint.cpus:g} CPU"
-            + (f" and {footprint.gpus:g} GPU" if footprint.gpus else "")
-            + f": {footprint.describe()}")
+    held = (
+        f"served models hold {footprint.cpus:g} CPU"
+        + (f" and {footprint.gpus:g} GPU" if footprint.gpus else "")
+        + f": {footprint.describe()}"
+    )
     if not short_cpu and not short_gpu:
-        return CapacityCheck(True, f"{what} needs {need_cpus:g} CPU"
-                             + (f" + {need_gpus:g} GPU" if need_gpus else "")
-                             + f", {free_cpus:g} free; {held}")
-    lacking = (f"{need_cpus:g} CPU ({free_cpus:g} free)" if short_cpu else
-               f"{need_gpus:g} GPU ({free_gpus:g} free)")
-    fix = ("take a model off the endpoint (`make undeploy MODEL=<name>` or the ml_undeploy "
-           "DAG; its registry entries stay)" if footprint.deployments else
-           "wait for the running jobs to end")
-    return CapacityCheck(False, f"{what} needs {lacking} on the Ray cluster; {held}. Fix: "
-                                f"{fix}, add nodes, or ask for less")
+        return CapacityCheck(
+            True,
+            f"{what} needs {need_cpus:g} CPU"
+            + (f" + {need_gpus:g} GPU" if need_gpus else "")
+            + f", {free_cpus:g} free; {held}",
+        )
+    lacking = (
+        f"{need_cpus:g} CPU ({free_cpus:g} free)"
+        if short_cpu
+        else f"{need_gpus:g} GPU ({free_gpus:g} free)"
+    )
+    fix = (
+        "take a model off the endpoint (`make undeploy MODEL=<name>` or the ml_undeploy "
+        "DAG; its registry entries stay)"
+        if footprint.deployments
+        else "wait for the running jobs to end"
+    )
+    return CapacityCheck(
+        False,
+        f"{what} needs {lacking} on the Ray cluster; {held}. Fix: "
+        f"{fix}, add nodes, or ask for less",
+    )

@@ -39,8 +39,10 @@ class ServeOverhead:
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> ServeOverhead:
-        return cls(**{k: d[k] for k in ("p50_ms", "p99_ms", "capacity_rps", "cold_start_s")},
-                   node_key=str(d.get("node_key", "")))
+        return cls(
+            **{k: d[k] for k in ("p50_ms", "p99_ms", "capacity_rps", "cold_start_s")},
+            node_key=str(d.get("node_key", "")),
+        )
 
 
 @dataclass(frozen=True)
@@ -83,21 +85,31 @@ def replica_capacity_rps(overhead: ServeOverhead, sample: ComputeSample) -> floa
     return round(1.0 / (1.0 / compute_rps + 1.0 / path_rps), 1)
 
 
-def profile_points(overhead: ServeOverhead,
-                   samples: Sequence[ComputeSample]) -> tuple[ProfilePoint, ...]:
+def profile_points(
+    overhead: ServeOverhead, samples: Sequence[ComputeSample]
+) -> tuple[ProfilePoint, ...]:
     """Predicted ``ProfilePoint``s: the Serve path's latency plus the model's compute."""
-    return tuple(ProfilePoint(
-        variant=s.variant, num_cpus=s.num_cpus, num_gpus=s.num_gpus,
-        max_batch_size=s.max_batch_size,
-        p50_ms=round(overhead.p50_ms + s.p50_ms, 3),
-        p99_ms=round(overhead.p99_ms + s.p99_ms, 3),
-        capacity_rps=replica_capacity_rps(overhead, s), row_ms=round(s.row_ms, 4))
-        for s in samples)
+    return tuple(
+        ProfilePoint(
+            variant=s.variant,
+            num_cpus=s.num_cpus,
+            num_gpus=s.num_gpus,
+            max_batch_size=s.max_batch_size,
+            p50_ms=round(overhead.p50_ms + s.p50_ms, 3),
+            p99_ms=round(overhead.p99_ms + s.p99_ms, 3),
+            capacity_rps=replica_capacity_rps(overhead, s),
+            row_ms=round(s.row_ms, 4),
+        )
+        for s in samples
+    )
 
 
-def build_profile(overhead: ServeOverhead, samples: Sequence[ComputeSample],
-                  accuracy: Mapping[str, float],
-                  size_bytes: Mapping[str, int]) -> ServingProfile:
+def build_profile(
+    overhead: ServeOverhead,
+    samples: Sequence[ComputeSample],
+    accuracy: Mapping[str, float],
+    size_bytes: Mapping[str, int],
+) -> ServingProfile:
     """The whole profile: one ``VariantInfo`` per variant with its own measured accuracy and
     its cold start (the path's replica start plus the variant's slowest load), and the points.
     Variants without an accuracy (not evaluated) are left out."""
@@ -106,33 +118,63 @@ def build_profile(overhead: ServeOverhead, samples: Sequence[ComputeSample],
         if name not in accuracy:
             continue
         load = max(s.load_s for s in samples if s.variant == name)
-        variants.append(VariantInfo(name=name, accuracy=float(accuracy[name]),
-                                    cold_start_s=round(overhead.cold_start_s + load, 3),
-                                    size_bytes=int(size_bytes.get(name, 0))))
+        variants.append(
+            VariantInfo(
+                name=name,
+                accuracy=float(accuracy[name]),
+                cold_start_s=round(overhead.cold_start_s + load, 3),
+                size_bytes=int(size_bytes.get(name, 0)),
+            )
+        )
     keep = {v.name for v in variants}
-    return ServingProfile(tuple(variants),
-                          profile_points(overhead, [s for s in samples if s.variant in keep]),
-                          overhead_p50_ms=overhead.p50_ms)
+    return ServingProfile(
+        tuple(variants),
+        profile_points(overhead, [s for s in samples if s.variant in keep]),
+        overhead_p50_ms=overhead.p50_ms,
+    )
 
 
 def node_key(nodes: Sequence[Mapping[str, float]], resource: str = "") -> str:
     """A stable name for the node type(s) replicas can land on: the distinct resource shapes
     of the alive nodes that have CPUs (and ``resource`` when placement asks for one)."""
-    shapes = sorted({json.dumps({k: round(float(v), 1) for k, v in sorted(n.items())
-                                 if not k.startswith("node:") and k != "object_store_memory"
-                                 and not k.startswith("memory")}, sort_keys=True)
-                     for n in nodes if n.get("CPU", 0) > 0 and (not resource or
-                                                                 n.get(resource, 0) > 0)})
+    shapes = sorted(
+        {
+            json.dumps(
+                {
+                    k: round(float(v), 1)
+                    for k, v in sorted(n.items())
+                    if not k.startswith("node:")
+                    and k != "object_store_memory"
+                    and not k.startswith("memory")
+                },
+                sort_keys=True,
+            )
+            for n in nodes
+            if n.get("CPU", 0) > 0 and (not resource or n.get(resource, 0) > 0)
+        }
+    )
     return hashlib.sha256("|".join(shapes).encode()).hexdigest()[:16]
 
 
-def profile_key(*, model_signature: str, variants: Sequence[str], cpus: Sequence[float],
-                batches: Sequence[int], node: str) -> str:
+def profile_key(
+    *,
+    model_signature: str,
+    variants: Sequence[str],
+    cpus: Sequence[float],
+    batches: Sequence[int],
+    node: str,
+) -> str:
     """Everything the measured latencies depend on: each variant's architecture and weight
     shapes, the replica shapes and batch sizes measured, and the node type. Accuracy is not
     in it: it is measured per version (in ``evaluate``), never reused."""
-    blob = json.dumps({"model": model_signature, "variants": sorted(variants),
-                       "cpus": sorted(float(c) for c in cpus),
-                       "batches": sorted(int(b) for b in batches), "node": node},
-                      sort_keys=True)
+    blob = json.dumps(
+        {
+            "model": model_signature,
+            "variants": sorted(variants),
+            "cpus": sorted(float(c) for c in cpus),
+            "batches": sorted(int(b) for b in batches),
+            "node": node,
+        },
+        sort_keys=True,
+    )
     return hashlib.sha256(blob.encode()).hexdigest()[:24]

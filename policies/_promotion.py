@@ -57,13 +57,16 @@ class PromotionDecision:
     def from_dict(cls, raw: dict[str, Any]) -> PromotionDecision:
         """Inverse of :meth:`to_dict` (a decision carried between tasks in XCom)."""
         return cls(
-            promote=bool(raw["promote"]), alias=str(raw["alias"]),
+            promote=bool(raw["promote"]),
+            alias=str(raw["alias"]),
             candidate_accuracy=float(raw["candidate_accuracy"]),
             required_accuracy=float(raw["required_accuracy"]),
             champion_version=raw.get("champion_version"),
             champion_accuracy=raw.get("champion_accuracy"),
-            checks=tuple(GateCheck(str(c["name"]), bool(c["passed"]), str(c["detail"]))
-                         for c in raw["checks"]),
+            checks=tuple(
+                GateCheck(str(c["name"]), bool(c["passed"]), str(c["detail"]))
+                for c in raw["checks"]
+            ),
             champion_cost=raw.get("champion_cost"),
         )
 
@@ -76,8 +79,9 @@ class PromotionDecision:
             "champion_version": self.champion_version,
             "champion_accuracy": self.champion_accuracy,
             "champion_cost": self.champion_cost,
-            "checks": [{"name": c.name, "passed": c.passed, "detail": c.detail}
-                       for c in self.checks],
+            "checks": [
+                {"name": c.name, "passed": c.passed, "detail": c.detail} for c in self.checks
+            ],
         }
 
 
@@ -184,8 +188,10 @@ def review_request(
     if not target.passed:
         return ReviewRequest(False, (f"misses the target ({target.detail}): not reviewable",))
     if policy == "always":
-        return ReviewRequest(True, ("review policy 'always': every candidate that meets the "
-                                    "target waits for approval",))
+        return ReviewRequest(
+            True,
+            ("review policy 'always': every candidate that meets the target waits for approval",),
+        )
     reasons: list[str] = []
     if decision.champion_accuracy is not None:
         band = max(margin, accuracy_noise)
@@ -194,17 +200,25 @@ def review_request(
             reasons.append(
                 f"gain within the noise: accuracy {decision.candidate_accuracy:.4f} is "
                 f"{distance:+.4f} from the required {decision.required_accuracy:.4f}, inside "
-                f"+/-{band:.4f} (95% CI half-width {accuracy_noise:.4f}, margin {margin:.4f})")
+                f"+/-{band:.4f} (95% CI half-width {accuracy_noise:.4f}, margin {margin:.4f})"
+            )
     champion_cost = decision.champion_cost
-    if (decision.promote and max_cost_ratio > 0 and candidate_cost is not None
-            and champion_cost and candidate_cost > max_cost_ratio * champion_cost):
+    if (
+        decision.promote
+        and max_cost_ratio > 0
+        and candidate_cost is not None
+        and champion_cost
+        and candidate_cost > max_cost_ratio * champion_cost
+    ):
         reasons.append(
             f"higher serving cost: {candidate_cost / champion_cost:.2f}x the champion's "
             f"parameters ({candidate_cost:.0f} vs {champion_cost:.0f}), above the allowed "
-            f"{max_cost_ratio:.2f}x")
+            f"{max_cost_ratio:.2f}x"
+        )
     if not reasons:
-        return ReviewRequest(False, ("clear decision: outside the noise band and within the "
-                                     "cost ratio",))
+        return ReviewRequest(
+            False, ("clear decision: outside the noise band and within the cost ratio",)
+        )
     return ReviewRequest(True, tuple(reasons))
 
 
@@ -218,9 +232,12 @@ def apply_review(decision: PromotionDecision, outcome: ReviewOutcome) -> Promoti
     else:
         check = GateCheck("human_review", False, f"rejected by {outcome.responder}")
     promote = outcome.approved and outcome.responder is not None
-    return dataclasses.replace(decision, promote=promote,
-                               alias=CHAMPION if promote else CHALLENGER,
-                               checks=(*decision.checks, check))
+    return dataclasses.replace(
+        decision,
+        promote=promote,
+        alias=CHAMPION if promote else CHALLENGER,
+        checks=(*decision.checks, check),
+    )
 
 
 def final_decision(
@@ -242,11 +259,13 @@ def final_decision(
     """
     now = None if champion_now is None else champion_now.version
     if now != gate_decision.champion_version:
-        decision = decide_promotion(candidate_accuracy, target_accuracy,
-                                    min_gain_over_champion, champion_now)
+        decision = decide_promotion(
+            candidate_accuracy, target_accuracy, min_gain_over_champion, champion_now
+        )
         if review_required:
-            decision = apply_review(decision, ReviewOutcome(
-                False, "slaflow: champion changed during the review"))
+            decision = apply_review(
+                decision, ReviewOutcome(False, "slaflow: champion changed during the review")
+            )
         return decision
     if not review_required:
         return gate_decision
@@ -255,12 +274,21 @@ def final_decision(
     return apply_review(gate_decision, review)
 
 
-def gate_report_markdown(*, model_name: str, version: str, decision: PromotionDecision,
-                         review: ReviewRequest, ci: tuple[float, float],
-                         review_timeout_s: int) -> str:
+def gate_report_markdown(
+    *,
+    model_name: str,
+    version: str,
+    decision: PromotionDecision,
+    review: ReviewRequest,
+    ci: tuple[float, float],
+    review_timeout_s: int,
+) -> str:
     """The gate report as a reviewer reads it (Airflow's Required Actions, MLflow)."""
-    champ = ("none yet" if decision.champion_version is None else
-             f"v{decision.champion_version} at {decision.champion_accuracy:.4f}")
+    champ = (
+        "none yet"
+        if decision.champion_version is None
+        else f"v{decision.champion_version} at {decision.champion_accuracy:.4f}"
+    )
     lines = [
         f"**{model_name} v{version}**: test accuracy **{decision.candidate_accuracy:.4f}** "
         f"(95% CI {ci[0]:.4f}-{ci[1]:.4f}); needs {decision.required_accuracy:.4f}; "
@@ -282,8 +310,10 @@ def gate_report_markdown(*, model_name: str, version: str, decision: PromotionDe
 def promotion_description(registered: str, decision: PromotionDecision) -> str:
     """The model version's description once the gate (and review) decided: the registered
     text with its pending gate line replaced by the verdict and every reason."""
-    verdict = (f"- gate: **{'promoted to champion' if decision.promote else 'not promoted'}**\n"
-               + "\n".join(f"  - {r}" for r in decision.reasons))
+    verdict = (
+        f"- gate: **{'promoted to champion' if decision.promote else 'not promoted'}**\n"
+        + "\n".join(f"  - {r}" for r in decision.reasons)
+    )
     return registered.replace(GATE_PENDING_LINE, verdict)
 
 

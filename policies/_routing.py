@@ -26,8 +26,9 @@ class RouterThresholds:
     frequent_rps: float
 
     @classmethod
-    def from_profile(cls, warm: ProfilePoint, slo_ms: float, percentile: int,
-                     idle_timeout_s: float) -> RouterThresholds:
+    def from_profile(
+        cls, warm: ProfilePoint, slo_ms: float, percentile: int, idle_timeout_s: float
+    ) -> RouterThresholds:
         """D: the most rows the warm tier answers within half the SLO (the other half is left
         to queueing), from its profiled per-row cost, and never fewer than the rows that add a
         tenth of the SLO (so a profile taken on a busy node, whose tail is already past half
@@ -35,15 +36,17 @@ class RouterThresholds:
         idle timeout."""
         budget = max(0.5 * slo_ms - warm.tail_ms(percentile), 0.1 * slo_ms)
         per_row = max(warm.row_ms, 1e-3)
-        return cls(large_rows=max(1, int(budget / per_row)),
-                   frequent_rps=1.0 / max(idle_timeout_s, 1e-3))
+        return cls(
+            large_rows=max(1, int(budget / per_row)), frequent_rps=1.0 / max(idle_timeout_s, 1e-3)
+        )
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
 
-def route_request(rows: int, caller_rps: float, warm_busy: bool,
-                  thresholds: RouterThresholds) -> Route:
+def route_request(
+    rows: int, caller_rps: float, warm_busy: bool, thresholds: RouterThresholds
+) -> Route:
     """StraightLine's rule: large inputs to the batch path; otherwise the warm tier while it
     has room; when it is busy, frequent callers to the elastic tier (they keep it warm) and
     rare ones to the batch path, whose replicas are up anyway."""
@@ -70,5 +73,3 @@ class CallerRates:
             oldest = min(self._seen, key=lambda k: self._seen[k][1])
             del self._seen[oldest]
         return rate
-
-

@@ -49,8 +49,10 @@ class StageProfile:
         if self.records < 0:
             raise ValueError(f"stage {self.name!r}: records must be >= 0, got {self.records}")
         if not self.nominal_rate > 0:
-            raise ValueError(f"stage {self.name!r}: nominal_rate must be > 0 records/s per "
-                             f"core, got {self.nominal_rate}")
+            raise ValueError(
+                f"stage {self.name!r}: nominal_rate must be > 0 records/s per "
+                f"core, got {self.nominal_rate}"
+            )
         if self.tasks < 1:
             raise ValueError(f"stage {self.name!r}: tasks must be >= 1, got {self.tasks}")
 
@@ -65,8 +67,9 @@ class StageProfile:
         return self.records / self.nominal_rate
 
 
-def stage_weight(stages_left: int, remaining_profiled_s: float, stage_profiled_s: float,
-                 beta: float = BETA) -> float:
+def stage_weight(
+    stages_left: int, remaining_profiled_s: float, stage_profiled_s: float, beta: float = BETA
+) -> float:
     """dynaSpark's weight of the stages after this one against this stage.
 
     ``stages_left`` counts the stages after this one; the times are one-core profiled times,
@@ -82,8 +85,9 @@ def stage_deadline(time_left_s: float, weight: float) -> float:
     return max(0.0, time_left_s) / (max(weight, 0.0) + 1)
 
 
-def cores_for(stage: StageProfile, deadline_s: float, max_cores: int,
-              overscale: float = OVERSCALE) -> int:
+def cores_for(
+    stage: StageProfile, deadline_s: float, max_cores: int, overscale: float = OVERSCALE
+) -> int:
     """Cores for ``stage`` to finish in ``deadline_s``, within 1..min(max_cores, tasks)."""
     cap = max(1, min(max_cores, stage.tasks))
     work_s = deadline_s - stage.overhead_s
@@ -108,40 +112,64 @@ class SparkFeasibility:
     message: str
 
     def to_dict(self) -> dict[str, object]:
-        return {"feasible": self.feasible, "min_seconds": round(self.min_seconds, 3),
-                "budget_s": round(self.budget_s, 3), "binding": self.binding,
-                "message": self.message}
+        return {
+            "feasible": self.feasible,
+            "min_seconds": round(self.min_seconds, 3),
+            "budget_s": round(self.budget_s, 3),
+            "binding": self.binding,
+            "message": self.message,
+        }
 
 
-def assess_spark_deadline(stages: Sequence[StageProfile], deadline_s: float, max_cores: int,
-                          alpha: float = SPARK_ALPHA) -> SparkFeasibility:
+def assess_spark_deadline(
+    stages: Sequence[StageProfile], deadline_s: float, max_cores: int, alpha: float = SPARK_ALPHA
+) -> SparkFeasibility:
     """Can the profiled application finish within ``alpha * deadline_s`` on ``max_cores``?"""
     if max_cores < 1:
         raise ValueError(f"max_cores must be >= 1, got {max_cores}")
     budget = alpha * deadline_s
     fastest = sum(s.seconds(max_cores) for s in stages)
     if deadline_s <= 0:
-        return SparkFeasibility(False, fastest, budget, "deadline",
-                                f"the deadline is {deadline_s:g}s: set a deadline in the future")
+        return SparkFeasibility(
+            False,
+            fastest,
+            budget,
+            "deadline",
+            f"the deadline is {deadline_s:g}s: set a deadline in the future",
+        )
     if fastest <= budget:
-        return SparkFeasibility(True, fastest, budget, None,
-                                f"feasible: {fastest:.1f}s on {max_cores} cores within "
-                                f"{budget:.1f}s ({alpha:.0%} of {deadline_s:g}s)")
+        return SparkFeasibility(
+            True,
+            fastest,
+            budget,
+            None,
+            f"feasible: {fastest:.1f}s on {max_cores} cores within "
+            f"{budget:.1f}s ({alpha:.0%} of {deadline_s:g}s)",
+        )
     # Would more cores help? Only if some stage has more tasks than cores.
     unbounded = sum(s.seconds(s.tasks) for s in stages)
     if unbounded > budget:
         binding = "deadline"
-        fix = (f"even with a core per task it takes {unbounded:.1f}s: relax the deadline to "
-               f"at least {_up(unbounded / alpha)}s")
+        fix = (
+            f"even with a core per task it takes {unbounded:.1f}s: relax the deadline to "
+            f"at least {_up(unbounded / alpha)}s"
+        )
     else:
         need = _min_cores_for(stages, budget)
         binding = "cores"
-        fix = (f"needs {need} cores, the cluster gives {max_cores}: add cores or relax the "
-               f"deadline to at least {_up(fastest / alpha)}s")
-    return SparkFeasibility(False, fastest, budget, binding,
-                            f"infeasible: the profile needs {fastest:.1f}s on {max_cores} "
-                            f"cores, more than {budget:.1f}s ({alpha:.0%} of "
-                            f"{deadline_s:g}s); {fix}")
+        fix = (
+            f"needs {need} cores, the cluster gives {max_cores}: add cores or relax the "
+            f"deadline to at least {_up(fastest / alpha)}s"
+        )
+    return SparkFeasibility(
+        False,
+        fastest,
+        budget,
+        binding,
+        f"infeasible: the profile needs {fastest:.1f}s on {max_cores} "
+        f"cores, more than {budget:.1f}s ({alpha:.0%} of "
+        f"{deadline_s:g}s); {fix}",
+    )
 
 
 def _up(seconds: float) -> str:
@@ -157,15 +185,23 @@ def _min_cores_for(stages: Sequence[StageProfile], budget_s: float) -> int:
     return top
 
 
-def plan_stage(stages: Sequence[StageProfile], index: int, now_s: float, deadline_s: float,
-               max_cores: int, *, alpha: float = SPARK_ALPHA, beta: float = BETA,
-               overscale: float = OVERSCALE) -> StagePlan:
+def plan_stage(
+    stages: Sequence[StageProfile],
+    index: int,
+    now_s: float,
+    deadline_s: float,
+    max_cores: int,
+    *,
+    alpha: float = SPARK_ALPHA,
+    beta: float = BETA,
+    overscale: float = OVERSCALE,
+) -> StagePlan:
     """When stage ``index`` starts at ``now_s`` (seconds since submit): its deadline and cores."""
     stage = stages[index]
     remaining = sum(s.core_seconds for s in stages[index:])
     w = stage_weight(len(stages) - index - 1, remaining, stage.core_seconds, beta)
     # Fixed costs of later stages are not shareable: take them off the time first.
-    later_overhead = sum(s.overhead_s for s in stages[index + 1:])
+    later_overhead = sum(s.overhead_s for s in stages[index + 1 :])
     dl = stage_deadline(alpha * deadline_s - now_s - later_overhead, w)
     return StagePlan(stage.name, dl, cores_for(stage, dl, max_cores, overscale))
 
@@ -228,8 +264,12 @@ class ArbiterPolicy(StrEnum):
     EDF = "edf"
 
 
-def arbitrate(demands: Mapping[str, float], deadlines: Mapping[str, float], capacity: float,
-              policy: ArbiterPolicy | str = ArbiterPolicy.PROPORTIONAL) -> dict[str, float]:
+def arbitrate(
+    demands: Mapping[str, float],
+    deadlines: Mapping[str, float],
+    capacity: float,
+    policy: ArbiterPolicy | str = ArbiterPolicy.PROPORTIONAL,
+) -> dict[str, float]:
     """Split ``capacity`` cores between applications asking ``demands``.
 
     Everyone gets what it asks when it fits. Otherwise *proportional* scales every demand by

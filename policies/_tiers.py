@@ -53,8 +53,11 @@ class TierSettings:
     @property
     def idle_cpus(self) -> float:
         """CPUs this tier holds with no traffic at all."""
-        held = self.replicas if self.replicas is not None else \
-            (self.autoscaler.min_replicas if self.autoscaler is not None else 0)
+        held = (
+            self.replicas
+            if self.replicas is not None
+            else (self.autoscaler.min_replicas if self.autoscaler is not None else 0)
+        )
         return held * self.num_cpus
 
     def to_dict(self) -> dict[str, Any]:
@@ -75,19 +78,36 @@ def fixed_plan(contract: RunContract) -> PlacementPlan:
     of the full model, no autoscaling (nothing measured to scale by)."""
     n = contract.serving_replicas
     return PlacementPlan(
-        variant="full", tier=TIER_FIXED, num_cpus=FIXED_REPLICA_CPUS, num_gpus=0.0,
-        resource=contract.serving_node_resource, min_replicas=n, max_replicas=n,
-        initial_replicas=n, max_batch_size=64, batch_wait_timeout_s=0.002,
-        target_ongoing_requests=1.0, max_ongoing_requests=32, max_queued_requests=256,
-        capacity_rps=0.0, predicted_tail_ms=0.0, accuracy=0.0, cost_per_hour=0.0,
-        static_peak_cost_per_hour=0.0, scale_to_zero=False, idle_timeout_s=0.0,
-        slo_ms=contract.latency_slo_ms, percentile=contract.latency_percentile,
+        variant="full",
+        tier=TIER_FIXED,
+        num_cpus=FIXED_REPLICA_CPUS,
+        num_gpus=0.0,
+        resource=contract.serving_node_resource,
+        min_replicas=n,
+        max_replicas=n,
+        initial_replicas=n,
+        max_batch_size=64,
+        batch_wait_timeout_s=0.002,
+        target_ongoing_requests=1.0,
+        max_ongoing_requests=32,
+        max_queued_requests=256,
+        capacity_rps=0.0,
+        predicted_tail_ms=0.0,
+        accuracy=0.0,
+        cost_per_hour=0.0,
+        static_peak_cost_per_hour=0.0,
+        scale_to_zero=False,
+        idle_timeout_s=0.0,
+        slo_ms=contract.latency_slo_ms,
+        percentile=contract.latency_percentile,
         reasons=(f"no serving profile: {n} fixed replica(s) of {FIXED_REPLICA_CPUS:g} CPU",),
-        peak_replicas=n)
+        peak_replicas=n,
+    )
 
 
-def serving_layout(plan: PlacementPlan, contract: RunContract,
-                   prices: PriceTable) -> tuple[TierSettings, ...]:
+def serving_layout(
+    plan: PlacementPlan, contract: RunContract, prices: PriceTable
+) -> tuple[TierSettings, ...]:
     """The tiers of a version served by ``plan``.
 
     - ``warm``: the plan's shape, batching and queue bound; replicas by the SLO autoscaler
@@ -101,48 +121,90 @@ def serving_layout(plan: PlacementPlan, contract: RunContract,
     """
     actor_gpus, resource = plan.num_gpus, plan.resource
     if plan.tier == TIER_FIXED:
-        return (TierSettings(
-            route=ROUTE_WARM, num_cpus=plan.num_cpus, num_gpus=actor_gpus, resource=resource,
-            max_ongoing_requests=plan.max_ongoing_requests,
-            max_queued_requests=plan.max_queued_requests, max_batch_size=plan.max_batch_size,
-            batch_wait_timeout_s=plan.batch_wait_timeout_s,
-            initial_replicas=plan.initial_replicas, replicas=plan.min_replicas,
-            reason=plan.reasons[0] if plan.reasons else "fixed"),)
+        return (
+            TierSettings(
+                route=ROUTE_WARM,
+                num_cpus=plan.num_cpus,
+                num_gpus=actor_gpus,
+                resource=resource,
+                max_ongoing_requests=plan.max_ongoing_requests,
+                max_queued_requests=plan.max_queued_requests,
+                max_batch_size=plan.max_batch_size,
+                batch_wait_timeout_s=plan.batch_wait_timeout_s,
+                initial_replicas=plan.initial_replicas,
+                replicas=plan.min_replicas,
+                reason=plan.reasons[0] if plan.reasons else "fixed",
+            ),
+        )
     zero = prices.tiers.get(TIER_SCALE_TO_ZERO)
     zero_allowed = zero is not None and TIER_SCALE_TO_ZERO in contract.serving_tiers.split(",")
     warm = TierSettings(
-        route=ROUTE_WARM, num_cpus=plan.num_cpus, num_gpus=actor_gpus, resource=resource,
+        route=ROUTE_WARM,
+        num_cpus=plan.num_cpus,
+        num_gpus=actor_gpus,
+        resource=resource,
         max_ongoing_requests=plan.max_ongoing_requests,
-        max_queued_requests=plan.max_queued_requests, max_batch_size=plan.max_batch_size,
+        max_queued_requests=plan.max_queued_requests,
+        max_batch_size=plan.max_batch_size,
         batch_wait_timeout_s=plan.batch_wait_timeout_s,
-        initial_replicas=plan.initial_replicas, autoscaler=plan.autoscaler_config(),
-        reason=plan.reasons[0] if plan.reasons else "")
+        initial_replicas=plan.initial_replicas,
+        autoscaler=plan.autoscaler_config(),
+        reason=plan.reasons[0] if plan.reasons else "",
+    )
     batch_cpus = min(BATCH_TIER_MAX_CPUS, plan.num_cpus)
     if zero_allowed and zero is not None:
         batch = TierSettings(
-            route=ROUTE_BATCH, num_cpus=batch_cpus, num_gpus=actor_gpus, resource=resource,
+            route=ROUTE_BATCH,
+            num_cpus=batch_cpus,
+            num_gpus=actor_gpus,
+            resource=resource,
             max_ongoing_requests=BATCH_TIER_MAX_ONGOING,
-            max_queued_requests=BATCH_TIER_MAX_QUEUED, max_batch_size=BATCH_TIER_MAX_BATCH,
-            batch_wait_timeout_s=BATCH_TIER_WAIT_S, initial_replicas=0,
-            autoscaler=replace(plan.autoscaler_config(), min_replicas=0, max_replicas=1,
-                               downscale_to_zero_delay_s=zero.idle_timeout_s),
+            max_queued_requests=BATCH_TIER_MAX_QUEUED,
+            max_batch_size=BATCH_TIER_MAX_BATCH,
+            batch_wait_timeout_s=BATCH_TIER_WAIT_S,
+            initial_replicas=0,
+            autoscaler=replace(
+                plan.autoscaler_config(),
+                min_replicas=0,
+                max_replicas=1,
+                downscale_to_zero_delay_s=zero.idle_timeout_s,
+            ),
             reason=f"large inputs; idles at zero after {zero.idle_timeout_s:g} s "
-                   f"(scale_to_zero allowed)")
+            f"(scale_to_zero allowed)",
+        )
     else:
         batch = TierSettings(
-            route=ROUTE_BATCH, num_cpus=batch_cpus, num_gpus=actor_gpus, resource=resource,
+            route=ROUTE_BATCH,
+            num_cpus=batch_cpus,
+            num_gpus=actor_gpus,
+            resource=resource,
             max_ongoing_requests=BATCH_TIER_MAX_ONGOING,
-            max_queued_requests=BATCH_TIER_MAX_QUEUED, max_batch_size=BATCH_TIER_MAX_BATCH,
-            batch_wait_timeout_s=BATCH_TIER_WAIT_S, initial_replicas=1, replicas=1,
-            reason="large inputs; always on (scale_to_zero not allowed)")
+            max_queued_requests=BATCH_TIER_MAX_QUEUED,
+            max_batch_size=BATCH_TIER_MAX_BATCH,
+            batch_wait_timeout_s=BATCH_TIER_WAIT_S,
+            initial_replicas=1,
+            replicas=1,
+            reason="large inputs; always on (scale_to_zero not allowed)",
+        )
     tiers = [warm, batch]
     if zero_allowed and zero is not None and not plan.scale_to_zero:
-        tiers.append(TierSettings(
-            route=ROUTE_ELASTIC, num_cpus=plan.num_cpus, num_gpus=actor_gpus,
-            resource=resource, max_ongoing_requests=plan.max_ongoing_requests,
-            max_queued_requests=plan.max_queued_requests, max_batch_size=plan.max_batch_size,
-            batch_wait_timeout_s=plan.batch_wait_timeout_s, initial_replicas=0,
-            autoscaler=replace(plan.autoscaler_config(), min_replicas=0,
-                               downscale_to_zero_delay_s=zero.idle_timeout_s),
-            reason="frequent callers when the warm tier is full; idles at zero"))
+        tiers.append(
+            TierSettings(
+                route=ROUTE_ELASTIC,
+                num_cpus=plan.num_cpus,
+                num_gpus=actor_gpus,
+                resource=resource,
+                max_ongoing_requests=plan.max_ongoing_requests,
+                max_queued_requests=plan.max_queued_requests,
+                max_batch_size=plan.max_batch_size,
+                batch_wait_timeout_s=plan.batch_wait_timeout_s,
+                initial_replicas=0,
+                autoscaler=replace(
+                    plan.autoscaler_config(),
+                    min_replicas=0,
+                    downscale_to_zero_delay_s=zero.idle_timeout_s,
+                ),
+                reason="frequent callers when the warm tier is full; idles at zero",
+            )
+        )
     return tuple(tiers)

@@ -29,8 +29,12 @@ class WorkerPlan:
     reason: str
 
 
-def plan_workers(max_workers: int, cpus_per_worker: float, free_cpus: float,
-                 serving: ServingFootprint | None = None) -> WorkerPlan:
+def plan_workers(
+    max_workers: int,
+    cpus_per_worker: float,
+    free_cpus: float,
+    serving: ServingFootprint | None = None,
+) -> WorkerPlan:
     """As many workers as the budget allows and the cluster's free CPUs hold (at least one).
 
     When not even one fits, the error names what served models hold (``serving``): they are
@@ -41,8 +45,11 @@ def plan_workers(max_workers: int, cpus_per_worker: float, free_cpus: float,
         raise ValueError(f"cpus_per_worker must be > 0, got {cpus_per_worker}")
     fit = math.floor(free_cpus / cpus_per_worker + 1e-9)
     if fit < 1:
-        held = "" if serving is None or not serving.deployments else \
-            f"; served models hold {serving.cpus:g} CPU: {serving.describe()}"
+        held = (
+            ""
+            if serving is None or not serving.deployments
+            else f"; served models hold {serving.cpus:g} CPU: {serving.describe()}"
+        )
         raise InfeasibleError(
             f"one training worker needs {cpus_per_worker:g} CPUs but the Ray cluster has "
             f"{free_cpus:g} free{held}: lower cpus_per_worker to <= {free_cpus:g}, or free "
@@ -52,8 +59,10 @@ def plan_workers(max_workers: int, cpus_per_worker: float, free_cpus: float,
     if n == max_workers:
         reason = f"{n} workers (the budget's max_workers); cluster has {free_cpus:g} free CPUs"
     else:
-        reason = (f"{n} of max_workers={max_workers}: the cluster's {free_cpus:g} free CPUs "
-                  f"hold {fit} workers of {cpus_per_worker:g} CPUs")
+        reason = (
+            f"{n} of max_workers={max_workers}: the cluster's {free_cpus:g} free CPUs "
+            f"hold {fit} workers of {cpus_per_worker:g} CPUs"
+        )
     return WorkerPlan(num_workers=n, cpus_per_worker=cpus_per_worker, reason=reason)
 
 
@@ -94,20 +103,30 @@ def next_epoch_decision(
     predicted = max(recent) if recent else 0.0
     eta = elapsed_s + predicted
     if val_accuracy is not None and val_accuracy >= stop_accuracy:
-        return EpochDecision(False, StopReason.TARGET_MET, predicted, elapsed_s,
-                             f"val accuracy {val_accuracy:.4f} >= {stop_accuracy:.4f}")
+        return EpochDecision(
+            False,
+            StopReason.TARGET_MET,
+            predicted,
+            elapsed_s,
+            f"val accuracy {val_accuracy:.4f} >= {stop_accuracy:.4f}",
+        )
     if epochs_done >= max_epochs:
-        return EpochDecision(False, StopReason.MAX_EPOCHS, predicted, elapsed_s,
-                             f"{epochs_done} epochs = max_epochs")
+        return EpochDecision(
+            False, StopReason.MAX_EPOCHS, predicted, elapsed_s, f"{epochs_done} epochs = max_epochs"
+        )
     budget = DEADLINE_ALPHA * deadline_s
     if eta > budget:
         return EpochDecision(
-            False, StopReason.DEADLINE_TRUNCATED, predicted, elapsed_s,
+            False,
+            StopReason.DEADLINE_TRUNCATED,
+            predicted,
+            elapsed_s,
             f"next epoch would end at {eta:.1f}s > {budget:.1f}s "
             f"({DEADLINE_ALPHA:.0%} of the {deadline_s:g}s deadline)",
         )
-    return EpochDecision(True, None, predicted, eta,
-                         f"next epoch ends ~{eta:.1f}s of {budget:.1f}s budget")
+    return EpochDecision(
+        True, None, predicted, eta, f"next epoch ends ~{eta:.1f}s of {budget:.1f}s budget"
+    )
 
 
 def early_stop_accuracy(*, stop_margin: float, required: float) -> float:
@@ -123,8 +142,9 @@ def deadline_met(training_seconds: float, deadline_s: float) -> bool:
     return training_seconds <= deadline_s
 
 
-def cluster_capacity(*, free_cpus: float, cpus_per_worker: float,
-                     free_gpus: float = 0.0) -> dict[str, int]:
+def cluster_capacity(
+    *, free_cpus: float, cpus_per_worker: float, free_gpus: float = 0.0
+) -> dict[str, int]:
     """Training workers each resource shape can start now: ``cpu`` always (possibly 0),
     ``gpu`` when a GPU is free (one GPU per worker, its CPUs from the same pool)."""
     cpu = int(free_cpus // cpus_per_worker + 1e-9) if cpus_per_worker > 0 else 0
@@ -149,8 +169,9 @@ class TrainingSize:
     reason: str
 
 
-def size_training(*, feasible: bool, planned_workers: int, max_workers: int, capacity: int,
-                  resize_policy: str) -> TrainingSize:
+def size_training(
+    *, feasible: bool, planned_workers: int, max_workers: int, capacity: int, resize_policy: str
+) -> TrainingSize:
     """Workers training starts with. ``static``: every usable worker (``max_workers`` when
     they fit). ``deadline``: the fewest the feasibility plan found; an infeasible contract
     trained anyway (best effort) gets every usable worker, its best chance."""
@@ -158,8 +179,12 @@ def size_training(*, feasible: bool, planned_workers: int, max_workers: int, cap
     if resize_policy == "static":
         return TrainingSize(usable, usable, f"static sizing: {usable} workers throughout")
     if not feasible:
-        return TrainingSize(usable, usable, f"infeasible contract trained anyway: all "
-                                            f"{usable} usable workers")
+        return TrainingSize(
+            usable, usable, f"infeasible contract trained anyway: all {usable} usable workers"
+        )
     n = max(1, min(planned_workers, usable))
-    return TrainingSize(n, usable, f"deadline sizing: the fewest workers that finish in time, "
-                                   f"{n} of {usable} usable")
+    return TrainingSize(
+        n,
+        usable,
+        f"deadline sizing: the fewest workers that finish in time, {n} of {usable} usable",
+    )

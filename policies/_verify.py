@@ -40,8 +40,13 @@ class VerifyVerdict:
         return tuple(f"{'PASS' if c.passed else 'FAIL'} {c.name}: {c.detail}" for c in self.checks)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"passed": self.passed, "reasons": list(self.reasons), "p50_ms": self.p50_ms,
-                "tail_ms": self.tail_ms, "served_accuracy": self.served_accuracy}
+        return {
+            "passed": self.passed,
+            "reasons": list(self.reasons),
+            "p50_ms": self.p50_ms,
+            "tail_ms": self.tail_ms,
+            "served_accuracy": self.served_accuracy,
+        }
 
 
 def accuracy_floor(expected: float, n: int, z: float = 3.0) -> float:
@@ -52,9 +57,15 @@ def accuracy_floor(expected: float, n: int, z: float = 3.0) -> float:
     return max(0.0, expected - z * math.sqrt(max(expected * (1 - expected), 1e-6) / n))
 
 
-def verify_verdict(*, latencies_ms: Sequence[float], correct: int, slo_ms: float,
-                   percentile_q: int, expected_accuracy: float,
-                   bad_request_status: int) -> VerifyVerdict:
+def verify_verdict(
+    *,
+    latencies_ms: Sequence[float],
+    correct: int,
+    slo_ms: float,
+    percentile_q: int,
+    expected_accuracy: float,
+    bad_request_status: int,
+) -> VerifyVerdict:
     """Three checks on what the endpoint did for ``len(latencies_ms)`` real requests:
     the latency SLO at the contract's percentile, the served answers as accurate as the served
     variant measured (within sampling noise), and a malformed request refused with a 4xx."""
@@ -64,14 +75,23 @@ def verify_verdict(*, latencies_ms: Sequence[float], correct: int, slo_ms: float
     served = correct / n if n else 0.0
     floor = accuracy_floor(expected_accuracy, n)
     checks = (
-        GateCheck("latency_slo", tail <= slo_ms,
-                  f"p{percentile_q} {tail:.1f} ms {'<=' if tail <= slo_ms else '>'} SLO "
-                  f"{slo_ms:g} ms over {n} sequential requests (p50 {p50:.1f} ms)"),
-        GateCheck("served_accuracy", served >= floor,
-                  f"{served:.4f} of {n} answers right; the served variant tested "
-                  f"{expected_accuracy:.4f}, so at least {floor:.4f} is expected"),
-        GateCheck("malformed_request", 400 <= bad_request_status < 500,
-                  f"a malformed body got HTTP {bad_request_status}"
-                  + ("" if 400 <= bad_request_status < 500 else ", not a 4xx")),
+        GateCheck(
+            "latency_slo",
+            tail <= slo_ms,
+            f"p{percentile_q} {tail:.1f} ms {'<=' if tail <= slo_ms else '>'} SLO "
+            f"{slo_ms:g} ms over {n} sequential requests (p50 {p50:.1f} ms)",
+        ),
+        GateCheck(
+            "served_accuracy",
+            served >= floor,
+            f"{served:.4f} of {n} answers right; the served variant tested "
+            f"{expected_accuracy:.4f}, so at least {floor:.4f} is expected",
+        ),
+        GateCheck(
+            "malformed_request",
+            400 <= bad_request_status < 500,
+            f"a malformed body got HTTP {bad_request_status}"
+            + ("" if 400 <= bad_request_status < 500 else ", not a 4xx"),
+        ),
     )
     return VerifyVerdict(checks, round(p50, 3), round(tail, 3), served)

@@ -26,14 +26,12 @@ def calibrate_loop_per_worker(config: dict[str, Any]) -> None:
     durations = []
     for epoch in range(int(config["epochs"])):
         start = time.time()
-        model.fit(dataset, epochs=epoch + 1, initial_epoch=epoch, steps_per_epoch=steps,
-                  verbose=0)
+        model.fit(dataset, epochs=epoch + 1, initial_epoch=epoch, steps_per_epoch=steps, verbose=0)
         model(x_val, training=False).numpy()
         model.get_weights()  # what a checkpoint costs
         durations.append(time.time() - start)
     warm = durations[1:] or durations
-    metrics = {"epoch_s": sum(warm) / len(warm), "loop_s": sum(durations),
-               "steps_per_epoch": steps}
+    metrics = {"epoch_s": sum(warm) / len(warm), "loop_s": sum(durations), "steps_per_epoch": steps}
     # Ray Train V2 keeps metrics only with a checkpoint: rank 0 reports a tiny one.
     if ray.train.get_context().get_world_rank() == 0:
         with tempfile.TemporaryDirectory() as d:
@@ -55,13 +53,16 @@ def run_calibration(spec: dict[str, Any]) -> dict[str, Any]:
     for n in spec["worker_counts"]:
         resources = {"CPU": spec["cpus_per_worker"]} | ({"GPU": 1} if shape == "gpu" else {})
         trainer = TensorflowTrainer(
-            calibrate_loop_per_worker, train_loop_config=spec,
-            scaling_config=ScalingConfig(num_workers=n, use_gpu=shape == "gpu",
-                                         resources_per_worker=resources),
-            run_config=RunConfig(name=f"calibrate-{spec['key'][:12]}-{shape}{n}-"
-                                      f"{int(time.time())}",
-                                 storage_path=spec["storage_path"],
-                                 worker_runtime_env={"env_vars": {"TF_USE_LEGACY_KERAS": "1"}}),
+            calibrate_loop_per_worker,
+            train_loop_config=spec,
+            scaling_config=ScalingConfig(
+                num_workers=n, use_gpu=shape == "gpu", resources_per_worker=resources
+            ),
+            run_config=RunConfig(
+                name=f"calibrate-{spec['key'][:12]}-{shape}{n}-{int(time.time())}",
+                storage_path=spec["storage_path"],
+                worker_runtime_env={"env_vars": {"TF_USE_LEGACY_KERAS": "1"}},
+            ),
         )
         started = time.time()
         result = trainer.fit()
@@ -72,10 +73,17 @@ def run_calibration(spec: dict[str, Any]) -> dict[str, Any]:
             metrics = json.loads((Path(d) / "calibration.json").read_text())
         epoch_s[str(n)] = float(metrics["epoch_s"])
         startups.append(max(0.0, wall - float(metrics["loop_s"])))
-        print(f"[slaflow] calibration {shape} x{n}: {metrics['epoch_s']:.3f}s per epoch "
-              f"({metrics['steps_per_epoch']} steps), start-up {startups[-1]:.1f}s", flush=True)
-    return {"shape": shape, "epoch_s": epoch_s, "startup_s": max(startups),
-            "measured_at": time.time()}
+        print(
+            f"[slaflow] calibration {shape} x{n}: {metrics['epoch_s']:.3f}s per epoch "
+            f"({metrics['steps_per_epoch']} steps), start-up {startups[-1]:.1f}s",
+            flush=True,
+        )
+    return {
+        "shape": shape,
+        "epoch_s": epoch_s,
+        "startup_s": max(startups),
+        "measured_at": time.time(),
+    }
 
 
 if __name__ == "__main__":

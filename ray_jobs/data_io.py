@@ -14,5 +14,7 @@ def read_xy(path: str, feature_names: Sequence[str]) -> tuple[np.ndarray, np.nda
     import pandas as pd
 
     frame = pd.read_parquet(path, columns=[*feature_names, LABEL_INDEX])
-    return (frame[list(feature_names)].to_numpy(dtype="float32"),
-            frame[LABEL_INDEX].to_numpy(dtype="int32"))
+    return (
+        frame[list(feature_names)].to_numpy(dtype="float32"),
+        frame[LABEL_INDEX].to_numpy(dtype="int32"),
+    )

@@ -28,7 +28,7 @@ def _fs(uri: str) -> tuple[Any, str]:
     if "://" in uri and not uri.startswith("file://"):
         fs, path = pafs.FileSystem.from_uri(uri)
         return fs, path
-    return pafs.LocalFileSystem(), uri[len("file://"):] if uri.startswith("file://") else uri
+    return pafs.LocalFileSystem(), uri[len("file://") :] if uri.startswith("file://") else uri
 
 
 def write_spec(uri: str, spec: dict[str, Any]) -> None:
@@ -53,14 +53,17 @@ def run_entrypoint(fn: Callable[[dict[str, Any]], dict[str, Any]]) -> None:
     try:
         spec = read_spec(uri)
     except (OSError, ValueError) as exc:
-        sys.exit(f"cannot read the job spec at {uri} ({exc}): is SLAFLOW_DATA_DIR storage that "
-                 f"every Ray node reaches?")
+        sys.exit(
+            f"cannot read the job spec at {uri} ({exc}): is SLAFLOW_DATA_DIR storage that "
+            f"every Ray node reaches?"
+        )
     try:
         result = fn(spec)
     except Exception as exc:  # reported to the operator, then the job fails
         traceback.print_exc()
-        print(ERROR_PREFIX + json.dumps({"type": type(exc).__name__, "message": str(exc)}),
-              flush=True)
+        print(
+            ERROR_PREFIX + json.dumps({"type": type(exc).__name__, "message": str(exc)}), flush=True
+        )
         sys.exit(1)
     print(RESULT_PREFIX + json.dumps(result), flush=True)
 
@@ -69,12 +72,12 @@ def parse_result(logs: str) -> dict[str, Any] | None:
     """The job's result from its log, or None when it printed none."""
     for line in reversed(logs.splitlines()):
         if line.startswith(RESULT_PREFIX):
-            return json.loads(line[len(RESULT_PREFIX):])  # type: ignore[no-any-return]
+            return json.loads(line[len(RESULT_PREFIX) :])  # type: ignore[no-any-return]
     return None
 
 
 def parse_error(logs: str) -> dict[str, Any] | None:
     for line in reversed(logs.splitlines()):
         if line.startswith(ERROR_PREFIX):
-            return json.loads(line[len(ERROR_PREFIX):])  # type: ignore[no-any-return]
+            return json.loads(line[len(ERROR_PREFIX) :])  # type: ignore[no-any-return]
     return None

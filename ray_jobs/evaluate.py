@@ -77,36 +77,57 @@ def run_evaluation(spec: dict[str, Any]) -> dict[str, Any]:
         lo, hi = wilson_interval(correct, len(y))
         classes = list(predictor.metadata.classes)
         cm = confusion_matrix(y, pred, len(classes))
-        metrics = {"test_accuracy": correct / len(y), "test_loss": loss,
-                   "test_accuracy_ci_low": lo, "test_accuracy_ci_high": hi,
-                   "test_rows": float(len(y)),
-                   "model_params": float(predictor.parameter_count())}
-        variants = {VARIANT_FULL: {"accuracy": correct / len(y),
-                                   "size_bytes": predictor.parameter_count() * 4}}
+        metrics = {
+            "test_accuracy": correct / len(y),
+            "test_loss": loss,
+            "test_accuracy_ci_low": lo,
+            "test_accuracy_ci_high": hi,
+            "test_rows": float(len(y)),
+            "model_params": float(predictor.parameter_count()),
+        }
+        variants = {
+            VARIANT_FULL: {
+                "accuracy": correct / len(y),
+                "size_bytes": predictor.parameter_count() * 4,
+            }
+        }
         variant_uri = ""
         try:
-            variant_uri = log_int8_variant(predictor, find_model_dir(local),
-                                           spec["mlflow_run_id"], spec["feature_mean"],
-                                           spec["feature_std"])
+            variant_uri = log_int8_variant(
+                predictor,
+                find_model_dir(local),
+                spec["mlflow_run_id"],
+                spec["feature_mean"],
+                spec["feature_std"],
+            )
         except ValueError as exc:  # no Dense layers: the full model serves alone
             print(f"[evaluate] no int8 variant: {exc}", flush=True)
         if variant_uri:
-            int8 = Int8Predictor(mlflow.artifacts.download_artifacts(
-                variant_uri, dst_path=f"{tmp}/int8"))
+            int8 = Int8Predictor(
+                mlflow.artifacts.download_artifacts(variant_uri, dst_path=f"{tmp}/int8")
+            )
             variants[VARIANT_INT8] = {
                 "accuracy": float((int8.predict_proba(x).argmax(axis=1) == y).mean()),
-                "size_bytes": int8.weight_bytes}
+                "size_bytes": int8.weight_bytes,
+            }
         with mlflow.start_run(run_id=spec["mlflow_run_id"]):
             mlflow.log_metrics(metrics)
-            mlflow.log_metrics({f"serving_{v}_accuracy": d["accuracy"]
-                                for v, d in variants.items()})
+            mlflow.log_metrics(
+                {f"serving_{v}_accuracy": d["accuracy"] for v, d in variants.items()}
+            )
             png = Path(tmp) / "confusion_matrix.png"
             _plot_confusion(cm, classes, png)
             mlflow.log_artifact(str(png), artifact_path="evaluation")
-            mlflow.log_dict({"classes": classes, "matrix": cm.tolist()},
-                            "evaluation/confusion_matrix.json")
-    return {**metrics, "test_rows": len(y), "variants": variants, "variant_uri": variant_uri,
-            "model_signature": predictor.signature()}
+            mlflow.log_dict(
+                {"classes": classes, "matrix": cm.tolist()}, "evaluation/confusion_matrix.json"
+            )
+    return {
+        **metrics,
+        "test_rows": len(y),
+        "variants": variants,
+        "variant_uri": variant_uri,
+        "model_signature": predictor.signature(),
+    }
 
 
 if __name__ == "__main__":

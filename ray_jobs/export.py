@@ -11,8 +11,7 @@ from typing import Any
 import numpy as np
 
 
-def learning_curve(history: list[dict[str, Any]], stop_accuracy: float,
-                   deadline_s: float) -> Any:
+def learning_curve(history: list[dict[str, Any]], stop_accuracy: float, deadline_s: float) -> Any:
     """Accuracy per epoch against the target, and elapsed time against the deadline."""
     import matplotlib
 
@@ -28,8 +27,12 @@ def learning_curve(history: list[dict[str, Any]], stop_accuracy: float,
     acc_ax.legend()
     time_ax.plot(epochs, [row["elapsed_s"] for row in history], marker="o", label="elapsed")
     time_ax.axhline(deadline_s, color="red", linestyle="--", label="deadline")
-    time_ax.set(xlabel="epoch", ylabel="seconds since train task start",
-                title="Progress vs deadline", ylim=(0, max(deadline_s * 1.05, 1.0)))
+    time_ax.set(
+        xlabel="epoch",
+        ylabel="seconds since train task start",
+        title="Progress vs deadline",
+        ylim=(0, max(deadline_s * 1.05, 1.0)),
+    )
     time_ax.legend()
     from matplotlib.ticker import MaxNLocator
 
@@ -39,8 +42,7 @@ def learning_curve(history: list[dict[str, Any]], stop_accuracy: float,
     return fig
 
 
-def allocation_plot(history: list[dict[str, Any]], stop_accuracy: float,
-                    deadline_s: float) -> Any:
+def allocation_plot(history: list[dict[str, Any]], stop_accuracy: float, deadline_s: float) -> Any:
     """Progress vs set point, workers vs time, accuracy vs target (the controller at work)."""
     import matplotlib
 
@@ -52,17 +54,26 @@ def allocation_plot(history: list[dict[str, Any]], stop_accuracy: float,
     prog = [row.get("progress") for row in history]
     sp = [row.get("setpoint") for row in history]
     if any(v is not None for v in prog):
-        p_ax.plot(t, [v if v is not None else float("nan") for v in prog], marker="o",
-                  label="progress (epochs / planned)")
-        p_ax.plot(t, [v if v is not None else float("nan") for v in sp], linestyle="--",
-                  label="set point")
+        p_ax.plot(
+            t,
+            [v if v is not None else float("nan") for v in prog],
+            marker="o",
+            label="progress (epochs / planned)",
+        )
+        p_ax.plot(
+            t, [v if v is not None else float("nan") for v in sp], linestyle="--", label="set point"
+        )
     p_ax.axvline(deadline_s, color="red", linestyle=":", label="deadline")
     p_ax.set(xlabel="s since train start", ylabel="fraction", title="Progress vs set point")
     p_ax.legend()
     w_ax.step(t, [row["workers"] for row in history], where="post")
     w_ax.axvline(deadline_s, color="red", linestyle=":")
-    w_ax.set(xlabel="s since train start", ylabel="workers", title="Workers over time",
-             ylim=(0, max(row["workers"] for row in history) + 1))
+    w_ax.set(
+        xlabel="s since train start",
+        ylabel="workers",
+        title="Workers over time",
+        ylim=(0, max(row["workers"] for row in history) + 1),
+    )
     a_ax.plot(t, [row["val_accuracy"] for row in history], marker="o", label="val accuracy")
     a_ax.axhline(stop_accuracy, color="red", linestyle="--", label="target")
     a_ax.set(xlabel="s since train start", ylabel="accuracy", title="Accuracy vs target")
@@ -71,9 +82,14 @@ def allocation_plot(history: list[dict[str, Any]], stop_accuracy: float,
     return fig
 
 
-def export_and_log(spec: dict[str, Any], weights: list[np.ndarray], state: dict[str, Any],
-                    training_seconds: float, summary: dict[str, Any],
-                    plots: bool = True) -> str:
+def export_and_log(
+    spec: dict[str, Any],
+    weights: list[np.ndarray],
+    state: dict[str, Any],
+    training_seconds: float,
+    summary: dict[str, Any],
+    plots: bool = True,
+) -> str:
     import mlflow
     from mlflow.models import infer_signature
 
@@ -81,12 +97,18 @@ def export_and_log(spec: dict[str, Any], weights: list[np.ndarray], state: dict[
     from ray_jobs.pyfunc import SlaflowPyfunc
 
     profile = spec["profile"]
-    model = build_mlp(len(profile["feature_names"]), len(profile["classes"]),
-                      spec["hidden_units"], profile["feature_mean"], profile["feature_std"],
-                      spec["seed"])
+    model = build_mlp(
+        len(profile["feature_names"]),
+        len(profile["classes"]),
+        spec["hidden_units"],
+        profile["feature_mean"],
+        profile["feature_std"],
+        spec["seed"],
+    )
     model.set_weights(weights)
-    metadata = ModelMetadata(tuple(profile["feature_names"]), tuple(profile["classes"]),
-                             tuple(spec["hidden_units"]))
+    metadata = ModelMetadata(
+        tuple(profile["feature_names"]), tuple(profile["classes"]), tuple(spec["hidden_units"])
+    )
     # Both, explicitly: a stray MLFLOW_REGISTRY_URI on the node would otherwise send
     # model lookups to another registry.
     mlflow.set_tracking_uri(spec["tracking_uri"])
@@ -95,30 +117,56 @@ def export_and_log(spec: dict[str, Any], weights: list[np.ndarray], state: dict[
         model_dir = export_saved_model(model, metadata, Path(tmp) / "model")
         import pandas as pd
 
-        example = pd.DataFrame(np.zeros((2, metadata.n_features), dtype="float32"),
-                               columns=list(metadata.feature_names))
-        output = pd.DataFrame({"prediction": [metadata.classes[0]] * 2,
-                               "confidence": [1.0, 1.0]})
+        example = pd.DataFrame(
+            np.zeros((2, metadata.n_features), dtype="float32"),
+            columns=list(metadata.feature_names),
+        )
+        output = pd.DataFrame({"prediction": [metadata.classes[0]] * 2, "confidence": [1.0, 1.0]})
         info = mlflow.pyfunc.log_model(
-            name="model", python_model=SlaflowPyfunc(),
+            name="model",
+            python_model=SlaflowPyfunc(),
             artifacts={"model_dir": str(model_dir)},
             signature=infer_signature(example, output),
             pip_requirements=["tensorflow-cpu==2.21.0", "pandas", "numpy"],
         )
-        mlflow.log_metrics({"training_seconds": training_seconds,
-                            "epochs": state["epoch"], "best_epoch": state["best_epoch"],
-                            "best_val_accuracy": state["best_val_accuracy"]})
-        mlflow.log_metrics({"worker_seconds": summary["worker_seconds"],
-                            "resizes": summary["resizes"]})
-        mlflow.set_tags({"slaflow.stop_reason": str(state.get("stop_reason")),
-                         "slaflow.outcome": summary["outcome"]})
+        mlflow.log_metrics(
+            {
+                "training_seconds": training_seconds,
+                "epochs": state["epoch"],
+                "best_epoch": state["best_epoch"],
+                "best_val_accuracy": state["best_val_accuracy"],
+            }
+        )
+        mlflow.log_metrics(
+            {"worker_seconds": summary["worker_seconds"], "resizes": summary["resizes"]}
+        )
+        mlflow.set_tags(
+            {
+                "slaflow.stop_reason": str(state.get("stop_reason")),
+                "slaflow.outcome": summary["outcome"],
+            }
+        )
         if not plots:
             return str(info.model_uri)
-        mlflow.log_figure(learning_curve(state["history"], float(spec["stop_accuracy"]),
-                                         float(spec["deadline_s"])), "training/learning_curve.png")
-        mlflow.log_figure(allocation_plot(state["history"], float(spec["stop_accuracy"]),
-                                          float(spec["deadline_s"])), "training/allocation.png")
-        mlflow.log_dict({"records": state.get("records", []),
-                         "segments": state.get("segments", []),
-                         "history": state["history"], **summary}, "training/allocation.json")
+        mlflow.log_figure(
+            learning_curve(
+                state["history"], float(spec["stop_accuracy"]), float(spec["deadline_s"])
+            ),
+            "training/learning_curve.png",
+        )
+        mlflow.log_figure(
+            allocation_plot(
+                state["history"], float(spec["stop_accuracy"]), float(spec["deadline_s"])
+            ),
+            "training/allocation.png",
+        )
+        mlflow.log_dict(
+            {
+                "records": state.get("records", []),
+                "segments": state.get("segments", []),
+                "history": state["history"],
+                **summary,
+            },
+            "training/allocation.json",
+        )
     return str(info.model_uri)

@@ -33,9 +33,13 @@ class ModelMetadata:
         return len(self.feature_names)
 
     def to_json(self) -> str:
-        return json.dumps({"feature_names": list(self.feature_names),
-                           "classes": list(self.classes),
-                           "hidden_units": list(self.hidden_units)})
+        return json.dumps(
+            {
+                "feature_names": list(self.feature_names),
+                "classes": list(self.classes),
+                "hidden_units": list(self.hidden_units),
+            }
+        )
 
     @classmethod
     def from_json(cls, text: str) -> ModelMetadata:
@@ -65,8 +69,9 @@ def build_mlp(
     keras.utils.set_random_seed(seed)
     std = np.where(np.asarray(feature_std, dtype="float32") > 0, feature_std, 1.0)
     inputs = keras.Input(shape=(n_features,), name="features")
-    x = keras.layers.Normalization(mean=np.asarray(feature_mean, dtype="float32"),
-                                   variance=np.square(std).astype("float32"))(inputs)
+    x = keras.layers.Normalization(
+        mean=np.asarray(feature_mean, dtype="float32"), variance=np.square(std).astype("float32")
+    )(inputs)
     for units in hidden_units:
         x = keras.layers.Dense(units, activation="relu")(x)
     outputs = keras.layers.Dense(n_classes, activation="softmax", name="probabilities")(x)
@@ -84,8 +89,9 @@ def export_saved_model(model: Any, metadata: ModelMetadata, out_dir: Path) -> Pa
     def serve(features: Any) -> dict[str, Any]:
         return {"probabilities": model(features, training=False)}
 
-    tf.saved_model.save(model, str(out_dir / SAVED_MODEL_DIR),
-                        signatures={"serving_default": serve})
+    tf.saved_model.save(
+        model, str(out_dir / SAVED_MODEL_DIR), signatures={"serving_default": serve}
+    )
     (out_dir / METADATA_FILE).write_text(metadata.to_json())
     return out_dir
 
@@ -118,8 +124,10 @@ class Predictor:
     def signature(self) -> str:
         """The architecture and weight shapes, e.g. ``normalization/mean:0=64|dense/kernel:0=
         64x32|...``: two models with the same signature cost the same to serve."""
-        return "|".join(f"{v.name}={'x'.join(str(d) for d in v.shape)}"
-                        for v in sorted(self._fn.variables, key=lambda v: v.name))
+        return "|".join(
+            f"{v.name}={'x'.join(str(d) for d in v.shape)}"
+            for v in sorted(self._fn.variables, key=lambda v: v.name)
+        )
 
     def predict_classes(self, features: np.ndarray) -> np.ndarray:
         return np.argmax(self.predict_proba(features), axis=1)

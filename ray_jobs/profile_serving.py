@@ -40,8 +40,9 @@ class ComputeSampler:
             from ray_jobs.variants import Int8Predictor  # numpy only, as in the replica
 
             t1 = time.perf_counter()
-            npz = mlflow.artifacts.download_artifacts(spec["variant_uri"],
-                                                      dst_path=f"{self._tmp.name}/int8")
+            npz = mlflow.artifacts.download_artifacts(
+                spec["variant_uri"], dst_path=f"{self._tmp.name}/int8"
+            )
             self.predictors["int8"] = Int8Predictor(npz)
             self.loads["int8"] = base + time.perf_counter() - t1
         t2 = time.perf_counter()
@@ -51,8 +52,9 @@ class ComputeSampler:
         tf.config.threading.set_inter_op_parallelism_threads(threads)
         from ray_jobs.model_format import Predictor, find_model_dir
 
-        local = mlflow.artifacts.download_artifacts(spec["model_uri"],
-                                                    dst_path=f"{self._tmp.name}/full")
+        local = mlflow.artifacts.download_artifacts(
+            spec["model_uri"], dst_path=f"{self._tmp.name}/full"
+        )
         self.predictors["full"] = Predictor(find_model_dir(local))
         self.n_features = self.predictors["full"].metadata.n_features
         self.predictors["full"].predict_proba(np.zeros((1, self.n_features)))  # trace once
@@ -74,14 +76,24 @@ class ComputeSampler:
             p50 = statistics.median(lat)
             big_ms = _median_ms(predictor, big, 20)
             for b in batches:
-                batch_ms = p50 if b == 1 else _median_ms(
-                    predictor, rng.normal(size=(b, self.n_features)).astype("float32"), 20)
-                out.append({"variant": variant, "max_batch_size": b,
-                            "p50_ms": round(p50, 4),
-                            "p99_ms": round(float(np.percentile(lat, 99)), 4),
-                            "batch_ms": round(batch_ms, 4),
-                            "row_ms": round(max(0.0, big_ms - p50) / 63, 5),
-                            "load_s": round(self.loads[variant], 3)})
+                batch_ms = (
+                    p50
+                    if b == 1
+                    else _median_ms(
+                        predictor, rng.normal(size=(b, self.n_features)).astype("float32"), 20
+                    )
+                )
+                out.append(
+                    {
+                        "variant": variant,
+                        "max_batch_size": b,
+                        "p50_ms": round(p50, 4),
+                        "p99_ms": round(float(np.percentile(lat, 99)), 4),
+                        "batch_ms": round(batch_ms, 4),
+                        "row_ms": round(max(0.0, big_ms - p50) / 63, 5),
+                        "load_s": round(self.loads[variant], 3),
+                    }
+                )
         return out
 
 
@@ -110,12 +122,17 @@ def run_profile(spec: dict[str, Any]) -> dict[str, Any]:
         started = time.perf_counter()
         sampler = sampler_cls.options(**options).remote(spec, threads)
         try:
-            measured = ray.get(sampler.measure.remote([int(b) for b in spec["batches"]]),
-                               timeout=float(spec.get("timeout_s", 600)))
+            measured = ray.get(
+                sampler.measure.remote([int(b) for b in spec["batches"]]),
+                timeout=float(spec.get("timeout_s", 600)),
+            )
         finally:
             ray.kill(sampler)
-        print(f"[profile] {threads} thread(s) for {shapes} CPU: "
-              f"{len(measured)} points in {time.perf_counter() - started:.1f}s", flush=True)
+        print(
+            f"[profile] {threads} thread(s) for {shapes} CPU: "
+            f"{len(measured)} points in {time.perf_counter() - started:.1f}s",
+            flush=True,
+        )
         for row in measured:
             for cpus in shapes:
                 samples.append({**row, "num_cpus": cpus})

@@ -26,5 +26,9 @@ class SlaflowPyfunc(mlflow.pyfunc.PythonModel):
         names = list(md.feature_names)
         x = frame[names] if set(names) <= set(frame.columns) else frame
         proba = self._predictor.predict_proba(x.to_numpy(dtype="float32"))
-        return pd.DataFrame({"prediction": [md.classes[i] for i in proba.argmax(axis=1)],
-                             "confidence": proba.max(axis=1)})
+        return pd.DataFrame(
+            {
+                "prediction": [md.classes[i] for i in proba.argmax(axis=1)],
+                "confidence": proba.max(axis=1),
+            }
+        )

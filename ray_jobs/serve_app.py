@@ -34,32 +34,40 @@ class BadRequest(ValueError):
 def parse_instances(payload: Any, feature_names: tuple[str, ...]) -> np.ndarray:
     """Validate a request body into float32 [rows, features]; raise BadRequest if it is off."""
     n = len(feature_names)
-    example = '{"instances": [[' + ", ".join(["0.0"] * min(n, 3)) + (", ..." if n > 3 else "") \
-        + "]]}"
+    example = (
+        '{"instances": [[' + ", ".join(["0.0"] * min(n, 3)) + (", ..." if n > 3 else "") + "]]}"
+    )
     if not isinstance(payload, dict) or "instances" not in payload:
         raise BadRequest(f"body must be a JSON object with an 'instances' list, e.g. {example}")
     rows = payload["instances"]
     if not isinstance(rows, list) or not rows:
         raise BadRequest("'instances' must be a non-empty list of rows")
     if len(rows) > MAX_ROWS:
-        raise BadRequest(f"'instances' has {len(rows)} rows; at most {MAX_ROWS} per request: "
-                         f"split the request", status=413)
+        raise BadRequest(
+            f"'instances' has {len(rows)} rows; at most {MAX_ROWS} per request: split the request",
+            status=413,
+        )
     out = np.empty((len(rows), n), dtype="float32")
     for i, row in enumerate(rows):
         if isinstance(row, dict):
             missing = [f for f in feature_names if f not in row]
             if missing:
-                raise BadRequest(f"instances[{i}] lacks feature(s) {missing[:5]}: "
-                                 f"give all {n} features by name or as a list")
+                raise BadRequest(
+                    f"instances[{i}] lacks feature(s) {missing[:5]}: "
+                    f"give all {n} features by name or as a list"
+                )
             row = [row[f] for f in feature_names]
         if not isinstance(row, list) or len(row) != n:
             got = len(row) if isinstance(row, list) else type(row).__name__
-            raise BadRequest(f"instances[{i}] must be a list of {n} numbers (features "
-                             f"{feature_names[0]}..{feature_names[-1]}), got {got}")
+            raise BadRequest(
+                f"instances[{i}] must be a list of {n} numbers (features "
+                f"{feature_names[0]}..{feature_names[-1]}), got {got}"
+            )
         for j, v in enumerate(row):
             if isinstance(v, bool) or not isinstance(v, int | float) or not math.isfinite(v):
-                raise BadRequest(f"instances[{i}][{j}] ({feature_names[j]}) must be a finite "
-                                 f"number, got {v!r}")
+                raise BadRequest(
+                    f"instances[{i}][{j}] ({feature_names[j]}) must be a finite number, got {v!r}"
+                )
         out[i] = row
     return out
 
@@ -80,12 +88,16 @@ class LatencyWindow:
         if not self._events:
             return {"arrival_rps": 0.0, "tail_ms": 0.0, "requests": 0.0}
         lat = np.fromiter((e[1] for e in self._events), dtype="float64")
-        return {"arrival_rps": len(lat) / self.span_s,
-                "tail_ms": float(np.percentile(lat, percentile)), "requests": float(len(lat))}
+        return {
+            "arrival_rps": len(lat) / self.span_s,
+            "tail_ms": float(np.percentile(lat, percentile)),
+            "requests": float(len(lat)),
+        }
 
 
-def _load_predictor(model_uri: str, tracking_uri: str, variant: str, variant_uri: str,
-                    into: str) -> tuple[Any, Any]:
+def _load_predictor(
+    model_uri: str, tracking_uri: str, variant: str, variant_uri: str, into: str
+) -> tuple[Any, Any]:
     import mlflow
 
     from ray_jobs.model_format import ModelMetadata, Predictor, find_model_dir
@@ -125,21 +137,35 @@ class ModelServer:
     rate and tail latency of the last 10 s to the SLO autoscaling policy.
     """
 
-    def __init__(self, model_uri: str, tracking_uri: str, model_name: str, version: str,
-                 variant: str = "full", variant_uri: str = "", tier: str = "warm",
-                 siblings: dict[str, Any] | None = None) -> None:
+    def __init__(
+        self,
+        model_uri: str,
+        tracking_uri: str,
+        model_name: str,
+        version: str,
+        variant: str = "full",
+        variant_uri: str = "",
+        tier: str = "warm",
+        siblings: dict[str, Any] | None = None,
+    ) -> None:
         # ``siblings``: the version's other tiers, bound here only so that Serve deploys
         # them in the same application; the router calls each tier by name, not through us.
         self._tmp = tempfile.TemporaryDirectory(prefix="slaflow-serve-")
         if variant == "full":
             _limit_threads()
-        self._predictor, self._meta = _load_predictor(model_uri, tracking_uri, variant,
-                                                      variant_uri, self._tmp.name)
+        self._predictor, self._meta = _load_predictor(
+            model_uri, tracking_uri, variant, variant_uri, self._tmp.name
+        )
         self._predictor.predict_proba(np.zeros((1, self._meta.n_features)))  # trace once, now
-        self._info = {"model_name": model_name, "model_version": version, "model_uri": model_uri,
-                      "variant": variant, "tier": tier,
-                      "features": list(self._meta.feature_names),
-                      "classes": list(self._meta.classes)}
+        self._info = {
+            "model_name": model_name,
+            "model_version": version,
+            "model_uri": model_uri,
+            "variant": variant,
+            "tier": tier,
+            "features": list(self._meta.feature_names),
+            "classes": list(self._meta.classes),
+        }
         self._window = LatencyWindow()
 
     def reconfigure(self, config: dict[str, Any]) -> None:
@@ -180,9 +206,12 @@ def parse_body(body: bytes, feature_names: tuple[str, ...]) -> np.ndarray:
 
 
 def answer(proba: np.ndarray, classes: Any, info: dict[str, Any]) -> dict[str, Any]:
-    return {"predictions": [classes[i] for i in proba.argmax(axis=1)],
-            "probabilities": np.round(proba, 6).tolist(),
-            "model_name": info["model_name"], "model_version": info["model_version"]}
+    return {
+        "predictions": [classes[i] for i in proba.argmax(axis=1)],
+        "probabilities": np.round(proba, 6).tolist(),
+        "model_name": info["model_name"],
+        "model_version": info["model_version"],
+    }
 
 
 @serve.deployment(max_ongoing_requests=64, ray_actor_options={"num_cpus": 0.1})
@@ -190,8 +219,14 @@ class NoopServer:
     """Answers without a model, as a version's tier behind the router: the floor of the Serve
     path (proxy, router, replica) that every model adds its compute to."""
 
-    _INFO = {"model_name": "noop", "model_version": "0", "variant": "noop", "tier": "warm",
-             "features": ["x"], "classes": [0, 1]}
+    _INFO = {
+        "model_name": "noop",
+        "model_version": "0",
+        "variant": "noop",
+        "tier": "warm",
+        "features": ["x"],
+        "classes": [0, 1],
+    }
 
     def info(self) -> dict[str, Any]:
         return self._INFO
@@ -232,17 +267,23 @@ def tier_options(tier: TierSettings) -> dict[str, Any]:
     if tier.resource:
         actor["resources"] = {tier.resource: 0.001}
     opts: dict[str, Any] = {
-        "name": tier.route, "ray_actor_options": actor,
+        "name": tier.route,
+        "ray_actor_options": actor,
         "max_ongoing_requests": tier.max_ongoing_requests,
         "max_queued_requests": tier.max_queued_requests,
-        "user_config": {"max_batch_size": tier.max_batch_size,
-                        "batch_wait_timeout_s": tier.batch_wait_timeout_s}}
+        "user_config": {
+            "max_batch_size": tier.max_batch_size,
+            "batch_wait_timeout_s": tier.batch_wait_timeout_s,
+        },
+    }
     if tier.autoscaler is None:
         opts["num_replicas"] = tier.replicas if tier.replicas is not None else 1
     elif tier.autoscaling_policy == "serve_default":
-        opts["autoscaling_config"] = {"min_replicas": tier.autoscaler.min_replicas,
-                                      "max_replicas": tier.autoscaler.max_replicas,
-                                      "initial_replicas": tier.initial_replicas}
+        opts["autoscaling_config"] = {
+            "min_replicas": tier.autoscaler.min_replicas,
+            "max_replicas": tier.autoscaler.max_replicas,
+            "initial_replicas": tier.initial_replicas,
+        }
     else:
         opts["autoscaling_config"] = autoscaling_config(tier.autoscaler, tier.initial_replicas)
     return opts
@@ -253,13 +294,21 @@ def build_version_app(model_name: str, tracking_uri: str, spec: dict[str, Any]) 
     "variant", "variant_uri", "tiers": [TierSettings as dicts]}``. The ``warm`` tier (or the
     only one) is the ingress (the application has no HTTP route); the others are bound to it."""
     tiers = [TierSettings.from_dict(t) for t in spec["tiers"]]
-    args = (spec["model_uri"], tracking_uri, model_name, str(spec["version"]),
-            spec.get("variant", "full"), spec.get("variant_uri", ""))
+    args = (
+        spec["model_uri"],
+        tracking_uri,
+        model_name,
+        str(spec["version"]),
+        spec.get("variant", "full"),
+        spec.get("variant_uri", ""),
+    )
     ingress = next((t for t in tiers if t.route == ROUTE_WARM), tiers[0])
-    bound = {t.route: ModelServer.options(**tier_options(t)).bind(*args, t.route)
-             for t in tiers if t is not ingress}
-    return ModelServer.options(**tier_options(ingress)).bind(*args, ingress.route,
-                                                             siblings=bound)
+    bound = {
+        t.route: ModelServer.options(**tier_options(t)).bind(*args, t.route)
+        for t in tiers
+        if t is not ingress
+    }
+    return ModelServer.options(**tier_options(ingress)).bind(*args, ingress.route, siblings=bound)
 
 
 def overhead_app(num_cpus: float, resource: str = "") -> Any:
@@ -268,5 +317,6 @@ def overhead_app(num_cpus: float, resource: str = "") -> Any:
     actor: dict[str, Any] = {"num_cpus": num_cpus}
     if resource:
         actor["resources"] = {resource: 0.001}
-    return NoopServer.options(name=ROUTE_WARM, ray_actor_options=actor,
-                              max_ongoing_requests=64).bind()
+    return NoopServer.options(
+        name=ROUTE_WARM, ray_actor_options=actor, max_ongoing_requests=64
+    ).bind()

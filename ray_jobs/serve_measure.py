@@ -60,9 +60,12 @@ def measure(spec: dict[str, Any]) -> dict[str, float]:
     for t in threads:
         t.join()
     p50 = statistics.median(lat)
-    return {"p50_ms": round(p50, 3), "p99_ms": round(float(np.percentile(lat, 99)), 3),
-            "capacity_rps": round(done[0] / (time.monotonic() - t0), 1),
-            "row_ms": round(max(0.0, statistics.median(big) - p50) / max(1, big_rows - 1), 4)}
+    return {
+        "p50_ms": round(p50, 3),
+        "p99_ms": round(float(np.percentile(lat, 99)), 3),
+        "capacity_rps": round(done[0] / (time.monotonic() - t0), 1),
+        "row_ms": round(max(0.0, statistics.median(big) - p50) / max(1, big_rows - 1), 4),
+    }
 
 
 if __name__ == "__main__":

@@ -31,14 +31,16 @@ class SloAutoscalingPolicy:
             current_replicas=int(ctx.current_num_replicas),
             arrival_rps=float(sum(rates.values())),
             in_system=float(ctx.total_num_requests or 0.0),
-            tail_latency_ms=tail)
+            tail_latency_ms=tail,
+        )
         state = dict(ctx.policy_state.get("slaflow", {}))
         decision = autoscale(self.config, sample, state)
         return decision.replicas, {"slaflow": decision.state, "reason": decision.reason}
 
 
-def autoscaling_config(config: AutoscalerConfig, initial_replicas: int | None = None
-                       ) -> dict[str, Any]:
+def autoscaling_config(
+    config: AutoscalerConfig, initial_replicas: int | None = None
+) -> dict[str, Any]:
     """Serve ``autoscaling_config`` for a deployment driven by ``SloAutoscalingPolicy``.
 
     Serve applies its own delays on top of a custom policy's answer; the policy already
@@ -47,7 +49,8 @@ def autoscaling_config(config: AutoscalerConfig, initial_replicas: int | None = 
     return {
         "min_replicas": config.min_replicas,
         "max_replicas": config.max_replicas,
-        "initial_replicas": initial_replicas if initial_replicas is not None
+        "initial_replicas": initial_replicas
+        if initial_replicas is not None
         else max(1, config.min_replicas),
         "upscale_delay_s": 0.0,
         "downscale_delay_s": 0.0,

@@ -49,9 +49,13 @@ CALLER_HEADER = "x-slaflow-caller"
 ROUTER_CODE_VERSION = "router-" + hashlib.sha256(Path(__file__).read_bytes()).hexdigest()[:12]
 
 
-@serve.deployment(max_ongoing_requests=256, max_queued_requests=1024,
-                  ray_actor_options={"num_cpus": 0.05}, health_check_period_s=5,
-                  max_surge_percent=100)
+@serve.deployment(
+    max_ongoing_requests=256,
+    max_queued_requests=1024,
+    ray_actor_options={"num_cpus": 0.05},
+    health_check_period_s=5,
+    max_surge_percent=100,
+)
 class ModelRouter:
     def __init__(self, model_name: str) -> None:
         self._model = model_name
@@ -61,8 +65,7 @@ class ModelRouter:
         self._rates = CallerRates()
         self._in_flight: dict[tuple[str, str], int] = defaultdict(int)
         self._info: dict[str, dict[str, Any]] = {}
-        self._windows: dict[str, LatencyWindow] = defaultdict(
-            lambda: LatencyWindow(span_s=600.0))
+        self._windows: dict[str, LatencyWindow] = defaultdict(lambda: LatencyWindow(span_s=600.0))
         self._counts: dict[str, dict[str, int]] = defaultdict(lambda: defaultdict(int))
         self._rng = random.Random(0)
         self._shadows: set[asyncio.Task[None]] = set()
@@ -72,8 +75,10 @@ class ModelRouter:
         for key in ("primary", "candidate"):
             v = config.get(key)
             if v is not None and str(v) not in versions:
-                raise ValueError(f"router config names {key} v{v}, which is not among the "
-                                 f"versions it routes to ({sorted(versions)})")
+                raise ValueError(
+                    f"router config names {key} v{v}, which is not among the "
+                    f"versions it routes to ({sorted(versions)})"
+                )
         routing = ("primary", "candidate", "share")
         if any(config.get(k) != self._cfg.get(k) for k in routing):
             self._windows.clear()  # each canary step is judged on its own traffic
@@ -89,7 +94,8 @@ class ModelRouter:
         key = (version, route)
         if key not in self._handles:
             self._handles[key] = serve.get_deployment_handle(
-                route, app_name=version_app(self._model, version))
+                route, app_name=version_app(self._model, version)
+            )
         return self._handles[key]
 
     def _routes(self, version: str) -> list[str]:
@@ -112,8 +118,9 @@ class ModelRouter:
         routes = self._routes(version)
         warm_cap = int(self._cfg["versions"][version].get("warm_max_in_flight", 64))
         busy = self._in_flight[(version, ROUTE_WARM)] >= warm_cap
-        route = route_request(rows, self._rates.observe(caller, time.monotonic()), busy,
-                              self._thresholds)
+        route = route_request(
+            rows, self._rates.observe(caller, time.monotonic()), busy, self._thresholds
+        )
         return route if route in routes else ROUTE_WARM if ROUTE_WARM in routes else routes[0]
 
     async def _call(self, version: str, route: str, x: np.ndarray) -> np.ndarray:
@@ -130,8 +137,9 @@ class ModelRouter:
         finally:
             self._in_flight[(version, route)] -= 1
 
-    async def _shadow(self, primary: str, version: str, x: np.ndarray, proba: np.ndarray,
-                      caller: str) -> None:
+    async def _shadow(
+        self, primary: str, version: str, x: np.ndarray, proba: np.ndarray, caller: str
+    ) -> None:
         """The primary's answer on the canary's rows: does the candidate answer alike?"""
         try:
             ref = await self._call(primary, self._choose_route(primary, len(x), caller), x)
@@ -143,9 +151,13 @@ class ModelRouter:
     def stats(self) -> dict[str, Any]:
         now = time.monotonic()
         q = float(self._cfg.get("percentile", 99))
-        return {"config": self._cfg,
-                "versions": {v: {**dict(self._counts[v]), **self._windows[v].stats(now, q)}
-                             for v in self._cfg.get("versions", {})}}
+        return {
+            "config": self._cfg,
+            "versions": {
+                v: {**dict(self._counts[v]), **self._windows[v].stats(now, q)}
+                for v in self._cfg.get("versions", {})
+            },
+        }
 
     async def __call__(self, request: Request) -> JSONResponse:
         primary = str(self._cfg["primary"])
@@ -153,22 +165,28 @@ class ModelRouter:
             if request.url.path.rstrip("/").endswith("/-/stats"):
                 return JSONResponse(self.stats())
             info = dict(await self._describe(primary))
-            info.update(routes=sorted(self._routes(primary)),
-                        canary={"candidate": self._cfg.get("candidate"),
-                                "share": self._cfg.get("share", 0.0)},
-                        thresholds=self._thresholds.to_dict())
+            info.update(
+                routes=sorted(self._routes(primary)),
+                canary={
+                    "candidate": self._cfg.get("candidate"),
+                    "share": self._cfg.get("share", 0.0),
+                },
+                thresholds=self._thresholds.to_dict(),
+            )
             return JSONResponse(info)
         if request.method != "POST":
-            return JSONResponse({"error": "use POST with a JSON body, or GET for model info"},
-                                status_code=405)
+            return JSONResponse(
+                {"error": "use POST with a JSON body, or GET for model info"}, status_code=405
+            )
         t0 = time.monotonic()
         meta = await self._describe(primary)
         try:
             x = parse_body(await request.body(), tuple(meta["features"]))
         except BadRequest as exc:
             return JSONResponse({"error": str(exc)}, status_code=exc.status)
-        caller = request.headers.get(CALLER_HEADER) or \
-            (request.client.host if request.client else "anonymous")
+        caller = request.headers.get(CALLER_HEADER) or (
+            request.client.host if request.client else "anonymous"
+        )
         version = self._choose_version()
         route = self._choose_route(version, len(x), caller)
         self._counts[version][f"route_{route}"] += 1
@@ -179,14 +197,20 @@ class ModelRouter:
             else:  # a canary that hangs (or went away mid-switch) must not hold the caller
                 proba = await asyncio.wait_for(
                     self._call(version, route, x),
-                    timeout=float(self._cfg.get("candidate_timeout_s", 10.0)))
+                    timeout=float(self._cfg.get("candidate_timeout_s", 10.0)),
+                )
         except BackPressureError:
             if version != primary:
                 self._counts[version]["errors"] += 1
             self._counts[version]["shed"] += 1
-            return JSONResponse({"error": f"overloaded: the {route} tier's queue is full "
-                                          f"(bounded to answer within the SLO); retry later"},
-                                status_code=503, headers={"Retry-After": "1"})
+            return JSONResponse(
+                {
+                    "error": f"overloaded: the {route} tier's queue is full "
+                    f"(bounded to answer within the SLO); retry later"
+                },
+                status_code=503,
+                headers={"Retry-After": "1"},
+            )
         except Exception:
             if version == primary:
                 raise
@@ -196,7 +220,8 @@ class ModelRouter:
         self._windows[version].add(t0, (time.monotonic() - t0) * 1000)
         if version != primary:  # shadow the primary off the answer's path
             task = asyncio.get_running_loop().create_task(
-                self._shadow(primary, version, x, proba, caller))
+                self._shadow(primary, version, x, proba, caller)
+            )
             self._shadows.add(task)
             task.add_done_callback(self._shadows.discard)
         info = await self._describe(version)
@@ -213,5 +238,6 @@ def build_router_app(model_name: str, config: dict[str, Any], node_resource: str
     actor: dict[str, Any] = {"num_cpus": 0.05}
     if node_resource:
         actor["resources"] = {node_resource: 0.01}
-    return ModelRouter.options(user_config=config, ray_actor_options=actor,
-                               version=ROUTER_CODE_VERSION, _internal=True).bind(model_name)
+    return ModelRouter.options(
+        user_config=config, ray_actor_options=actor, version=ROUTER_CODE_VERSION, _internal=True
+    ).bind(model_name)

@@ -64,9 +64,16 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     model, dataset, steps, x_val, y_val = setup_worker(config)
 
-    state: dict[str, Any] = {"epoch": 0, "history": [], "best_val_accuracy": -1.0,
-                             "best_epoch": 0, "durations": [], "records": [],
-                             "controller": None, "segments": []}
+    state: dict[str, Any] = {
+        "epoch": 0,
+        "history": [],
+        "best_val_accuracy": -1.0,
+        "best_epoch": 0,
+        "durations": [],
+        "records": [],
+        "controller": None,
+        "segments": [],
+    }
     best_weights = model.get_weights()
     # Ray Train's own restore (a worker failure inside this fit) comes first; otherwise the
     # checkpoint the driver names (a resize segment, or a resubmitted job). Ray Train V2 has
@@ -80,13 +87,16 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             model.set_weights(_load_weights(Path(d) / LATEST_WEIGHTS))
             best_weights = _load_weights(Path(d) / BEST_WEIGHTS)
         if rank == 0:
-            print(f"[slaflow] resumed from checkpoint at epoch {state['epoch']} on {world} "
-                  f"workers", flush=True)
+            print(
+                f"[slaflow] resumed from checkpoint at epoch {state['epoch']} on {world} workers",
+                flush=True,
+            )
     state["resize_to"] = None
-    throughput = ThroughputModel(config["throughput"]["shape"],
-                                 {int(k): float(v) for k, v in
-                                  config["throughput"]["epoch_s"].items()},
-                                 float(config["throughput"]["startup_s"]))
+    throughput = ThroughputModel(
+        config["throughput"]["shape"],
+        {int(k): float(v) for k, v in config["throughput"]["epoch_s"].items()},
+        float(config["throughput"]["startup_s"]),
+    )
     segment_first = True
 
     mlflow_client = None
@@ -102,24 +112,42 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     last_checkpoint_s: float | None = None
     while run_next:
         epoch_start = time.time()
-        hist = model.fit(dataset, epochs=state["epoch"] + 1, initial_epoch=state["epoch"],
-                         steps_per_epoch=steps, verbose=0).history
+        hist = model.fit(
+            dataset,
+            epochs=state["epoch"] + 1,
+            initial_epoch=state["epoch"],
+            steps_per_epoch=steps,
+            verbose=0,
+        ).history
         val_proba = model(x_val, training=False).numpy()
         val_acc = float(np.mean(np.argmax(val_proba, axis=1) == y_val))
-        val_loss = float(np.mean(-np.log(np.clip(val_proba[np.arange(len(y_val)), y_val],
-                                                 1e-7, 1.0))))
+        val_loss = float(
+            np.mean(-np.log(np.clip(val_proba[np.arange(len(y_val)), y_val], 1e-7, 1.0)))
+        )
         state["epoch"] += 1
         duration = time.time() - epoch_start
         state["durations"].append(duration)
-        state["records"].append({"epoch": state["epoch"], "workers": world,
-                                 "duration_s": duration, "val_accuracy": val_acc,
-                                 "first_of_segment": segment_first})
+        state["records"].append(
+            {
+                "epoch": state["epoch"],
+                "workers": world,
+                "duration_s": duration,
+                "val_accuracy": val_acc,
+                "first_of_segment": segment_first,
+            }
+        )
         segment_first = False
         now_s = time.time() - started_at
-        row = {"epoch": state["epoch"], "loss": float(hist["loss"][-1]),
-               "accuracy": float(hist["accuracy"][-1]), "val_loss": val_loss,
-               "val_accuracy": val_acc, "workers": world, "elapsed_s": now_s,
-               "epoch_seconds": duration}
+        row = {
+            "epoch": state["epoch"],
+            "loss": float(hist["loss"][-1]),
+            "accuracy": float(hist["accuracy"][-1]),
+            "val_loss": val_loss,
+            "val_accuracy": val_acc,
+            "workers": world,
+            "elapsed_s": now_s,
+            "epoch_seconds": duration,
+        }
         if val_acc > state["best_val_accuracy"]:
             state["best_val_accuracy"], state["best_epoch"] = val_acc, state["epoch"]
             best_weights = model.get_weights()
@@ -130,11 +158,14 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         if rank == 0:
             cap = _cluster_cap(config, world) if config["resize_policy"] == "deadline" else world
             plan = after_epoch(
-                now_s=now_s, deadline_s=float(config["deadline_s"]),
+                now_s=now_s,
+                deadline_s=float(config["deadline_s"]),
                 records=[EpochRecord(**r) for r in state["records"]],
                 max_epochs=int(config["max_epochs"]),
-                stop_accuracy=float(config["stop_accuracy"]), workers=world,
-                max_workers=cap, model=throughput,
+                stop_accuracy=float(config["stop_accuracy"]),
+                workers=world,
+                max_workers=cap,
+                model=throughput,
                 state=ControllerState.from_dict(state["controller"]),
                 prior_epochs=int(config["prior_epochs"]),
                 resize=config["resize_policy"] == "deadline",
@@ -147,25 +178,37 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         if decision["action"] == Action.RESIZE.value:
             state["resize_to"] = int(decision["workers"])
         control = decision.get("control") or {}
-        row.update({"epochs_planned": decision["epochs_planned"],
-                    "setpoint": control.get("setpoint"), "progress": control.get("progress")})
+        row.update(
+            {
+                "epochs_planned": decision["epochs_planned"],
+                "setpoint": control.get("setpoint"),
+                "progress": control.get("progress"),
+            }
+        )
         state["history"].append(row)
 
-        metrics = {**row, "best_val_accuracy": state["best_val_accuracy"],
-                   "action": decision["action"]}
+        metrics = {
+            **row,
+            "best_val_accuracy": state["best_val_accuracy"],
+            "action": decision["action"],
+        }
         if rank == 0:
             state["controller"] = decision["controller_state"]
             eta = decision["eta_s"]
-            print(f"[slaflow] epoch {state['epoch']}/{config['max_epochs']} "
-                  f"val_acc={val_acc:.4f} target={config['stop_accuracy']:.4f} "
-                  f"elapsed={now_s:.1f}s eta={'-' if eta is None else f'{eta:.0f}s'} "
-                  f"deadline={config['deadline_s']:g}s workers={world} "
-                  f"planned_epochs={decision['epochs_planned']} -> {decision['action']}"
-                  f"{' to ' + str(decision['workers']) + ' workers' if state['resize_to'] else ''}"
-                  f": {decision['detail']}", flush=True)
+            print(
+                f"[slaflow] epoch {state['epoch']}/{config['max_epochs']} "
+                f"val_acc={val_acc:.4f} target={config['stop_accuracy']:.4f} "
+                f"elapsed={now_s:.1f}s eta={'-' if eta is None else f'{eta:.0f}s'} "
+                f"deadline={config['deadline_s']:g}s workers={world} "
+                f"planned_epochs={decision['epochs_planned']} -> {decision['action']}"
+                f"{' to ' + str(decision['workers']) + ' workers' if state['resize_to'] else ''}"
+                f": {decision['detail']}",
+                flush=True,
+            )
             if state["resize_to"]:
-                state["segments"].append({"at_s": now_s, "from": world,
-                                          "to": state["resize_to"], "resumed_at": None})
+                state["segments"].append(
+                    {"at_s": now_s, "from": world, "to": state["resize_to"], "resumed_at": None}
+                )
             if mlflow_client is not None:
                 _log_epoch(mlflow_client, config["mlflow_run_id"], row)
             if not run_next and not state["resize_to"]:
@@ -173,18 +216,18 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
                 # never imports it (seconds saved on every run).
                 state["training_seconds"] = time.time() - started_at
                 state["summary"] = training_summary(state, float(config["stop_accuracy"]))
-                state["model_uri"] = export_and_log(config, best_weights, state,
-                                                    state["training_seconds"],
-                                                    state["summary"])
-            if checkpoint_due(now_s=now_s, last_checkpoint_s=last_checkpoint_s,
-                              action=decision["action"]):
+                state["model_uri"] = export_and_log(
+                    config, best_weights, state, state["training_seconds"], state["summary"]
+                )
+            if checkpoint_due(
+                now_s=now_s, last_checkpoint_s=last_checkpoint_s, action=decision["action"]
+            ):
                 last_checkpoint_s = now_s
                 with tempfile.TemporaryDirectory() as d:
                     _save_weights(Path(d) / LATEST_WEIGHTS, model.get_weights())
                     _save_weights(Path(d) / BEST_WEIGHTS, best_weights)
                     (Path(d) / STATE_FILE).write_text(json.dumps(state))
-                    ray.train.report(metrics,
-                                     checkpoint=ray.train.Checkpoint.from_directory(d))
+                    ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(d))
             else:
                 ray.train.report(metrics)
         else:
@@ -197,18 +240,35 @@ def _log_epoch(client: Any, run_id: str, row: dict[str, Any]) -> None:
     from mlflow.entities import Metric
 
     ts = int(time.time() * 1000)
-    keys = ("loss", "accuracy", "val_loss", "val_accuracy", "workers", "elapsed_s",
-            "epoch_seconds", "epochs_planned", "setpoint", "progress")
-    client.log_batch(run_id, metrics=[Metric(k, float(row[k]), ts, row["epoch"]) for k in keys
-                                      if row.get(k) is not None])
+    keys = (
+        "loss",
+        "accuracy",
+        "val_loss",
+        "val_accuracy",
+        "workers",
+        "elapsed_s",
+        "epoch_seconds",
+        "epochs_planned",
+        "setpoint",
+        "progress",
+    )
+    client.log_batch(
+        run_id,
+        metrics=[
+            Metric(k, float(row[k]), ts, row["epoch"]) for k in keys if row.get(k) is not None
+        ],
+    )
 
 
 def latest_checkpoint_path(storage_path: str, run_name: str) -> str | None:
     """Newest checkpoint folder (by trained epochs) a previous attempt of this run left."""
     import pyarrow.fs as pafs
 
-    fs, root = pafs.FileSystem.from_uri(storage_path) if "://" in storage_path \
+    fs, root = (
+        pafs.FileSystem.from_uri(storage_path)
+        if "://" in storage_path
         else (pafs.LocalFileSystem(), storage_path)
+    )
     base = f"{root.rstrip('/')}/{run_name}"
     try:
         infos = fs.get_file_info(pafs.FileSelector(base, recursive=False))
@@ -243,13 +303,16 @@ def run_training(spec: dict[str, Any]) -> dict[str, Any]:
         previous = _checkpoint_state(resume)
         if previous.get("stop_reason"):
             # A previous attempt finished training and died later (e.g. logging the model).
-            print(f"[slaflow] run {spec['run_name']} already trained; exporting {resume}",
-                  flush=True)
+            print(
+                f"[slaflow] run {spec['run_name']} already trained; exporting {resume}", flush=True
+            )
             return _finish(spec, resume, resume)
         last = previous["records"][-1]["workers"] if previous.get("records") else workers
         workers = int(previous.get("resize_to") or last)
-        print(f"[slaflow] resuming run {spec['run_name']} from {resume} on {workers} workers",
-              flush=True)
+        print(
+            f"[slaflow] resuming run {spec['run_name']} from {resume} on {workers} workers",
+            flush=True,
+        )
     first_resume = resume
     # The plan picked the shape by measured throughput per price; CPU unless GPUs won.
     gpu = spec.get("throughput", {}).get("shape") == "gpu"
@@ -260,11 +323,13 @@ def run_training(spec: dict[str, Any]) -> dict[str, Any]:
             train_loop_per_worker,
             train_loop_config={**spec, "resume_from": resume},
             scaling_config=ScalingConfig(
-                num_workers=workers, use_gpu=gpu,
-                resources_per_worker={"CPU": spec["cpus_per_worker"]}
-                | ({"GPU": 1} if gpu else {})),
+                num_workers=workers,
+                use_gpu=gpu,
+                resources_per_worker={"CPU": spec["cpus_per_worker"]} | ({"GPU": 1} if gpu else {}),
+            ),
             run_config=RunConfig(
-                name=spec["run_name"], storage_path=spec["storage_path"],
+                name=spec["run_name"],
+                storage_path=spec["storage_path"],
                 failure_config=FailureConfig(max_failures=2),
                 checkpoint_config=CheckpointConfig(num_to_keep=2),
                 worker_runtime_env={"env_vars": {"TF_USE_LEGACY_KERAS": "1"}},
@@ -277,8 +342,11 @@ def run_training(spec: dict[str, Any]) -> dict[str, Any]:
         state = _checkpoint_state(resume)
         if not state.get("resize_to"):
             break
-        print(f"[slaflow] resizing: {workers} -> {state['resize_to']} workers at epoch "
-              f"{state['epoch']} (checkpoint {resume})", flush=True)
+        print(
+            f"[slaflow] resizing: {workers} -> {state['resize_to']} workers at epoch "
+            f"{state['epoch']} (checkpoint {resume})",
+            flush=True,
+        )
         workers = int(state["resize_to"])
     return {**_finish(spec, resume, first_resume), "worker_nodes": _worker_nodes()}
 
@@ -292,11 +360,21 @@ def _worker_nodes() -> list[dict[str, str]]:
     ips = {n["NodeID"]: n["NodeManagerAddress"] for n in ray.nodes()}
     # The address is explicit: without it the state API refuses when a machine runs two Ray
     # clusters ("Found multiple active Ray instances").
-    actors = list_actors(address=ray.get_runtime_context().gcs_address,
-                         filters=[("class_name", "=", "RayTrainWorker")], detail=True,
-                         limit=1000, raise_on_missing_output=False)
-    return sorted(({"node_id": a.node_id, "ip": ips.get(a.node_id, "?")} for a in actors
-                   if a.job_id == job_id), key=lambda d: d["node_id"])
+    actors = list_actors(
+        address=ray.get_runtime_context().gcs_address,
+        filters=[("class_name", "=", "RayTrainWorker")],
+        detail=True,
+        limit=1000,
+        raise_on_missing_output=False,
+    )
+    return sorted(
+        (
+            {"node_id": a.node_id, "ip": ips.get(a.node_id, "?")}
+            for a in actors
+            if a.job_id == job_id
+        ),
+        key=lambda d: d["node_id"],
+    )
 
 
 def _checkpoint_state(path: str) -> dict[str, Any]:
@@ -312,20 +390,35 @@ def training_summary(state: dict[str, Any], stop_accuracy: float) -> dict[str, A
 
     records = [EpochRecord(**r) for r in state.get("records", [])]
     alloc = dict(summarize_allocation(records))
-    restarts = [seg["resumed_at"] - seg["at_s"] for seg in state.get("segments", [])
-                if seg.get("resumed_at") is not None]
-    first_start = (state["history"][0]["elapsed_s"] - state["history"][0]["epoch_seconds"]
-                   if state["history"] and "epoch_seconds" in state["history"][0] else 0.0)
+    restarts = [
+        seg["resumed_at"] - seg["at_s"]
+        for seg in state.get("segments", [])
+        if seg.get("resumed_at") is not None
+    ]
+    first_start = (
+        state["history"][0]["elapsed_s"] - state["history"][0]["epoch_seconds"]
+        if state["history"] and "epoch_seconds" in state["history"][0]
+        else 0.0
+    )
     # Workers hold their CPUs from their start to the end of training: epochs, restarts and
     # the first start (worker-seconds as a cluster scheduler would bill them).
-    worker_seconds = alloc["epoch_worker_seconds"] + sum(
-        seg["to"] * (seg["resumed_at"] - seg["at_s"]) for seg in state.get("segments", [])
-        if seg.get("resumed_at") is not None) + (
-        records[0].workers * first_start if records else 0.0)
+    worker_seconds = (
+        alloc["epoch_worker_seconds"]
+        + sum(
+            seg["to"] * (seg["resumed_at"] - seg["at_s"])
+            for seg in state.get("segments", [])
+            if seg.get("resumed_at") is not None
+        )
+        + (records[0].workers * first_start if records else 0.0)
+    )
     label = outcome(state.get("stop_reason"), state["best_val_accuracy"], stop_accuracy)
-    return {"worker_seconds": worker_seconds, "resizes": int(alloc["resizes"]),
-            "restart_seconds": restarts, "outcome": label.value,
-            "segments": state.get("segments", [])}
+    return {
+        "worker_seconds": worker_seconds,
+        "resizes": int(alloc["resizes"]),
+        "restart_seconds": restarts,
+        "outcome": label.value,
+        "segments": state.get("segments", []),
+    }
 
 
 def _finish(spec: dict[str, Any], checkpoint_path: str, resume: str | None) -> dict[str, Any]:
@@ -345,7 +438,8 @@ def _finish(spec: dict[str, Any], checkpoint_path: str, resume: str | None) -> d
         training_seconds = time.time() - float(spec["started_at"])
         summary = training_summary(state, float(spec["stop_accuracy"]))
         model_uri = export_and_log(spec, best, state, training_seconds, summary)
-    return {**summary,
+    return {
+        **summary,
         "epochs": state["epoch"],
         "best_epoch": state["best_epoch"],
         "best_val_accuracy": state["best_val_accuracy"],

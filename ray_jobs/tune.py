@@ -30,8 +30,9 @@ def suggest(trial: Any) -> dict[str, Any]:
     """The search space: learning rate, hidden layers, batch size."""
     return {
         "learning_rate": trial.suggest_float("learning_rate", 1e-4, 3e-2, log=True),
-        "hidden_units": [int(u) for u in
-                         trial.suggest_categorical("hidden_units", HIDDEN_CHOICES).split("-")],
+        "hidden_units": [
+            int(u) for u in trial.suggest_categorical("hidden_units", HIDDEN_CHOICES).split("-")
+        ],
         "batch_size": trial.suggest_categorical("batch_size", [32, 64, 128]),
     }
 
@@ -48,21 +49,37 @@ class TrialWorker:
         self.x, self.y = data_io.read_xy(spec["train_path"], profile["feature_names"])
         self.xv, self.yv = data_io.read_xy(spec["val_path"], profile["feature_names"])
         self.batch = int(params["batch_size"])
-        self.model = build_mlp(len(profile["feature_names"]), len(profile["classes"]),
-                               params["hidden_units"], profile["feature_mean"],
-                               profile["feature_std"], int(spec["seed"]))
-        self.model.compile(optimizer=keras.optimizers.Adam(params["learning_rate"]),
-                           loss="sparse_categorical_crossentropy", metrics=["accuracy"])
+        self.model = build_mlp(
+            len(profile["feature_names"]),
+            len(profile["classes"]),
+            params["hidden_units"],
+            profile["feature_mean"],
+            profile["feature_std"],
+            int(spec["seed"]),
+        )
+        self.model.compile(
+            optimizer=keras.optimizers.Adam(params["learning_rate"]),
+            loss="sparse_categorical_crossentropy",
+            metrics=["accuracy"],
+        )
         self.best = (-1.0, self.model.get_weights())
         self.epoch = 0
 
     def train_epoch(self) -> dict[str, float]:
         start = time.time()
-        self.model.fit(self.x, self.y, batch_size=self.batch, epochs=self.epoch + 1,
-                       initial_epoch=self.epoch, verbose=0, shuffle=True)
+        self.model.fit(
+            self.x,
+            self.y,
+            batch_size=self.batch,
+            epochs=self.epoch + 1,
+            initial_epoch=self.epoch,
+            verbose=0,
+            shuffle=True,
+        )
         self.epoch += 1
-        acc = float(np.mean(np.argmax(self.model(self.xv, training=False).numpy(), axis=1)
-                            == self.yv))
+        acc = float(
+            np.mean(np.argmax(self.model(self.xv, training=False).numpy(), axis=1) == self.yv)
+        )
         if acc > self.best[0]:
             self.best = (acc, self.model.get_weights())
         return {"epoch": self.epoch, "val_accuracy": acc, "duration_s": time.time() - start}
@@ -93,8 +110,10 @@ def run_tuning(spec: dict[str, Any]) -> dict[str, Any]:
     actor_cls = ray.remote(num_cpus=float(spec["cpus_per_worker"]))(TrialWorker)
 
     study = optuna.create_study(
-        direction="maximize", sampler=optuna.samplers.TPESampler(seed=int(spec["seed"])),
-        pruner=optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=2))
+        direction="maximize",
+        sampler=optuna.samplers.TPESampler(seed=int(spec["seed"])),
+        pruner=optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=2),
+    )
     active: dict[Any, dict[str, Any]] = {}  # future -> trial record
     trials: list[dict[str, Any]] = []
     first_epoch_s = 5.0  # refined from the first trials' measured first epochs
@@ -107,13 +126,23 @@ def run_tuning(spec: dict[str, Any]) -> dict[str, Any]:
     def start_trial() -> None:
         trial = study.ask()
         params = suggest(trial)
-        run = client.create_run(exp_id, run_name=f"trial {trial.number}",
-                                tags={"mlflow.parentRunId": parent,
-                                      "slaflow.trial": str(trial.number)})
+        run = client.create_run(
+            exp_id,
+            run_name=f"trial {trial.number}",
+            tags={"mlflow.parentRunId": parent, "slaflow.trial": str(trial.number)},
+        )
         client.log_batch(run.info.run_id, params=[Param(k, str(v)) for k, v in params.items()])
         actor = actor_cls.remote(spec, params)
-        rec = {"trial": trial, "params": params, "actor": actor, "run_id": run.info.run_id,
-               "durations": [], "best": -1.0, "epochs": 0, "state": "running"}
+        rec = {
+            "trial": trial,
+            "params": params,
+            "actor": actor,
+            "run_id": run.info.run_id,
+            "durations": [],
+            "best": -1.0,
+            "epochs": 0,
+            "state": "running",
+        }
         trials.append(rec)
         active[actor.train_epoch.remote()] = rec
 
@@ -128,14 +157,19 @@ def run_tuning(spec: dict[str, Any]) -> dict[str, Any]:
                 best_seen.update(acc=acc, weights=weights, rec=rec)
         # The actor gives its CPUs back at once, for the next trial.
         ray.kill(rec["actor"])
-        client.set_terminated(rec["run_id"], RunStatus.to_string(
-            RunStatus.KILLED if state == "pruned" else RunStatus.FINISHED))
+        client.set_terminated(
+            rec["run_id"],
+            RunStatus.to_string(RunStatus.KILLED if state == "pruned" else RunStatus.FINISHED),
+        )
 
     while True:
         # Start trials while there is room, budget and time for a first epoch or two.
-        while (len(active) < parallel and len(trials) < int(spec["tuning_trials"])
-               and stop_reason == "max_trials"
-               and elapsed() + 10.0 + 2 * first_epoch_s <= end_by):
+        while (
+            len(active) < parallel
+            and len(trials) < int(spec["tuning_trials"])
+            and stop_reason == "max_trials"
+            and elapsed() + 10.0 + 2 * first_epoch_s <= end_by
+        ):
             start_trial()
         if not active:
             if len(trials) < int(spec["tuning_trials"]) and stop_reason == "max_trials":
@@ -150,13 +184,20 @@ def run_tuning(spec: dict[str, Any]) -> dict[str, Any]:
         if rec["epochs"] == 1:
             first_epoch_s = max(first_epoch_s * 0.5, float(out["duration_s"]))
         ts = int(time.time() * 1000)
-        client.log_batch(rec["run_id"], metrics=[
-            Metric("val_accuracy", float(out["val_accuracy"]), ts, rec["epochs"]),
-            Metric("epoch_seconds", float(out["duration_s"]), ts, rec["epochs"])])
+        client.log_batch(
+            rec["run_id"],
+            metrics=[
+                Metric("val_accuracy", float(out["val_accuracy"]), ts, rec["epochs"]),
+                Metric("epoch_seconds", float(out["duration_s"]), ts, rec["epochs"]),
+            ],
+        )
         rec["trial"].report(float(out["val_accuracy"]), rec["epochs"])
-        print(f"[slaflow] trial {rec['trial'].number} epoch {rec['epochs']} "
-              f"val_acc={out['val_accuracy']:.4f} elapsed={elapsed():.1f}s "
-              f"deadline={deadline:g}s parallel={parallel}", flush=True)
+        print(
+            f"[slaflow] trial {rec['trial'].number} epoch {rec['epochs']} "
+            f"val_acc={out['val_accuracy']:.4f} elapsed={elapsed():.1f}s "
+            f"deadline={deadline:g}s parallel={parallel}",
+            flush=True,
+        )
         if rec["best"] >= stop_acc:
             stop_reason = "target_met"
             finish(rec, "complete")
@@ -178,45 +219,76 @@ def run_tuning(spec: dict[str, Any]) -> dict[str, Any]:
 
     finished = [t for t in trials if t["state"] == "complete" and t["best"] >= 0]
     if best_seen["rec"] is None:
-        raise RuntimeError("no tuning trial finished an epoch before the deadline: relax "
-                           "deadline_s or lower tuning_trials")
+        raise RuntimeError(
+            "no tuning trial finished an epoch before the deadline: relax "
+            "deadline_s or lower tuning_trials"
+        )
     best, best_acc, weights = best_seen["rec"], best_seen["acc"], best_seen["weights"]
     params = best["params"]
-    history: list[dict[str, Any]] = [{"epoch": i + 1, "val_accuracy": None, "workers": 1,
-                                      "elapsed_s": None} for i in range(best["epochs"])]
-    state = {"epoch": best["epochs"], "best_epoch": best["epochs"],
-             "best_val_accuracy": best_acc, "stop_reason": None, "history": []}
+    history: list[dict[str, Any]] = [
+        {"epoch": i + 1, "val_accuracy": None, "workers": 1, "elapsed_s": None}
+        for i in range(best["epochs"])
+    ]
+    state = {
+        "epoch": best["epochs"],
+        "best_epoch": best["epochs"],
+        "best_val_accuracy": best_acc,
+        "stop_reason": None,
+        "history": [],
+    }
     for m in client.get_metric_history(best["run_id"], "val_accuracy"):
         history[m.step - 1]["val_accuracy"] = m.value
     # JSON-safe (the result is an XCom): no NaN for the losses a trial does not report.
-    state["history"] = [dict(h, loss=None, accuracy=None, elapsed_s=h["elapsed_s"] or 0.0)
-                        for h in history if h["val_accuracy"] is not None]
+    state["history"] = [
+        dict(h, loss=None, accuracy=None, elapsed_s=h["elapsed_s"] or 0.0)
+        for h in history
+        if h["val_accuracy"] is not None
+    ]
     export_spec = {**spec, **params}
     from policies import deadline_met, outcome
 
     reason = {"target_met": "target_met", "deadline": "deadline_truncated"}.get(
-        stop_reason, "max_epochs")
+        stop_reason, "max_epochs"
+    )
     label = outcome(reason, best_acc, stop_acc)
     training_seconds_pre = elapsed()
-    summary = {"worker_seconds": sum(sum(t["durations"]) for t in trials) *
-               float(spec["cpus_per_worker"]), "resizes": 0, "restart_seconds": [],
-               "outcome": label.value, "segments": []}
+    summary = {
+        "worker_seconds": sum(sum(t["durations"]) for t in trials) * float(spec["cpus_per_worker"]),
+        "resizes": 0,
+        "restart_seconds": [],
+        "outcome": label.value,
+        "segments": [],
+    }
     state["stop_reason"] = reason
-    model_uri = export_and_log(export_spec, weights, state, training_seconds_pre, summary,
-                                plots=False)
+    model_uri = export_and_log(
+        export_spec, weights, state, training_seconds_pre, summary, plots=False
+    )
     training_seconds = elapsed()
-    client.log_batch(parent, params=[Param(f"best_{k}", str(v)) for k, v in params.items()],
-                     metrics=[Metric("tuning_trials", len(trials), int(time.time() * 1000), 0)])
+    client.log_batch(
+        parent,
+        params=[Param(f"best_{k}", str(v)) for k, v in params.items()],
+        metrics=[Metric("tuning_trials", len(trials), int(time.time() * 1000), 0)],
+    )
     return {
-        **summary, "epochs": best["epochs"], "best_epoch": best["epochs"],
-        "best_val_accuracy": best_acc, "stop_reason": reason, "history": state["history"],
-        "training_seconds": training_seconds, "deadline_met": deadline_met(training_seconds, deadline),
-        "num_workers": parallel, "checkpoint_path": None, "resumed_from": None,
+        **summary,
+        "epochs": best["epochs"],
+        "best_epoch": best["epochs"],
+        "best_val_accuracy": best_acc,
+        "stop_reason": reason,
+        "history": state["history"],
+        "training_seconds": training_seconds,
+        "deadline_met": deadline_met(training_seconds, deadline),
+        "num_workers": parallel,
+        "checkpoint_path": None,
+        "resumed_from": None,
         "model_uri": model_uri,
-        "tuning": {"trials": len(trials),
-                   "pruned": sum(1 for t in trials if t["state"] == "pruned"),
-                   "completed": len(finished), "best_params": params,
-                   "best_trial": best["trial"].number},
+        "tuning": {
+            "trials": len(trials),
+            "pruned": sum(1 for t in trials if t["state"] == "pruned"),
+            "completed": len(finished),
+            "best_params": params,
+            "best_trial": best["trial"].number,
+        },
     }
 
 

@@ -56,8 +56,9 @@ class Int8Predictor:
         with np.load(path) as z:
             self.mean, self.std = z["mean"], z["std"]
             n = int(z["layers"])
-            self.layers = [(z[f"q{i}"].astype("float32") * z[f"s{i}"], z[f"b{i}"])
-                           for i in range(n)]
+            self.layers = [
+                (z[f"q{i}"].astype("float32") * z[f"s{i}"], z[f"b{i}"]) for i in range(n)
+            ]
             self.weight_bytes = sum(int(z[f"q{i}"].nbytes) for i in range(n))
 
     def predict_proba(self, features: np.ndarray) -> np.ndarray:
@@ -73,8 +74,14 @@ class Int8Predictor:
         return out
 
 
-def log_int8_variant(predictor: Any, model_dir: Path, run_id: str, feature_mean: Any,
-                     feature_std: Any, artifact_path: str = "serving/int8") -> str:
+def log_int8_variant(
+    predictor: Any,
+    model_dir: Path,
+    run_id: str,
+    feature_mean: Any,
+    feature_std: Any,
+    artifact_path: str = "serving/int8",
+) -> str:
     """Build the int8 variant of a loaded model (``predictor`` over ``model_dir``) and log
     it, with the model's metadata, to ``run_id``; returns its artifact URI, which
     ``ModelServer(variant="int8")`` loads. Idempotent: logging again overwrites the same two

@@ -29,21 +29,34 @@ def setup_worker(config: dict[str, Any]) -> tuple[Any, Any, int, np.ndarray, np.
 
     # One worker needs no collective: MultiWorkerMirroredStrategy would only add its gRPC
     # server and collective setup to every (re)start.
-    strategy = tf.distribute.MultiWorkerMirroredStrategy() if world > 1 else \
-        tf.distribute.get_strategy()
+    strategy = (
+        tf.distribute.MultiWorkerMirroredStrategy() if world > 1 else tf.distribute.get_strategy()
+    )
     with strategy.scope():
-        model = build_mlp(len(profile["feature_names"]), len(profile["classes"]),
-                          config["hidden_units"], profile["feature_mean"], profile["feature_std"],
-                          config["seed"])
-        model.compile(optimizer=keras.optimizers.Adam(config["learning_rate"]),
-                      loss="sparse_categorical_crossentropy", metrics=["accuracy"])
+        model = build_mlp(
+            len(profile["feature_names"]),
+            len(profile["classes"]),
+            config["hidden_units"],
+            profile["feature_mean"],
+            profile["feature_std"],
+            config["seed"],
+        )
+        model.compile(
+            optimizer=keras.optimizers.Adam(config["learning_rate"]),
+            loss="sparse_categorical_crossentropy",
+            metrics=["accuracy"],
+        )
     # Each worker trains on its own shard; all run the same number of steps (MWMS needs it).
     batch = int(config["batch_size"])
     shard_x, shard_y = x_train[rank::world], y_train[rank::world]
     steps = max(1, len(x_train) // world // batch)
     options = tf.data.Options()
     options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.OFF
-    dataset = (tf.data.Dataset.from_tensor_slices((shard_x, shard_y))
-               .shuffle(len(shard_x), seed=config["seed"] + rank).repeat()
-               .batch(batch * world).with_options(options))
+    dataset = (
+        tf.data.Dataset.from_tensor_slices((shard_x, shard_y))
+        .shuffle(len(shard_x), seed=config["seed"] + rank)
+        .repeat()
+        .batch(batch * world)
+        .with_options(options)
+    )
     return model, dataset, steps, x_val, y_val

@@ -36,15 +36,17 @@ def airflow_env() -> dict[str, str]:
     airflow_home = Path(os.environ.get("AIRFLOW_HOME", home() / "airflow"))
     return {
         "AIRFLOW_HOME": str(airflow_home),
-        "AIRFLOW__CORE__DAGS_FOLDER": os.environ.get("AIRFLOW__CORE__DAGS_FOLDER",
-                                                     str(REPO_ROOT / "dags")),
+        "AIRFLOW__CORE__DAGS_FOLDER": os.environ.get(
+            "AIRFLOW__CORE__DAGS_FOLDER", str(REPO_ROOT / "dags")
+        ),
         "AIRFLOW__CORE__LOAD_EXAMPLES": os.environ.get("AIRFLOW__CORE__LOAD_EXAMPLES", "False"),
         "AIRFLOW__CORE__DAGBAG_IMPORT_TIMEOUT": "60",
         # The embedded UI/API answers on loopback only (standalone would bind 0.0.0.0).
         "AIRFLOW__API__HOST": os.environ.get("AIRFLOW__API__HOST", "127.0.0.1"),
         # The embedded setup is for trying things: a triggered run should start at once.
         "AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION": os.environ.get(
-            "AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION", "False"),
+            "AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION", "False"
+        ),
     }
 
 
@@ -89,9 +91,11 @@ def ray_up(num_cpus: int | None = None) -> None:
     started = time.monotonic()
     try:
         if cluster.start():
-            _log(f"Ray cluster up in {time.monotonic() - started:.1f}s ({cluster.num_cpus} "
-                 f"logical CPUs): dashboard {ep.ray_dashboard_url}, GCS {ep.ray_address}; "
-                 f"log {cluster.log_file}")
+            _log(
+                f"Ray cluster up in {time.monotonic() - started:.1f}s ({cluster.num_cpus} "
+                f"logical CPUs): dashboard {ep.ray_dashboard_url}, GCS {ep.ray_address}; "
+                f"log {cluster.log_file}"
+            )
         else:
             _log(f"Ray cluster already up: dashboard {ep.ray_dashboard_url}")
     except ClusterError as exc:
@@ -105,8 +109,10 @@ def ray_down() -> None:
     if cluster.stop():
         _log("Embedded Ray cluster stopped")
     else:
-        _log(f"No embedded Ray cluster recorded in {cluster.pid_file}; a cluster started by "
-             f"hand with `ray start` stops with `ray stop`")
+        _log(
+            f"No embedded Ray cluster recorded in {cluster.pid_file}; a cluster started by "
+            f"hand with `ray start` stops with `ray stop`"
+        )
 
 
 # --------------------------------------------------------------------------- Airflow
@@ -122,8 +128,12 @@ def airflow_db_ready() -> None:
         return
     _log("Initialising the Airflow metadata database (airflow db migrate)")
     Path(os.environ["AIRFLOW_HOME"]).mkdir(parents=True, exist_ok=True)
-    subprocess.run([str(Path(sys.executable).parent / "airflow"), "db", "migrate"],
-                   env=os.environ.copy(), check=True, capture_output=True)
+    subprocess.run(
+        [str(Path(sys.executable).parent / "airflow"), "db", "migrate"],
+        env=os.environ.copy(),
+        check=True,
+        capture_output=True,
+    )
     stamp.write_text(airflow.__version__)
 
 
@@ -145,12 +155,20 @@ def task_results(dag_run: Any) -> dict[str, Any]:
 
     out: dict[str, Any] = {}
     with create_session() as session:
-        tis = session.scalars(select(TaskInstance).where(
-            TaskInstance.dag_id == dag_run.dag_id, TaskInstance.run_id == dag_run.run_id)).all()
+        tis = session.scalars(
+            select(TaskInstance).where(
+                TaskInstance.dag_id == dag_run.dag_id, TaskInstance.run_id == dag_run.run_id
+            )
+        ).all()
         for ti in tis:
-            row = session.scalars(XComModel.get_many(
-                run_id=dag_run.run_id, key="return_value", dag_ids=dag_run.dag_id,
-                task_ids=ti.task_id)).first()
+            row = session.scalars(
+                XComModel.get_many(
+                    run_id=dag_run.run_id,
+                    key="return_value",
+                    dag_ids=dag_run.dag_id,
+                    task_ids=ti.task_id,
+                )
+            ).first()
             out[ti.task_id] = {
                 "state": str(ti.state),
                 "seconds": None if ti.duration is None else round(float(ti.duration), 2),
@@ -169,8 +187,7 @@ def run_lifecycle(conf: dict[str, Any], until: str | None = None) -> dict[str, A
     ray_up()
     dag = load_dag()
     if until is not None:
-        dag = dag.partial_subset(task_ids=[until], include_upstream=True,
-                                 include_downstream=False)
+        dag = dag.partial_subset(task_ids=[until], include_upstream=True, include_downstream=False)
     started = time.monotonic()
     dag_run = dag.test(run_conf=conf)
     wall = time.monotonic() - started
@@ -178,8 +195,20 @@ def run_lifecycle(conf: dict[str, Any], until: str | None = None) -> dict[str, A
     return {"state": str(dag_run.state), "wall_seconds": round(wall, 1), "tasks": results}
 
 
-STAGES = ("plan", "prepare", "feasibility", "train", "evaluate", "register", "gate", "review",
-          "promote", "profile_serving", "deploy", "verify")
+STAGES = (
+    "plan",
+    "prepare",
+    "feasibility",
+    "train",
+    "evaluate",
+    "register",
+    "gate",
+    "review",
+    "promote",
+    "profile_serving",
+    "deploy",
+    "verify",
+)
 
 
 def _close_engines() -> None:
@@ -210,14 +239,18 @@ def _summary_lines(summary: dict[str, Any]) -> list[str]:
         f"{'met' if summary['deadline_met'] else 'MISSED'} ({summary['stop_reason']})",
     ]
     if summary.get("endpoint_url"):
-        lines.append(f"endpoint {summary['endpoint_url']} serves v{summary['served_version']}: "
-                     f"p50 {summary['verify_p50_ms']} ms, p99 {summary['verify_p99_ms']} ms")
+        lines.append(
+            f"endpoint {summary['endpoint_url']} serves v{summary['served_version']}: "
+            f"p50 {summary['verify_p50_ms']} ms, p99 {summary['verify_p99_ms']} ms"
+        )
     if summary.get("placement"):
         lines.append(f"placement: {summary['placement']}")
     lines += [f"MLflow UI: make mlflow-ui  (run {summary['mlflow_run_id']})"]
     if summary.get("endpoint_url"):
-        lines.append(f"try: curl -s -X POST {summary['endpoint_url']} -H 'Content-Type: "
-                     f"application/json' -d @{REPO_ROOT / 'examples' / 'digit_request.json'}")
+        lines.append(
+            f"try: curl -s -X POST {summary['endpoint_url']} -H 'Content-Type: "
+            f"application/json' -d @{REPO_ROOT / 'examples' / 'digit_request.json'}"
+        )
     return lines
 
 
@@ -238,15 +271,30 @@ def demo(conf: dict[str, Any], verbose: bool = False) -> int:
     conf_path.write_text(json.dumps(conf))
     err = Console(stderr=True, highlight=False)
     out = Console(highlight=False, soft_wrap=True)
-    err.print(f"[bold]slaflow demo[/]: ml_lifecycle on the embedded stack; full logs in "
-              f"{log_path}" + ("" if verbose else " (make demo VERBOSE=1 shows them live)"))
-    code = run_watched([sys.executable, "-m", "slaflow.cli", "run-lifecycle", "--conf",
-                        str(conf_path), "--result", str(result_path)], log_path,
-                       verbose=verbose, console=err)
+    err.print(
+        f"[bold]slaflow demo[/]: ml_lifecycle on the embedded stack; full logs in "
+        f"{log_path}" + ("" if verbose else " (make demo VERBOSE=1 shows them live)")
+    )
+    code = run_watched(
+        [
+            sys.executable,
+            "-m",
+            "slaflow.cli",
+            "run-lifecycle",
+            "--conf",
+            str(conf_path),
+            "--result",
+            str(result_path),
+        ],
+        log_path,
+        verbose=verbose,
+        console=err,
+    )
     outcome = read_outcome(result_path)
     if outcome is None:
-        err.print(f"[red]the run ended (exit {code}) before it produced a result; see "
-                  f"{log_path}[/]")
+        err.print(
+            f"[red]the run ended (exit {code}) before it produced a result; see {log_path}[/]"
+        )
         print(json.dumps({"state": "error", "log": str(log_path)}), flush=True)
         return 1
     out.print(summary_table(outcome, STAGES))
@@ -266,8 +314,10 @@ def demo(conf: dict[str, Any], verbose: bool = False) -> int:
         return 0 if "success" in outcome["state"] else 1
     failed = [s for s, t in tasks.items() if "success" not in t["state"]]
     out.print(f"  see the log for why: {log_path}")
-    print(json.dumps({"state": outcome["state"], "failed_or_skipped": failed,
-                      "log": str(log_path)}), flush=True)
+    print(
+        json.dumps({"state": outcome["state"], "failed_or_skipped": failed, "log": str(log_path)}),
+        flush=True,
+    )
     return 1
 
 
@@ -287,8 +337,11 @@ def rollback(model_name: str) -> int:
 
     apply_env()
     if get_alias_version(MlflowHook().client, model_name, PREVIOUS_CHAMPION) is None:
-        print(f"rollback refused: model {model_name!r} has no '{PREVIOUS_CHAMPION}' alias, so "
-              "there is no earlier champion to go back to; nothing was changed", flush=True)
+        print(
+            f"rollback refused: model {model_name!r} has no '{PREVIOUS_CHAMPION}' alias, so "
+            "there is no earlier champion to go back to; nothing was changed",
+            flush=True,
+        )
         return 2
     airflow_db_ready()
     ray_up()
@@ -297,10 +350,18 @@ def rollback(model_name: str) -> int:
     _close_engines()
     value = ((results.get("rollback") or {}).get("value") or {}).get("rollback") or {}
     deployed = (results.get("deploy") or {}).get("value") or {}
-    print(json.dumps({"state": str(dag_run.state), "champion": value.get("champion"),
-                      "demoted": value.get("demoted"),
-                      "serving": deployed.get("model_version"),
-                      "endpoint_url": deployed.get("endpoint_url")}), flush=True)
+    print(
+        json.dumps(
+            {
+                "state": str(dag_run.state),
+                "champion": value.get("champion"),
+                "demoted": value.get("demoted"),
+                "serving": deployed.get("model_version"),
+                "endpoint_url": deployed.get("endpoint_url"),
+            }
+        ),
+        flush=True,
+    )
     return 0 if "success" in str(dag_run.state) else 1
 
 
@@ -313,9 +374,17 @@ def undeploy(model_name: str) -> int:
     results = task_results(dag_run)
     _close_engines()
     value = (results.get("undeploy") or {}).get("value") or {}
-    print(json.dumps({"state": str(dag_run.state), "model_name": model_name,
-                      "deleted": value.get("deleted"), "freed_cpus": value.get("freed_cpus")}),
-          flush=True)
+    print(
+        json.dumps(
+            {
+                "state": str(dag_run.state),
+                "model_name": model_name,
+                "deleted": value.get("deleted"),
+                "freed_cpus": value.get("freed_cpus"),
+            }
+        ),
+        flush=True,
+    )
     return 0 if "success" in str(dag_run.state) else 1
 
 
@@ -325,16 +394,19 @@ def tool_env() -> dict[str, str]:
     the DAGs use (so ``ray status``, ``ray job list``, ``serve status`` and
     ``mlflow experiments search`` work as they are)."""
     ep = Endpoints.from_env()
-    env = {**airflow_env(), "SLAFLOW_HOME": str(home()),
-           "SLAFLOW_MLFLOW_TRACKING_URI": ep.mlflow_tracking_uri,
-           "MLFLOW_TRACKING_URI": ep.mlflow_tracking_uri,
-           "SLAFLOW_RAY_ADDRESS": ep.ray_address,
-           "SLAFLOW_RAY_DASHBOARD_URL": ep.ray_dashboard_url,
-           "SLAFLOW_SERVE_URL": ep.serve_url,
-           "RAY_ADDRESS": ep.ray_address,
-           "RAY_API_SERVER_ADDRESS": ep.ray_dashboard_url,
-           "RAY_DASHBOARD_ADDRESS": ep.ray_dashboard_url,
-           "RAY_AUTH_MODE": os.environ.get("RAY_AUTH_MODE", "token")}
+    env = {
+        **airflow_env(),
+        "SLAFLOW_HOME": str(home()),
+        "SLAFLOW_MLFLOW_TRACKING_URI": ep.mlflow_tracking_uri,
+        "MLFLOW_TRACKING_URI": ep.mlflow_tracking_uri,
+        "SLAFLOW_RAY_ADDRESS": ep.ray_address,
+        "SLAFLOW_RAY_DASHBOARD_URL": ep.ray_dashboard_url,
+        "SLAFLOW_SERVE_URL": ep.serve_url,
+        "RAY_ADDRESS": ep.ray_address,
+        "RAY_API_SERVER_ADDRESS": ep.ray_dashboard_url,
+        "RAY_DASHBOARD_ADDRESS": ep.ray_dashboard_url,
+        "RAY_AUTH_MODE": os.environ.get("RAY_AUTH_MODE", "token"),
+    }
     if os.environ.get("RAY_AUTH_TOKEN"):
         env["RAY_AUTH_TOKEN"] = os.environ["RAY_AUTH_TOKEN"]
     else:
@@ -357,11 +429,13 @@ def main(argv: list[str] | None = None) -> int:
     r.add_argument("--result", type=Path, required=True)
     sub.add_parser("env", help="print the environment for airflow/mlflow/ray/serve commands")
     sub.add_parser("contract-docs", help="print the contract reference (docs/contract.md)")
-    rb = sub.add_parser("rollback", help="run ml_rollback: champion back to previous_champion, "
-                                         "registry and serving")
+    rb = sub.add_parser(
+        "rollback", help="run ml_rollback: champion back to previous_champion, registry and serving"
+    )
     rb.add_argument("--model", required=True, help="registered model name")
-    ud = sub.add_parser("undeploy", help="run ml_undeploy: take a model off the endpoint "
-                                         "(registry untouched)")
+    ud = sub.add_parser(
+        "undeploy", help="run ml_undeploy: take a model off the endpoint (registry untouched)"
+    )
     ud.add_argument("--model", required=True, help="registered model name")
     args = parser.parse_args(argv)
     apply_env()

@@ -24,8 +24,10 @@ from rich.spinner import Spinner
 from rich.table import Table
 from rich.text import Text
 
-PROGRESS = re.compile(r"\[progress\] (?P<dag>\S+) stage (?P<k>\d+)/(?P<n>\d+) (?P<task>\S+) "
-                      r"(?P<event>started|done in (?P<secs>[0-9.]+)s)")
+PROGRESS = re.compile(
+    r"\[progress\] (?P<dag>\S+) stage (?P<k>\d+)/(?P<n>\d+) (?P<task>\S+) "
+    r"(?P<event>started|done in (?P<secs>[0-9.]+)s)"
+)
 SETUP = re.compile(r"\[slaflow\] (?P<msg>.+)")
 
 
@@ -51,8 +53,13 @@ class StageBoard:
                 if other["state"] == "running" and other["name"] != task:
                     other.update(state="ended", took=now - other["t0"])
             if m["event"] == "started":
-                self.stages[task] = {"name": task, "k": k, "t0": now, "state": "running",
-                                     "took": None}
+                self.stages[task] = {
+                    "name": task,
+                    "k": k,
+                    "t0": now,
+                    "state": "running",
+                    "took": None,
+                }
                 if self.plain:
                     self.console.print(f"[{k:>2}/{n}] {task} ...")
             else:
@@ -71,8 +78,11 @@ class StageBoard:
         grid = Table.grid(padding=(0, 1))
         now = time.monotonic()
         if not self.stages:
-            grid.add_row(Spinner("dots"), Text(f"setup: {self.setup}"),
-                         Text(f"{now - self.started:5.1f}s", style="dim"))
+            grid.add_row(
+                Spinner("dots"),
+                Text(f"setup: {self.setup}"),
+                Text(f"{now - self.started:5.1f}s", style="dim"),
+            )
         for st in sorted(self.stages.values(), key=lambda s: s["k"]):
             if st["state"] == "running":
                 mark: Any = Spinner("dots")
@@ -80,13 +90,15 @@ class StageBoard:
             else:
                 mark = Text("✓" if st["state"] == "done" else "·", style="green")
                 took = st["took"] or 0.0
-            grid.add_row(mark, Text(f"[{st['k']:>2}/{self.total}] {st['name']}"),
-                         Text(f"{took:5.1f}s", style="dim"))
+            grid.add_row(
+                mark,
+                Text(f"[{st['k']:>2}/{self.total}] {st['name']}"),
+                Text(f"{took:5.1f}s", style="dim"),
+            )
         return grid
 
 
-def run_watched(cmd: Sequence[str], log_path: Path, *, verbose: bool,
-                console: Console) -> int:
+def run_watched(cmd: Sequence[str], log_path: Path, *, verbose: bool, console: Console) -> int:
     """Run ``cmd`` with its output going to ``log_path`` (and to the terminal when
     ``verbose``), showing the stage board meanwhile; returns its exit code."""
     log_path.parent.mkdir(parents=True, exist_ok=True)
@@ -94,9 +106,16 @@ def run_watched(cmd: Sequence[str], log_path: Path, *, verbose: bool,
     plain = verbose or not console.is_terminal
     board = StageBoard(console, plain)
     with open(log_path, "w", encoding="utf-8") as log:
-        proc = subprocess.Popen(list(cmd), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                stdin=subprocess.DEVNULL, env=env, text=True, bufsize=1,
-                                errors="replace")
+        proc = subprocess.Popen(
+            list(cmd),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            env=env,
+            text=True,
+            bufsize=1,
+            errors="replace",
+        )
         assert proc.stdout is not None
         if plain:
             _pump(proc.stdout, log, board, sys.stderr if verbose else None)
@@ -117,8 +136,11 @@ def _pump(stream: IO[str], log: IO[str], board: StageBoard, echo: IO[str] | None
 
 def summary_table(outcome: dict[str, Any], stages: Sequence[str]) -> Table:
     """Stage, state and seconds of a finished run."""
-    table = Table(title=f"ml_lifecycle {outcome['state']} in {outcome['wall_seconds']}s",
-                  title_justify="left", show_edge=False)
+    table = Table(
+        title=f"ml_lifecycle {outcome['state']} in {outcome['wall_seconds']}s",
+        title_justify="left",
+        show_edge=False,
+    )
     table.add_column("stage")
     table.add_column("state")
     table.add_column("seconds", justify="right")

@@ -13,8 +13,12 @@ def _allowed(spec: FieldSpec) -> str:
     if spec.enum is not None:
         return " / ".join(f"`{v}`" for v in spec.enum)
     parts = []
-    for bound, op in ((spec.minimum, ">="), (spec.exclusive_minimum, ">"),
-                      (spec.maximum, "<="), (spec.exclusive_maximum, "<")):
+    for bound, op in (
+        (spec.minimum, ">="),
+        (spec.exclusive_minimum, ">"),
+        (spec.maximum, "<="),
+        (spec.exclusive_maximum, "<"),
+    ):
         if bound is not None:
             parts.append(f"{op} {bound:g}")
     if spec.items is not None:
@@ -56,12 +60,18 @@ def contract_reference() -> str:
     for spec in FIELDS:
         sections.setdefault(spec.section, []).append(spec)
     for section, specs in sections.items():
-        lines += [f"## {section}", "", "| field | type | default | allowed | meaning |",
-                  "| --- | --- | --- | --- | --- |"]
+        lines += [
+            f"## {section}",
+            "",
+            "| field | type | default | allowed | meaning |",
+            "| --- | --- | --- | --- | --- |",
+        ]
         for spec in specs:
             meaning = spec.description.replace("|", "\\|")
-            lines.append(f"| `{spec.name}` | {spec.type} | {_default(spec.default)} | "
-                         f"{_allowed(spec)} | {meaning} |")
+            lines.append(
+                f"| `{spec.name}` | {spec.type} | {_default(spec.default)} | "
+                f"{_allowed(spec)} | {meaning} |"
+            )
         lines.append("")
     lines += [
         "## Rules across fields",

@@ -45,10 +45,15 @@ class LocalRayCluster:
             raise ClusterError(
                 f"SLAFLOW_RAY_ADDRESS={ep.ray_address} / SLAFLOW_RAY_DASHBOARD_URL="
                 f"{ep.ray_dashboard_url} name an external cluster; slaflow starts only the "
-                f"embedded one on loopback. Start that cluster yourself, or unset both")
-        return cls(host=host, gcs_port=int(port), dashboard_port=dash.port or 8265,
-                   num_cpus=int(os.environ.get("SLAFLOW_LOCAL_RAY_CPUS", "4")),
-                   state_dir=home() / "ray")
+                f"embedded one on loopback. Start that cluster yourself, or unset both"
+            )
+        return cls(
+            host=host,
+            gcs_port=int(port),
+            dashboard_port=dash.port or 8265,
+            num_cpus=int(os.environ.get("SLAFLOW_LOCAL_RAY_CPUS", "4")),
+            state_dir=home() / "ray",
+        )
 
     @property
     def dashboard_url(self) -> str:
@@ -66,20 +71,30 @@ class LocalRayCluster:
         p = self.gcs_port
         worker_lo = 20000 + (p % 20) * 1000
         return [
-            str(Path(sys.executable).parent / "ray"), "start", "--head", "--block",
-            f"--port={p}", f"--node-ip-address={self.host}",
-            f"--dashboard-host={self.host}", f"--dashboard-port={self.dashboard_port}",
-            f"--ray-client-server-port={p + 1}", f"--dashboard-agent-listen-port={p + 2}",
-            f"--runtime-env-agent-port={p + 3}", f"--metrics-export-port={p + 4}",
-            f"--min-worker-port={worker_lo}", f"--max-worker-port={worker_lo + 999}",
-            f"--num-cpus={self.num_cpus}", f"--temp-dir=/tmp/slaflow-ray-{p}",
+            str(Path(sys.executable).parent / "ray"),
+            "start",
+            "--head",
+            "--block",
+            f"--port={p}",
+            f"--node-ip-address={self.host}",
+            f"--dashboard-host={self.host}",
+            f"--dashboard-port={self.dashboard_port}",
+            f"--ray-client-server-port={p + 1}",
+            f"--dashboard-agent-listen-port={p + 2}",
+            f"--runtime-env-agent-port={p + 3}",
+            f"--metrics-export-port={p + 4}",
+            f"--min-worker-port={worker_lo}",
+            f"--max-worker-port={worker_lo + 999}",
+            f"--num-cpus={self.num_cpus}",
+            f"--temp-dir=/tmp/slaflow-ray-{p}",
             "--disable-usage-stats",
         ]
 
     def reachable(self, timeout_s: float = 3.0) -> bool:
         try:
-            with urllib.request.urlopen(f"{self.dashboard_url}/api/version",
-                                        timeout=timeout_s) as resp:
+            with urllib.request.urlopen(
+                f"{self.dashboard_url}/api/version", timeout=timeout_s
+            ) as resp:
                 return bool(resp.status == 200)
         except urllib.error.HTTPError:
             return True  # it answered (401 without a token): up
@@ -96,8 +111,14 @@ class LocalRayCluster:
         venv_bin = str(Path(sys.executable).parent)
         env["PATH"] = venv_bin + os.pathsep + env.get("PATH", "")  # job entrypoints' python
         with open(self.log_file, "ab") as log:
-            proc = subprocess.Popen(self.command(), env=env, stdout=log, stderr=subprocess.STDOUT,
-                                    stdin=subprocess.DEVNULL, start_new_session=True)
+            proc = subprocess.Popen(
+                self.command(),
+                env=env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,
+            )
         self.pid_file.write_text(str(proc.pid))
         deadline = time.monotonic() + wait_s
         while not self.reachable():
@@ -106,8 +127,9 @@ class LocalRayCluster:
                 raise ClusterError(f"`ray start` exited with {proc.returncode}:\n{tail}")
             if time.monotonic() > deadline:
                 self.stop()
-                raise ClusterError(f"Ray head did not answer within {wait_s:.0f}s; see "
-                                   f"{self.log_file}")
+                raise ClusterError(
+                    f"Ray head did not answer within {wait_s:.0f}s; see {self.log_file}"
+                )
             time.sleep(0.5)
         return True
 

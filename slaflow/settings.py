@@ -69,8 +69,9 @@ def airflow_ui_url() -> str:
 
 def training_data_path() -> Path:
     """The dataset whose changes retrain the model (the ``slaflow_training_data`` Asset)."""
-    return Path(os.environ.get("SLAFLOW_TRAINING_DATA",
-                               home() / "incoming" / "training.csv")).resolve()
+    return Path(
+        os.environ.get("SLAFLOW_TRAINING_DATA", home() / "incoming" / "training.csv")
+    ).resolve()
 
 
 def retrain_schedule() -> str | None:
@@ -98,11 +99,14 @@ def retrain_contract() -> dict[str, object]:
     try:
         raw = json.loads(Path(path).read_text())
     except (OSError, ValueError) as exc:
-        raise ValueError(f"SLAFLOW_RETRAIN_CONTRACT={path}: cannot read a JSON contract "
-                         f"({exc}). Fix: point it at a JSON object of contract fields") from exc
+        raise ValueError(
+            f"SLAFLOW_RETRAIN_CONTRACT={path}: cannot read a JSON contract "
+            f"({exc}). Fix: point it at a JSON object of contract fields"
+        ) from exc
     if not isinstance(raw, dict):
-        raise ValueError(f"SLAFLOW_RETRAIN_CONTRACT={path}: must hold a JSON object of "
-                         "contract fields")
+        raise ValueError(
+            f"SLAFLOW_RETRAIN_CONTRACT={path}: must hold a JSON object of contract fields"
+        )
     return raw
 
 
@@ -139,20 +143,21 @@ def price_table_path() -> str:
     return os.environ.get("SLAFLOW_PRICE_TABLE", "").strip()
 
 
-def _positive_list(var: str, default: str, cast: Callable[[str], T], what: str,
-                   smallest: T, strict: bool) -> list[T]:
+def _positive_list(
+    var: str, default: str, cast: Callable[[str], T], what: str, smallest: T, strict: bool
+) -> list[T]:
     """A comma-separated list of positive numbers from ``var``, or an error naming the
     variable and an example (the default)."""
     raw = os.environ.get(var, default).strip()
     try:
         values = [cast(v) for v in raw.split(",") if v.strip()]
     except ValueError as exc:
-        raise ValueError(f"{var}={raw!r}: give {what} separated by commas, e.g. {default}") \
-            from exc
-    if not values or any(v <= smallest if strict else v < smallest
-                         for v in values):
-        raise ValueError(f"{var}={raw!r}: give {what} "
-                         f"{'above' if strict else 'of at least'} {smallest}, e.g. {default}")
+        raise ValueError(f"{var}={raw!r}: give {what} separated by commas, e.g. {default}") from exc
+    if not values or any(v <= smallest if strict else v < smallest for v in values):
+        raise ValueError(
+            f"{var}={raw!r}: give {what} "
+            f"{'above' if strict else 'of at least'} {smallest}, e.g. {default}"
+        )
     return values
 
 
@@ -163,8 +168,7 @@ def profile_cpus() -> list[float]:
 
 def profile_batches() -> list[int]:
     """``@serve.batch`` sizes the serving profile measures (``SLAFLOW_PROFILE_BATCHES``)."""
-    return _positive_list("SLAFLOW_PROFILE_BATCHES", "1,16", int, "batch sizes", 1,
-                          strict=False)
+    return _positive_list("SLAFLOW_PROFILE_BATCHES", "1,16", int, "batch sizes", 1, strict=False)
 
 
 def ray_auth_token() -> str | None:

@@ -43,24 +43,31 @@ class SparkStandalone:
         """The Spark conf an application needs to use this cluster's shuffle service."""
         if self.shuffle_port is None:
             return {}
-        return {"spark.shuffle.service.enabled": "true",
-                "spark.shuffle.service.port": str(self.shuffle_port)}
+        return {
+            "spark.shuffle.service.enabled": "true",
+            "spark.shuffle.service.port": str(self.shuffle_port),
+        }
 
     def _env(self) -> dict[str, str]:
         import pyspark
 
         home = str(Path(pyspark.__file__).parent)
-        env = {**os.environ, "SPARK_HOME": home, "PYSPARK_PYTHON": sys.executable,
-               "SPARK_LOG_DIR": str(self.root / "logs"),
-               "SPARK_WORKER_DIR": str(self.root / "work")}
+        env = {
+            **os.environ,
+            "SPARK_HOME": home,
+            "PYSPARK_PYTHON": sys.executable,
+            "SPARK_LOG_DIR": str(self.root / "logs"),
+            "SPARK_WORKER_DIR": str(self.root / "work"),
+        }
         if self.shuffle_port is not None:  # spark-class passes these to the Worker's JVM
             env["SPARK_WORKER_OPTS"] = " ".join(f"-D{k}={v}" for k, v in self.app_conf().items())
         return env
 
     def alive_workers(self) -> int:
         try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{self.ui_port}/json/",
-                                        timeout=2) as resp:
+            with urllib.request.urlopen(
+                f"http://127.0.0.1:{self.ui_port}/json/", timeout=2
+            ) as resp:
                 return sum(w["state"] == "ALIVE" for w in json.load(resp)["workers"])
         except (OSError, ValueError, KeyError):
             return 0
@@ -69,23 +76,52 @@ class SparkStandalone:
         env = self._env()
         log = open(self.root / f"{name}.log", "wb")  # noqa: SIM115 - closed in stop()
         self._logs.append(log)
-        self.procs.append(subprocess.Popen([f"{env['SPARK_HOME']}/bin/spark-class", *args],
-                                           env=env, stdout=log, stderr=subprocess.STDOUT))
+        self.procs.append(
+            subprocess.Popen(
+                [f"{env['SPARK_HOME']}/bin/spark-class", *args],
+                env=env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
+        )
 
     def start(self, wait_s: float = 120.0) -> SparkStandalone:
         self.root.mkdir(parents=True, exist_ok=True)
-        self._spawn("master", ["org.apache.spark.deploy.master.Master", "--host", "127.0.0.1",
-                               "--port", str(self.port), "--webui-port", str(self.ui_port)])
-        self._spawn("worker", ["org.apache.spark.deploy.worker.Worker", "--host", "127.0.0.1",
-                               "--cores", str(self.cores), "--memory", self.memory,
-                               "--webui-port", str(self.worker_ui_port), self.master_url])
+        self._spawn(
+            "master",
+            [
+                "org.apache.spark.deploy.master.Master",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(self.port),
+                "--webui-port",
+                str(self.ui_port),
+            ],
+        )
+        self._spawn(
+            "worker",
+            [
+                "org.apache.spark.deploy.worker.Worker",
+                "--host",
+                "127.0.0.1",
+                "--cores",
+                str(self.cores),
+                "--memory",
+                self.memory,
+                "--webui-port",
+                str(self.worker_ui_port),
+                self.master_url,
+            ],
+        )
         end = time.monotonic() + wait_s
         while self.alive_workers() < 1:
             if any(p.poll() is not None for p in self.procs) or time.monotonic() > end:
                 tail = (self.root / "master.log").read_text(errors="replace")[-2000:]
                 self.stop()
-                raise RuntimeError(f"Spark standalone did not come up on {self.master_url}; "
-                                   f"master log:\n{tail}")
+                raise RuntimeError(
+                    f"Spark standalone did not come up on {self.master_url}; master log:\n{tail}"
+                )
             time.sleep(1)
         return self
 

@@ -82,15 +82,25 @@ def profile_from_stages(stages: Sequence[dict[str, Any]], cores: int) -> list[St
     """Nominal rates from a run on ``cores`` cores: records per second of executor time."""
     out = []
     for s in stages:
-        records = max(int(s.get("inputRecords", 0)) + int(s.get("shuffleReadRecords", 0)),
-                      int(s["numTasks"]))
+        records = max(
+            int(s.get("inputRecords", 0)) + int(s.get("shuffleReadRecords", 0)), int(s["numTasks"])
+        )
         work_s = max(float(s.get("executorRunTime", 0)) / 1000.0, 1e-3)
-        wall_s = (_ts(s["completionTime"]) - _ts(s["submissionTime"])
-                  if s.get("completionTime") and s.get("submissionTime") else work_s)
+        wall_s = (
+            _ts(s["completionTime"]) - _ts(s["submissionTime"])
+            if s.get("completionTime") and s.get("submissionTime")
+            else work_s
+        )
         parallel = max(1, min(cores, int(s["numTasks"])))
-        out.append(StageProfile(f"stage{s['stageId']}:{s.get('name', '')[:40]}", records,
-                                records / work_s, tasks=int(s["numTasks"]),
-                                overhead_s=max(0.0, wall_s - work_s / parallel)))
+        out.append(
+            StageProfile(
+                f"stage{s['stageId']}:{s.get('name', '')[:40]}",
+                records,
+                records / work_s,
+                tasks=int(s["numTasks"]),
+                overhead_s=max(0.0, wall_s - work_s / parallel),
+            )
+        )
     return out
 
 
@@ -104,8 +114,16 @@ def stage_offsets(stages: Sequence[dict[str, Any]], first_stage_id: int) -> list
 
 def save_profile(path: Path, stages: Sequence[StageProfile], meta: dict[str, Any]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    rows = [{"name": s.name, "records": s.records, "nominal_rate": s.nominal_rate,
-             "tasks": s.tasks, "overhead_s": s.overhead_s} for s in stages]
+    rows = [
+        {
+            "name": s.name,
+            "records": s.records,
+            "nominal_rate": s.nominal_rate,
+            "tasks": s.tasks,
+            "overhead_s": s.overhead_s,
+        }
+        for s in stages
+    ]
     tmp = path.with_suffix(".tmp")
     tmp.write_text(json.dumps({"meta": meta, "stages": rows}, indent=1))
     tmp.replace(path)
@@ -128,8 +146,10 @@ class ExecutorActuator:
         self.sc = sc
         self.resizable = not sc.master.startswith("local")
         # Releasing an executor mid-job is only safe when its shuffle files outlive it.
-        self.releases = self.resizable and sc.getConf().get(
-            "spark.shuffle.service.enabled", "false").lower() == "true"
+        self.releases = (
+            self.resizable
+            and sc.getConf().get("spark.shuffle.service.enabled", "false").lower() == "true"
+        )
         self.cores_per_executor = max(1, int(sc.getConf().get("spark.executor.cores", "1")))
         self.target = 0
         self._released: set[str] = set()  # asked to go; REST lists them until they have
@@ -149,8 +169,11 @@ class ExecutorActuator:
 
     def executors(self) -> list[dict[str, Any]]:
         """Live executors, less those already released (REST shows them for a while)."""
-        return [e for e in _rest(self.sc, "executors")
-                if e["id"] != "driver" and e["isActive"] and e["id"] not in self._released]
+        return [
+            e
+            for e in _rest(self.sc, "executors")
+            if e["id"] != "driver" and e["isActive"] and e["id"] not in self._released
+        ]
 
     def set_cores(self, cores: int) -> None:
         """Ask for ``cores``; surplus executors are released as soon as they are idle (each
@@ -177,7 +200,8 @@ class ExecutorActuator:
             if ids:
                 self._released.update(ids)
                 seq = jvm.scala.jdk.javaapi.CollectionConverters.asScala(
-                    jvm.java.util.ArrayList(ids)).toSeq()
+                    jvm.java.util.ArrayList(ids)
+                ).toSeq()
                 jsc.killExecutors(seq)
                 # killExecutors also lowers the app's executor target by len(ids): put it back
                 # to n, or a later loss would leave the job with nothing to run on.
@@ -187,9 +211,16 @@ class ExecutorActuator:
 class DeadlineController:
     """dynaSpark's loop around Spark work: ``with DeadlineController(...) as ctl: work()``."""
 
-    def __init__(self, sc: Any, profile: Sequence[StageProfile], deadline_s: float,
-                 max_cores: int, period_s: float = 1.0, log: Any = print,
-                 offsets: Sequence[int] | None = None) -> None:
+    def __init__(
+        self,
+        sc: Any,
+        profile: Sequence[StageProfile],
+        deadline_s: float,
+        max_cores: int,
+        period_s: float = 1.0,
+        log: Any = print,
+        offsets: Sequence[int] | None = None,
+    ) -> None:
         self.sc, self.profile = sc, list(profile)
         if offsets is not None and len(offsets) != len(self.profile):
             raise ValueError(f"{len(offsets)} stage offsets for {len(self.profile)} stages")
@@ -208,17 +239,20 @@ class DeadlineController:
             raise SparkDeadlineInfeasible(self.verdict)
         self.log(f"[slaflow] spark deadline: {self.verdict.message}")
         if self.actuator.resizable and not self.actuator.releases:
-            self.log("[slaflow] spark deadline: executors can be added but not released "
-                     "mid-job: spark.shuffle.service.enabled is not true, and a released "
-                     "executor's shuffle output would be lost (its stage reruns). Enable the "
-                     "workers' external shuffle service and set spark.shuffle.service.enabled "
-                     "in the Spark connection's extras to let the controller shrink")
+            self.log(
+                "[slaflow] spark deadline: executors can be added but not released "
+                "mid-job: spark.shuffle.service.enabled is not true, and a released "
+                "executor's shuffle output would be lost (its stage reruns). Enable the "
+                "workers' external shuffle service and set spark.shuffle.service.enabled "
+                "in the Spark connection's extras to let the controller shrink"
+            )
         self.first_stage_id = last_stage_id(self.sc) + 1
         self.t0 = time.monotonic()
         first = plan_stage(self.profile, 0, 0.0, self.deadline_s, self.max_cores)
         self.actuator.set_cores(first.cores)
-        self._thread = threading.Thread(target=self._loop, name="slaflow-spark-deadline",
-                                        daemon=True)
+        self._thread = threading.Thread(
+            target=self._loop, name="slaflow-spark-deadline", daemon=True
+        )
         self._thread.start()
         return self
 
@@ -229,10 +263,20 @@ class DeadlineController:
         self.elapsed_s = time.monotonic() - self.t0
         now = round(self.elapsed_s, 2)
         if not self.timeline or self.timeline[-1]["t"] < now:  # close the last interval
-            last = self.timeline[-1] if self.timeline else {"cores": self.actuator.target,
-                                                             "held": self.max_cores}
-            self.timeline.append({"t": now, "stage": None, "done": None,
-                                  "cores": last["cores"], "held": last["held"]})
+            last = (
+                self.timeline[-1]
+                if self.timeline
+                else {"cores": self.actuator.target, "held": self.max_cores}
+            )
+            self.timeline.append(
+                {
+                    "t": now,
+                    "stage": None,
+                    "done": None,
+                    "cores": last["cores"],
+                    "held": last["held"],
+                }
+            )
 
     def _loop(self) -> None:
         tracker = self.sc.statusTracker()
@@ -250,8 +294,15 @@ class DeadlineController:
                 self.log(f"[slaflow] spark deadline: monitor skipped a tick ({exc})")
                 continue
             if not active:
-                self.timeline.append({"t": round(now, 2), "stage": None, "done": None,
-                                      "cores": self.actuator.target, "held": alive})
+                self.timeline.append(
+                    {
+                        "t": round(now, 2),
+                        "stage": None,
+                        "done": None,
+                        "cores": self.actuator.target,
+                        "held": alive,
+                    }
+                )
                 continue
             sid = active[0]
             if sid not in seen:
@@ -260,23 +311,40 @@ class DeadlineController:
                 idx = seen[sid]
                 plan = plan_stage(self.profile, idx, now, self.deadline_s, self.max_cores)
                 stage = self.profile[idx]
-                ctl = StageController(plan.cores, max(plan.deadline_s, self.period_s),
-                                      max(1, min(self.max_cores, stage.tasks)))
+                ctl = StageController(
+                    plan.cores,
+                    max(plan.deadline_s, self.period_s),
+                    max(1, min(self.max_cores, stage.tasks)),
+                )
                 current, stage_t0 = sid, now
-                self.stage_plans.append({"stage_id": sid, "profile_index": idx,
-                                         "start_s": round(now, 2),
-                                         "deadline_s": round(plan.deadline_s, 2),
-                                         "cores": plan.cores})
-                self.log(f"[slaflow] spark stage {sid} (profile #{idx}) starts at {now:.1f}s: "
-                         f"{plan.deadline_s:.1f}s, {plan.cores} cores")
+                self.stage_plans.append(
+                    {
+                        "stage_id": sid,
+                        "profile_index": idx,
+                        "start_s": round(now, 2),
+                        "deadline_s": round(plan.deadline_s, 2),
+                        "cores": plan.cores,
+                    }
+                )
+                self.log(
+                    f"[slaflow] spark stage {sid} (profile #{idx}) starts at {now:.1f}s: "
+                    f"{plan.deadline_s:.1f}s, {plan.cores} cores"
+                )
             info = tracker.getStageInfo(sid)
             done = (info.numCompletedTasks / info.numTasks) if info and info.numTasks else 0.0
             assert ctl is not None
             cores = ctl.update(now - stage_t0, done, self.period_s)
             n = max(1, min(self.max_cores, math.ceil(cores - 1e-9)))
             self.actuator.set_cores(n)
-            self.timeline.append({"t": round(now, 2), "stage": sid, "done": round(done, 3),
-                                  "cores": n, "held": alive})
+            self.timeline.append(
+                {
+                    "t": round(now, 2),
+                    "stage": sid,
+                    "done": round(done, 3),
+                    "cores": n,
+                    "held": alive,
+                }
+            )
 
     def _profile_index(self, stage_id: int, seen: int) -> int:
         """The profiled stage a running one stands for: by offset when known, else by order."""
@@ -295,9 +363,17 @@ class DeadlineController:
         return total
 
 
-def run_with_deadline(spark: Any, work: Callable[[], T], *, deadline_s: float, max_cores: int,
-                      profile_path: Path, on_infeasible: str = "fail", period_s: float = 1.0,
-                      log: Callable[[str], Any] = print) -> tuple[T, dict[str, Any]]:
+def run_with_deadline(
+    spark: Any,
+    work: Callable[[], T],
+    *,
+    deadline_s: float,
+    max_cores: int,
+    profile_path: Path,
+    on_infeasible: str = "fail",
+    period_s: float = 1.0,
+    log: Callable[[str], Any] = print,
+) -> tuple[T, dict[str, Any]]:
     """Run ``work()`` (Spark actions on ``spark``) so that it ends by ``deadline_s``.
 
     Without a stored profile this run *is* the profiling run: all ``max_cores``, stages read
@@ -309,31 +385,48 @@ def run_with_deadline(spark: Any, work: Callable[[], T], *, deadline_s: float, m
     sc = spark.sparkContext
     actuator = ExecutorActuator(sc)
     profile = load_profile(profile_path)
-    report: dict[str, Any] = {"deadline_s": deadline_s, "max_cores": max_cores,
-                              "master": sc.master, "resizable": actuator.resizable,
-                              "profile": str(profile_path)}
+    report: dict[str, Any] = {
+        "deadline_s": deadline_s,
+        "max_cores": max_cores,
+        "master": sc.master,
+        "resizable": actuator.resizable,
+        "profile": str(profile_path),
+    }
     if profile:
         controller = DeadlineController(
-            sc, profile, deadline_s, max_cores, period_s=period_s, log=log,
-            offsets=load_profile_meta(profile_path).get("offsets"))
+            sc,
+            profile,
+            deadline_s,
+            max_cores,
+            period_s=period_s,
+            log=log,
+            offsets=load_profile_meta(profile_path).get("offsets"),
+        )
         report["feasibility"] = controller.verdict.to_dict()
         if controller.verdict.feasible:
             with controller:
                 result = work()
-            report.update(mode="controlled", elapsed_s=round(controller.elapsed_s, 3),
-                          core_seconds=round(controller.core_seconds(), 2),
-                          stage_plans=controller.stage_plans,
-                          timeline=controller.timeline[-200:])
+            report.update(
+                mode="controlled",
+                elapsed_s=round(controller.elapsed_s, 3),
+                core_seconds=round(controller.core_seconds(), 2),
+                stage_plans=controller.stage_plans,
+                timeline=controller.timeline[-200:],
+            )
             report["met"] = controller.elapsed_s <= deadline_s
             return result, report
         if on_infeasible != "best_effort":
             raise SparkDeadlineInfeasible(controller.verdict)
-        log(f"[slaflow] spark deadline: {controller.verdict.message}; on_infeasible is "
-            f"best_effort, so running on all {max_cores} cores without control")
+        log(
+            f"[slaflow] spark deadline: {controller.verdict.message}; on_infeasible is "
+            f"best_effort, so running on all {max_cores} cores without control"
+        )
         report["mode"] = "best_effort"
     else:
-        log(f"[slaflow] spark deadline: no profile of this job at {profile_path} yet; this run "
-            f"profiles it on {max_cores} cores and the next runs are controlled")
+        log(
+            f"[slaflow] spark deadline: no profile of this job at {profile_path} yet; this run "
+            f"profiles it on {max_cores} cores and the next runs are controlled"
+        )
         report["mode"] = "profiling"
     actuator.set_cores(max_cores)
     actuator.wait_for(max_cores)
@@ -344,12 +437,22 @@ def run_with_deadline(spark: Any, work: Callable[[], T], *, deadline_s: float, m
     if report["mode"] == "profiling":
         stages = completed_stages(sc, first - 1)
         held = actuator.held_cores()
-        save_profile(profile_path, profile_from_stages(stages, held),
-                     {"cores": held, "seconds": round(elapsed, 3), "master": sc.master,
-                      "offsets": stage_offsets(stages, first)})
+        save_profile(
+            profile_path,
+            profile_from_stages(stages, held),
+            {
+                "cores": held,
+                "seconds": round(elapsed, 3),
+                "master": sc.master,
+                "offsets": stage_offsets(stages, first),
+            },
+        )
         report["profiled_stages"] = len(stages)
-    report.update(elapsed_s=round(elapsed, 3), met=elapsed <= deadline_s,
-                  core_seconds=round(elapsed * actuator.held_cores(), 2))
+    report.update(
+        elapsed_s=round(elapsed, 3),
+        met=elapsed <= deadline_s,
+        core_seconds=round(elapsed * actuator.held_cores(), 2),
+    )
     return result, report
 
 
@@ -359,13 +462,23 @@ def controlled_conf(master: str, max_cores: int) -> dict[str, str]:
     to set)."""
     if master.startswith("local"):
         return {}
-    return {"spark.executor.cores": "1", "spark.dynamicAllocation.enabled": "false",
-            "spark.cores.max": str(max_cores)}
+    return {
+        "spark.executor.cores": "1",
+        "spark.dynamicAllocation.enabled": "false",
+        "spark.cores.max": str(max_cores),
+    }
 
 
-def stored_profile_path(job: str, *, data_source: str, label_column: str,
-                        validation_fraction: float, test_fraction: float, seed: int,
-                        master: str) -> Path:
+def stored_profile_path(
+    job: str,
+    *,
+    data_source: str,
+    label_column: str,
+    validation_fraction: float,
+    test_fraction: float,
+    seed: int,
+    master: str,
+) -> Path:
     """Where the stored profile of ``job`` on this data, split and master lives (a changed
     data file is profiled again)."""
     import hashlib
@@ -374,11 +487,12 @@ def stored_profile_path(job: str, *, data_source: str, label_column: str,
     from slaflow.settings import home
 
     stamp: list[Any] = []
-    local = data_source[len("file://"):] if data_source.startswith("file://") else data_source
+    local = data_source[len("file://") :] if data_source.startswith("file://") else data_source
     if "://" not in local and os.path.exists(local):
         st = os.stat(local)
         stamp = [st.st_size, st.st_mtime_ns]
-    blob = json.dumps([data_source, stamp, label_column, validation_fraction, test_fraction,
-                       seed, master])
+    blob = json.dumps(
+        [data_source, stamp, label_column, validation_fraction, test_fraction, seed, master]
+    )
     digest = hashlib.sha256(blob.encode()).hexdigest()[:16]
     return home() / "spark_profiles" / f"{job}-{digest}.json"

@@ -43,7 +43,7 @@ def materialize_builtin(source: str, cache_dir: Path) -> str:
 def resolve_source(source: str, cache_dir: Path) -> str:
     if source.startswith("sklearn:"):
         return materialize_builtin(source, cache_dir)
-    local = source[len("file://"):] if source.startswith("file://") else source
+    local = source[len("file://") :] if source.startswith("file://") else source
     if "://" not in local and not Path(local).exists():
         raise DataError(
             f"data_source {source!r} does not exist: give the path of a readable .csv or "
@@ -61,8 +61,9 @@ def _read(spark: Any, path: str) -> Any:
     raise DataError(f"data_source {path!r}: unknown format; use a .csv or .parquet path")
 
 
-def _repair_malformed(frame: Any, non_numeric: list[Any]) -> tuple[Any, dict[str, int], int,
-                                                                   list[Any]]:
+def _repair_malformed(
+    frame: Any, non_numeric: list[Any]
+) -> tuple[Any, dict[str, int], int, list[Any]]:
     """Numeric columns with a few unparsable cells ("n/a", "12,5", "oops").
 
     A CSV column with one bad cell is inferred as a string column. Where at least half of its
@@ -81,8 +82,11 @@ def _repair_malformed(frame: Any, non_numeric: list[Any]) -> tuple[Any, dict[str
         *[F.count(F.col(n)).alias(f"n{i}") for i, n in enumerate(names)],
         *[F.count(F.col(n).try_cast("double")).alias(f"ok{i}") for i, n in enumerate(names)],
     ).first()
-    repair = [(i, n) for i, n in enumerate(names)
-              if counts[f"n{i}"] and counts[f"ok{i}"] * 2 >= counts[f"n{i}"]]
+    repair = [
+        (i, n)
+        for i, n in enumerate(names)
+        if counts[f"n{i}"] and counts[f"ok{i}"] * 2 >= counts[f"n{i}"]
+    ]
     if not repair:
         return frame, {}, 0, non_numeric
     malformed = {n: int(counts[f"n{i}"] - counts[f"ok{i}"]) for i, n in repair}
@@ -123,8 +127,11 @@ def run_prepare(
     features = [c for c in columns if c != label_column]
     if not features:
         raise DataError("the data has no feature columns besides the label")
-    bad = [f for f in frame.schema.fields
-           if f.name in features and not isinstance(f.dataType, NumericType)]
+    bad = [
+        f
+        for f in frame.schema.fields
+        if f.name in features and not isinstance(f.dataType, NumericType)
+    ]
     frame, malformed, malformed_rows, bad = _repair_malformed(frame, bad)
     if bad:
         first = bad[0].name
@@ -141,31 +148,46 @@ def run_prepare(
     complete_row = F.lit(True)
     for c in (label_column, *features):
         complete_row = complete_row & F.col(c).isNotNull()
-    row_counts = frame.agg(F.count(F.lit(1)).alias("n"),
-                           F.sum(F.when(complete_row, 1).otherwise(0)).alias("kept")).first()
+    row_counts = frame.agg(
+        F.count(F.lit(1)).alias("n"), F.sum(F.when(complete_row, 1).otherwise(0)).alias("kept")
+    ).first()
     total, kept = int(row_counts["n"]), int(row_counts["kept"] or 0)
     if kept == 0:
-        raise DataError(f"no complete rows: all {total + malformed_rows} rows have a missing or "
-                        f"malformed value")
+        raise DataError(
+            f"no complete rows: all {total + malformed_rows} rows have a missing or malformed value"
+        )
     complete = frame.where(complete_row)
-    classes = sorted(r[0] for r in complete.select(label_column).distinct().limit(MAX_CLASSES + 1)
-                     .collect())
+    classes = sorted(
+        r[0] for r in complete.select(label_column).distinct().limit(MAX_CLASSES + 1).collect()
+    )
     if len(classes) > MAX_CLASSES:
-        raise DataError(f"label_column {label_column!r} has over {MAX_CLASSES} distinct values: "
-                        f"a classification label is expected")
+        raise DataError(
+            f"label_column {label_column!r} has over {MAX_CLASSES} distinct values: "
+            f"a classification label is expected"
+        )
     if len(classes) < 2:
-        raise DataError(f"label_column {label_column!r} has {len(classes)} class(es): "
-                        f"need at least 2 to train a classifier")
+        raise DataError(
+            f"label_column {label_column!r} has {len(classes)} class(es): "
+            f"need at least 2 to train a classifier"
+        )
     mapping = F.create_map(*[x for i, c in enumerate(classes) for x in (F.lit(c), F.lit(i))])
     train_fraction = 1.0 - validation_fraction - test_fraction
     u = F.col(SPLIT_COLUMN + "_u")  # one draw per row, then compared twice
-    split = (F.when(u < train_fraction, SPLITS[0])
-             .when(u < train_fraction + validation_fraction, SPLITS[1]).otherwise(SPLITS[2]))
-    labeled = complete.select(
-        *[F.col(f).cast("float").alias(f) for f in features],
-        mapping[F.col(label_column)].cast("int").alias(LABEL_INDEX),
-        F.rand(seed).alias(SPLIT_COLUMN + "_u"),
-    ).withColumn(SPLIT_COLUMN, split).drop(SPLIT_COLUMN + "_u").cache()
+    split = (
+        F.when(u < train_fraction, SPLITS[0])
+        .when(u < train_fraction + validation_fraction, SPLITS[1])
+        .otherwise(SPLITS[2])
+    )
+    labeled = (
+        complete.select(
+            *[F.col(f).cast("float").alias(f) for f in features],
+            mapping[F.col(label_column)].cast("int").alias(LABEL_INDEX),
+            F.rand(seed).alias(SPLIT_COLUMN + "_u"),
+        )
+        .withColumn(SPLIT_COLUMN, split)
+        .drop(SPLIT_COLUMN + "_u")
+        .cache()
+    )
     counts = dict.fromkeys(SPLITS, 0)
     label_counts: dict[Any, int] = {}
     for row in labeled.groupBy(SPLIT_COLUMN, LABEL_INDEX).count().collect():
@@ -174,16 +196,24 @@ def run_prepare(
             label_counts[classes[row[LABEL_INDEX]]] = int(row["count"])
     if min(counts.values()) == 0:
         labeled.unpersist()
-        raise DataError(f"a split is empty ({counts}) with {kept} rows: use more data or "
-                        f"larger validation_fraction/test_fraction")
+        raise DataError(
+            f"a split is empty ({counts}) with {kept} rows: use more data or "
+            f"larger validation_fraction/test_fraction"
+        )
     train = labeled.where(F.col(SPLIT_COLUMN) == SPLITS[0])
-    stats = train.agg(*[F.mean(f).alias(f"m_{i}") for i, f in enumerate(features)],
-                      *[F.stddev_pop(f).alias(f"s_{i}") for i, f in enumerate(features)],
-                      *[F.min(f).alias(f"lo_{i}") for i, f in enumerate(features)],
-                      *[F.max(f).alias(f"hi_{i}") for i, f in enumerate(features)]).first()
+    stats = train.agg(
+        *[F.mean(f).alias(f"m_{i}") for i, f in enumerate(features)],
+        *[F.stddev_pop(f).alias(f"s_{i}") for i, f in enumerate(features)],
+        *[F.min(f).alias(f"lo_{i}") for i, f in enumerate(features)],
+        *[F.max(f).alias(f"hi_{i}") for i, f in enumerate(features)],
+    ).first()
     for name in SPLITS:
-        (labeled.where(F.col(SPLIT_COLUMN) == name).drop(SPLIT_COLUMN)
-         .write.mode("overwrite").parquet(f"{output_dir.rstrip('/')}/{name}"))
+        (
+            labeled.where(F.col(SPLIT_COLUMN) == name)
+            .drop(SPLIT_COLUMN)
+            .write.mode("overwrite")
+            .parquet(f"{output_dir.rstrip('/')}/{name}")
+        )
     labeled.unpersist()
     profile = {
         "source": source,
@@ -214,7 +244,7 @@ def source_fingerprint(source: str) -> str | None:
 
     if source.startswith("sklearn:"):
         return source
-    local = Path(source[len("file://"):] if source.startswith("file://") else source)
+    local = Path(source[len("file://") :] if source.startswith("file://") else source)
     if "://" in str(local) or not local.exists():
         return None
     if local.is_file():
@@ -227,8 +257,9 @@ def source_fingerprint(source: str) -> str | None:
     return digest.hexdigest()
 
 
-def reuse_key(*, source: str, label_column: str, validation_fraction: float,
-              test_fraction: float, seed: int) -> str | None:
+def reuse_key(
+    *, source: str, label_column: str, validation_fraction: float, test_fraction: float, seed: int
+) -> str | None:
     """The key under which prepared splits of the same content, label, fractions and seed,
     by this version of this job, are reused; None when the source has no fingerprint."""
     import hashlib
@@ -237,8 +268,7 @@ def reuse_key(*, source: str, label_column: str, validation_fraction: float,
     if fingerprint is None:
         return None
     code = hashlib.sha256(Path(__file__).read_bytes()).hexdigest()[:12]
-    blob = json.dumps([fingerprint, label_column, validation_fraction, test_fraction, seed,
-                       code])
+    blob = json.dumps([fingerprint, label_column, validation_fraction, test_fraction, seed, code])
     return hashlib.sha256(blob.encode()).hexdigest()[:24]
 
 
@@ -247,16 +277,20 @@ def find_prepared(data_dir: str, key: str) -> dict[str, Any] | None:
     import pyarrow.fs as pafs
 
     index = f"{data_dir.rstrip('/')}/prepared/{key}.json"
-    fs, path = pafs.FileSystem.from_uri(index) if "://" in index else \
-        (pafs.LocalFileSystem(), index)
+    fs, path = (
+        pafs.FileSystem.from_uri(index) if "://" in index else (pafs.LocalFileSystem(), index)
+    )
     try:
         with fs.open_input_stream(path) as fh:
             profile: dict[str, Any] = json.loads(fh.read())
     except (FileNotFoundError, OSError, ValueError):
         return None
     for split_path in profile["paths"].values():
-        sfs, spath = pafs.FileSystem.from_uri(split_path) if "://" in split_path else \
-            (pafs.LocalFileSystem(), split_path)
+        sfs, spath = (
+            pafs.FileSystem.from_uri(split_path)
+            if "://" in split_path
+            else (pafs.LocalFileSystem(), split_path)
+        )
         if sfs.get_file_info(spath).type == pafs.FileType.NotFound:
             return None
     return profile

@@ -31,9 +31,9 @@ class MllibFit:
     objective_history: list[float]
 
 
-def standardised_weights(coefficients: np.ndarray, intercepts: np.ndarray,
-                         mean: Sequence[float], std: Sequence[float]) -> tuple[np.ndarray,
-                                                                                np.ndarray]:
+def standardised_weights(
+    coefficients: np.ndarray, intercepts: np.ndarray, mean: Sequence[float], std: Sequence[float]
+) -> tuple[np.ndarray, np.ndarray]:
     """Raw-feature logits ``W x + b`` as a Dense layer after ``(x - mean) / std``.
 
     ``std`` of 0 is taken as 1, as ``build_mlp``'s Normalization does."""
@@ -45,8 +45,15 @@ def standardised_weights(coefficients: np.ndarray, intercepts: np.ndarray,
     return kernel.astype("float32"), bias.astype("float32")
 
 
-def fit_logistic(spark: Any, *, train_path: str, val_path: str, profile: dict[str, Any],
-                 max_iter: int, reg_param: float = 1e-4) -> MllibFit:
+def fit_logistic(
+    spark: Any,
+    *,
+    train_path: str,
+    val_path: str,
+    profile: dict[str, Any],
+    max_iter: int,
+    reg_param: float = 1e-4,
+) -> MllibFit:
     from pyspark.ml.classification import LogisticRegression
     from pyspark.ml.feature import VectorAssembler
 
@@ -55,17 +62,29 @@ def fit_logistic(spark: Any, *, train_path: str, val_path: str, profile: dict[st
     train = assembler.transform(spark.read.parquet(train_path)).select("features", LABEL_INDEX)
     val = assembler.transform(spark.read.parquet(val_path)).select("features", LABEL_INDEX)
     n_classes = len(profile["classes"])
-    model = LogisticRegression(featuresCol="features", labelCol=LABEL_INDEX,
-                               family="multinomial", maxIter=max_iter, regParam=reg_param,
-                               elasticNetParam=0.0, standardization=True).fit(train)
+    model = LogisticRegression(
+        featuresCol="features",
+        labelCol=LABEL_INDEX,
+        family="multinomial",
+        maxIter=max_iter,
+        regParam=reg_param,
+        elasticNetParam=0.0,
+        standardization=True,
+    ).fit(train)
     coef = model.coefficientMatrix.toArray()
     intercepts = model.interceptVector.toArray()
     if coef.shape[0] < n_classes:  # classes absent from the train split get no row
         coef = np.vstack([coef, np.zeros((n_classes - coef.shape[0], coef.shape[1]))])
         intercepts = np.concatenate([intercepts, np.full(n_classes - len(intercepts), -1e3)])
-    kernel, bias = standardised_weights(coef, intercepts, profile["feature_mean"],
-                                        profile["feature_std"])
+    kernel, bias = standardised_weights(
+        coef, intercepts, profile["feature_mean"], profile["feature_std"]
+    )
     summary = model.summary
-    return MllibFit(kernel, bias, float(model.evaluate(val).accuracy),
-                    float(summary.accuracy), int(summary.totalIterations),
-                    [float(v) for v in summary.objectiveHistory])
+    return MllibFit(
+        kernel,
+        bias,
+        float(model.evaluate(val).accuracy),
+        float(summary.accuracy),
+        int(summary.totalIterations),
+        [float(v) for v in summary.objectiveHistory],
+    )

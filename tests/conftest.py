@@ -22,25 +22,27 @@ REPO = Path(__file__).resolve().parents[1]
 _HOME = Path(tempfile.mkdtemp(prefix="slaflow-test-"))
 for _var in ("RAY_ADDRESS", "RAY_AUTH_TOKEN", "MLFLOW_TRACKING_URI"):
     os.environ.pop(_var, None)
-os.environ.update({
-    "SLAFLOW_HOME": str(_HOME),
-    "SLAFLOW_RAY_ADDRESS": "127.0.0.1:6410",
-    "SLAFLOW_RAY_DASHBOARD_URL": "http://127.0.0.1:8266",
-    "SLAFLOW_SERVE_PORT": "8011",
-    # logical CPUs: every served model holds ~1.1 (router, warm and batch tiers) while later
-    # tests train; 4 left too little once three models were served
-    "SLAFLOW_LOCAL_RAY_CPUS": "8",
-    "RAY_AUTH_MODE": "token",
-    "RAY_AUTH_TOKEN_PATH": str(_HOME / "ray" / "auth_token"),
-    "AIRFLOW_HOME": str(_HOME / "airflow"),
-    "AIRFLOW__CORE__DAGS_FOLDER": str(REPO / "dags"),
-    "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
-    "AIRFLOW__CORE__UNIT_TEST_MODE": "False",
-    "TF_CPP_MIN_LOG_LEVEL": "2",
-    # one replica shape keeps each DAG run's serving profile short on a 2-core CI machine
-    "SLAFLOW_PROFILE_CPUS": "0.5",
-    "SLAFLOW_PROFILE_BATCHES": "1",  # batching is covered by the routing integration tests
-})
+os.environ.update(
+    {
+        "SLAFLOW_HOME": str(_HOME),
+        "SLAFLOW_RAY_ADDRESS": "127.0.0.1:6410",
+        "SLAFLOW_RAY_DASHBOARD_URL": "http://127.0.0.1:8266",
+        "SLAFLOW_SERVE_PORT": "8011",
+        # logical CPUs: every served model holds ~1.1 (router, warm and batch tiers) while later
+        # tests train; 4 left too little once three models were served
+        "SLAFLOW_LOCAL_RAY_CPUS": "8",
+        "RAY_AUTH_MODE": "token",
+        "RAY_AUTH_TOKEN_PATH": str(_HOME / "ray" / "auth_token"),
+        "AIRFLOW_HOME": str(_HOME / "airflow"),
+        "AIRFLOW__CORE__DAGS_FOLDER": str(REPO / "dags"),
+        "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+        "AIRFLOW__CORE__UNIT_TEST_MODE": "False",
+        "TF_CPP_MIN_LOG_LEVEL": "2",
+        # one replica shape keeps each DAG run's serving profile short on a 2-core CI machine
+        "SLAFLOW_PROFILE_CPUS": "0.5",
+        "SLAFLOW_PROFILE_BATCHES": "1",  # batching is covered by the routing integration tests
+    }
+)
 
 
 logging.getLogger("py4j").setLevel(logging.WARNING)  # its exit-time log hits closed streams
@@ -99,11 +101,16 @@ def prepared(slaflow_home: Path) -> dict[str, Any]:
     from operators.hooks import SparkHook
     from spark_jobs.prepare import run_prepare
 
-    return run_prepare(SparkHook().session("slaflow-tests"), source="sklearn:digits",
-                       label_column="label",
-                       output_dir=str(slaflow_home / "data" / "fixture"),
-                       validation_fraction=0.15, test_fraction=0.15, seed=7,
-                       cache_dir=slaflow_home / "datasets")
+    return run_prepare(
+        SparkHook().session("slaflow-tests"),
+        source="sklearn:digits",
+        label_column="label",
+        output_dir=str(slaflow_home / "data" / "fixture"),
+        validation_fraction=0.15,
+        test_fraction=0.15,
+        seed=7,
+        cache_dir=slaflow_home / "datasets",
+    )
 
 
 def job_runner(log: Any) -> Any:
@@ -112,27 +119,46 @@ def job_runner(log: Any) -> Any:
     from operators.ray_job import RayJobRunner
     from slaflow.settings import Endpoints
 
-    return RayJobRunner(RayHook().job_client, log,
-                        spec_dir=f"{Endpoints.from_env().data_dir}/job_specs")
+    return RayJobRunner(
+        RayHook().job_client, log, spec_dir=f"{Endpoints.from_env().data_dir}/job_specs"
+    )
 
 
-def train_spec(prepared: dict[str, Any], tracking_uri: str, run_id: str, run_name: str,
-               **overrides: Any) -> dict[str, Any]:
+def train_spec(
+    prepared: dict[str, Any], tracking_uri: str, run_id: str, run_name: str, **overrides: Any
+) -> dict[str, Any]:
     """A training job's spec as the train task builds it (``ray_jobs.specs``) for a small
     contract; ``overrides`` replace spec keys."""
     from policies import RunContract
     from ray_jobs.specs import training_spec
     from slaflow.settings import Endpoints
 
-    contract = RunContract.from_dict({
-        "hidden_units": [32], "learning_rate": 0.01, "batch_size": 64, "max_epochs": 3,
-        "seed": 7, "deadline_s": 300.0, "max_workers": 2, "resize_policy": "static",
-        "on_target_unreachable": "continue"})
+    contract = RunContract.from_dict(
+        {
+            "hidden_units": [32],
+            "learning_rate": 0.01,
+            "batch_size": 64,
+            "max_epochs": 3,
+            "seed": 7,
+            "deadline_s": 300.0,
+            "max_workers": 2,
+            "resize_policy": "static",
+            "on_target_unreachable": "continue",
+        }
+    )
     spec = training_spec(
-        contract, prepared, run_name=run_name, storage_path=Endpoints.from_env().ray_storage,
-        tracking_uri=tracking_uri, mlflow_run_id=run_id, started_at=time.time(),
-        stop_accuracy=0.999, num_workers=2, prior_epochs=3,
-        throughput={"shape": "cpu", "epoch_s": {"1": 1.0, "2": 0.8}, "startup_s": 10.0})
+        contract,
+        prepared,
+        run_name=run_name,
+        storage_path=Endpoints.from_env().ray_storage,
+        tracking_uri=tracking_uri,
+        mlflow_run_id=run_id,
+        started_at=time.time(),
+        stop_accuracy=0.999,
+        num_workers=2,
+        prior_epochs=3,
+        throughput={"shape": "cpu", "epoch_s": {"1": 1.0, "2": 0.8}, "startup_s": 10.0},
+    )
     spec.update(overrides)
     return spec
 
@@ -148,15 +174,24 @@ def trained(ray_cluster: Any, prepared: dict[str, Any], tracking_uri: str) -> di
     run_id, _ = reg.find_or_create_run(client, exp, "fixture-run", "fixture", {})
     logs: list[str] = []
     runner = job_runner(logs.append)
-    result = runner.run(base_id="slaflow-train-fixture", module="ray_jobs.train",
-                        spec=train_spec(prepared, tracking_uri, run_id, "fixture-run"),
-                        timeout_s=600)
-    return {"result": result, "run_id": run_id, "logs": logs, "runner": runner,
-            "submission_id": runner.last_submission_id}
+    result = runner.run(
+        base_id="slaflow-train-fixture",
+        module="ray_jobs.train",
+        spec=train_spec(prepared, tracking_uri, run_id, "fixture-run"),
+        timeout_s=600,
+    )
+    return {
+        "result": result,
+        "run_id": run_id,
+        "logs": logs,
+        "runner": runner,
+        "submission_id": runner.last_submission_id,
+    }
 
 
-def log_untrained_model(run_id: str, prepared: dict[str, Any],
-                        artifact_path: str = "wrong_model") -> str:
+def log_untrained_model(
+    run_id: str, prepared: dict[str, Any], artifact_path: str = "wrong_model"
+) -> str:
     """Log a model that answers wrongly (the right features and classes, never trained) on
     ``run_id``; return its ``runs:/`` URI. Stands in for a serving fault: a version whose
     evaluation looked fine but whose served artifact is not what was evaluated."""
@@ -164,10 +199,19 @@ def log_untrained_model(run_id: str, prepared: dict[str, Any],
 
     from ray_jobs.model_format import ModelMetadata, build_mlp, export_saved_model
 
-    model = build_mlp(len(prepared["feature_names"]), len(prepared["classes"]), [8],
-                      prepared["feature_mean"], prepared["feature_std"], seed=123)
+    model = build_mlp(
+        len(prepared["feature_names"]),
+        len(prepared["classes"]),
+        [8],
+        prepared["feature_mean"],
+        prepared["feature_std"],
+        seed=123,
+    )
     with tempfile.TemporaryDirectory() as tmp:
-        export_saved_model(model, ModelMetadata(tuple(prepared["feature_names"]),
-                                                tuple(prepared["classes"]), (8,)), Path(tmp))
+        export_saved_model(
+            model,
+            ModelMetadata(tuple(prepared["feature_names"]), tuple(prepared["classes"]), (8,)),
+            Path(tmp),
+        )
         mlflow.MlflowClient().log_artifacts(run_id, tmp, artifact_path)
     return f"runs:/{run_id}/{artifact_path}"

@@ -32,13 +32,16 @@ def test_endpoints_point_at_services_and_their_ports(compose: dict) -> None:
     assert host == "ray-head" and f"--port={port}" in services["ray-head"]["command"]
     dash = urlparse(env["SLAFLOW_RAY_DASHBOARD_URL"])
     assert f"--dashboard-port={dash.port}" in services["ray-head"]["command"]
-    assert f"{env['SLAFLOW_SERVE_PORT']}:{env['SLAFLOW_SERVE_PORT']}" in \
-        " ".join(services["ray-head"]["ports"])
+    assert f"{env['SLAFLOW_SERVE_PORT']}:{env['SLAFLOW_SERVE_PORT']}" in " ".join(
+        services["ray-head"]["ports"]
+    )
     mlflow = urlparse(env["SLAFLOW_MLFLOW_TRACKING_URI"])
     assert mlflow.hostname == "mlflow" and f"--port {mlflow.port}" in services["mlflow"]["command"]
     spark = urlparse(env["SLAFLOW_SPARK_MASTER"])
-    assert spark.hostname == "spark-master" and f"--port {spark.port}" in \
-        services["spark-master"]["command"]
+    assert (
+        spark.hostname == "spark-master"
+        and f"--port {spark.port}" in services["spark-master"]["command"]
+    )
     assert "postgres:5432/airflow" in env["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"]
     assert env["RAY_AUTH_MODE"] == "token"
 

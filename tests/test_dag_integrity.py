@@ -26,13 +26,26 @@ def dagbag() -> object:
 def test_no_import_errors(dagbag: object) -> None:
     assert dagbag.import_errors == {}  # type: ignore[attr-defined]
     assert {"ml_lifecycle", "ml_rollback", "ml_undeploy", "training_data_watch"} <= set(
-        dagbag.dag_ids)  # type: ignore[attr-defined]
+        dagbag.dag_ids
+    )  # type: ignore[attr-defined]
 
 
 def test_lifecycle_stages_in_order(dagbag: object) -> None:
     dag = dagbag.dags["ml_lifecycle"]  # type: ignore[attr-defined]
-    order = ["plan", "prepare", "feasibility", "train", "evaluate", "register", "gate",
-             "review", "promote", "profile_serving", "deploy", "verify"]
+    order = [
+        "plan",
+        "prepare",
+        "feasibility",
+        "train",
+        "evaluate",
+        "register",
+        "gate",
+        "review",
+        "promote",
+        "profile_serving",
+        "deploy",
+        "verify",
+    ]
     assert set(dag.task_ids) == set(order)
     for up, down in zip(order, order[1:], strict=False):
         assert dag.get_task(down).upstream_task_ids == {up}
@@ -49,13 +62,21 @@ def test_lifecycle_runs_on_new_training_data(dagbag: object) -> None:
 
 def test_retrain_schedule_comes_from_configuration() -> None:
     """SLAFLOW_RETRAIN_SCHEDULE adds a cron schedule beside the data trigger."""
-    code = ("from airflow.dag_processing.dagbag import DagBag; "
-            "d = DagBag(dag_folder='dags/ml_lifecycle.py').dags['ml_lifecycle']; "
-            "print(type(d.timetable).__name__, d.timetable.timetable.expression, "
-            "d.timetable.asset_condition)")
+    code = (
+        "from airflow.dag_processing.dagbag import DagBag; "
+        "d = DagBag(dag_folder='dags/ml_lifecycle.py').dags['ml_lifecycle']; "
+        "print(type(d.timetable).__name__, d.timetable.timetable.expression, "
+        "d.timetable.asset_condition)"
+    )
     env = {**os.environ, "SLAFLOW_RETRAIN_SCHEDULE": "0 3 * * 1"}
-    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,
-                         text=True, timeout=120, cwd=DAGS.parent)
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=DAGS.parent,
+    )
     assert out.returncode == 0, out.stderr[-2000:]
     assert "AssetOrTimeSchedule 0 3 * * 1" in out.stdout
     assert "slaflow_training_data" in out.stdout
@@ -74,8 +95,9 @@ def test_trigger_form_is_the_contract(dagbag: object) -> None:
     assert deadline.schema["exclusiveMinimum"] == 0 and deadline.schema["section"]
 
 
-@pytest.mark.parametrize(("field", "value"), [("deadline_s", -1), ("target_accuracy", 1.0),
-                                              ("latency_percentile", 97)])
+@pytest.mark.parametrize(
+    ("field", "value"), [("deadline_s", -1), ("target_accuracy", 1.0), ("latency_percentile", 97)]
+)
 def test_bad_conf_is_rejected_by_the_params(dagbag: object, field: str, value: object) -> None:
     from airflow.sdk.exceptions import ParamValidationError
 
@@ -88,11 +110,18 @@ def test_bad_conf_is_rejected_by_the_params(dagbag: object, field: str, value: o
 @pytest.mark.parametrize("dag_file", sorted(p.name for p in DAGS.glob("*.py")))
 def test_parse_imports_no_heavy_engine(dag_file: str) -> None:
     """DAG files are parsed often under a timeout: TF, MLflow, Ray, Spark stay out."""
-    code = (f"import runpy, sys; runpy.run_path({str(DAGS / dag_file)!r}); "
-            "print(','.join(m for m in ('tensorflow', 'mlflow', 'ray', 'pyspark', 'tf_keras') "
-            "if m in sys.modules))")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                         env=os.environ.copy(), check=True)
+    code = (
+        f"import runpy, sys; runpy.run_path({str(DAGS / dag_file)!r}); "
+        "print(','.join(m for m in ('tensorflow', 'mlflow', 'ray', 'pyspark', 'tf_keras') "
+        "if m in sys.modules))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        env=os.environ.copy(),
+        check=True,
+    )
     assert out.stdout.strip() == ""
 
 

@@ -63,7 +63,7 @@ class MlflowHook(BaseHook):
         if self.tracking_uri.startswith("sqlite:///"):
             from pathlib import Path
 
-            Path(self.tracking_uri[len("sqlite:///"):]).parent.mkdir(parents=True, exist_ok=True)
+            Path(self.tracking_uri[len("sqlite:///") :]).parent.mkdir(parents=True, exist_ok=True)
         import mlflow
         from mlflow.tracking import MlflowClient
 

@@ -31,9 +31,13 @@ class RayHook(BaseHook):
     @cached_property
     def endpoints(self) -> dict[str, str]:
         env = Endpoints.from_env()
-        out = {"dashboard_url": env.ray_dashboard_url, "address": env.ray_address,
-               "serve_url": env.serve_url, "serve_host": env.serve_host,
-               "serve_port": str(env.serve_port)}
+        out = {
+            "dashboard_url": env.ray_dashboard_url,
+            "address": env.ray_address,
+            "serve_url": env.serve_url,
+            "serve_host": env.serve_host,
+            "serve_port": str(env.serve_port),
+        }
         conn = connection(self.ray_conn_id)
         if conn is not None:
             extra = conn.extra_dejson
@@ -92,5 +96,6 @@ class RayHook(BaseHook):
     def alive_nodes(self) -> list[dict[str, float]]:
         """The resources of each alive node (the node type key of serving profiles)."""
         ray = self.connect()
-        return [{k: float(v) for k, v in n["Resources"].items()} for n in ray.nodes()
-                if n.get("Alive")]
+        return [
+            {k: float(v) for k, v in n["Resources"].items()} for n in ray.nodes() if n.get("Alive")
+        ]

@@ -43,8 +43,9 @@ class ServeHook(BaseHook):
     default_conn_name = "slaflow_ray"
     hook_name = "slaflow Ray Serve"
 
-    def __init__(self, ray_conn_id: str | None = default_conn_name,
-                 ray_hook: RayHook | None = None) -> None:
+    def __init__(
+        self, ray_conn_id: str | None = default_conn_name, ray_hook: RayHook | None = None
+    ) -> None:
         super().__init__()
         self.ray_conn_id = ray_conn_id
         self.ray = ray_hook or RayHook(ray_conn_id)
@@ -70,8 +71,12 @@ class ServeHook(BaseHook):
         self.ray.connect()
         from ray import serve
 
-        serve.start(http_options={"host": self.endpoints["serve_host"],
-                                  "port": int(self.endpoints["serve_port"])})
+        serve.start(
+            http_options={
+                "host": self.endpoints["serve_host"],
+                "port": int(self.endpoints["serve_port"]),
+            }
+        )
         return serve
 
     def deploy_version(self, model: str, tracking_uri: str, spec: dict[str, Any]) -> str:
@@ -80,8 +85,12 @@ class ServeHook(BaseHook):
 
         serve = self.connect()
         app = version_app(model, str(spec["version"]))
-        serve.run(build_version_app(model, tracking_uri, spec), name=app, route_prefix=None,
-                  blocking=False)
+        serve.run(
+            build_version_app(model, tracking_uri, spec),
+            name=app,
+            route_prefix=None,
+            blocking=False,
+        )
         return app
 
     def route(self, model: str, config: dict[str, Any], node_resource: str = "") -> None:
@@ -90,8 +99,12 @@ class ServeHook(BaseHook):
         from ray_jobs.serve_router import build_router_app
 
         serve = self.connect()
-        serve.run(build_router_app(model, config, node_resource), name=model,
-                  route_prefix=f"/{model}", blocking=False)
+        serve.run(
+            build_router_app(model, config, node_resource),
+            name=model,
+            route_prefix=f"/{model}",
+            blocking=False,
+        )
 
     def delete(self, app: str, wait: bool = True) -> None:
         """Delete an application; ``wait`` until its replicas are gone (their CPUs free)."""
@@ -106,13 +119,17 @@ class ServeHook(BaseHook):
     def model_applications(self, model: str) -> list[str]:
         """The router and version applications of ``model`` that exist now (not those being
         deleted)."""
-        return sorted(a for a, status in self.applications().items()
-                      if model_of_app(a) == model and status != "DELETING")
+        return sorted(
+            a
+            for a, status in self.applications().items()
+            if model_of_app(a) == model and status != "DELETING"
+        )
 
     def served_versions(self, model: str) -> list[str]:
         """Versions of ``model`` with an application now (not those being deleted)."""
-        return sorted(parsed[1] for a in self.model_applications(model)
-                      if (parsed := parse_version_app(a)))
+        return sorted(
+            parsed[1] for a in self.model_applications(model) if (parsed := parse_version_app(a))
+        )
 
     def undeploy(self, model: str) -> list[str]:
         """Take ``model`` off the endpoint: its router first (requests get 404 at once), then
@@ -132,27 +149,32 @@ class ServeHook(BaseHook):
             if state == "RUNNING":
                 return
             if state == "DEPLOY_FAILED":
-                raise RuntimeError(f"Serve application {app} failed to deploy: "
-                                   f"{status.message}")
+                raise RuntimeError(f"Serve application {app} failed to deploy: {status.message}")
             if time.monotonic() > deadline:
                 raise TimeoutError(
                     f"Serve application {app} is not RUNNING after {timeout_s:.0f}s (status "
-                    f"{state or 'missing'}); see the Ray dashboard's Serve tab")
+                    f"{state or 'missing'}); see the Ray dashboard's Serve tab"
+                )
             time.sleep(poll_s)
 
-    def wait_routing(self, model: str, primary: str, candidate: str | None,
-                     timeout_s: float = 120.0) -> None:
+    def wait_routing(
+        self, model: str, primary: str, candidate: str | None, timeout_s: float = 120.0
+    ) -> None:
         """Until the endpoint's router answers with this primary and canary candidate."""
         deadline = time.monotonic() + timeout_s
         while True:
             info = self.info(model) or {}
-            if str(info.get("model_version")) == primary and \
-                    (info.get("canary") or {}).get("candidate") == candidate:
+            if (
+                str(info.get("model_version")) == primary
+                and (info.get("canary") or {}).get("candidate") == candidate
+            ):
                 return
             if time.monotonic() > deadline:
-                raise TimeoutError(f"{self.url(model)} did not route to v{primary} (canary "
-                                   f"{candidate}) within {timeout_s:.0f}s; see the Ray "
-                                   f"dashboard's Serve tab")
+                raise TimeoutError(
+                    f"{self.url(model)} did not route to v{primary} (canary "
+                    f"{candidate}) within {timeout_s:.0f}s; see the Ray "
+                    f"dashboard's Serve tab"
+                )
             time.sleep(0.25)
 
     def running_replicas(self, app: str, deployment: str) -> int:
@@ -167,8 +189,9 @@ class ServeHook(BaseHook):
         out: dict[str, set[str]] = {}
         details = self.details().get("applications", {}).get(app) or {}
         for name, dep in (details.get("deployments") or {}).items():
-            out[name] = {r["replica_id"] for r in dep.get("replicas", [])
-                         if r.get("state") != "STOPPED"}
+            out[name] = {
+                r["replica_id"] for r in dep.get("replicas", []) if r.get("state") != "STOPPED"
+            }
         return out
 
     # ------------------------------------------------------------------ the endpoint
@@ -196,12 +219,14 @@ class ServeHook(BaseHook):
         out: dict[str, Any] = resp.json()
         return out
 
-    def predict(self, model: str, rows: list[Any], *, caller: str | None = None,
-                timeout_s: float = 30.0) -> Any:
+    def predict(
+        self, model: str, rows: list[Any], *, caller: str | None = None, timeout_s: float = 30.0
+    ) -> Any:
         """``POST /<model>`` with ``{"instances": rows}``; the ``requests`` response."""
         headers = {"x-slaflow-caller": caller} if caller else {}
-        return self.http.post(self.url(model), json={"instances": rows}, headers=headers,
-                              timeout=timeout_s)
+        return self.http.post(
+            self.url(model), json={"instances": rows}, headers=headers, timeout=timeout_s
+        )
 
     def wait_answering(self, model: str, timeout_s: float = 300.0) -> float:
         """Seconds until ``GET /<model>`` answers."""
@@ -212,9 +237,17 @@ class ServeHook(BaseHook):
             time.sleep(0.1)
         raise TimeoutError(f"{self.url(model)} did not answer within {timeout_s:.0f}s")
 
-    def measure(self, model: str, rows: list[list[float]], *, sequential: int = 200,
-                concurrency: int = 8, load_s: float = 3.0, big_rows: int = 64,
-                warmup: int = 20) -> dict[str, float]:
+    def measure(
+        self,
+        model: str,
+        rows: list[list[float]],
+        *,
+        sequential: int = 200,
+        concurrency: int = 8,
+        load_s: float = 3.0,
+        big_rows: int = 64,
+        warmup: int = 20,
+    ) -> dict[str, float]:
         """Latency of one-row requests at low load (p50/p99), saturated requests/s with
         ``concurrency`` clients, and the extra milliseconds per row of a large request;
         measured from a process of its own (``ray_jobs.serve_measure``), so the caller's
@@ -224,21 +257,32 @@ class ServeHook(BaseHook):
         import sys
         import tempfile
 
-        spec = {"url": self.url(model), "rows": rows, "sequential": sequential,
-                "concurrency": concurrency, "load_s": load_s, "big_rows": big_rows,
-                "warmup": warmup}
+        spec = {
+            "url": self.url(model),
+            "rows": rows,
+            "sequential": sequential,
+            "concurrency": concurrency,
+            "load_s": load_s,
+            "big_rows": big_rows,
+            "warmup": warmup,
+        }
         with tempfile.NamedTemporaryFile("w", suffix=".json") as fh:
             json.dump(spec, fh)
             fh.flush()
-            out = subprocess.run([sys.executable, "-m", "ray_jobs.serve_measure", fh.name],
-                                 capture_output=True, text=True, timeout=600)
+            out = subprocess.run(
+                [sys.executable, "-m", "ray_jobs.serve_measure", fh.name],
+                capture_output=True,
+                text=True,
+                timeout=600,
+            )
         if out.returncode != 0:
             raise RuntimeError(f"measuring {self.url(model)} failed: {out.stderr[-2000:]}")
         result: dict[str, float] = json.loads(out.stdout.strip().splitlines()[-1])
         return result
 
-    def deploy_noop(self, name: str, *, num_cpus: float, resource: str = "",
-                    wait: bool = True) -> None:
+    def deploy_noop(
+        self, name: str, *, num_cpus: float, resource: str = "", wait: bool = True
+    ) -> None:
         """Serve a model that does no work as ``name`` (router + one no-op replica): the
         Serve path on its own, for overhead measurements. Replaces what ``name`` served."""
         from ray_jobs.serve_app import overhead_app
@@ -247,17 +291,32 @@ class ServeHook(BaseHook):
         serve = self.connect()
         for app in (name, version_app(name, "0")):
             serve.delete(app, _blocking=True)
-        serve.run(overhead_app(num_cpus, resource), name=version_app(name, "0"),
-                  route_prefix=None, blocking=False)
-        serve.run(build_router_app(name, {"primary": "0", "versions": {"0": {
-            "routes": ["warm"], "warm_max_in_flight": 10_000}}}, resource),
-            name=name, route_prefix=f"/{name}", blocking=False)
+        serve.run(
+            overhead_app(num_cpus, resource),
+            name=version_app(name, "0"),
+            route_prefix=None,
+            blocking=False,
+        )
+        serve.run(
+            build_router_app(
+                name,
+                {
+                    "primary": "0",
+                    "versions": {"0": {"routes": ["warm"], "warm_max_in_flight": 10_000}},
+                },
+                resource,
+            ),
+            name=name,
+            route_prefix=f"/{name}",
+            blocking=False,
+        )
         if wait:
             self.wait_running(version_app(name, "0"))
             self.wait_routing(name, "0", None)
 
-    def measure_overhead(self, *, num_cpus: float, resource: str = "",
-                         load_s: float = 2.0) -> ServeOverhead:
+    def measure_overhead(
+        self, *, num_cpus: float, resource: str = "", load_s: float = 2.0
+    ) -> ServeOverhead:
         """The Serve path on its own: a router in front of a replica that does no work, as
         every model is served. Deploy-to-first-answer is a replica's cold start without a
         model. Deleted afterwards."""
@@ -272,8 +331,12 @@ class ServeHook(BaseHook):
             serve = self.connect()
             for app in (name, version_app(name, "0")):
                 serve.delete(app, _blocking=False)
-        return ServeOverhead(p50_ms=m["p50_ms"], p99_ms=m["p99_ms"],
-                             capacity_rps=m["capacity_rps"], cold_start_s=round(cold, 3))
+        return ServeOverhead(
+            p50_ms=m["p50_ms"],
+            p99_ms=m["p99_ms"],
+            capacity_rps=m["capacity_rps"],
+            cold_start_s=round(cold, 3),
+        )
 
     # ------------------------------------------------------------------ capacity
 
@@ -293,7 +356,8 @@ class ServeHook(BaseHook):
             raise EndpointError(
                 f"cannot read Serve's applications from {url} ({type(exc).__name__}: {exc}). "
                 f"Check the Ray dashboard (SLAFLOW_RAY_DASHBOARD_URL, or the "
-                f"'{self.ray_conn_id}' connection) and its token") from exc
+                f"'{self.ray_conn_id}' connection) and its token"
+            ) from exc
         out: dict[str, Any] = resp.json()
         return out
 
@@ -304,7 +368,13 @@ class ServeHook(BaseHook):
             for name, dep in (details.get("deployments") or {}).items():
                 res = dep.get("required_resources") or {}
                 live = [r for r in dep.get("replicas", []) if r.get("state") != "STOPPED"]
-                deployments.append(ServedDeployment(
-                    app=app, deployment=name, replicas=len(live),
-                    num_cpus=float(res.get("CPU", 0.0)), num_gpus=float(res.get("GPU", 0.0))))
+                deployments.append(
+                    ServedDeployment(
+                        app=app,
+                        deployment=name,
+                        replicas=len(live),
+                        num_cpus=float(res.get("CPU", 0.0)),
+                        num_gpus=float(res.get("GPU", 0.0)),
+                    )
+                )
         return ServingFootprint.of(deployments)

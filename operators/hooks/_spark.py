@@ -39,7 +39,7 @@ class SparkHook(BaseHook):
 
         if not master.startswith("spark://"):
             return
-        for hostport in master[len("spark://"):].split(","):
+        for hostport in master[len("spark://") :].split(","):
             host, _, port = hostport.rpartition(":")
             try:
                 socket.create_connection((host, int(port)), timeout=5).close()
@@ -49,10 +49,12 @@ class SparkHook(BaseHook):
         raise EndpointError(
             f"cannot reach the Spark master {master}. Start it, or set the contract's "
             f"spark_master, SLAFLOW_SPARK_MASTER (or the '{self.spark_conn_id}' connection) to "
-            f"a reachable master, or local[*]")
+            f"a reachable master, or local[*]"
+        )
 
-    def session(self, app_name: str, master: str | None = None,
-                conf: dict[str, str] | None = None) -> Any:
+    def session(
+        self, app_name: str, master: str | None = None, conf: dict[str, str] | None = None
+    ) -> Any:
         """A session on ``master`` (default: the connection's or SLAFLOW_SPARK_MASTER).
 
         An active session on another master in this process is stopped first: Spark's
@@ -68,11 +70,16 @@ class SparkHook(BaseHook):
             current = SparkSession._instantiatedSession
             (current.stop() if current is not None else running.stop())
         conn = connection(self.spark_conn_id)
-        builder = (SparkSession.builder.master(master).appName(app_name)
-                   .config("spark.sql.shuffle.partitions", "8")
-                   .config("spark.ui.showConsoleProgress", "false"))
-        for key, value in {**(conn.extra_dejson if conn is not None else {}),
-                           **(conf or {})}.items():
+        builder = (
+            SparkSession.builder.master(master)
+            .appName(app_name)
+            .config("spark.sql.shuffle.partitions", "8")
+            .config("spark.ui.showConsoleProgress", "false")
+        )
+        for key, value in {
+            **(conn.extra_dejson if conn is not None else {}),
+            **(conf or {}),
+        }.items():
             builder = builder.config(key, str(value))
         try:
             return builder.getOrCreate()

@@ -45,8 +45,10 @@ def topology() -> Iterator[Topology]:
         topo.stop()
 
 
-_UNDEPLOY = ("import sys; from operators.hooks import ServeHook; "
-             "print(ServeHook(None).undeploy(sys.argv[1]))")
+_UNDEPLOY = (
+    "import sys; from operators.hooks import ServeHook; "
+    "print(ServeHook(None).undeploy(sys.argv[1]))"
+)
 
 
 def undeploy(topo: Topology, name: str) -> None:
@@ -55,16 +57,22 @@ def undeploy(topo: Topology, name: str) -> None:
     a later test's training workers would wait for them until its deadline."""
     import requests
 
-    proc = subprocess.run([sys.executable, "-c", _UNDEPLOY, name], env=topo.env(),
-                          cwd=Path(__file__).resolve().parents[2], capture_output=True,
-                          text=True, timeout=300)
+    proc = subprocess.run(
+        [sys.executable, "-c", _UNDEPLOY, name],
+        env=topo.env(),
+        cwd=Path(__file__).resolve().parents[2],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     url = f"http://127.0.0.1:{topo.env()['SLAFLOW_SERVE_PORT']}/{name}"
     assert requests.post(url, json={"instances": [[0.0]]}, timeout=10).status_code == 404
 
 
-def wait_run(topo: Topology, run_id: str, dag_id: str = "ml_lifecycle",
-             timeout_s: float = 1200) -> str:
+def wait_run(
+    topo: Topology, run_id: str, dag_id: str = "ml_lifecycle", timeout_s: float = 1200
+) -> str:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         _, run = topo.api("GET", f"/dags/{dag_id}/dagRuns/{run_id}")
@@ -75,8 +83,11 @@ def wait_run(topo: Topology, run_id: str, dag_id: str = "ml_lifecycle",
 
 
 def xcom(topo: Topology, run_id: str, task: str, dag_id: str = "ml_lifecycle") -> Any:
-    code, body = topo.api("GET", f"/dags/{dag_id}/dagRuns/{run_id}/taskInstances/{task}"
-                                 "/xcomEntries/return_value?deserialize=true&stringify=false")
+    code, body = topo.api(
+        "GET",
+        f"/dags/{dag_id}/dagRuns/{run_id}/taskInstances/{task}"
+        "/xcomEntries/return_value?deserialize=true&stringify=false",
+    )
     assert code == 200, body
     value = body["value"]
     if isinstance(value, str):

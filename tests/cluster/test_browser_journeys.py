@@ -45,7 +45,8 @@ def browser_page() -> Any:
     from playwright.sync_api import expect, sync_playwright
 
     assert CHROMIUM.exists(), (
-        f"{CHROMIUM} is missing: `make test` installs Debian's chromium (`make browser-deps`)")
+        f"{CHROMIUM} is missing: `make test` installs Debian's chromium (`make browser-deps`)"
+    )
     SHOTS.mkdir(parents=True, exist_ok=True)
     with sync_playwright() as pw:
         browser = pw.chromium.launch(executable_path=str(CHROMIUM), args=["--no-sandbox"])
@@ -66,8 +67,9 @@ def _shot(page: Any, name: str, locator: Any = None) -> None:
 
 def _field(dialog: Any, name: str) -> Any:
     """A trigger-form field by its param name (the form names inputs ``element_<param>``)."""
-    return dialog.locator(f"input[name=element_{name}], input#element_{name}, "
-                          f"div#element_{name}").first
+    return dialog.locator(
+        f"input[name=element_{name}], input#element_{name}, div#element_{name}"
+    ).first
 
 
 def _runs(topo: Topology) -> int:
@@ -77,13 +79,15 @@ def _runs(topo: Topology) -> int:
 
 
 def test_a_contract_from_the_trigger_form_through_review_to_serving_on_the_topology(
-        topology: Topology, browser_page: Any) -> None:
+    topology: Topology, browser_page: Any
+) -> None:
     from playwright.sync_api import expect
 
     topo, page = topology, browser_page
     started = time.monotonic()
-    password = json.loads((topo.root / "airflow" /
-                           "simple_auth_manager_passwords.json.generated").read_text())["admin"]
+    password = json.loads(
+        (topo.root / "airflow" / "simple_auth_manager_passwords.json.generated").read_text()
+    )["admin"]
 
     # Journey 1: log in, open the form, a bad value, then a valid contract.
     page.goto(f"{topo.airflow_url}/dags/ml_lifecycle")
@@ -94,8 +98,14 @@ def test_a_contract_from_the_trigger_form_through_review_to_serving_on_the_topol
     page.wait_for_url("**/dags/ml_lifecycle")
     page.get_by_role("button", name="Trigger").first.click()
     dialog = page.get_by_role("dialog")
-    for section in ("Deadline and quality", "Budget", "Promotion review", "Model", "Serving",
-                    "Data"):
+    for section in (
+        "Deadline and quality",
+        "Budget",
+        "Promotion review",
+        "Model",
+        "Serving",
+        "Data",
+    ):
         expect(dialog.get_by_role("button", name=section, exact=True)).to_be_visible()
     runs_before = _runs(topo)
     dialog.get_by_role("button", name="Deadline and quality", exact=True).click()
@@ -142,8 +152,7 @@ def test_a_contract_from_the_trigger_form_through_review_to_serving_on_the_topol
         assert time.monotonic() < deadline, f"review never asked: {states}"
         time.sleep(5)
     assert states["gate"] == "success" and states["promote"] in (None, "none")
-    page.goto(f"{topo.airflow_url}/dags/ml_lifecycle/runs/{run_id}/tasks/review/"
-              "required_actions")
+    page.goto(f"{topo.airflow_url}/dags/ml_lifecycle/runs/{run_id}/tasks/review/required_actions")
     expect(page.get_by_text(f"Promote {MODEL} v1 to champion?")).to_be_visible()
     expect(page.get_by_text("review policy 'always'")).to_be_visible()
     _shot(page, "04_review_required_action")
@@ -154,14 +163,16 @@ def test_a_contract_from_the_trigger_form_through_review_to_serving_on_the_topol
     page.goto(f"{topo.airflow_url}/dags/ml_lifecycle/runs/{run_id}")
     expect(page.get_by_text("12 Task Instances")).to_be_visible()
     _shot(page, "05_run_succeeded")
-    served = requests.post(f"http://127.0.0.1:{topo.env()['SLAFLOW_SERVE_PORT']}/{MODEL}",
-                           json=REQUEST, timeout=10).json()
+    served = requests.post(
+        f"http://127.0.0.1:{topo.env()['SLAFLOW_SERVE_PORT']}/{MODEL}", json=REQUEST, timeout=10
+    ).json()
     assert served["model_version"] == "1" and served["predictions"] == [0, 1]
 
     # Journey 3: the model version in the MLflow UI, as a reviewer sees it.
     page.goto(f"{topo.mlflow_url}/#/models/{MODEL}/versions/1")
     expect(page.get_by_text("@ champion").or_(page.get_by_text("champion").first)).to_be_visible(
-        timeout=60_000)
+        timeout=60_000
+    )
     expect(page.get_by_text("slaflow.gate.decision")).to_be_visible()
     expect(page.get_by_text("PASS human_review: approved by admin").first).to_be_visible()
     expect(page.get_by_text("slaflow.airflow_run_url")).to_be_visible()
@@ -175,8 +186,7 @@ def test_a_contract_from_the_trigger_form_through_review_to_serving_on_the_topol
     assert str(version.version) == "1"
     report = json.loads(version.tags["slaflow.gate.report"])
     assert report["review"]["required"] is True
-    assert report["review_answer"] == {"approved": True, "responder": "admin",
-                                       "timed_out": False}
+    assert report["review_answer"] == {"approved": True, "responder": "admin", "timed_out": False}
     assert version.tags["slaflow.airflow_run_url"].startswith(topo.airflow_url)
 
     # Journey 4: where that run ran on the topology.
@@ -195,7 +205,8 @@ def _where_it_ran(topo: Topology, run_id: str, client: Any, run_seconds: float) 
         f"import json, ray; ray.init(address='127.0.0.1:{PORTS['ray_gcs']}', "
         "logging_level='ERROR'); "
         "print(json.dumps([{'id': n['NodeID'], 'res': n['Resources']} for n in ray.nodes() "
-        "if n['Alive']]))")
+        "if n['Alive']]))"
+    )
     assert len(nodes) == 3
     large = {n["id"] for n in nodes if "large" in n["res"]}
     head = {n["id"] for n in nodes if "CPU" not in n["res"]}
@@ -208,7 +219,8 @@ def _where_it_ran(topo: Topology, run_id: str, client: Any, run_seconds: float) 
         "print(json.dumps([a.node_id for a in list_actors("
         f"address='127.0.0.1:{PORTS['ray_gcs']}', filters=[('state', '=', 'ALIVE')], "
         "limit=1000, raise_on_missing_output=False) "
-        f"if a.class_name.startswith('ServeReplica:{MODEL}')]))")
+        f"if a.class_name.startswith('ServeReplica:{MODEL}')]))"
+    )
     assert replicas and set(replicas) <= large  # the router and every tier of the version
     # Spark: the prepare job ran as an application of the standalone master
     apps = requests.get(f"http://127.0.0.1:{PORTS['spark_ui']}/json/", timeout=5).json()
@@ -219,13 +231,21 @@ def _where_it_ran(topo: Topology, run_id: str, client: Any, run_seconds: float) 
 
     with psycopg2.connect(host="127.0.0.1", user="postgres", dbname=topo.airflow_db) as conn:
         with conn.cursor() as cur:
-            cur.execute("select count(*) from dag_run where dag_id = 'ml_lifecycle' and "
-                        "run_id = %s", (run_id,))
+            cur.execute(
+                "select count(*) from dag_run where dag_id = 'ml_lifecycle' and run_id = %s",
+                (run_id,),
+            )
             assert cur.fetchone()[0] == 1
-    report = {"startup_seconds": topo.timings, "run_seconds": round(run_seconds, 1),
-              "training_seconds": summary["training_seconds"],
-              "verify_p50_ms": summary["verify_p50_ms"], "verify_p99_ms": summary["verify_p99_ms"],
-              "training_worker_nodes": workers, "serve_replica_nodes": replicas,
-              "large_nodes": sorted(large), "head_nodes": sorted(head)}
+    report = {
+        "startup_seconds": topo.timings,
+        "run_seconds": round(run_seconds, 1),
+        "training_seconds": summary["training_seconds"],
+        "verify_p50_ms": summary["verify_p50_ms"],
+        "verify_p99_ms": summary["verify_p99_ms"],
+        "training_worker_nodes": workers,
+        "serve_replica_nodes": replicas,
+        "large_nodes": sorted(large),
+        "head_nodes": sorted(head),
+    }
     (topo.root / "report.json").write_text(json.dumps(report, indent=2))
     print(json.dumps(report))

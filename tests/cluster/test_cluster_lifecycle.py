@@ -18,27 +18,39 @@ from tests.cluster.conftest import xcom as _xcom
 from tests.cluster.topology import PORTS, Topology
 
 pytestmark = pytest.mark.cluster
-CONF = {"model_name": MODEL, "max_epochs": 12, "hidden_units": [32], "target_accuracy": 0.85,
-        "learning_rate": 0.01, "stop_margin": 0.01, "serving_node_resource": "large",
-        # Static sizing holds max_workers (2) throughout, so the test can check that both
-        # training workers landed on worker nodes; the deadline controller would pick 1.
-        "resize_policy": "static",
-        # traffic and a latency SLO a loaded 2-core machine can plan for: with every
-        # service of the topology on 2 cores, one replica's unloaded p99 measured 90-112 ms
-        # (see SMALL in tests/e2e)
-        "expected_rps": 5.0, "peak_rps": 20.0, "latency_slo_ms": 300.0}
-REQUEST = json.loads((Path(__file__).resolve().parents[2] / "examples" /
-                      "digit_request.json").read_text())
+CONF = {
+    "model_name": MODEL,
+    "max_epochs": 12,
+    "hidden_units": [32],
+    "target_accuracy": 0.85,
+    "learning_rate": 0.01,
+    "stop_margin": 0.01,
+    "serving_node_resource": "large",
+    # Static sizing holds max_workers (2) throughout, so the test can check that both
+    # training workers landed on worker nodes; the deadline controller would pick 1.
+    "resize_policy": "static",
+    # traffic and a latency SLO a loaded 2-core machine can plan for: with every
+    # service of the topology on 2 cores, one replica's unloaded p99 measured 90-112 ms
+    # (see SMALL in tests/e2e)
+    "expected_rps": 5.0,
+    "peak_rps": 20.0,
+    "latency_slo_ms": 300.0,
+}
+REQUEST = json.loads(
+    (Path(__file__).resolve().parents[2] / "examples" / "digit_request.json").read_text()
+)
 
 
 def test_rest_api_refuses_a_bad_contract_before_any_run(topology: Topology) -> None:
-    code, body = topology.api("POST", "/dags/ml_lifecycle/dagRuns",
-                              {"logical_date": None, "conf": {"deadline_s": -1}})
+    code, body = topology.api(
+        "POST", "/dags/ml_lifecycle/dagRuns", {"logical_date": None, "conf": {"deadline_s": -1}}
+    )
     assert code == 400 and "deadline_s" in json.dumps(body)
 
 
 def test_new_training_data_retrains_against_the_champion_and_an_unanswered_review_promotes_nothing(
-        topology: Topology) -> None:
+    topology: Topology,
+) -> None:
     """Data-driven retraining on the real scheduler: a new CSV at SLAFLOW_TRAINING_DATA makes
     training_data_watch emit the Asset, the scheduler starts ml_lifecycle on it with the
     unattended contract, the gate compares with the champion (the browser test's, when it ran
@@ -68,14 +80,17 @@ def test_new_training_data_retrains_against_the_champion_and_an_unanswered_revie
     frame = pd.DataFrame(digits.data, columns=[f"px{i}" for i in range(64)])
     frame["label"] = digits.target
     frame.to_csv(data, index=False)
-    Path(env["SLAFLOW_RETRAIN_CONTRACT"]).write_text(json.dumps(
-        {**CONF, "review_policy": "always", "review_timeout_s": 20}))
+    Path(env["SLAFLOW_RETRAIN_CONTRACT"]).write_text(
+        json.dumps({**CONF, "review_policy": "always", "review_timeout_s": 20})
+    )
 
     def watch() -> tuple[str, dict[str, str]]:
         code, run = topo.api("POST", "/dags/training_data_watch/dagRuns", {"logical_date": None})
         assert code == 200, run
-        assert _wait_run(topo, run["dag_run_id"], dag_id="training_data_watch",
-                         timeout_s=300) == "success"
+        assert (
+            _wait_run(topo, run["dag_run_id"], dag_id="training_data_watch", timeout_s=300)
+            == "success"
+        )
         return run["dag_run_id"], task_states(topo, run["dag_run_id"], "training_data_watch")
 
     _, states = watch()
@@ -110,8 +125,10 @@ def test_new_training_data_retrains_against_the_champion_and_an_unanswered_revie
     assert version.tags["slaflow.gate.decision"] == "not_promoted"
     assert "no answer within 20s" in version.tags["slaflow.gate.reasons"]
     assert champion() == before
-    assert str(client.get_model_version_by_alias(MODEL, "challenger").version) == \
-        promotion["model_version"]
+    assert (
+        str(client.get_model_version_by_alias(MODEL, "challenger").version)
+        == promotion["model_version"]
+    )
     if served is not None:  # serving is untouched by an unpromoted version
         answer = requests.post(url, json=REQUEST, timeout=10).json()
         assert answer["model_version"] == served

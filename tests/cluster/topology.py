@@ -26,8 +26,16 @@ REPO = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
 PG = "postgresql+psycopg2://postgres@127.0.0.1:5432"
 
-PORTS = {"ray_gcs": 6430, "ray_dashboard": 8268, "serve": 8021, "mlflow": 5055,
-         "spark_master": 7177, "spark_ui": 8190, "spark_worker_ui": 8191, "airflow": 8095}
+PORTS = {
+    "ray_gcs": 6430,
+    "ray_dashboard": 8268,
+    "serve": 8021,
+    "mlflow": 5055,
+    "spark_master": 7177,
+    "spark_ui": 8190,
+    "spark_worker_ui": 8191,
+    "airflow": 8095,
+}
 
 
 def _http_ok(url: str, timeout: float = 3.0) -> bool:
@@ -77,57 +85,68 @@ class Topology:
     def env(self) -> dict[str, str]:
         # Nothing of the suite's own engines leaks in: mlflow.set_tracking_uri() exports
         # MLFLOW_TRACKING_URI/MLFLOW_REGISTRY_URI into this process's environment.
-        env = {k: v for k, v in os.environ.items()
-               if not k.startswith(("SLAFLOW_", "AIRFLOW", "MLFLOW_"))}
-        env.update({
-            "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}",
-            "SLAFLOW_HOME": str(self.root / "home"),
-            "SLAFLOW_RAY_ADDRESS": f"127.0.0.1:{PORTS['ray_gcs']}",
-            "SLAFLOW_RAY_DASHBOARD_URL": f"http://127.0.0.1:{PORTS['ray_dashboard']}",
-            "SLAFLOW_SERVE_PORT": str(PORTS["serve"]),
-            "SLAFLOW_SPARK_MASTER": f"spark://127.0.0.1:{PORTS['spark_master']}",
-            "SLAFLOW_MLFLOW_TRACKING_URI": self.mlflow_url,
-            "SLAFLOW_DATA_DIR": str(self.root / "shared" / "data"),
-            "SLAFLOW_RAY_STORAGE": str(self.root / "shared" / "ray_storage"),
-            "SLAFLOW_AIRFLOW_URL": self.airflow_url,
-            # Data-driven retraining: the watched dataset and the contract of unattended runs
-            # (the tests write both); the watch runs when triggered, not on a clock.
-            "SLAFLOW_TRAINING_DATA": str(self.root / "incoming" / "training.csv"),
-            "SLAFLOW_RETRAIN_CONTRACT": str(self.root / "retrain_contract.json"),
-            "SLAFLOW_DATA_WATCH_SCHEDULE": "0 0 1 1 *",
-            # both replica shapes, one batch size: halves each run's serving profile, which
-            # CI's 90 minutes need (batching is measured by the routing integration tests)
-            "SLAFLOW_PROFILE_BATCHES": "1",
-            "RAY_AUTH_MODE": "token",
-            # The suite's token when it has one: a Ray already imported here keeps reading it.
-            "RAY_AUTH_TOKEN_PATH": os.environ.get("RAY_AUTH_TOKEN_PATH",
-                                                  str(self.root / "home" / "ray" / "auth_token")),
-            "PYSPARK_PYTHON": sys.executable,
-            "PYSPARK_DRIVER_PYTHON": sys.executable,
-            "SPARK_HOME": str(Path(__import__("pyspark").__file__).parent),
-            "AIRFLOW_HOME": str(self.root / "airflow"),
-            "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"{PG}/{self.airflow_db}",
-            "AIRFLOW__CORE__EXECUTOR": "LocalExecutor",
-            "AIRFLOW__CORE__DAGS_FOLDER": str(REPO / "dags"),
-            "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
-            "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS": "admin:admin",  # user:role
-            "AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION": "False",
-            "AIRFLOW__API__PORT": str(PORTS["airflow"]),
-            "AIRFLOW__API__HOST": "127.0.0.1",
-            "AIRFLOW__CORE__EXECUTION_API_SERVER_URL":
-                f"http://127.0.0.1:{PORTS['airflow']}/execution/",
-            "AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL": "5",
-            "AIRFLOW__SCHEDULER__ENABLE_HEALTH_CHECK": "False",
-        })
+        env = {
+            k: v
+            for k, v in os.environ.items()
+            if not k.startswith(("SLAFLOW_", "AIRFLOW", "MLFLOW_"))
+        }
+        env.update(
+            {
+                "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}",
+                "SLAFLOW_HOME": str(self.root / "home"),
+                "SLAFLOW_RAY_ADDRESS": f"127.0.0.1:{PORTS['ray_gcs']}",
+                "SLAFLOW_RAY_DASHBOARD_URL": f"http://127.0.0.1:{PORTS['ray_dashboard']}",
+                "SLAFLOW_SERVE_PORT": str(PORTS["serve"]),
+                "SLAFLOW_SPARK_MASTER": f"spark://127.0.0.1:{PORTS['spark_master']}",
+                "SLAFLOW_MLFLOW_TRACKING_URI": self.mlflow_url,
+                "SLAFLOW_DATA_DIR": str(self.root / "shared" / "data"),
+                "SLAFLOW_RAY_STORAGE": str(self.root / "shared" / "ray_storage"),
+                "SLAFLOW_AIRFLOW_URL": self.airflow_url,
+                # Data-driven retraining: the watched dataset and the contract of unattended runs
+                # (the tests write both); the watch runs when triggered, not on a clock.
+                "SLAFLOW_TRAINING_DATA": str(self.root / "incoming" / "training.csv"),
+                "SLAFLOW_RETRAIN_CONTRACT": str(self.root / "retrain_contract.json"),
+                "SLAFLOW_DATA_WATCH_SCHEDULE": "0 0 1 1 *",
+                # both replica shapes, one batch size: halves each run's serving profile, which
+                # CI's 90 minutes need (batching is measured by the routing integration tests)
+                "SLAFLOW_PROFILE_BATCHES": "1",
+                "RAY_AUTH_MODE": "token",
+                # The suite's token when it has one: a Ray already imported here keeps reading it.
+                "RAY_AUTH_TOKEN_PATH": os.environ.get(
+                    "RAY_AUTH_TOKEN_PATH", str(self.root / "home" / "ray" / "auth_token")
+                ),
+                "PYSPARK_PYTHON": sys.executable,
+                "PYSPARK_DRIVER_PYTHON": sys.executable,
+                "SPARK_HOME": str(Path(__import__("pyspark").__file__).parent),
+                "AIRFLOW_HOME": str(self.root / "airflow"),
+                "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"{PG}/{self.airflow_db}",
+                "AIRFLOW__CORE__EXECUTOR": "LocalExecutor",
+                "AIRFLOW__CORE__DAGS_FOLDER": str(REPO / "dags"),
+                "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+                "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS": "admin:admin",  # user:role
+                "AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION": "False",
+                "AIRFLOW__API__PORT": str(PORTS["airflow"]),
+                "AIRFLOW__API__HOST": "127.0.0.1",
+                "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"http://127.0.0.1:{PORTS['airflow']}/execution/",
+                "AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL": "5",
+                "AIRFLOW__SCHEDULER__ENABLE_HEALTH_CHECK": "False",
+            }
+        )
         return env
 
     # ------------------------------------------------------------------ processes
 
     def _spawn(self, name: str, cmd: list[str], env: dict[str, str] | None = None) -> None:
         log = open(self.root / "logs" / f"{name}.log", "ab")  # noqa: SIM115 - kept open
-        self.procs[name] = subprocess.Popen(cmd, env=env or self.env(), stdout=log,
-                                            stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                            start_new_session=True, cwd=self.root)
+        self.procs[name] = subprocess.Popen(
+            cmd,
+            env=env or self.env(),
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+            cwd=self.root,
+        )
 
     def _timed(self, name: str, start: float) -> None:
         self.timings[name] = round(time.monotonic() - start, 1)
@@ -161,33 +180,70 @@ class Topology:
         ensure_ray_client_env(create_token=True)
         gcs = PORTS["ray_gcs"]
         common = ["--node-ip-address=127.0.0.1", "--disable-usage-stats", "--block"]
-        self._spawn("ray-head", [
-            str(BIN / "ray"), "start", "--head", f"--port={gcs}", "--num-cpus=0",
-            "--dashboard-host=127.0.0.1", f"--dashboard-port={PORTS['ray_dashboard']}",
-            f"--ray-client-server-port={gcs + 1}", f"--dashboard-agent-listen-port={gcs + 2}",
-            f"--runtime-env-agent-port={gcs + 3}", f"--metrics-export-port={gcs + 4}",
-            "--min-worker-port=23000", "--max-worker-port=23499",
-            f"--temp-dir=/tmp/slaflow-cluster-{gcs}", *common])
-        _wait("Ray head", lambda: _http_ok(f"http://127.0.0.1:{PORTS['ray_dashboard']}"
-                                            "/api/version"), 90, [self.procs["ray-head"]])
+        self._spawn(
+            "ray-head",
+            [
+                str(BIN / "ray"),
+                "start",
+                "--head",
+                f"--port={gcs}",
+                "--num-cpus=0",
+                "--dashboard-host=127.0.0.1",
+                f"--dashboard-port={PORTS['ray_dashboard']}",
+                f"--ray-client-server-port={gcs + 1}",
+                f"--dashboard-agent-listen-port={gcs + 2}",
+                f"--runtime-env-agent-port={gcs + 3}",
+                f"--metrics-export-port={gcs + 4}",
+                "--min-worker-port=23000",
+                "--max-worker-port=23499",
+                f"--temp-dir=/tmp/slaflow-cluster-{gcs}",
+                *common,
+            ],
+        )
+        _wait(
+            "Ray head",
+            lambda: _http_ok(f"http://127.0.0.1:{PORTS['ray_dashboard']}/api/version"),
+            90,
+            [self.procs["ray-head"]],
+        )
         # One at a time: two raylets starting together on 2 cores time out.
-        for i, extra in enumerate((["--resources={\"large\": 1}"], []), start=1):
+        for i, extra in enumerate((['--resources={"large": 1}'], []), start=1):
             base = gcs + 10 * i
-            self._spawn(f"ray-worker-{i}", [
-                str(BIN / "ray"), "start", f"--address=127.0.0.1:{gcs}", "--num-cpus=2",
-                f"--dashboard-agent-listen-port={base + 2}", f"--runtime-env-agent-port={base + 3}",
-                f"--metrics-export-port={base + 4}", f"--min-worker-port={23500 + 500 * i}",
-                f"--max-worker-port={23999 + 500 * i}", *extra, *common])
-            _wait(f"Ray worker {i}", lambda n=i + 1: self._ray_nodes() >= n, 120,
-                  [self.procs[f"ray-worker-{i}"]])
+            self._spawn(
+                f"ray-worker-{i}",
+                [
+                    str(BIN / "ray"),
+                    "start",
+                    f"--address=127.0.0.1:{gcs}",
+                    "--num-cpus=2",
+                    f"--dashboard-agent-listen-port={base + 2}",
+                    f"--runtime-env-agent-port={base + 3}",
+                    f"--metrics-export-port={base + 4}",
+                    f"--min-worker-port={23500 + 500 * i}",
+                    f"--max-worker-port={23999 + 500 * i}",
+                    *extra,
+                    *common,
+                ],
+            )
+            _wait(
+                f"Ray worker {i}",
+                lambda n=i + 1: self._ray_nodes() >= n,
+                120,
+                [self.procs[f"ray-worker-{i}"]],
+            )
         self._timed("ray_3_nodes", t)
 
     def ray_query(self, code: str) -> Any:
         """Run ``code`` (which prints JSON) as a fresh Ray driver on this topology."""
         errors = []
         for _ in range(3):  # the state API can time out on a loaded 2-core machine
-            out = subprocess.run([sys.executable, "-c", code], env=self.env(),
-                                 capture_output=True, text=True, timeout=180)
+            out = subprocess.run(
+                [sys.executable, "-c", code],
+                env=self.env(),
+                capture_output=True,
+                text=True,
+                timeout=180,
+            )
             if out.returncode == 0:
                 return json.loads(out.stdout.strip().splitlines()[-1])
             errors.append(out.stderr[-1500:])
@@ -200,7 +256,8 @@ class Topology:
         token = Path(self.env()["RAY_AUTH_TOKEN_PATH"]).read_text().strip()
         req = urllib.request.Request(
             f"http://127.0.0.1:{PORTS['ray_dashboard']}/nodes?view=summary",
-            headers={"Authorization": f"Bearer {token}"})
+            headers={"Authorization": f"Bearer {token}"},
+        )
         try:
             with urllib.request.urlopen(req, timeout=5) as resp:
                 data = json.loads(resp.read())
@@ -210,34 +267,78 @@ class Topology:
 
     def _start_mlflow(self) -> None:
         t = time.monotonic()
-        self._spawn("mlflow", [
-            str(BIN / "mlflow"), "server", "--host", "127.0.0.1", "--port", str(PORTS["mlflow"]),
-            "--backend-store-uri", f"{PG}/{self.mlflow_db}", "--serve-artifacts",
-            "--artifacts-destination", str(self.root / "shared" / "mlartifacts"),
-            "--workers", "1"])
-        _wait("MLflow server", lambda: _http_ok(f"{self.mlflow_url}/health"), 120,
-              [self.procs["mlflow"]])
+        self._spawn(
+            "mlflow",
+            [
+                str(BIN / "mlflow"),
+                "server",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(PORTS["mlflow"]),
+                "--backend-store-uri",
+                f"{PG}/{self.mlflow_db}",
+                "--serve-artifacts",
+                "--artifacts-destination",
+                str(self.root / "shared" / "mlartifacts"),
+                "--workers",
+                "1",
+            ],
+        )
+        _wait(
+            "MLflow server",
+            lambda: _http_ok(f"{self.mlflow_url}/health"),
+            120,
+            [self.procs["mlflow"]],
+        )
         self._timed("mlflow_server", t)
 
     def _start_spark(self) -> None:
         t = time.monotonic()
         spark_class = str(Path(self.env()["SPARK_HOME"]) / "bin" / "spark-class")
-        self._spawn("spark-master", [
-            spark_class, "org.apache.spark.deploy.master.Master", "--host", "127.0.0.1",
-            "--port", str(PORTS["spark_master"]), "--webui-port", str(PORTS["spark_ui"])])
-        _wait("Spark master", lambda: _http_ok(f"http://127.0.0.1:{PORTS['spark_ui']}"), 90,
-              [self.procs["spark-master"]])
-        self._spawn("spark-worker", [
-            spark_class, "org.apache.spark.deploy.worker.Worker", "--host", "127.0.0.1",
-            "--cores", "1", "--memory", "1g", "--webui-port", str(PORTS["spark_worker_ui"]),
-            f"spark://127.0.0.1:{PORTS['spark_master']}"])
+        self._spawn(
+            "spark-master",
+            [
+                spark_class,
+                "org.apache.spark.deploy.master.Master",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(PORTS["spark_master"]),
+                "--webui-port",
+                str(PORTS["spark_ui"]),
+            ],
+        )
+        _wait(
+            "Spark master",
+            lambda: _http_ok(f"http://127.0.0.1:{PORTS['spark_ui']}"),
+            90,
+            [self.procs["spark-master"]],
+        )
+        self._spawn(
+            "spark-worker",
+            [
+                spark_class,
+                "org.apache.spark.deploy.worker.Worker",
+                "--host",
+                "127.0.0.1",
+                "--cores",
+                "1",
+                "--memory",
+                "1g",
+                "--webui-port",
+                str(PORTS["spark_worker_ui"]),
+                f"spark://127.0.0.1:{PORTS['spark_master']}",
+            ],
+        )
         _wait("Spark worker", self._spark_workers, 90, [self.procs["spark-worker"]])
         self._timed("spark_master_worker", t)
 
     def _spark_workers(self) -> bool:
         try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{PORTS['spark_ui']}/json/",
-                                        timeout=3) as resp:
+            with urllib.request.urlopen(
+                f"http://127.0.0.1:{PORTS['spark_ui']}/json/", timeout=3
+            ) as resp:
                 return bool(json.loads(resp.read()).get("aliveworkers", 0) >= 1)
         except (OSError, ValueError):
             return False
@@ -245,16 +346,26 @@ class Topology:
     def _start_airflow(self) -> None:
         t = time.monotonic()
         (self.root / "airflow").mkdir(parents=True, exist_ok=True)
-        migrate = subprocess.run([str(BIN / "airflow"), "db", "migrate"], env=self.env(),
-                                 capture_output=True, text=True, cwd=self.root)
+        migrate = subprocess.run(
+            [str(BIN / "airflow"), "db", "migrate"],
+            env=self.env(),
+            capture_output=True,
+            text=True,
+            cwd=self.root,
+        )
         if migrate.returncode != 0:
-            raise RuntimeError(f"airflow db migrate failed:\n{migrate.stdout[-2000:]}"
-                               f"{migrate.stderr[-2000:]}")
+            raise RuntimeError(
+                f"airflow db migrate failed:\n{migrate.stdout[-2000:]}{migrate.stderr[-2000:]}"
+            )
         self._timed("airflow_db_migrate_postgres", t)
         for name in ("api-server", "scheduler", "dag-processor", "triggerer"):
             self._spawn(f"airflow-{name}", [str(BIN / "airflow"), name])
-        _wait("Airflow API", lambda: _http_ok(f"{self.airflow_url}/api/v2/version"), 180,
-              [self.procs["airflow-api-server"]])
+        _wait(
+            "Airflow API",
+            lambda: _http_ok(f"{self.airflow_url}/api/v2/version"),
+            180,
+            [self.procs["airflow-api-server"]],
+        )
         self._timed("airflow_services", t)
 
     # ------------------------------------------------------------------ REST
@@ -263,16 +374,22 @@ class Topology:
         passwords = self.root / "airflow" / "simple_auth_manager_passwords.json.generated"
         password = json.loads(passwords.read_text())["admin"]
         body = json.dumps({"username": "admin", "password": password}).encode()
-        req = urllib.request.Request(f"{self.airflow_url}/auth/token", data=body,
-                                     headers={"Content-Type": "application/json"})
+        req = urllib.request.Request(
+            f"{self.airflow_url}/auth/token",
+            data=body,
+            headers={"Content-Type": "application/json"},
+        )
         with urllib.request.urlopen(req, timeout=10) as resp:
             return str(json.loads(resp.read())["access_token"])
 
     def api(self, method: str, path: str, body: Any = None) -> tuple[int, Any]:
         data = None if body is None else json.dumps(body).encode()
         req = urllib.request.Request(
-            f"{self.airflow_url}/api/v2{path}", data=data, method=method,
-            headers={"Content-Type": "application/json", "Authorization": f"Bearer {self.token()}"})
+            f"{self.airflow_url}/api/v2{path}",
+            data=data,
+            method=method,
+            headers={"Content-Type": "application/json", "Authorization": f"Bearer {self.token()}"},
+        )
         try:
             with urllib.request.urlopen(req, timeout=30) as resp:
                 return resp.status, json.loads(resp.read() or b"null")
@@ -286,8 +403,14 @@ class Topology:
             import ray
 
             ray.shutdown()
-        order = [n for n in self.procs if n.startswith("airflow")] + \
-            ["spark-worker", "spark-master", "mlflow", "ray-worker-2", "ray-worker-1", "ray-head"]
+        order = [n for n in self.procs if n.startswith("airflow")] + [
+            "spark-worker",
+            "spark-master",
+            "mlflow",
+            "ray-worker-2",
+            "ray-worker-1",
+            "ray-head",
+        ]
         for name in order:
             proc = self.procs.get(name)
             if proc is None or proc.poll() is not None:

@@ -23,11 +23,20 @@ MODEL = "e2e-digits"
 # profiled capacity fell to ~50 req/s and its p99 to 60-110 ms, and the default peak (60 req/s
 # at p99 100 ms) then needs more than serving_max_replicas, which the planner rightly refuses
 # (unit tests cover that).
-SMALL = {"model_name": MODEL, "max_epochs": 12, "hidden_units": [32], "target_accuracy": 0.85,
-         "learning_rate": 0.01, "stop_margin": 0.01, "expected_rps": 5.0, "peak_rps": 20.0,
-         "latency_slo_ms": 300.0}
-REQUEST = json.loads((Path(__file__).resolve().parents[2] / "examples" /
-                      "digit_request.json").read_text())  # the digits 0 and 1
+SMALL = {
+    "model_name": MODEL,
+    "max_epochs": 12,
+    "hidden_units": [32],
+    "target_accuracy": 0.85,
+    "learning_rate": 0.01,
+    "stop_margin": 0.01,
+    "expected_rps": 5.0,
+    "peak_rps": 20.0,
+    "latency_slo_ms": 300.0,
+}
+REQUEST = json.loads(
+    (Path(__file__).resolve().parents[2] / "examples" / "digit_request.json").read_text()
+)  # the digits 0 and 1
 
 
 @pytest.fixture(scope="module")
@@ -78,8 +87,7 @@ def test_first_run_trains_registers_promotes_and_serves(lifecycle: Any, registry
     assert version.tags["slaflow.gate.decision"] == "promoted"
     assert version.tags["slaflow.airflow_run_id"].startswith("manual__")
     # Registry review: description, gate with its uncertainty, serving plan, link to Airflow.
-    assert "test accuracy" in version.description and "promoted to champion" in \
-        version.description
+    assert "test accuracy" in version.description and "promoted to champion" in version.description
     report = json.loads(version.tags["slaflow.gate.report"])
     lo, hi = report["test_accuracy_ci95"]
     assert lo < summary["accuracy"] < hi and report["review"]["required"] is False
@@ -101,8 +109,9 @@ def test_first_run_trains_registers_promotes_and_serves(lifecycle: Any, registry
     assert tiers["batch"]["initial_replicas"] == tiers["elastic"]["initial_replicas"] == 0
     assert json.loads(version.tags["slaflow.verify"])["passed"] is True
     assert version.tags["slaflow.airflow_run_url"].endswith(
-        "/dags/ml_lifecycle/runs/" + version.tags["slaflow.airflow_run_id"].replace("+", "%2B")
-        .replace(":", "%3A"))
+        "/dags/ml_lifecycle/runs/"
+        + version.tags["slaflow.airflow_run_id"].replace("+", "%2B").replace(":", "%3A")
+    )
     assert int(version.tags["slaflow.model_params"]) == 64 * 32 + 32 + 32 * 10 + 10
     artifacts = {a.path for a in registry.list_artifacts(summary["mlflow_run_id"], "serving")}
     assert "serving/verify_latency.png" in artifacts
@@ -140,21 +149,41 @@ def served_champion(trained: dict[str, Any], registry: Any, tracking_uri: str) -
     def make(name: str) -> str:
         run = trained["run_id"]
         version, _ = reg.register_version(
-            registry, name, trained["result"]["model_uri"], run,
-            {reg.TAG_TEST_ACCURACY: repr(0.9), reg.TAG_CONTRACT: json.dumps(
-                RunContract.from_dict({**SMALL, "model_name": name}).to_dict())},
-            "v1 of a test: the session's trained model")
-        reg.apply_promotion(registry, name, str(version.version),
-                            decide_promotion(0.9, 0.85, 0.0, None))
+            registry,
+            name,
+            trained["result"]["model_uri"],
+            run,
+            {
+                reg.TAG_TEST_ACCURACY: repr(0.9),
+                reg.TAG_CONTRACT: json.dumps(
+                    RunContract.from_dict({**SMALL, "model_name": name}).to_dict()
+                ),
+            },
+            "v1 of a test: the session's trained model",
+        )
+        reg.apply_promotion(
+            registry, name, str(version.version), decide_promotion(0.9, 0.85, 0.0, None)
+        )
         contract = RunContract.from_dict({**SMALL, "model_name": name})
         tiers = serving_layout(fixed_plan(contract), contract, PriceTable.default())
         hook = ServeHook()
-        hook.deploy_version(name, tracking_uri, {
-            "version": str(version.version), "model_uri": f"models:/{name}/{version.version}",
-            "tiers": [t.to_dict() for t in tiers]})
+        hook.deploy_version(
+            name,
+            tracking_uri,
+            {
+                "version": str(version.version),
+                "model_uri": f"models:/{name}/{version.version}",
+                "tiers": [t.to_dict() for t in tiers],
+            },
+        )
         hook.wait_running(version_app(name, str(version.version)))
-        hook.route(name, {"primary": str(version.version),
-                          "versions": {str(version.version): {"routes": ["warm"]}}})
+        hook.route(
+            name,
+            {
+                "primary": str(version.version),
+                "versions": {str(version.version): {"routes": ["warm"]}},
+            },
+        )
         hook.wait_routing(name, str(version.version), None)
         made.append(name)
         return str(version.version)
@@ -170,8 +199,16 @@ def test_new_champion_takes_traffic_through_a_canary(lifecycle: Any, registry: A
     name = "e2e-canary"
     # a weaker v1 of the same architecture (one epoch of 5 steps: accuracy ~0.5-0.8), far
     # enough below v2 to lose, close enough that their answers mostly agree
-    first = lifecycle({**SMALL, "model_name": name, "max_epochs": 1, "batch_size": 256,
-                       "target_accuracy": 0.05, "stop_margin": 0.0})
+    first = lifecycle(
+        {
+            **SMALL,
+            "model_name": name,
+            "max_epochs": 1,
+            "batch_size": 256,
+            "target_accuracy": 0.05,
+            "stop_margin": 0.0,
+        }
+    )
     assert first["state"] == "success"
     assert first["tasks"]["deploy"]["value"]["canary"] == []  # nothing served before
     second = lifecycle({**SMALL, "model_name": name, "min_gain_over_champion": 0.01})
@@ -181,11 +218,14 @@ def test_new_champion_takes_traffic_through_a_canary(lifecycle: Any, registry: A
     # of v1 is reused; each version's accuracy is its own
     profile = second["tasks"]["profile_serving"]["value"]
     assert profile["reused"] is True
-    assert {v["name"]: v["accuracy"] for v in profile["profile"]["variants"]}["full"] == \
-        pytest.approx(second["tasks"]["evaluate"]["value"]["test_accuracy"])
+    assert {v["name"]: v["accuracy"] for v in profile["profile"]["variants"]}[
+        "full"
+    ] == pytest.approx(second["tasks"]["evaluate"]["value"]["test_accuracy"])
     deploy = second["tasks"]["deploy"]["value"]
-    assert [(c["share"], c["action"]) for c in deploy["canary"]] == [(0.1, "advance"),
-                                                                      (0.5, "advance")]
+    assert [(c["share"], c["action"]) for c in deploy["canary"]] == [
+        (0.1, "advance"),
+        (0.5, "advance"),
+    ]
     assert deploy["model_version"] == "2"
     assert str(registry.get_model_version_by_alias(name, "champion").version) == "2"
     assert str(registry.get_model_version_by_alias(name, "previous_champion").version) == "1"
@@ -201,19 +241,37 @@ def test_new_champion_takes_traffic_through_a_canary(lifecycle: Any, registry: A
 
 
 def test_cli_run_that_fails_the_gate_leaves_champion_serving(
-        lifecycle: Any, registry: Any, served_champion: Any, tmp_path: Path) -> None:
+    lifecycle: Any, registry: Any, served_champion: Any, tmp_path: Path
+) -> None:
     """Through the demo's own CLI: its last stdout line is the JSON summary."""
     name = "e2e-gate"
     champion = served_champion(name)
     conf = tmp_path / "contract.json"
     conf.write_text(json.dumps({**SMALL, "model_name": name, "min_gain_over_champion": 0.5}))
-    proc = subprocess.run([sys.executable, "-m", "slaflow.cli", "demo", "--conf", str(conf)],
-                          capture_output=True, text=True, env=os.environ.copy(), timeout=900)
+    proc = subprocess.run(
+        [sys.executable, "-m", "slaflow.cli", "demo", "--conf", str(conf)],
+        capture_output=True,
+        text=True,
+        env=os.environ.copy(),
+        timeout=900,
+    )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     summary = json.loads(proc.stdout.strip().splitlines()[-1])
-    for key in ("contract", "accuracy", "deadline_met", "training_seconds", "mlflow_run_id",
-                "model_name", "model_version", "alias", "endpoint_url", "verify_p50_ms",
-                "verify_p99_ms", "stage_seconds", "log"):
+    for key in (
+        "contract",
+        "accuracy",
+        "deadline_met",
+        "training_seconds",
+        "mlflow_run_id",
+        "model_name",
+        "model_version",
+        "alias",
+        "endpoint_url",
+        "verify_p50_ms",
+        "verify_p99_ms",
+        "stage_seconds",
+        "log",
+    ):
         assert key in summary, key
     assert Path(summary["log"]).is_file() and "[progress]" in Path(summary["log"]).read_text()
     new = summary["model_version"]
@@ -223,14 +281,12 @@ def test_cli_run_that_fails_the_gate_leaves_champion_serving(
     assert _alias(registry, "challenger", name) == new
     report = json.loads(registry.get_model_version(name, new).tags["slaflow.gate.report"])
     assert [c["passed"] for c in report["checks"]] == [True, False]
-    assert registry.get_model_version(name, new).tags["slaflow.gate.decision"] == \
-        "not_promoted"
+    assert registry.get_model_version(name, new).tags["slaflow.gate.decision"] == "not_promoted"
     answer = requests.post(summary["endpoint_url"], json=REQUEST, timeout=10).json()
     assert answer["model_version"] == champion
 
 
-def test_bad_contract_never_starts_a_run_and_harms_nothing(lifecycle: Any,
-                                                           registry: Any) -> None:
+def test_bad_contract_never_starts_a_run_and_harms_nothing(lifecycle: Any, registry: Any) -> None:
     from airflow.sdk.exceptions import ParamValidationError
 
     name = "e2e-bad-contract"
@@ -252,14 +308,24 @@ def test_infeasible_contract_fails_before_training(lifecycle: Any, registry: Any
 
 
 def test_federated_contract_trains_clients_and_serves_the_global_model(
-        lifecycle: Any, registry: Any) -> None:
+    lifecycle: Any, registry: Any
+) -> None:
     """training_mode=federated: FedAvg over Ray actor clients, then the same evaluate /
     register / promote / deploy path as any other model."""
     name = "e2e-federated"
-    out = lifecycle({**SMALL, "model_name": name, "training_mode": "federated",
-                     "fl_clients": 4, "fl_clients_per_round": 2, "fl_rounds": 15,
-                     "fl_strategy": "linear", "fl_max_local_epochs": 16,
-                     "batch_size": 32})
+    out = lifecycle(
+        {
+            **SMALL,
+            "model_name": name,
+            "training_mode": "federated",
+            "fl_clients": 4,
+            "fl_clients_per_round": 2,
+            "fl_rounds": 15,
+            "fl_strategy": "linear",
+            "fl_max_local_epochs": 16,
+            "batch_size": 32,
+        }
+    )
     states = {t: v["state"] for t, v in out["tasks"].items()}
     assert out["state"] == "success", states
     train = out["tasks"]["train"]["value"]
@@ -269,8 +335,9 @@ def test_federated_contract_trains_clients_and_serves_the_global_model(
     assert out["tasks"]["feasibility"]["value"]["verdict"]["status"] == "not_assessed"
     summary = out["tasks"]["verify"]["value"]
     assert summary["model_version"] == "1" and summary["alias"] == "champion"
-    assert registry.get_run(train["mlflow_run_id"]).data.tags[
-        "slaflow.training_mode"] == "federated"
+    assert (
+        registry.get_run(train["mlflow_run_id"]).data.tags["slaflow.training_mode"] == "federated"
+    )
     answer = requests.post(summary["endpoint_url"], json=REQUEST, timeout=10).json()
     assert len(answer["predictions"]) == 2 and answer["model_version"] == "1"
     assert str(registry.get_model_version_by_alias(name, "champion").version) == "1"
@@ -281,19 +348,32 @@ def test_federated_contract_trains_clients_and_serves_the_global_model(
 def spark_standalone(tmp_path_factory: pytest.TempPathFactory) -> Any:
     from slaflow.spark_standalone import SparkStandalone
 
-    with SparkStandalone(tmp_path_factory.mktemp("e2e-spark"), cores=2, memory="2g", port=7378,
-                         ui_port=8392, worker_ui_port=8393) as cluster:
+    with SparkStandalone(
+        tmp_path_factory.mktemp("e2e-spark"),
+        cores=2,
+        memory="2g",
+        port=7378,
+        ui_port=8392,
+        worker_ui_port=8393,
+    ) as cluster:
         yield cluster
 
 
 def test_prepare_on_a_standalone_master_under_a_deadline(
-        lifecycle: Any, registry: Any, spark_standalone: Any) -> None:
+    lifecycle: Any, registry: Any, spark_standalone: Any
+) -> None:
     """spark_master + prepare_deadline_s from the contract: the first run profiles the prepare
     job on the standalone master, the next runs under the dynaSpark controller, and a deadline
     below the profiled minimum fails in prepare before any training."""
     name = "e2e-spark-deadline"
-    conf = {**SMALL, "model_name": name, "max_epochs": 4, "target_accuracy": 0.5,
-            "spark_master": spark_standalone.master_url, "prepare_max_cores": 2}
+    conf = {
+        **SMALL,
+        "model_name": name,
+        "max_epochs": 4,
+        "target_accuracy": 0.5,
+        "spark_master": spark_standalone.master_url,
+        "prepare_max_cores": 2,
+    }
     first = lifecycle({**conf, "prepare_deadline_s": 600})
     states = {t: v["state"] for t, v in first["tasks"].items()}
     assert first["state"] == "success", states
@@ -325,8 +405,7 @@ def test_spark_mllib_contract_trains_on_spark_and_serves(lifecycle: Any, registr
     """training_mode=spark_mllib: MLlib on the Spark master, under the Spark deadline loop,
     exported as the same SavedModel, then evaluated, registered and served like any model."""
     name = "e2e-mllib"
-    out = lifecycle({**SMALL, "model_name": name, "training_mode": "spark_mllib",
-                     "max_epochs": 60})
+    out = lifecycle({**SMALL, "model_name": name, "training_mode": "spark_mllib", "max_epochs": 60})
     states = {t: v["state"] for t, v in out["tasks"].items()}
     assert out["state"] == "success", states
     train = out["tasks"]["train"]["value"]
@@ -341,8 +420,13 @@ def test_spark_mllib_contract_trains_on_spark_and_serves(lifecycle: Any, registr
 
 
 def test_rollback_moves_champion_and_serving_back_and_refuses_when_nothing_to_undo(
-        lifecycle: Any, registry: Any, served_champion: Any, trained: dict[str, Any],
-        prepared: dict[str, Any], tracking_uri: str) -> None:
+    lifecycle: Any,
+    registry: Any,
+    served_champion: Any,
+    trained: dict[str, Any],
+    prepared: dict[str, Any],
+    tracking_uri: str,
+) -> None:
     """A served v1; a v2 (an untrained network) promoted by hand and served; ml_rollback (one
     CLI command) puts v1 back in the registry and on the endpoint. A second rollback has
     nothing to go back to."""
@@ -355,46 +439,73 @@ def test_rollback_moves_champion_and_serving_back_and_refuses_when_nothing_to_un
     v1 = served_champion(name)
     exp = reg.get_or_create_experiment(registry, "slaflow/tests", None)
     run, _ = reg.find_or_create_run(registry, exp, "e2e-rollback-v2", "e2e-rollback-v2", {})
-    version, _ = reg.register_version(registry, name, log_untrained_model(run, prepared), run,
-                                      {reg.TAG_TEST_ACCURACY: repr(0.99)}, "v2 of a test")
+    version, _ = reg.register_version(
+        registry,
+        name,
+        log_untrained_model(run, prepared),
+        run,
+        {reg.TAG_TEST_ACCURACY: repr(0.99)},
+        "v2 of a test",
+    )
     v2 = str(version.version)
-    decision = apply_review(decide_promotion(0.99, 0.85, 0.0, reg.get_champion(registry, name)),
-                            ReviewOutcome(True, "e2e-test"))
+    decision = apply_review(
+        decide_promotion(0.99, 0.85, 0.0, reg.get_champion(registry, name)),
+        ReviewOutcome(True, "e2e-test"),
+    )
     reg.apply_promotion(registry, name, v2, decision)
     assert _alias(registry, "champion", name) == v2
     assert _alias(registry, "previous_champion", name) == v1
     hook = ServeHook()
-    hook.deploy_version(name, tracking_uri, {
-        "version": v2, "model_uri": f"models:/{name}/{v2}",
-        "tiers": [{"route": "warm", "num_cpus": 0.25, "num_gpus": 0.0, "resource": "",
-                   "max_ongoing_requests": 8, "max_queued_requests": 8, "max_batch_size": 1,
-                   "batch_wait_timeout_s": 0.0, "initial_replicas": 1, "replicas": 1}]})
+    hook.deploy_version(
+        name,
+        tracking_uri,
+        {
+            "version": v2,
+            "model_uri": f"models:/{name}/{v2}",
+            "tiers": [
+                {
+                    "route": "warm",
+                    "num_cpus": 0.25,
+                    "num_gpus": 0.0,
+                    "resource": "",
+                    "max_ongoing_requests": 8,
+                    "max_queued_requests": 8,
+                    "max_batch_size": 1,
+                    "batch_wait_timeout_s": 0.0,
+                    "initial_replicas": 1,
+                    "replicas": 1,
+                }
+            ],
+        },
+    )
     hook.wait_running(version_app(name, v2))
     hook.route(name, {"primary": v2, "versions": {v2: {"routes": ["warm"]}}})
     hook.wait_routing(name, v2, None)
 
     cmd = [sys.executable, "-m", "slaflow.cli", "rollback", "--model", name]
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=os.environ.copy(),
-                          timeout=600)
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=os.environ.copy(), timeout=600)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     out = json.loads(proc.stdout.strip().splitlines()[-1])
     assert out["champion"] == v1 and out["demoted"] == v2 and out["serving"] == v1
     assert _alias(registry, "champion", name) == v1
-    assert registry.get_model_version(name, v2).tags["slaflow.rolled_back_by"].startswith(
-        "ml_rollback/")
+    assert (
+        registry.get_model_version(name, v2)
+        .tags["slaflow.rolled_back_by"]
+        .startswith("ml_rollback/")
+    )
     answer = requests.post(hook.url(name), json=REQUEST, timeout=10).json()
     assert answer["model_version"] == v1 and answer["predictions"] == [0, 1]
     assert hook.served_versions(name) == [v1]
 
-    again = subprocess.run(cmd, capture_output=True, text=True, env=os.environ.copy(),
-                           timeout=600)
+    again = subprocess.run(cmd, capture_output=True, text=True, env=os.environ.copy(), timeout=600)
     assert again.returncode == 2
     assert "has no 'previous_champion' alias" in again.stdout
     assert _alias(registry, "champion", name) == v1
 
 
 def test_undeploy_takes_the_model_off_the_endpoint_and_leaves_the_registry(
-        lifecycle: Any, registry: Any, served_champion: Any) -> None:
+    lifecycle: Any, registry: Any, served_champion: Any
+) -> None:
     """`make undeploy` (the ml_undeploy DAG): the endpoint answers 404, the model's CPUs are
     free again, and champion still names the version."""
     from operators.hooks import ServeHook
@@ -404,8 +515,13 @@ def test_undeploy_takes_the_model_off_the_endpoint_and_leaves_the_registry(
     hook = ServeHook()
     held = hook.footprint().by_model()[name]
     assert held > 0
-    proc = subprocess.run([sys.executable, "-m", "slaflow.cli", "undeploy", "--model", name],
-                          capture_output=True, text=True, env=os.environ.copy(), timeout=600)
+    proc = subprocess.run(
+        [sys.executable, "-m", "slaflow.cli", "undeploy", "--model", name],
+        capture_output=True,
+        text=True,
+        env=os.environ.copy(),
+        timeout=600,
+    )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     out = json.loads(proc.stdout.strip().splitlines()[-1])
     assert out["freed_cpus"] == pytest.approx(held) and name in out["deleted"]

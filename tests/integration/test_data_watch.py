@@ -8,22 +8,26 @@ from typing import Any
 
 import pytest
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.quick]
 
 
 def _events(session: Any) -> list[Any]:
     from airflow.models.asset import AssetEvent, AssetModel
     from sqlalchemy import select
 
-    return list(session.scalars(select(AssetEvent).join(AssetModel, AssetEvent.asset_id ==
-                                                        AssetModel.id)
-                                .where(AssetModel.name == "slaflow_training_data")
-                                .order_by(AssetEvent.id)))
+    return list(
+        session.scalars(
+            select(AssetEvent)
+            .join(AssetModel, AssetEvent.asset_id == AssetModel.id)
+            .where(AssetModel.name == "slaflow_training_data")
+            .order_by(AssetEvent.id)
+        )
+    )
 
 
-def test_watch_emits_an_event_only_for_new_or_changed_data(tmp_path: Path,
-                                                            monkeypatch: pytest.MonkeyPatch
-                                                            ) -> None:
+def test_watch_emits_an_event_only_for_new_or_changed_data(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     from airflow.utils.session import create_session
 
     from slaflow import cli

@@ -30,19 +30,39 @@ from tests.conftest import log_untrained_model
 pytestmark = pytest.mark.integration
 
 NAME = "canary-dag-model"
-CONTRACT = {"model_name": NAME, "target_accuracy": 0.5, "latency_slo_ms": 1000.0,
-            "expected_rps": 2.0, "peak_rps": 5.0, "serving_tiers": "cpu_on_demand"}
+CONTRACT = {
+    "model_name": NAME,
+    "target_accuracy": 0.5,
+    "latency_slo_ms": 1000.0,
+    "expected_rps": 2.0,
+    "peak_rps": 5.0,
+    "serving_tiers": "cpu_on_demand",
+}
 ONLY_PLAN_AND_DEPLOY = r"(?!plan$|deploy$).*"
 
 
 def _log_profile(client: Any, run_id: str, accuracy: float) -> str:
     """The profile document ``profile_serving`` writes (its numbers are this machine's, for a
     0.25-CPU replica); the planner chooses from it."""
-    client.log_dict(run_id, {
-        "variants": [{"name": "full", "accuracy": accuracy, "cold_start_s": 5.0}],
-        "points": [{"variant": "full", "num_cpus": 0.25, "max_batch_size": 1, "p50_ms": 12.0,
-                    "p99_ms": 40.0, "capacity_rps": 60.0, "row_ms": 0.05}],
-        "variant_uri": ""}, "serving/profile.json")
+    client.log_dict(
+        run_id,
+        {
+            "variants": [{"name": "full", "accuracy": accuracy, "cold_start_s": 5.0}],
+            "points": [
+                {
+                    "variant": "full",
+                    "num_cpus": 0.25,
+                    "max_batch_size": 1,
+                    "p50_ms": 12.0,
+                    "p99_ms": 40.0,
+                    "capacity_rps": 60.0,
+                    "row_ms": 0.05,
+                }
+            ],
+            "variant_uri": "",
+        },
+        "serving/profile.json",
+    )
     return f"runs:/{run_id}/serving/profile.json"
 
 
@@ -51,8 +71,9 @@ def _register(client: Any, source: str, run_id: str, accuracy: float) -> str:
 
     client.log_metric(run_id, "test_accuracy", accuracy)
     version, _ = reg.register_version(client, NAME, source, run_id, {}, "canary DAG test")
-    client.set_model_version_tag(NAME, version.version, reg.TAG_SERVING_PROFILE,
-                                 _log_profile(client, run_id, accuracy))
+    client.set_model_version_tag(
+        NAME, version.version, reg.TAG_SERVING_PROFILE, _log_profile(client, run_id, accuracy)
+    )
     return str(version.version)
 
 
@@ -84,7 +105,8 @@ def versions(trained: dict[str, Any], prepared: dict[str, Any]) -> Iterator[dict
 
 
 def test_a_wrong_canary_is_rolled_back_by_the_deploy_task(
-        versions: dict[str, str], prepared: dict[str, Any]) -> None:
+    versions: dict[str, str], prepared: dict[str, Any]
+) -> None:
     from operators.hooks import MlflowHook, RayHook
     from ray_jobs.data_io import read_xy
     from slaflow.cli import task_results
@@ -110,8 +132,11 @@ def test_a_wrong_canary_is_rolled_back_by_the_deploy_task(
         i = 0
         while not stop.is_set():
             try:
-                codes.append(requests.post(url, json={"instances": [x[i % len(x)].tolist()]},
-                                           timeout=30).status_code)
+                codes.append(
+                    requests.post(
+                        url, json={"instances": [x[i % len(x)].tolist()]}, timeout=30
+                    ).status_code
+                )
             except requests.RequestException:
                 codes.append(-1)
             i += 1

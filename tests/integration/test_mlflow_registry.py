@@ -9,7 +9,7 @@ import pytest
 from mlflow_config import registry as reg
 from policies import ChampionRecord, decide_promotion
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.quick]
 
 
 def _new_run(client: Any, key: str) -> str:
@@ -34,8 +34,9 @@ def test_versions_and_aliases_follow_the_gate(trained: dict[str, Any], tracking_
     client = MlflowClient(tracking_uri)
     name, uri = "registry-test-model", trained["result"]["model_uri"]
     run_a = _new_run(client, "reg-a")
-    v1, created = reg.register_version(client, name, uri, run_a, {reg.TAG_TEST_ACCURACY: "0.91"},
-                                       "first")
+    v1, created = reg.register_version(
+        client, name, uri, run_a, {reg.TAG_TEST_ACCURACY: "0.91"}, "first"
+    )
     assert created
     again, created_again = reg.register_version(client, name, uri, run_a, {}, "retry")
     assert (again.version, created_again) == (v1.version, False)

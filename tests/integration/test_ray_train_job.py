@@ -14,8 +14,9 @@ from tests.conftest import job_runner, train_spec
 pytestmark = pytest.mark.integration
 
 
-def test_trains_with_two_workers_checkpoints_and_logs(trained: dict[str, Any],
-                                                      tracking_uri: str) -> None:
+def test_trains_with_two_workers_checkpoints_and_logs(
+    trained: dict[str, Any], tracking_uri: str
+) -> None:
     result = trained["result"]
     assert result["num_workers"] == 2
     assert result["epochs"] == 3 and result["stop_reason"] == "max_epochs"
@@ -28,13 +29,15 @@ def test_trains_with_two_workers_checkpoints_and_logs(trained: dict[str, Any],
     history = MlflowClient(tracking_uri).get_metric_history(trained["run_id"], "val_accuracy")
     assert sorted(m.step for m in history) == [1, 2, 3]
     assert any("[slaflow] epoch 3/3" in line for line in trained["logs"])
-    artifacts = {a.path for a in MlflowClient(tracking_uri).list_artifacts(trained["run_id"],
-                                                                            "training")}
+    artifacts = {
+        a.path for a in MlflowClient(tracking_uri).list_artifacts(trained["run_id"], "training")
+    }
     assert "training/learning_curve.png" in artifacts
 
 
-def test_logged_model_predicts_the_test_set(trained: dict[str, Any],
-                                            prepared: dict[str, Any]) -> None:
+def test_logged_model_predicts_the_test_set(
+    trained: dict[str, Any], prepared: dict[str, Any]
+) -> None:
     import mlflow
     import pandas as pd
 
@@ -48,48 +51,62 @@ def test_logged_model_predicts_the_test_set(trained: dict[str, Any],
 
 
 def test_retry_attaches_to_the_finished_job_instead_of_resubmitting(
-        trained: dict[str, Any], prepared: dict[str, Any], tracking_uri: str) -> None:
+    trained: dict[str, Any], prepared: dict[str, Any], tracking_uri: str
+) -> None:
     runner = trained["runner"]
-    again = runner.run(base_id="slaflow-train-fixture", module="ray_jobs.train",
-                       spec=train_spec(prepared, tracking_uri, trained["run_id"], "fixture-run"),
-                       timeout_s=60)
+    again = runner.run(
+        base_id="slaflow-train-fixture",
+        module="ray_jobs.train",
+        spec=train_spec(prepared, tracking_uri, trained["run_id"], "fixture-run"),
+        timeout_s=60,
+    )
     assert again == trained["result"]
     from operators.hooks import RayHook
 
-    ids = [j.submission_id for j in RayHook().job_client.list_jobs()
-           if (j.submission_id or "").startswith("slaflow-train-fixture")]
+    ids = [
+        j.submission_id
+        for j in RayHook().job_client.list_jobs()
+        if (j.submission_id or "").startswith("slaflow-train-fixture")
+    ]
     assert ids == ["slaflow-train-fixture"]
 
 
 def test_resubmitted_run_resumes_from_its_checkpoint(
-        trained: dict[str, Any], prepared: dict[str, Any], tracking_uri: str) -> None:
+    trained: dict[str, Any], prepared: dict[str, Any], tracking_uri: str
+) -> None:
     """A new job for the same run (as after a failed try) trains no epoch again."""
 
     logs: list[str] = []
     result = job_runner(logs.append).run(
-        base_id="slaflow-train-fixture-resume", module="ray_jobs.train",
+        base_id="slaflow-train-fixture-resume",
+        module="ray_jobs.train",
         spec=train_spec(prepared, tracking_uri, trained["run_id"], "fixture-run"),
-        timeout_s=300)
+        timeout_s=300,
+    )
     assert result["resumed_from"] is not None
     assert result["epochs"] == 3
     assert any("already trained" in line for line in logs)
     assert not any("[slaflow] epoch" in line for line in logs)
 
 
-def test_failed_job_reports_its_own_error(ray_cluster: Any, prepared: dict[str, Any],
-                                          tracking_uri: str) -> None:
+def test_failed_job_reports_its_own_error(
+    ray_cluster: Any, prepared: dict[str, Any], tracking_uri: str
+) -> None:
     from operators.ray_job import RayJobFailed
 
-    spec = train_spec(prepared, tracking_uri, "no-such-run", "broken-run",
-                      train_path="/nonexistent/train")
+    spec = train_spec(
+        prepared, tracking_uri, "no-such-run", "broken-run", train_path="/nonexistent/train"
+    )
     with pytest.raises(RayJobFailed, match="ended FAILED") as info:
         job_runner(lambda _: None).run(
-            base_id="slaflow-train-broken", module="ray_jobs.train", spec=spec, timeout_s=300)
+            base_id="slaflow-train-broken", module="ray_jobs.train", spec=spec, timeout_s=300
+        )
     assert "nonexistent" in str(info.value)
 
 
 def test_controller_resizes_for_real_and_loses_no_epoch(
-        ray_cluster: Any, prepared: dict[str, Any], tracking_uri: str) -> None:
+    ray_cluster: Any, prepared: dict[str, Any], tracking_uri: str
+) -> None:
     """The deadline policy shrinks 2 workers to 1 when one is enough: checkpoint, restart with
     a new ScalingConfig, resume; every epoch is trained exactly once and the restart is timed.
     """
@@ -103,13 +120,21 @@ def test_controller_resizes_for_real_and_loses_no_epoch(
     run_id, _ = reg.find_or_create_run(client, exp, "resize-run", "resize", {})
     # Calibration says 2 workers barely beat 1 (poor scaling) and a restart is cheap, with
     # a loose deadline: the controller must judge 2 workers wasteful and drop to 1.
-    spec = train_spec(prepared, tracking_uri, run_id, "resize-run", max_epochs=12,
-                      prior_epochs=12, deadline_s=600.0, resize_policy="deadline",
-                      throughput={"shape": "cpu", "epoch_s": {"1": 0.5, "2": 0.45},
-                                  "startup_s": 1.0})
+    spec = train_spec(
+        prepared,
+        tracking_uri,
+        run_id,
+        "resize-run",
+        max_epochs=12,
+        prior_epochs=12,
+        deadline_s=600.0,
+        resize_policy="deadline",
+        throughput={"shape": "cpu", "epoch_s": {"1": 0.5, "2": 0.45}, "startup_s": 1.0},
+    )
     logs: list[str] = []
     result = job_runner(logs.append).run(
-        base_id="slaflow-train-resize", module="ray_jobs.train", spec=spec, timeout_s=600)
+        base_id="slaflow-train-resize", module="ray_jobs.train", spec=spec, timeout_s=600
+    )
     workers = [row["workers"] for row in result["history"]]
     assert workers[0] == 2 and workers[-1] == 1, workers
     assert result["resizes"] >= 1
@@ -126,24 +151,31 @@ def test_controller_resizes_for_real_and_loses_no_epoch(
     assert sorted({m.value for m in steps}) == [1.0, 2.0]
 
 
-def test_calibration_measures_each_worker_count(ray_cluster: Any,
-                                                prepared: dict[str, Any]) -> None:
+def test_calibration_measures_each_worker_count(ray_cluster: Any, prepared: dict[str, Any]) -> None:
     from policies import RunContract
     from ray_jobs.specs import calibration_spec
     from slaflow.settings import Endpoints
 
     contract = RunContract.from_dict({"hidden_units": [32], "learning_rate": 0.01, "seed": 7})
-    spec = calibration_spec(contract, prepared, key="testkey0000000", shape="cpu",
-                            worker_counts=[1, 2], storage_path=Endpoints.from_env().ray_storage)
+    spec = calibration_spec(
+        contract,
+        prepared,
+        key="testkey0000000",
+        shape="cpu",
+        worker_counts=[1, 2],
+        storage_path=Endpoints.from_env().ray_storage,
+    )
     result = job_runner(lambda _: None).run(
-        base_id="slaflow-calib-test", module="ray_jobs.calibrate", spec=spec, timeout_s=600)
+        base_id="slaflow-calib-test", module="ray_jobs.calibrate", spec=spec, timeout_s=600
+    )
     assert set(result["epoch_s"]) == {"1", "2"}
     assert all(0 < t < 60 for t in result["epoch_s"].values())
     assert result["startup_s"] > 0.5  # a worker group and TensorFlow take time to start
 
 
-def test_tuning_study_stays_inside_its_deadline(ray_cluster: Any, prepared: dict[str, Any],
-                                                tracking_uri: str) -> None:
+def test_tuning_study_stays_inside_its_deadline(
+    ray_cluster: Any, prepared: dict[str, Any], tracking_uri: str
+) -> None:
     """Optuna trials as parallel Ray actors, nested MLflow runs, best model exported, and the
     whole study (export included) ends before the deadline."""
     from mlflow.tracking import MlflowClient
@@ -154,22 +186,33 @@ def test_tuning_study_stays_inside_its_deadline(ray_cluster: Any, prepared: dict
     client = MlflowHook().client
     exp = reg.get_or_create_experiment(client, "slaflow/tests", MlflowHook().artifact_location)
     run_id, _ = reg.find_or_create_run(client, exp, "tune-run", "tune", {})
-    spec = train_spec(prepared, tracking_uri, run_id, "tune-run", max_epochs=6,
-                      deadline_s=100.0, tuning_trials=6, stop_accuracy=0.999)
+    spec = train_spec(
+        prepared,
+        tracking_uri,
+        run_id,
+        "tune-run",
+        max_epochs=6,
+        deadline_s=100.0,
+        tuning_trials=6,
+        stop_accuracy=0.999,
+    )
     result = job_runner(lambda _: None).run(
-        base_id="slaflow-tune-test", module="ray_jobs.tune", spec=spec, timeout_s=400)
+        base_id="slaflow-tune-test", module="ray_jobs.tune", spec=spec, timeout_s=400
+    )
     assert result["training_seconds"] <= 100.0 and result["deadline_met"] is True
     assert result["tuning"]["trials"] >= 2
     assert 0.5 < result["best_val_accuracy"] <= 1.0
     children = MlflowClient(tracking_uri).search_runs(
-        [exp], filter_string=f"tags.`mlflow.parentRunId` = '{run_id}'")
+        [exp], filter_string=f"tags.`mlflow.parentRunId` = '{run_id}'"
+    )
     assert len(children) == result["tuning"]["trials"]
     assert {c.info.status for c in children} <= {"FINISHED", "KILLED"}
     assert result["model_uri"]
 
 
 def test_killed_worker_resumes_from_checkpoint_and_replans(
-        ray_cluster: Any, prepared: dict[str, Any], tracking_uri: str) -> None:
+    ray_cluster: Any, prepared: dict[str, Any], tracking_uri: str
+) -> None:
     """SIGKILL one Ray Train worker mid-training: Ray Train restarts the group, the loop resumes
     from the last checkpoint (controller state included), and no epoch appears twice."""
     import os
@@ -184,24 +227,44 @@ def test_killed_worker_resumes_from_checkpoint_and_replans(
     client = MlflowHook().client
     exp = reg.get_or_create_experiment(client, "slaflow/tests", MlflowHook().artifact_location)
     run_id, _ = reg.find_or_create_run(client, exp, "kill-run", "kill", {})
-    spec = train_spec(prepared, tracking_uri, run_id, "kill-run", max_epochs=25,
-                      resize_policy="deadline", deadline_s=400.0)
+    spec = train_spec(
+        prepared,
+        tracking_uri,
+        run_id,
+        "kill-run",
+        max_epochs=25,
+        resize_policy="deadline",
+        deadline_s=400.0,
+    )
     logs: list[str] = []
     runner = job_runner(logs.append)
     import threading
 
     box: dict[str, Any] = {}
-    thread = threading.Thread(target=lambda: box.setdefault("result", runner.run(
-        base_id="slaflow-train-kill", module="ray_jobs.train", spec=spec, timeout_s=600)))
+    thread = threading.Thread(
+        target=lambda: box.setdefault(
+            "result",
+            runner.run(
+                base_id="slaflow-train-kill", module="ray_jobs.train", spec=spec, timeout_s=600
+            ),
+        )
+    )
     thread.start()
     gcs = f"127.0.0.1:{ray_cluster.gcs_port}"
     killed = None
     until = time.monotonic() + 300
     while killed is None and time.monotonic() < until and thread.is_alive():
         if any("[slaflow] epoch 3/" in line for line in logs):
-            workers = [a for a in list_actors(address=gcs, filters=[
-                ("class_name", "=", "RayTrainWorker"), ("state", "=", "ALIVE")], detail=True,
-                raise_on_missing_output=False) if a.pid]
+            workers = [
+                a
+                for a in list_actors(
+                    address=gcs,
+                    filters=[("class_name", "=", "RayTrainWorker"), ("state", "=", "ALIVE")],
+                    detail=True,
+                    raise_on_missing_output=False,
+                )
+                if a.pid
+            ]
             if workers:
                 killed = workers[-1].pid
                 os.kill(killed, signal.SIGKILL)

@@ -24,9 +24,15 @@ def endpoint(trained: dict[str, Any], tracking_uri: str) -> Iterator[str]:
     hook = ServeHook()
     contract = RunContract.from_dict({"model_name": APP, "serving_replicas": 1})
     tiers = serving_layout(fixed_plan(contract), contract, PriceTable.default())
-    hook.deploy_version(APP, tracking_uri, {"version": "7",
-                                            "model_uri": trained["result"]["model_uri"],
-                                            "tiers": [t.to_dict() for t in tiers]})
+    hook.deploy_version(
+        APP,
+        tracking_uri,
+        {
+            "version": "7",
+            "model_uri": trained["result"]["model_uri"],
+            "tiers": [t.to_dict() for t in tiers],
+        },
+    )
     hook.wait_running(version_app(APP, "7"))
     hook.route(APP, {"primary": "7", "versions": {"7": {"routes": ["warm"]}}})
     hook.wait_routing(APP, "7", None)
@@ -48,9 +54,12 @@ def test_info(endpoint: str, prepared: dict[str, Any]) -> None:
     assert info["classes"] == prepared["classes"]
 
 
-def test_predictions_match_the_model_in_process(endpoint: str, trained: dict[str, Any],
-                                                prepared: dict[str, Any],
-                                                test_rows: tuple[np.ndarray, np.ndarray]) -> None:
+def test_predictions_match_the_model_in_process(
+    endpoint: str,
+    trained: dict[str, Any],
+    prepared: dict[str, Any],
+    test_rows: tuple[np.ndarray, np.ndarray],
+) -> None:
     import mlflow
     import pandas as pd
 
@@ -59,13 +68,15 @@ def test_predictions_match_the_model_in_process(endpoint: str, trained: dict[str
     assert resp.status_code == 200
     body = resp.json()
     local = mlflow.pyfunc.load_model(trained["result"]["model_uri"]).predict(
-        pd.DataFrame(x[:50], columns=prepared["feature_names"]))
+        pd.DataFrame(x[:50], columns=prepared["feature_names"])
+    )
     assert body["predictions"] == local["prediction"].tolist()
     assert np.allclose(np.sum(body["probabilities"], axis=1), 1.0, atol=1e-4)
 
 
-def test_rows_by_feature_name(endpoint: str, prepared: dict[str, Any],
-                              test_rows: tuple[np.ndarray, np.ndarray]) -> None:
+def test_rows_by_feature_name(
+    endpoint: str, prepared: dict[str, Any], test_rows: tuple[np.ndarray, np.ndarray]
+) -> None:
     x, _ = test_rows
     named = dict(zip(prepared["feature_names"], x[0].tolist(), strict=True))
     by_name = requests.post(endpoint, json={"instances": [named]}, timeout=10).json()
@@ -74,12 +85,12 @@ def test_rows_by_feature_name(endpoint: str, prepared: dict[str, Any],
 
 
 def test_concurrent_requests_are_batched_and_all_answered(
-        endpoint: str, test_rows: tuple[np.ndarray, np.ndarray]) -> None:
+    endpoint: str, test_rows: tuple[np.ndarray, np.ndarray]
+) -> None:
     x, _ = test_rows
 
     def one(i: int) -> int:
-        return requests.post(endpoint, json={"instances": [x[i].tolist()]},
-                             timeout=30).status_code
+        return requests.post(endpoint, json={"instances": [x[i].tolist()]}, timeout=30).status_code
 
     with ThreadPoolExecutor(16) as pool:
         assert set(pool.map(one, range(64))) == {200}
@@ -96,8 +107,9 @@ def test_concurrent_requests_are_batched_and_all_answered(
         ({"instances": [[0.0] * 64] * 1025}, 413, "at most 1024"),
     ],
 )
-def test_bad_requests_get_4xx_with_the_fix(endpoint: str, body: Any, status: int,
-                                           words: str) -> None:
+def test_bad_requests_get_4xx_with_the_fix(
+    endpoint: str, body: Any, status: int, words: str
+) -> None:
     resp = requests.post(endpoint, json=body, timeout=10)
     assert resp.status_code == status
     assert words in resp.json()["error"]
@@ -110,7 +122,8 @@ def test_invalid_json_and_wrong_method(endpoint: str) -> None:
 
 
 def test_footprint_counts_what_the_model_holds_and_undeploy_frees_it(
-        endpoint: str, trained: dict[str, Any], tracking_uri: str) -> None:
+    endpoint: str, trained: dict[str, Any], tracking_uri: str
+) -> None:
     """Serve's own view of the replicas: the router (0.05 CPU) and one 0.5-CPU warm replica;
     a second model taken off the endpoint leaves the footprint and answers 404."""
     from operators.hooks import ServeHook
@@ -121,18 +134,35 @@ def test_footprint_counts_what_the_model_holds_and_undeploy_frees_it(
     assert mine.cpus == pytest.approx(0.55)
     assert "v7 warm 1x0.5" in mine.describe()
     other = "serve-test-other"
-    hook.deploy_version(other, tracking_uri, {
-        "version": "1", "model_uri": trained["result"]["model_uri"],
-        "tiers": [{"route": "warm", "num_cpus": 0.25, "num_gpus": 0.0, "resource": "",
-                   "max_ongoing_requests": 8, "max_queued_requests": 8,
-                   "max_batch_size": 1, "batch_wait_timeout_s": 0.0,
-                   "initial_replicas": 1, "replicas": 1}]})
+    hook.deploy_version(
+        other,
+        tracking_uri,
+        {
+            "version": "1",
+            "model_uri": trained["result"]["model_uri"],
+            "tiers": [
+                {
+                    "route": "warm",
+                    "num_cpus": 0.25,
+                    "num_gpus": 0.0,
+                    "resource": "",
+                    "max_ongoing_requests": 8,
+                    "max_queued_requests": 8,
+                    "max_batch_size": 1,
+                    "batch_wait_timeout_s": 0.0,
+                    "initial_replicas": 1,
+                    "replicas": 1,
+                }
+            ],
+        },
+    )
     hook.wait_running(version_app(other, "1"))
     hook.route(other, {"primary": "1", "versions": {"1": {"routes": ["warm"]}}})
     hook.wait_routing(other, "1", None)
     assert hook.footprint().by_model()[other] == pytest.approx(0.3)
     assert sorted(hook.undeploy(other)) == [other, version_app(other, "1")]
     assert other not in hook.footprint().by_model()
-    assert requests.post(hook.url(other), json={"instances": [[0.0]]},
-                         timeout=10).status_code == 404
+    assert (
+        requests.post(hook.url(other), json={"instances": [[0.0]]}, timeout=10).status_code == 404
+    )
     assert hook.served_version(APP) == "7"  # the other model's undeploy left this one alone

@@ -31,10 +31,16 @@ def variant_uri(trained: dict[str, Any], prepared: dict[str, Any]) -> str:
     from ray_jobs.variants import log_int8_variant
 
     with tempfile.TemporaryDirectory() as tmp:
-        local = find_model_dir(mlflow.artifacts.download_artifacts(
-            trained["result"]["model_uri"], dst_path=tmp))
-        return log_int8_variant(Predictor(local), local, trained["run_id"],
-                                prepared["feature_mean"], prepared["feature_std"])
+        local = find_model_dir(
+            mlflow.artifacts.download_artifacts(trained["result"]["model_uri"], dst_path=tmp)
+        )
+        return log_int8_variant(
+            Predictor(local),
+            local,
+            trained["run_id"],
+            prepared["feature_mean"],
+            prepared["feature_std"],
+        )
 
 
 @pytest.fixture(scope="module")
@@ -50,34 +56,61 @@ def test_rows(prepared: dict[str, Any]) -> tuple[np.ndarray, np.ndarray]:
     return read_xy(prepared["paths"]["test"], prepared["feature_names"])
 
 
-def tier(route: str, *, replicas: int | None = 1, autoscaler: AutoscalerConfig | None = None,
-         batch: int = 8, ongoing: int = 16, queued: int = 64) -> dict[str, Any]:
-    return TierSettings(route=route, num_cpus=0.25, num_gpus=0.0, resource="",
-                        max_ongoing_requests=ongoing, max_queued_requests=queued,
-                        max_batch_size=batch, batch_wait_timeout_s=0.001,
-                        initial_replicas=replicas or 1,
-                        replicas=None if autoscaler else replicas,
-                        autoscaler=autoscaler).to_dict()
+def tier(
+    route: str,
+    *,
+    replicas: int | None = 1,
+    autoscaler: AutoscalerConfig | None = None,
+    batch: int = 8,
+    ongoing: int = 16,
+    queued: int = 64,
+) -> dict[str, Any]:
+    return TierSettings(
+        route=route,
+        num_cpus=0.25,
+        num_gpus=0.0,
+        resource="",
+        max_ongoing_requests=ongoing,
+        max_queued_requests=queued,
+        max_batch_size=batch,
+        batch_wait_timeout_s=0.001,
+        initial_replicas=replicas or 1,
+        replicas=None if autoscaler else replicas,
+        autoscaler=autoscaler,
+    ).to_dict()
 
 
-ROUTER = {"primary": "1", "candidate": None, "share": 0.0, "percentile": 99,
-          "thresholds": {"large_rows": 32, "frequent_rps": 0.5},
-          "versions": {"1": {"routes": ["batch", "warm"], "warm_max_in_flight": 64},
-                       "1i8": {"routes": ["warm"]}, "2": {"routes": ["warm"]}}}
+ROUTER = {
+    "primary": "1",
+    "candidate": None,
+    "share": 0.0,
+    "percentile": 99,
+    "thresholds": {"large_rows": 32, "frequent_rps": 0.5},
+    "versions": {
+        "1": {"routes": ["batch", "warm"], "warm_max_in_flight": 64},
+        "1i8": {"routes": ["warm"]},
+        "2": {"routes": ["warm"]},
+    },
+}
 
 
 @pytest.fixture(scope="module")
-def routed(trained: dict[str, Any], tracking_uri: str, wrong_model_uri: str,
-           variant_uri: str) -> Iterator[dict[str, Any]]:
+def routed(
+    trained: dict[str, Any], tracking_uri: str, wrong_model_uri: str, variant_uri: str
+) -> Iterator[dict[str, Any]]:
     from operators.hooks import ServeHook
 
     hook = ServeHook()
     model_uri = trained["result"]["model_uri"]
     specs = [
-        {"version": "1", "model_uri": model_uri,
-         "tiers": [tier("warm"), tier("batch", batch=512)]},
-        {"version": "1i8", "model_uri": model_uri, "variant": "int8",
-         "variant_uri": variant_uri, "tiers": [tier("warm")]},
+        {"version": "1", "model_uri": model_uri, "tiers": [tier("warm"), tier("batch", batch=512)]},
+        {
+            "version": "1i8",
+            "model_uri": model_uri,
+            "variant": "int8",
+            "variant_uri": variant_uri,
+            "tiers": [tier("warm")],
+        },
         {"version": "2", "model_uri": wrong_model_uri, "tiers": [tier("warm")]},
     ]
     for spec in specs:
@@ -91,13 +124,14 @@ def routed(trained: dict[str, Any], tracking_uri: str, wrong_model_uri: str,
 
 
 def _post(url: str, rows: list[list[float]], caller: str = "t") -> requests.Response:
-    return requests.post(url, json={"instances": rows}, timeout=60,
-                         headers={"x-slaflow-caller": caller})
+    return requests.post(
+        url, json={"instances": rows}, timeout=60, headers={"x-slaflow-caller": caller}
+    )
 
 
 def test_int8_variant_is_smaller_and_nearly_as_accurate(
-        trained: dict[str, Any], variant_uri: str,
-        test_rows: tuple[np.ndarray, np.ndarray]) -> None:
+    trained: dict[str, Any], variant_uri: str, test_rows: tuple[np.ndarray, np.ndarray]
+) -> None:
     import mlflow
 
     from ray_jobs.model_format import Predictor, find_model_dir
@@ -105,10 +139,14 @@ def test_int8_variant_is_smaller_and_nearly_as_accurate(
 
     x, y = test_rows
     with tempfile.TemporaryDirectory() as tmp:
-        full = Predictor(find_model_dir(mlflow.artifacts.download_artifacts(
-            trained["result"]["model_uri"], dst_path=tmp + "/f")))
-        int8 = Int8Predictor(mlflow.artifacts.download_artifacts(variant_uri,
-                                                                 dst_path=tmp + "/q"))
+        full = Predictor(
+            find_model_dir(
+                mlflow.artifacts.download_artifacts(
+                    trained["result"]["model_uri"], dst_path=tmp + "/f"
+                )
+            )
+        )
+        int8 = Int8Predictor(mlflow.artifacts.download_artifacts(variant_uri, dst_path=tmp + "/q"))
         pf, pq = full.predict_classes(x), int8.predict_proba(x).argmax(axis=1)
     acc_full, acc_q = float((pf == y).mean()), float((pq == y).mean())
     assert acc_q >= acc_full - 0.03, (acc_full, acc_q)
@@ -118,7 +156,8 @@ def test_int8_variant_is_smaller_and_nearly_as_accurate(
 
 
 def test_small_requests_go_warm_and_large_ones_to_the_batch_path(
-        routed: dict[str, Any], test_rows: tuple[np.ndarray, np.ndarray]) -> None:
+    routed: dict[str, Any], test_rows: tuple[np.ndarray, np.ndarray]
+) -> None:
     x, _ = test_rows
     small = _post(routed["url"], x[:1].tolist())
     large = _post(routed["url"], x[:100].tolist())
@@ -130,21 +169,24 @@ def test_small_requests_go_warm_and_large_ones_to_the_batch_path(
     assert info["routes"] == ["batch", "warm"] and info["thresholds"]["large_rows"] == 32
 
 
-@pytest.mark.parametrize(("body", "status", "words"), [
-    ({"instances": [[1.0, 2.0]]}, 400, "must be a list of 64 numbers"),
-    ({"instances": [[0.0] * 64] * 1025}, 413, "at most 1024"),
-    ({"rows": []}, 400, "with an 'instances' list"),
-])
-def test_router_refuses_bad_requests_with_the_fix(routed: dict[str, Any], body: Any,
-                                                  status: int, words: str) -> None:
+@pytest.mark.parametrize(
+    ("body", "status", "words"),
+    [
+        ({"instances": [[1.0, 2.0]]}, 400, "must be a list of 64 numbers"),
+        ({"instances": [[0.0] * 64] * 1025}, 413, "at most 1024"),
+        ({"rows": []}, 400, "with an 'instances' list"),
+    ],
+)
+def test_router_refuses_bad_requests_with_the_fix(
+    routed: dict[str, Any], body: Any, status: int, words: str
+) -> None:
     resp = requests.post(routed["url"], json=body, timeout=10)
     assert resp.status_code == status and words in resp.json()["error"]
 
 
 def _load(url: str, x: np.ndarray, n: int, threads: int = 8) -> list[requests.Response]:
     with ThreadPoolExecutor(threads) as pool:
-        return list(pool.map(lambda i: _post(url, [x[i % len(x)].tolist()], f"c{i % 3}"),
-                             range(n)))
+        return list(pool.map(lambda i: _post(url, [x[i % len(x)].tolist()], f"c{i % 3}"), range(n)))
 
 
 def _set_canary(routed: dict[str, Any], candidate: str | None, share: float = 0.5) -> None:
@@ -160,14 +202,19 @@ def _all_replicas(hook: Any) -> dict[str, dict[str, set[str]]]:
 
 
 def test_a_canary_step_is_a_routing_change_that_restarts_no_replica(
-        routed: dict[str, Any], test_rows: tuple[np.ndarray, np.ndarray]) -> None:
+    routed: dict[str, Any], test_rows: tuple[np.ndarray, np.ndarray]
+) -> None:
     """Candidate in, share up, candidate out: the router applies each in place; every replica
     of the router and of each version keeps its id, and no request fails meanwhile."""
     x, _ = test_rows
     hook = routed["hook"]
     before = _all_replicas(hook)
-    assert set(before) == {APP, version_app(APP, "1"), version_app(APP, "1i8"),
-                           version_app(APP, "2")}
+    assert set(before) == {
+        APP,
+        version_app(APP, "1"),
+        version_app(APP, "1i8"),
+        version_app(APP, "2"),
+    }
     stop = threading.Event()
     codes: list[int] = []
 
@@ -188,7 +235,8 @@ def test_a_canary_step_is_a_routing_change_that_restarts_no_replica(
 
 
 def test_wrong_canary_is_rolled_back_without_a_failed_request(
-        routed: dict[str, Any], test_rows: tuple[np.ndarray, np.ndarray]) -> None:
+    routed: dict[str, Any], test_rows: tuple[np.ndarray, np.ndarray]
+) -> None:
     x, _ = test_rows
     url = routed["url"]
     _set_canary(routed, "2")
@@ -200,9 +248,16 @@ def test_wrong_canary_is_rolled_back_without_a_failed_request(
     # this test is about wrong answers: a loose SLO keeps a slow first call on a loaded CI
     # runner from deciding it first
     verdict = canary_verdict(
-        CanaryStats(int(stats["requests"]), int(stats.get("errors", 0)), stats["tail_ms"],
-                    int(stats.get("disagreements", 0))), None, slo_ms=60_000.0,
-        min_requests=30)
+        CanaryStats(
+            int(stats["requests"]),
+            int(stats.get("errors", 0)),
+            stats["tail_ms"],
+            int(stats.get("disagreements", 0)),
+        ),
+        None,
+        slo_ms=60_000.0,
+        min_requests=30,
+    )
     assert verdict.action == "rollback" and "differ" in verdict.reason, verdict.reason
     _set_canary(routed, None)  # the rollback: v1 takes all traffic again
     after = _load(url, x, 40)
@@ -210,8 +265,9 @@ def test_wrong_canary_is_rolled_back_without_a_failed_request(
     assert {r.json()["model_version"] for r in after} == {"1"}
 
 
-def test_good_canary_advances(routed: dict[str, Any],
-                              test_rows: tuple[np.ndarray, np.ndarray]) -> None:
+def test_good_canary_advances(
+    routed: dict[str, Any], test_rows: tuple[np.ndarray, np.ndarray]
+) -> None:
     """The int8 variant of the same model as candidate: it agrees, so the canary advances."""
     x, _ = test_rows
     _set_canary(routed, "1i8")
@@ -219,28 +275,50 @@ def test_good_canary_advances(routed: dict[str, Any],
     assert {r.status_code for r in answers} == {200}
     stats = routed["hook"].stats(APP)["versions"]["1i8"]
     verdict = canary_verdict(
-        CanaryStats(int(stats["requests"]), int(stats.get("errors", 0)), stats["tail_ms"],
-                    int(stats.get("disagreements", 0))), None, slo_ms=60_000.0,
-        min_requests=20)  # about answers, not latency (see the wrong-canary test)
+        CanaryStats(
+            int(stats["requests"]),
+            int(stats.get("errors", 0)),
+            stats["tail_ms"],
+            int(stats.get("disagreements", 0)),
+        ),
+        None,
+        slo_ms=60_000.0,
+        min_requests=20,
+    )  # about answers, not latency (see the wrong-canary test)
     assert verdict.action == "advance", verdict.reason
     _set_canary(routed, None)
 
 
 def test_slo_autoscaler_adds_a_replica_under_load_and_a_killed_replica_fails_nothing(
-        routed: dict[str, Any], trained: dict[str, Any], tracking_uri: str,
-        test_rows: tuple[np.ndarray, np.ndarray]) -> None:
+    routed: dict[str, Any],
+    trained: dict[str, Any],
+    tracking_uri: str,
+    test_rows: tuple[np.ndarray, np.ndarray],
+) -> None:
     """A version of its own (so no earlier test's load decides where it starts): one warm
     replica under the SLO autoscaler; load makes it two; one is killed; nothing fails."""
     import ray
 
     x, _ = test_rows
     hook = routed["hook"]
-    auto = AutoscalerConfig(slo_ms=200.0, percentile=99, capacity_rps=5.0, min_replicas=1,
-                            max_replicas=2, downscale_delay_s=600)
+    auto = AutoscalerConfig(
+        slo_ms=200.0,
+        percentile=99,
+        capacity_rps=5.0,
+        min_replicas=1,
+        max_replicas=2,
+        downscale_delay_s=600,
+    )
     name = "autoscaled-test-model"
-    hook.deploy_version(name, tracking_uri, {"version": "1",
-                                             "model_uri": trained["result"]["model_uri"],
-                                             "tiers": [tier("warm", autoscaler=auto)]})
+    hook.deploy_version(
+        name,
+        tracking_uri,
+        {
+            "version": "1",
+            "model_uri": trained["result"]["model_uri"],
+            "tiers": [tier("warm", autoscaler=auto)],
+        },
+    )
     app = version_app(name, "1")
     hook.wait_running(app)
     hook.route(name, {"primary": "1", "versions": {"1": {"routes": ["warm"]}}})
@@ -255,8 +333,7 @@ def test_slo_autoscaler_adds_a_replica_under_load_and_a_killed_replica_fails_not
             with requests.Session() as http:
                 i = 0
                 while not stop.is_set():
-                    r = http.post(url, json={"instances": [x[i % len(x)].tolist()]},
-                                  timeout=60)
+                    r = http.post(url, json={"instances": [x[i % len(x)].tolist()]}, timeout=60)
                     codes.append(r.status_code)
                     i += 1
 
@@ -269,11 +346,15 @@ def test_slo_autoscaler_adds_a_replica_under_load_and_a_killed_replica_fails_not
             while hook.running_replicas(app, "warm") < 2:
                 assert time.monotonic() < deadline, "the SLO autoscaler did not add a replica"
                 time.sleep(1)
-            actors = [a for a in ray.util.list_named_actors(all_namespaces=True)
-                      if f"{app}#warm" in a["name"] and "SERVE_REPLICA" in a["name"]]
+            actors = [
+                a
+                for a in ray.util.list_named_actors(all_namespaces=True)
+                if f"{app}#warm" in a["name"] and "SERVE_REPLICA" in a["name"]
+            ]
             assert len(actors) == 2
-            ray.kill(ray.get_actor(actors[0]["name"], namespace=actors[0]["namespace"]),
-                     no_restart=True)
+            ray.kill(
+                ray.get_actor(actors[0]["name"], namespace=actors[0]["namespace"]), no_restart=True
+            )
             served_after_kill = len(codes) + 40
             deadline = time.monotonic() + 60
             while len(codes) < served_after_kill:  # traffic flows on after the kill
@@ -290,25 +371,35 @@ def test_slo_autoscaler_adds_a_replica_under_load_and_a_killed_replica_fails_not
 
 
 def test_overload_is_shed_with_503_not_unbounded_latency(
-        routed: dict[str, Any], trained: dict[str, Any], tracking_uri: str,
-        test_rows: tuple[np.ndarray, np.ndarray]) -> None:
+    routed: dict[str, Any],
+    trained: dict[str, Any],
+    tracking_uri: str,
+    test_rows: tuple[np.ndarray, np.ndarray],
+) -> None:
     """A warm tier bounded to 1 in flight + 1 queued: a burst gets answers or a fast 503
     saying why, never a hang or a 500."""
     x, _ = test_rows
     hook = routed["hook"]
     name = "bounded-test-model"
-    hook.deploy_version(name, tracking_uri, {
-        "version": "1", "model_uri": trained["result"]["model_uri"],
-        "tiers": [tier("warm", batch=1, ongoing=1, queued=1)]})
+    hook.deploy_version(
+        name,
+        tracking_uri,
+        {
+            "version": "1",
+            "model_uri": trained["result"]["model_uri"],
+            "tiers": [tier("warm", batch=1, ongoing=1, queued=1)],
+        },
+    )
     hook.wait_running(version_app(name, "1"))
-    hook.route(name, {**ROUTER, "versions": {"1": {"routes": ["warm"],
-                                                   "warm_max_in_flight": 10_000}}})
+    hook.route(
+        name, {**ROUTER, "versions": {"1": {"routes": ["warm"], "warm_max_in_flight": 10_000}}}
+    )
     hook.wait_routing(name, "1", None)
     try:
         with ThreadPoolExecutor(32) as pool:
-            answers = list(pool.map(lambda i: _post(hook.url(name),
-                                                    [x[i % len(x)].tolist()] * 200),
-                                    range(96)))
+            answers = list(
+                pool.map(lambda i: _post(hook.url(name), [x[i % len(x)].tolist()] * 200), range(96))
+            )
         codes = [r.status_code for r in answers]
         assert set(codes) <= {200, 503}, codes
         assert codes.count(503) > 0 and codes.count(200) > 0

@@ -21,8 +21,9 @@ def standalone(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
     from slaflow.spark_standalone import SparkStandalone
 
     # With the worker's shuffle service, so that released executors keep their shuffle output.
-    with SparkStandalone(tmp_path_factory.mktemp("spark-standalone"), cores=CORES,
-                         shuffle_port=7397) as cluster:
+    with SparkStandalone(
+        tmp_path_factory.mktemp("spark-standalone"), cores=CORES, shuffle_port=7397
+    ) as cluster:
         yield cluster
 
 
@@ -31,13 +32,19 @@ def spark(standalone: Any) -> Iterator[Any]:
     from operators.hooks import SparkHook
 
     # The hook stops the process's local session first: getOrCreate would hand that back.
-    conf = {**standalone.app_conf(),
-            "spark.executor.cores": "1", "spark.executor.memory": "512m",
-            "spark.cores.max": str(CORES), "spark.ui.port": str(DRIVER_UI),
-            "spark.dynamicAllocation.enabled": "false", "spark.sql.adaptive.enabled": "false",
-            "spark.sql.shuffle.partitions": "12"}
-    session = SparkHook().session("slaflow-test-spark-deadline", master=standalone.master_url,
-                                  conf=conf)
+    conf = {
+        **standalone.app_conf(),
+        "spark.executor.cores": "1",
+        "spark.executor.memory": "512m",
+        "spark.cores.max": str(CORES),
+        "spark.ui.port": str(DRIVER_UI),
+        "spark.dynamicAllocation.enabled": "false",
+        "spark.sql.adaptive.enabled": "false",
+        "spark.sql.shuffle.partitions": "12",
+    }
+    session = SparkHook().session(
+        "slaflow-test-spark-deadline", master=standalone.master_url, conf=conf
+    )
     assert session.sparkContext.master == standalone.master_url
     try:
         yield session
@@ -59,8 +66,12 @@ def _work(spark: Any) -> int:
         _time.sleep(3.0 if index == 0 else 0.2)
         return ((x % 1000, x) for x in rows)
 
-    return len(spark.sparkContext.parallelize(range(12_000), 12)
-               .mapPartitionsWithIndex(partition).reduceByKey(add).collect())
+    return len(
+        spark.sparkContext.parallelize(range(12_000), 12)
+        .mapPartitionsWithIndex(partition)
+        .reduceByKey(add)
+        .collect()
+    )
 
 
 def _wait_executors(actuator: Any, n: int, timeout_s: float = 60) -> None:
@@ -71,7 +82,8 @@ def _wait_executors(actuator: Any, n: int, timeout_s: float = 60) -> None:
 
 
 def test_controller_resizes_a_running_application_to_meet_the_deadline(
-        spark: Any, tmp_path: Path) -> None:
+    spark: Any, tmp_path: Path
+) -> None:
     from spark_jobs.deadline import (
         DeadlineController,
         ExecutorActuator,
@@ -113,8 +125,7 @@ def test_controller_resizes_a_running_application_to_meet_the_deadline(
     # 3x slack: the controller needs fewer executors than the profile run held.
     deadline_s = 3.0 * profiled_s
     lines: list[str] = []
-    with DeadlineController(sc, profile, deadline_s, CORES, period_s=0.5,
-                            log=lines.append) as ctl:
+    with DeadlineController(sc, profile, deadline_s, CORES, period_s=0.5, log=lines.append) as ctl:
         assert _work(spark) == 1000
     assert ctl.elapsed_s <= deadline_s, (ctl.elapsed_s, deadline_s, ctl.timeline)
     assert ctl.stage_plans and min(p["cores"] for p in ctl.stage_plans) < CORES
@@ -129,24 +140,46 @@ def test_first_run_profiles_the_job_and_the_next_is_controlled(spark: Any, tmp_p
 
     path = tmp_path / "job.json"
     lines: list[str] = []
-    result, first = run_with_deadline(spark, lambda: _work(spark), deadline_s=600,
-                                      max_cores=CORES, profile_path=path, log=lines.append)
+    result, first = run_with_deadline(
+        spark,
+        lambda: _work(spark),
+        deadline_s=600,
+        max_cores=CORES,
+        profile_path=path,
+        log=lines.append,
+    )
     assert result == 1000 and first["mode"] == "profiling" and first["met"]
     assert first["profiled_stages"] >= 2 and load_profile(path)
     assert any("this run profiles it" in line for line in lines)
 
-    result, second = run_with_deadline(spark, lambda: _work(spark),
-                                       deadline_s=3 * first["elapsed_s"], max_cores=CORES,
-                                       profile_path=path, period_s=0.5, log=lines.append)
+    result, second = run_with_deadline(
+        spark,
+        lambda: _work(spark),
+        deadline_s=3 * first["elapsed_s"],
+        max_cores=CORES,
+        profile_path=path,
+        period_s=0.5,
+        log=lines.append,
+    )
     assert result == 1000 and second["mode"] == "controlled" and second["met"], second
     assert second["core_seconds"] < first["core_seconds"] * 3
     assert second["feasibility"]["feasible"] and second["stage_plans"]
 
     # Too tight: refused (nothing runs) unless the contract says best effort.
     with pytest.raises(SparkDeadlineInfeasible, match="relax the deadline"):
-        run_with_deadline(spark, lambda: pytest.fail("must not run"), deadline_s=0.1,
-                          max_cores=CORES, profile_path=path)
-    result, third = run_with_deadline(spark, lambda: _work(spark), deadline_s=0.1,
-                                      max_cores=CORES, profile_path=path,
-                                      on_infeasible="best_effort")
+        run_with_deadline(
+            spark,
+            lambda: pytest.fail("must not run"),
+            deadline_s=0.1,
+            max_cores=CORES,
+            profile_path=path,
+        )
+    result, third = run_with_deadline(
+        spark,
+        lambda: _work(spark),
+        deadline_s=0.1,
+        max_cores=CORES,
+        profile_path=path,
+        on_infeasible="best_effort",
+    )
     assert result == 1000 and third["mode"] == "best_effort" and not third["met"]

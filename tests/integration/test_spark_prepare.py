@@ -11,7 +11,7 @@ import pytest
 
 from spark_jobs.prepare import LABEL_INDEX, DataError, run_prepare
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.quick]
 
 
 def test_digits_are_split_profiled_and_written(prepared: dict[str, Any]) -> None:
@@ -28,9 +28,16 @@ def test_digits_are_split_profiled_and_written(prepared: dict[str, Any]) -> None
 
 
 def _prepare(spark: Any, tmp_path: Path, source: str, label: str = "label") -> dict[str, Any]:
-    return run_prepare(spark, source=source, label_column=label,
-                       output_dir=str(tmp_path / "out"), validation_fraction=0.2,
-                       test_fraction=0.2, seed=1, cache_dir=tmp_path)
+    return run_prepare(
+        spark,
+        source=source,
+        label_column=label,
+        output_dir=str(tmp_path / "out"),
+        validation_fraction=0.2,
+        test_fraction=0.2,
+        seed=1,
+        cache_dir=tmp_path,
+    )
 
 
 def _csv(tmp_path: Path, frame: pd.DataFrame) -> str:
@@ -51,15 +58,18 @@ def test_missing_label_column_is_named(spark: Any, tmp_path: Path) -> None:
 
 
 def test_non_numeric_feature_is_named(spark: Any, tmp_path: Path) -> None:
-    src = _csv(tmp_path, pd.DataFrame({"a": range(30), "color": ["red", "blue"] * 15,
-                                       "label": [0, 1] * 15}))
+    src = _csv(
+        tmp_path,
+        pd.DataFrame({"a": range(30), "color": ["red", "blue"] * 15, "label": [0, 1] * 15}),
+    )
     with pytest.raises(DataError, match=r"feature column 'color' is string .*'red'"):
         _prepare(spark, tmp_path, src)
 
 
 def test_incomplete_rows_are_counted_not_hidden(spark: Any, tmp_path: Path) -> None:
-    frame = pd.DataFrame({"a": [float(i) for i in range(60)], "b": [1.0] * 60,
-                          "label": ["x", "y"] * 30})
+    frame = pd.DataFrame(
+        {"a": [float(i) for i in range(60)], "b": [1.0] * 60, "label": ["x", "y"] * 30}
+    )
     frame.loc[[3, 10, 11], "b"] = None
     profile = _prepare(spark, tmp_path, _csv(tmp_path, frame))
     assert profile["rows_read"] == 60
@@ -69,13 +79,14 @@ def test_incomplete_rows_are_counted_not_hidden(spark: Any, tmp_path: Path) -> N
 
 
 def test_malformed_numbers_are_counted_per_column_and_their_rows_dropped(
-        spark: Any, tmp_path: Path) -> None:
+    spark: Any, tmp_path: Path
+) -> None:
     src = tmp_path / "malformed.csv"
     lines = ["a,b,label"] + [f"{i},{i % 7}.5,{'xy'[i % 2]}" for i in range(60)]
-    lines[5] = "4,n/a,x"       # one unparsable cell
-    lines[9] = "oops,12,x"     # another, in another column
-    lines[12] = "11,?,y"       # a third
-    lines[20] = "19,,y"        # empty: incomplete, not malformed
+    lines[5] = "4,n/a,x"  # one unparsable cell
+    lines[9] = "oops,12,x"  # another, in another column
+    lines[12] = "11,?,y"  # a third
+    lines[20] = "19,,y"  # empty: incomplete, not malformed
     src.write_text("\n".join(lines) + "\n")
     profile = _prepare(spark, tmp_path, str(src))
     assert profile["rows_read"] == 60

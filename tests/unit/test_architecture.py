@@ -13,8 +13,16 @@ import pytest
 
 pytestmark = pytest.mark.unit
 REPO = Path(__file__).resolve().parents[2]
-PACKAGES = ("policies", "operators", "ray_jobs", "spark_jobs", "mlflow_config", "slaflow",
-            "dags", "benchmarks")
+PACKAGES = (
+    "policies",
+    "operators",
+    "ray_jobs",
+    "spark_jobs",
+    "mlflow_config",
+    "slaflow",
+    "dags",
+    "benchmarks",
+)
 
 
 def _modules() -> list[Path]:
@@ -50,14 +58,19 @@ def test_no_private_name_or_private_module_is_imported_across_modules() -> None:
             if module.split(".")[0] not in PACKAGES or module == own:
                 continue
             # a package's private modules are its own: siblings and its __init__ may use them
-            same_package = module.rsplit(".", 1)[0] == own.rsplit(".", 1)[0] or \
-                module.rsplit(".", 1)[0] == own.removesuffix(".__init__")
-            private_module = any(part.startswith("_") and part != "__init__"
-                                 for part in module.split("."))
+            same_package = module.rsplit(".", 1)[0] == own.rsplit(".", 1)[0] or module.rsplit(
+                ".", 1
+            )[0] == own.removesuffix(".__init__")
+            private_module = any(
+                part.startswith("_") and part != "__init__" for part in module.split(".")
+            )
             if private_module and not same_package:
                 offenders.append(f"{own} imports private module {module}")
-            offenders += [f"{own} imports {module}.{n}" for n in names
-                          if n.startswith("_") and not n.startswith("__")]
+            offenders += [
+                f"{own} imports {module}.{n}"
+                for n in names
+                if n.startswith("_") and not n.startswith("__")
+            ]
     assert offenders == []
 
 
@@ -78,13 +91,24 @@ def test_every_ray_job_spec_is_built_in_one_place() -> None:
     """Operators hand Ray Jobs specs from ``ray_jobs.specs``; no other module of the package
     assembles one (the spec travels as a file, see ``ray_jobs.entry``)."""
     builders = {"training_spec", "calibration_spec", "evaluation_spec", "profile_spec"}
-    used = {n for path in (REPO / "operators").glob("*.py")
-            for module, names in _imports(path) if module == "ray_jobs.specs" for n in names}
+    used = {
+        n
+        for path in (REPO / "operators").glob("*.py")
+        for module, names in _imports(path)
+        if module == "ray_jobs.specs"
+        for n in names
+    }
     assert used == builders
 
 
 def test_the_contract_reference_is_current() -> None:
-    out = subprocess.run([sys.executable, "-m", "slaflow.cli", "contract-docs"],
-                         capture_output=True, text=True, check=True, cwd=REPO)
-    assert (REPO / "docs" / "contract.md").read_text() == out.stdout, \
+    out = subprocess.run(
+        [sys.executable, "-m", "slaflow.cli", "contract-docs"],
+        capture_output=True,
+        text=True,
+        check=True,
+        cwd=REPO,
+    )
+    assert (REPO / "docs" / "contract.md").read_text() == out.stdout, (
         "docs/contract.md is stale: run `make docs`"
+    )

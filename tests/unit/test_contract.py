@@ -81,12 +81,14 @@ def test_serving_node_resource_may_be_empty() -> None:
     assert pinned.serving_node_resource == "large"
 
 
-@pytest.mark.parametrize("master", ["", "local[*]", "local[4]", "local", "spark://h:7077",
-                                    "spark://a.b:7077,c-d:7078"])
+@pytest.mark.parametrize(
+    "master", ["", "local[*]", "local[4]", "local", "spark://h:7077", "spark://a.b:7077,c-d:7078"]
+)
 def test_spark_master_takes_local_and_standalone_urls(master: str) -> None:
     assert RunContract.from_dict({"spark_master": master}).spark_master == master
-    jsonschema.validate({**RunContract.defaults().to_dict(), "spark_master": master},
-                        contract_json_schema())
+    jsonschema.validate(
+        {**RunContract.defaults().to_dict(), "spark_master": master}, contract_json_schema()
+    )
 
 
 def test_spark_mllib_takes_no_tuning() -> None:
@@ -112,9 +114,18 @@ def test_schema_describes_every_field_for_the_form() -> None:
 
 @pytest.mark.parametrize(
     "override",
-    [{"deadline_s": 0}, {"target_accuracy": 1.0}, {"max_workers": 0}, {"latency_percentile": 97},
-     {"model_name": "bad name!"}, {"hidden_units": []}, {"test_fraction": 0.9},
-     {"deadline": 5}, {"spark_master": "spark://host"}, {"prepare_deadline_s": -1}],
+    [
+        {"deadline_s": 0},
+        {"target_accuracy": 1.0},
+        {"max_workers": 0},
+        {"latency_percentile": 97},
+        {"model_name": "bad name!"},
+        {"hidden_units": []},
+        {"test_fraction": 0.9},
+        {"deadline": 5},
+        {"spark_master": "spark://host"},
+        {"prepare_deadline_s": -1},
+    ],
 )
 def test_schema_and_python_validation_agree(override: dict[str, object]) -> None:
     """What the Airflow form rejects, the operators reject too (one source of truth)."""
@@ -129,14 +140,18 @@ def test_schema_accepts_the_defaults() -> None:
     jsonschema.validate(RunContract.defaults().to_dict(), contract_json_schema())
 
 
-@pytest.mark.parametrize(("raw", "field_name", "words"), [
-    ({"expected_rps": 50, "peak_rps": 10}, "peak_rps", "below expected_rps"),
-    ({"serving_replicas": 3, "serving_max_replicas": 2}, "serving_max_replicas", "below"),
-    ({"serving_tiers": "cpu_on_demand,tpu"}, "serving_tiers", "tpu"),
-    ({"serving_tiers": "cpu on demand"}, "serving_tiers", "does not match"),
-])
-def test_serving_fields_are_checked_together(raw: dict[str, object], field_name: str,
-                                             words: str) -> None:
+@pytest.mark.parametrize(
+    ("raw", "field_name", "words"),
+    [
+        ({"expected_rps": 50, "peak_rps": 10}, "peak_rps", "below expected_rps"),
+        ({"serving_replicas": 3, "serving_max_replicas": 2}, "serving_max_replicas", "below"),
+        ({"serving_tiers": "cpu_on_demand,tpu"}, "serving_tiers", "tpu"),
+        ({"serving_tiers": "cpu on demand"}, "serving_tiers", "does not match"),
+    ],
+)
+def test_serving_fields_are_checked_together(
+    raw: dict[str, object], field_name: str, words: str
+) -> None:
     with pytest.raises(ContractError) as err:
         RunContract.from_dict(raw)
     assert err.value.field == field_name and words in str(err.value)

@@ -43,6 +43,7 @@ def _estimate(epochs: int, min_epochs: int | None = None, reachable: bool = True
 
 # --- throughput model -------------------------------------------------------------------------
 
+
 def test_throughput_model_interpolates_with_amdahl() -> None:
     m = ThroughputModel("cpu", {1: 10.0, 2: 6.0}, startup_s=5)
     # t(n) = t1 (s + (1-s)/n): 10 = t1, 6 = 10 (s + (1-s)/2) -> s = 0.2
@@ -64,9 +65,16 @@ def test_throughput_model_rejects_bad_tables(table: dict[int, float]) -> None:
 
 # --- feasibility ------------------------------------------------------------------------------
 
+
 def _feas(**kw: object) -> object:
-    args: dict[str, object] = dict(deadline_s=100.0, elapsed_s=0.0, max_workers=2,
-                                   capacity={"cpu": 2}, models=[CPU], estimate=_estimate(10))
+    args: dict[str, object] = dict(
+        deadline_s=100.0,
+        elapsed_s=0.0,
+        max_workers=2,
+        capacity={"cpu": 2},
+        models=[CPU],
+        estimate=_estimate(10),
+    )
     args.update(kw)
     return assess_feasibility(**args)  # type: ignore[arg-type]
 
@@ -136,19 +144,29 @@ def test_gpu_shape_chosen_only_when_cheaper() -> None:
     assert f.shape == "cpu"  # no GPU free: CPU plan
 
 
-@pytest.mark.parametrize(("deadline", "epochs", "cap"),
-                         list(itertools.product([5.0, 20.0, 40.0, 80.0, 400.0], [1, 5, 20, 60],
-                                                [1, 2, 4])))
-def test_feasibility_is_consistent_with_its_own_prediction(deadline: float, epochs: int,
-                                                           cap: int) -> None:
-    f = assess_feasibility(deadline_s=deadline, elapsed_s=0.0, max_workers=4,
-                           capacity={"cpu": cap}, models=[CPU], estimate=_estimate(epochs))
+@pytest.mark.parametrize(
+    ("deadline", "epochs", "cap"),
+    list(itertools.product([5.0, 20.0, 40.0, 80.0, 400.0], [1, 5, 20, 60], [1, 2, 4])),
+)
+def test_feasibility_is_consistent_with_its_own_prediction(
+    deadline: float, epochs: int, cap: int
+) -> None:
+    f = assess_feasibility(
+        deadline_s=deadline,
+        elapsed_s=0.0,
+        max_workers=4,
+        capacity={"cpu": cap},
+        models=[CPU],
+        estimate=_estimate(epochs),
+    )
     if f.verdict is Verdict.FEASIBLE:
         assert 1 <= f.workers <= cap
         assert f.predicted_training_s <= DEADLINE_ALPHA * deadline + 1e-9
         # No smaller worker count fits (fewest workers).
-        assert all(CPU.startup_s + epochs * CPU.epoch_seconds(n) > DEADLINE_ALPHA * deadline
-                   for n in range(1, f.workers))
+        assert all(
+            CPU.startup_s + epochs * CPU.epoch_seconds(n) > DEADLINE_ALPHA * deadline
+            for n in range(1, f.workers)
+        )
     else:
         assert f.earliest_finish_s > DEADLINE_ALPHA * deadline
         assert f.binding in {"cluster", "budget", "deadline"}
@@ -156,14 +174,15 @@ def test_feasibility_is_consistent_with_its_own_prediction(deadline: float, epoc
 
 # --- accuracy outlook ---------------------------------------------------------------------
 
+
 def _curve(a: float, b: float, n: int) -> list[float]:
-    return [1 - a * e ** -b for e in range(1, n + 1)]
+    return [1 - a * e**-b for e in range(1, n + 1)]
 
 
 def test_power_law_fit_recovers_parameters() -> None:
     fit = fit_learning_curve(_curve(0.5, 0.7, 8))
     assert fit is not None and fit.a == pytest.approx(0.5) and fit.b == pytest.approx(0.7)
-    assert fit.epochs_to(1 - 0.5 * 20 ** -0.7) == pytest.approx(20)
+    assert fit.epochs_to(1 - 0.5 * 20**-0.7) == pytest.approx(20)
 
 
 def test_fit_needs_three_points() -> None:
@@ -171,7 +190,7 @@ def test_fit_needs_three_points() -> None:
 
 
 def test_on_track_curve_is_reachable() -> None:
-    o = assess_target(_curve(0.5, 0.7, 5), target=1 - 0.5 * 12 ** -0.7, epochs_affordable=20)
+    o = assess_target(_curve(0.5, 0.7, 5), target=1 - 0.5 * 12**-0.7, epochs_affordable=20)
     assert o.reachable and o.predicted_epochs_needed == pytest.approx(12, rel=1e-3)
 
 
@@ -199,18 +218,22 @@ def test_estimate_from_history() -> None:
     assert (e.epochs, e.min_epochs, e.reachable) == (30, 1, True)
 
 
-@pytest.mark.parametrize(("reason", "best", "expected"), [
-    (StopReason.TARGET_MET, 0.95, Outcome.TARGET_MET),
-    (StopReason.DEADLINE_TRUNCATED, 0.95, Outcome.TARGET_MET),  # met before the deadline cut
-    (StopReason.DEADLINE_TRUNCATED, 0.80, Outcome.DEADLINE_TRUNCATED),
-    (StopReason.TARGET_UNREACHABLE, 0.80, Outcome.TARGET_UNREACHABLE),
-    (StopReason.MAX_EPOCHS, 0.80, Outcome.TARGET_UNREACHABLE),
-])
+@pytest.mark.parametrize(
+    ("reason", "best", "expected"),
+    [
+        (StopReason.TARGET_MET, 0.95, Outcome.TARGET_MET),
+        (StopReason.DEADLINE_TRUNCATED, 0.95, Outcome.TARGET_MET),  # met before the deadline cut
+        (StopReason.DEADLINE_TRUNCATED, 0.80, Outcome.DEADLINE_TRUNCATED),
+        (StopReason.TARGET_UNREACHABLE, 0.80, Outcome.TARGET_UNREACHABLE),
+        (StopReason.MAX_EPOCHS, 0.80, Outcome.TARGET_UNREACHABLE),
+    ],
+)
 def test_outcome_labels(reason: StopReason, best: float, expected: Outcome) -> None:
     assert outcome(reason, best, 0.9) is expected
 
 
 # --- controller ---------------------------------------------------------------------------
+
 
 def test_setpoint_ramps_to_one_at_alpha_deadline() -> None:
     assert setpoint(10, 10, 100) == 0.0
@@ -222,38 +245,86 @@ def test_controller_shrinks_when_one_worker_suffices() -> None:
     # 2 workers at 3 s/epoch, 2 of 40 epochs at t=15 s, deadline 300: 2 x 38 x 3 = 228
     # worker-s on 2, 10 + 38 x 4 = 162 on 1 (restart counted), and 1 worker ends in time.
     poor_scaling = ThroughputModel("cpu", {1: 4.0, 2: 3.0}, startup_s=10.0)
-    d = control_step(now_s=15, deadline_s=300, epochs_done=2, epochs_planned=40, workers=2,
-                     max_workers=2, model=poor_scaling, state=ControllerState(ramp_start_s=10))
+    d = control_step(
+        now_s=15,
+        deadline_s=300,
+        epochs_done=2,
+        epochs_planned=40,
+        workers=2,
+        max_workers=2,
+        model=poor_scaling,
+        state=ControllerState(ramp_start_s=10),
+    )
     assert d.resize and d.workers == 1 and "wasteful" in d.reason
 
 
 def test_controller_grows_when_behind() -> None:
     # 1 worker, 2 of 25 epochs at t=20 s, deadline 100: 23 x 4 = 92 s > 75 s left: behind.
-    d = control_step(now_s=20, deadline_s=100, epochs_done=2, epochs_planned=25, workers=1,
-                     max_workers=2, model=CPU, state=ControllerState(ramp_start_s=10))
+    d = control_step(
+        now_s=20,
+        deadline_s=100,
+        epochs_done=2,
+        epochs_planned=25,
+        workers=1,
+        max_workers=2,
+        model=CPU,
+        state=ControllerState(ramp_start_s=10),
+    )
     assert d.resize and d.workers == 2 and d.error > 0
 
 
 def test_controller_keeps_workers_when_resize_does_not_pay() -> None:
     # Almost done: the restart would cost more than it saves.
-    d = control_step(now_s=80, deadline_s=100, epochs_done=9, epochs_planned=10, workers=2,
-                     max_workers=2, model=CPU, state=ControllerState(ramp_start_s=10))
+    d = control_step(
+        now_s=80,
+        deadline_s=100,
+        epochs_done=9,
+        epochs_planned=10,
+        workers=2,
+        max_workers=2,
+        model=CPU,
+        state=ControllerState(ramp_start_s=10),
+    )
     assert not d.resize and d.workers == 2
 
 
 def test_controller_respects_cluster_cap() -> None:
-    d = control_step(now_s=20, deadline_s=100, epochs_done=2, epochs_planned=40, workers=1,
-                     max_workers=1, model=CPU, state=ControllerState(ramp_start_s=10))
+    d = control_step(
+        now_s=20,
+        deadline_s=100,
+        epochs_done=2,
+        epochs_planned=40,
+        workers=1,
+        max_workers=1,
+        model=CPU,
+        state=ControllerState(ramp_start_s=10),
+    )
     assert d.workers == 1 and not d.resize and "behind" in d.reason
 
 
 def test_anti_windup_freezes_integral_while_saturated() -> None:
     s = ControllerState(integral=0.1, last_t=10, ramp_start_s=0)
-    d = control_step(now_s=50, deadline_s=100, epochs_done=1, epochs_planned=40, workers=2,
-                     max_workers=2, model=CPU, state=s)
+    d = control_step(
+        now_s=50,
+        deadline_s=100,
+        epochs_done=1,
+        epochs_planned=40,
+        workers=2,
+        max_workers=2,
+        model=CPU,
+        state=s,
+    )
     assert d.state.integral == pytest.approx(0.1)  # pinned at max workers while behind
-    d = control_step(now_s=50, deadline_s=400, epochs_done=5, epochs_planned=40, workers=2,
-                     max_workers=4, model=CPU, state=s)
+    d = control_step(
+        now_s=50,
+        deadline_s=400,
+        epochs_done=5,
+        epochs_planned=40,
+        workers=2,
+        max_workers=4,
+        model=CPU,
+        state=s,
+    )
     assert d.state.integral != pytest.approx(0.1)
 
 
@@ -263,13 +334,25 @@ def test_controller_state_round_trips() -> None:
     assert ControllerState.from_dict(None) == ControllerState()
 
 
-@pytest.mark.parametrize(("now", "done", "planned", "workers", "cap"), list(itertools.product(
-    [12.0, 30.0, 60.0, 90.0], [1, 5, 15], [10, 20, 40], [1, 2, 3], [1, 2, 4])))
-def test_controller_always_answers_within_bounds(now: float, done: int, planned: int,
-                                                 workers: int, cap: int) -> None:
-    d = control_step(now_s=now, deadline_s=100, epochs_done=done, epochs_planned=planned,
-                     workers=workers, max_workers=cap, model=CPU,
-                     state=ControllerState(ramp_start_s=10))
+@pytest.mark.parametrize(
+    ("now", "done", "planned", "workers", "cap"),
+    list(
+        itertools.product([12.0, 30.0, 60.0, 90.0], [1, 5, 15], [10, 20, 40], [1, 2, 3], [1, 2, 4])
+    ),
+)
+def test_controller_always_answers_within_bounds(
+    now: float, done: int, planned: int, workers: int, cap: int
+) -> None:
+    d = control_step(
+        now_s=now,
+        deadline_s=100,
+        epochs_done=done,
+        epochs_planned=planned,
+        workers=workers,
+        max_workers=cap,
+        model=CPU,
+        state=ControllerState(ramp_start_s=10),
+    )
     assert 1 <= d.workers <= max(cap, workers)
     assert d.resize == (d.workers != workers)
     assert abs(d.state.integral) <= 0.5
@@ -277,11 +360,21 @@ def test_controller_always_answers_within_bounds(now: float, done: int, planned:
 
 # --- closed loop: the policy drives a simulated job ---------------------------------------
 
-def _run_loop(deadline: float, epochs_to_target: int, true_speedup: float, resize: bool,
-              start_workers: int, cap: int = 4) -> tuple[float, float, StopReason]:
+
+def _run_loop(
+    deadline: float,
+    epochs_to_target: int,
+    true_speedup: float,
+    resize: bool,
+    start_workers: int,
+    cap: int = 4,
+) -> tuple[float, float, StopReason]:
     """A job whose true epoch time differs from the calibration (CPU) by ``true_speedup``."""
-    true = ThroughputModel("cpu", {n: CPU.epoch_seconds(n) / true_speedup for n in range(1, 5)},
-                           startup_s=CPU.startup_s)
+    true = ThroughputModel(
+        "cpu",
+        {n: CPU.epoch_seconds(n) / true_speedup for n in range(1, 5)},
+        startup_s=CPU.startup_s,
+    )
     t, ws, workers = CPU.startup_s, 0.0, start_workers
     ws += workers * CPU.startup_s
     records: list[EpochRecord] = []
@@ -296,9 +389,19 @@ def _run_loop(deadline: float, epochs_to_target: int, true_speedup: float, resiz
         acc = 1 - 0.5 * e ** -(math.log(10) / math.log(epochs_to_target))
         records.append(EpochRecord(e, workers, dur, acc, first_of_segment=first))
         first = False
-        plan = after_epoch(now_s=t, deadline_s=deadline, records=records, max_epochs=200,
-                           stop_accuracy=0.95, workers=workers, max_workers=cap, model=CPU,
-                           state=state, prior_epochs=epochs_to_target, resize=resize)
+        plan = after_epoch(
+            now_s=t,
+            deadline_s=deadline,
+            records=records,
+            max_epochs=200,
+            stop_accuracy=0.95,
+            workers=workers,
+            max_workers=cap,
+            model=CPU,
+            state=state,
+            prior_epochs=epochs_to_target,
+            resize=resize,
+        )
         state = plan.state
         if plan.action is Action.STOP:
             assert plan.stop_reason is not None
@@ -312,8 +415,9 @@ def _run_loop(deadline: float, epochs_to_target: int, true_speedup: float, resiz
 
 @pytest.mark.parametrize("speed", [0.8, 1.0, 1.25])
 @pytest.mark.parametrize("deadline", [80.0, 150.0, 300.0])
-def test_closed_loop_meets_deadline_with_fewer_worker_seconds(speed: float,
-                                                              deadline: float) -> None:
+def test_closed_loop_meets_deadline_with_fewer_worker_seconds(
+    speed: float, deadline: float
+) -> None:
     t, ws, reason = _run_loop(deadline, 20, speed, resize=True, start_workers=4)
     t_static, ws_static, _ = _run_loop(deadline, 20, speed, resize=False, start_workers=4)
     assert t <= deadline

@@ -34,10 +34,16 @@ def rounds(*points: tuple[int, float]) -> list[RoundRecord]:
     return out
 
 
-def decide(history: list[RoundRecord], strategy: str = "linear", target: float = 0.9,
-           budget: FederatedBudget = BUDGET, **kw: float) -> RoundDecision:
-    return next_round(strategy=strategy, history=history, target=target, budget=budget,
-                      static_epochs=2, **kw)
+def decide(
+    history: list[RoundRecord],
+    strategy: str = "linear",
+    target: float = 0.9,
+    budget: FederatedBudget = BUDGET,
+    **kw: float,
+) -> RoundDecision:
+    return next_round(
+        strategy=strategy, history=history, target=target, budget=budget, static_epochs=2, **kw
+    )
 
 
 def test_first_round_uses_the_given_epochs_for_every_strategy() -> None:
@@ -106,8 +112,7 @@ def test_stops_on_target_rounds_network_and_deadline() -> None:
 
 def test_network_budget_sets_the_pace_when_it_binds() -> None:
     # 20 participations at 2 per round buy 10 rounds; with 4 used, 8 rounds are left, not 19.
-    net = FederatedBudget(rounds=20, clients_per_round=2, network_budget=20,
-                          max_growth=100)
+    net = FederatedBudget(rounds=20, clients_per_round=2, network_budget=20, max_growth=100)
     d = decide(rounds((2, 0.3), (2, 0.4)), budget=net)
     assert d.rounds_left == 8
 
@@ -134,8 +139,9 @@ def test_fedavg_weights_by_samples() -> None:
 
 
 def test_contract_rules_for_federated_mode() -> None:
-    c = RunContract.from_dict({"training_mode": "federated", "fl_clients": 4,
-                               "fl_clients_per_round": 4})
+    c = RunContract.from_dict(
+        {"training_mode": "federated", "fl_clients": 4, "fl_clients_per_round": 4}
+    )
     assert c.training_mode == "federated" and not c.tuning
     for raw, field in (
         ({"fl_clients": 3, "fl_clients_per_round": 4}, "fl_clients_per_round"),

@@ -25,10 +25,22 @@ def test_defaults_and_environment(monkeypatch: pytest.MonkeyPatch) -> None:
 def test_connections_win(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("SLAFLOW_SPARK_MASTER", "spark://from-env:7077")
     _conn(monkeypatch, "slaflow_spark", conn_type="spark", host="spark://master", port=7077)
-    _conn(monkeypatch, "slaflow_mlflow", conn_type="http", host="https://mlflow.internal",
-          login="alice", password="s3cret")
-    _conn(monkeypatch, "slaflow_ray", conn_type="http", host="ray-head", port=8265,
-          extra={"address": "ray-head:6379", "serve_url": "http://ray-head:8000"})
+    _conn(
+        monkeypatch,
+        "slaflow_mlflow",
+        conn_type="http",
+        host="https://mlflow.internal",
+        login="alice",
+        password="s3cret",
+    )
+    _conn(
+        monkeypatch,
+        "slaflow_ray",
+        conn_type="http",
+        host="ray-head",
+        port=8265,
+        extra={"address": "ray-head:6379", "serve_url": "http://ray-head:8000"},
+    )
     monkeypatch.delenv("MLFLOW_TRACKING_USERNAME", raising=False)
     monkeypatch.delenv("MLFLOW_TRACKING_PASSWORD", raising=False)
     assert SparkHook().master == "spark://master:7077"
@@ -78,11 +90,13 @@ def test_profile_shapes_and_batches_from_the_environment(monkeypatch: pytest.Mon
     monkeypatch.setenv("SLAFLOW_PROFILE_BATCHES", "1,,8")
     assert settings.profile_cpus() == [2.0, 0.25]
     assert settings.profile_batches() == [1, 8]
-    for var, raw, words in (("SLAFLOW_PROFILE_CPUS", "0", "above 0.0"),
-                            ("SLAFLOW_PROFILE_CPUS", "one", "separated by commas"),
-                            ("SLAFLOW_PROFILE_BATCHES", "0,16", "of at least 1"),
-                            ("SLAFLOW_PROFILE_BATCHES", "1.5", "separated by commas"),
-                            ("SLAFLOW_PROFILE_BATCHES", " ", "of at least 1")):
+    for var, raw, words in (
+        ("SLAFLOW_PROFILE_CPUS", "0", "above 0.0"),
+        ("SLAFLOW_PROFILE_CPUS", "one", "separated by commas"),
+        ("SLAFLOW_PROFILE_BATCHES", "0,16", "of at least 1"),
+        ("SLAFLOW_PROFILE_BATCHES", "1.5", "separated by commas"),
+        ("SLAFLOW_PROFILE_BATCHES", " ", "of at least 1"),
+    ):
         monkeypatch.setenv(var, raw)
         fn = settings.profile_cpus if var.endswith("CPUS") else settings.profile_batches
         with pytest.raises(ValueError, match=f"{var}=.*{words}"):

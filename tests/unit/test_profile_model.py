@@ -20,8 +20,9 @@ pytestmark = pytest.mark.unit
 OVERHEAD = ServeOverhead(p50_ms=8.0, p99_ms=20.0, capacity_rps=150.0, cold_start_s=2.0)
 
 
-def _sample(variant: str = "full", cpus: float = 0.5, batch: int = 1, **over: float
-            ) -> ComputeSample:
+def _sample(
+    variant: str = "full", cpus: float = 0.5, batch: int = 1, **over: float
+) -> ComputeSample:
     base = dict(p50_ms=0.4, p99_ms=1.2, batch_ms=0.4, row_ms=0.01, load_s=7.0)
     base.update(over)
     return ComputeSample(variant=variant, num_cpus=cpus, max_batch_size=batch, **base)
@@ -44,10 +45,17 @@ def test_capacity_is_the_slower_of_path_and_compute_on_shared_cores() -> None:
 
 
 def test_profile_has_each_variant_with_its_own_accuracy_and_cold_start() -> None:
-    samples = [_sample("full", load_s=7.0), _sample("int8", load_s=1.5),
-               _sample("int8", cpus=1.0, load_s=1.0)]
-    profile = build_profile(OVERHEAD, samples, accuracy={"full": 0.95, "int8": 0.94},
-                            size_bytes={"full": 400, "int8": 100})
+    samples = [
+        _sample("full", load_s=7.0),
+        _sample("int8", load_s=1.5),
+        _sample("int8", cpus=1.0, load_s=1.0),
+    ]
+    profile = build_profile(
+        OVERHEAD,
+        samples,
+        accuracy={"full": 0.95, "int8": 0.94},
+        size_bytes={"full": 400, "int8": 100},
+    )
     variants = {v.name: v for v in profile.variants}
     assert variants["full"].cold_start_s == pytest.approx(9.0)
     assert variants["int8"].cold_start_s == pytest.approx(3.5)  # the slowest load counts
@@ -56,20 +64,39 @@ def test_profile_has_each_variant_with_its_own_accuracy_and_cold_start() -> None
 
 
 def test_a_variant_without_an_accuracy_is_left_out() -> None:
-    profile = build_profile(OVERHEAD, [_sample("full"), _sample("int8")],
-                            accuracy={"full": 0.9}, size_bytes={})
+    profile = build_profile(
+        OVERHEAD, [_sample("full"), _sample("int8")], accuracy={"full": 0.9}, size_bytes={}
+    )
     assert [v.name for v in profile.variants] == ["full"]
     assert {p.variant for p in profile.points} == {"full"}
 
 
 def test_profile_key_changes_with_what_latency_depends_on_and_nothing_else() -> None:
-    base = dict(model_signature="dense=64x32|dense_1=32x10", variants=["full", "int8"],
-                cpus=[0.5, 1.0], batches=[1, 16], node="n1")
+    base = dict(
+        model_signature="dense=64x32|dense_1=32x10",
+        variants=["full", "int8"],
+        cpus=[0.5, 1.0],
+        batches=[1, 16],
+        node="n1",
+    )
     key = profile_key(**base)  # type: ignore[arg-type]
-    assert profile_key(**{**base, "variants": ["int8", "full"],  # type: ignore[arg-type]
-                          "cpus": [1, 0.5]}) == key
-    for change in ({"model_signature": "dense=64x64|dense_1=64x10"}, {"cpus": [0.5]},
-                   {"batches": [1]}, {"node": "n2"}, {"variants": ["full"]}):
+    assert (
+        profile_key(
+            **{
+                **base,
+                "variants": ["int8", "full"],  # type: ignore[arg-type]
+                "cpus": [1, 0.5],
+            }
+        )
+        == key
+    )
+    for change in (
+        {"model_signature": "dense=64x64|dense_1=64x10"},
+        {"cpus": [0.5]},
+        {"batches": [1]},
+        {"node": "n2"},
+        {"variants": ["full"]},
+    ):
         assert profile_key(**{**base, **change}) != key  # type: ignore[arg-type]
 
 

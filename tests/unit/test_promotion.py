@@ -70,12 +70,26 @@ def test_rejects_impossible_accuracy() -> None:
 # --------------------------------------------------------------------------- human review
 
 
-def _review(candidate: float, champion: ChampionRecord | None, policy: str = "borderline",
-            noise: float = 0.01, margin: float = 0.005, cost: float | None = None,
-            ratio: float = 1.5, target: float = 0.9, gain: float = 0.0) -> Any:
+def _review(
+    candidate: float,
+    champion: ChampionRecord | None,
+    policy: str = "borderline",
+    noise: float = 0.01,
+    margin: float = 0.005,
+    cost: float | None = None,
+    ratio: float = 1.5,
+    target: float = 0.9,
+    gain: float = 0.0,
+) -> Any:
     decision = decide_promotion(candidate, target, gain, champion)
-    return decision, review_request(decision, policy=policy, accuracy_noise=noise,
-                                    margin=margin, candidate_cost=cost, max_cost_ratio=ratio)
+    return decision, review_request(
+        decision,
+        policy=policy,
+        accuracy_noise=noise,
+        margin=margin,
+        candidate_cost=cost,
+        max_cost_ratio=ratio,
+    )
 
 
 def test_never_policy_never_asks() -> None:
@@ -88,14 +102,16 @@ def test_always_policy_asks_for_every_candidate_that_meets_the_target() -> None:
     assert not _review(0.80, None, policy="always")[1].required  # below target: no question
 
 
-@pytest.mark.parametrize(("candidate", "required"), [
-    (0.951, True),    # gain +0.001, inside +/-0.01 noise: borderline pass
-    (0.945, True),    # -0.005: borderline fail, a person may still promote
-    (0.975, False),   # +0.025: clearly better
-    (0.92, False),    # -0.03: clearly worse
-])
-def test_borderline_is_a_gain_within_the_evaluation_noise(candidate: float,
-                                                          required: bool) -> None:
+@pytest.mark.parametrize(
+    ("candidate", "required"),
+    [
+        (0.951, True),  # gain +0.001, inside +/-0.01 noise: borderline pass
+        (0.945, True),  # -0.005: borderline fail, a person may still promote
+        (0.975, False),  # +0.025: clearly better
+        (0.92, False),  # -0.03: clearly worse
+    ],
+)
+def test_borderline_is_a_gain_within_the_evaluation_noise(candidate: float, required: bool) -> None:
     decision, review = _review(candidate, ChampionRecord("1", 0.95))
     assert review.required is required
     if required:
@@ -130,13 +146,17 @@ def test_review_rejects_unknown_policy_and_negative_inputs() -> None:
         review_request(decision, policy="always", accuracy_noise=-1.0, margin=0.0)
 
 
-@pytest.mark.parametrize(("outcome", "promote", "detail"), [
-    (ReviewOutcome(True, "alice"), True, "approved by alice"),
-    (ReviewOutcome(False, "bob"), False, "rejected by bob"),
-    (ReviewOutcome(True, None, timeout_s=60), False, "no answer within 60s: not promoted"),
-])
-def test_review_answer_makes_the_final_decision(outcome: ReviewOutcome, promote: bool,
-                                                detail: str) -> None:
+@pytest.mark.parametrize(
+    ("outcome", "promote", "detail"),
+    [
+        (ReviewOutcome(True, "alice"), True, "approved by alice"),
+        (ReviewOutcome(False, "bob"), False, "rejected by bob"),
+        (ReviewOutcome(True, None, timeout_s=60), False, "no answer within 60s: not promoted"),
+    ],
+)
+def test_review_answer_makes_the_final_decision(
+    outcome: ReviewOutcome, promote: bool, detail: str
+) -> None:
     # A borderline fail that a person approves is promoted; a pass they reject is not.
     for candidate in (0.945, 0.955):
         decision = decide_promotion(candidate, 0.9, 0.0, ChampionRecord("1", 0.95))
@@ -160,9 +180,15 @@ def test_final_decision_keeps_the_gate_when_nothing_changed() -> None:
 
     champ = ChampionRecord(version="1", accuracy=0.90)
     gate = decide_promotion(0.95, 0.9, 0.01, champ)
-    same = final_decision(gate, candidate_accuracy=0.95, target_accuracy=0.9,
-                          min_gain_over_champion=0.01, champion_now=champ,
-                          review_required=False, review=None)
+    same = final_decision(
+        gate,
+        candidate_accuracy=0.95,
+        target_accuracy=0.9,
+        min_gain_over_champion=0.01,
+        champion_now=champ,
+        review_required=False,
+        review=None,
+    )
     assert same == gate
 
 
@@ -170,9 +196,13 @@ def test_final_decision_applies_the_review_or_refuses_without_one() -> None:
     from policies import final_decision
 
     gate = decide_promotion(0.95, 0.9, 0.0, None)
-    kw: dict[str, Any] = dict(candidate_accuracy=0.95, target_accuracy=0.9,
-                              min_gain_over_champion=0.0, champion_now=None,
-                              review_required=True)
+    kw: dict[str, Any] = dict(
+        candidate_accuracy=0.95,
+        target_accuracy=0.9,
+        min_gain_over_champion=0.0,
+        champion_now=None,
+        review_required=True,
+    )
     assert final_decision(gate, review=ReviewOutcome(True, "ann"), **kw).promote
     rejected = final_decision(gate, review=ReviewOutcome(False, "bob"), **kw)
     assert not rejected.promote and "rejected by bob" in rejected.reasons[-1]
@@ -186,14 +216,25 @@ def test_final_decision_decides_again_when_the_champion_moved() -> None:
     gate = decide_promotion(0.95, 0.9, 0.01, ChampionRecord(version="1", accuracy=0.90))
     assert gate.promote
     moved = ChampionRecord(version="2", accuracy=0.96)  # another run promoted meanwhile
-    again = final_decision(gate, candidate_accuracy=0.95, target_accuracy=0.9,
-                           min_gain_over_champion=0.01, champion_now=moved,
-                           review_required=False, review=None)
+    again = final_decision(
+        gate,
+        candidate_accuracy=0.95,
+        target_accuracy=0.9,
+        min_gain_over_champion=0.01,
+        champion_now=moved,
+        review_required=False,
+        review=None,
+    )
     assert not again.promote and "champion v2" in " ".join(again.reasons)
     # an approval given for the old comparison does not count
     weaker = ChampionRecord(version="2", accuracy=0.80)
-    reviewed = final_decision(gate, candidate_accuracy=0.95, target_accuracy=0.9,
-                              min_gain_over_champion=0.01, champion_now=weaker,
-                              review_required=True, review=ReviewOutcome(True, "ann"))
-    assert not reviewed.promote and "champion changed during the review" in \
-        reviewed.reasons[-1]
+    reviewed = final_decision(
+        gate,
+        candidate_accuracy=0.95,
+        target_accuracy=0.9,
+        min_gain_over_champion=0.01,
+        champion_now=weaker,
+        review_required=True,
+        review=ReviewOutcome(True, "ann"),
+    )
+    assert not reviewed.promote and "champion changed during the review" in reviewed.reasons[-1]

@@ -27,8 +27,13 @@ pytestmark = pytest.mark.unit
 
 def test_run_plan_round_trips_without_validating_again(monkeypatch: pytest.MonkeyPatch) -> None:
     contract = RunContract.from_dict({"hidden_units": [16, 8], "model_name": "m"})
-    plan = RunPlan.make(contract, run_key="k", champion=ChampionRecord("3", 0.9, 1234.0),
-                        num_workers=2, worker_reason="r")
+    plan = RunPlan.make(
+        contract,
+        run_key="k",
+        champion=ChampionRecord("3", 0.9, 1234.0),
+        num_workers=2,
+        worker_reason="r",
+    )
     assert plan.stop_accuracy == pytest.approx(0.93)
     import policies._contract as c
 
@@ -51,16 +56,23 @@ def test_deadline_met_is_inclusive() -> None:
 
 def test_capacity_per_shape() -> None:
     assert cluster_capacity(free_cpus=3.5, cpus_per_worker=1.0) == {"cpu": 3}
-    assert cluster_capacity(free_cpus=3.0, cpus_per_worker=1.0, free_gpus=2.0) == \
-        {"cpu": 3, "gpu": 2}
-    assert cluster_capacity(free_cpus=0.9, cpus_per_worker=1.0, free_gpus=1.0) == \
-        {"cpu": 0, "gpu": 0}
+    assert cluster_capacity(free_cpus=3.0, cpus_per_worker=1.0, free_gpus=2.0) == {
+        "cpu": 3,
+        "gpu": 2,
+    }
+    assert cluster_capacity(free_cpus=0.9, cpus_per_worker=1.0, free_gpus=1.0) == {
+        "cpu": 0,
+        "gpu": 0,
+    }
 
 
-@pytest.mark.parametrize(("max_workers", "capacity", "counts"), [
-    (2, 4, [1, 2]), (8, 4, [1, 2, 4]), (1, 4, [1]), (4, 0, []), (4, 1, [1])])
-def test_calibration_measures_one_two_and_the_most_usable(max_workers: int, capacity: int,
-                                                          counts: list[int]) -> None:
+@pytest.mark.parametrize(
+    ("max_workers", "capacity", "counts"),
+    [(2, 4, [1, 2]), (8, 4, [1, 2, 4]), (1, 4, [1]), (4, 0, []), (4, 1, [1])],
+)
+def test_calibration_measures_one_two_and_the_most_usable(
+    max_workers: int, capacity: int, counts: list[int]
+) -> None:
     assert calibration_worker_counts(max_workers, capacity) == counts
 
 
@@ -70,14 +82,21 @@ def test_size_training_per_policy_and_verdict() -> None:
     assert size_training(feasible=True, resize_policy="static", **kw).workers == 3
     best_effort = size_training(feasible=False, resize_policy="deadline", **kw)
     assert best_effort.workers == 3 and "anyway" in best_effort.reason
-    assert size_training(feasible=True, resize_policy="deadline", planned_workers=9,
-                         max_workers=4, capacity=3).workers == 3
+    assert (
+        size_training(
+            feasible=True, resize_policy="deadline", planned_workers=9, max_workers=4, capacity=3
+        ).workers
+        == 3
+    )
 
 
 def test_plan_workers_names_what_served_models_hold() -> None:
     serving = ServingFootprint.of([ServedDeployment("digits+v1", "warm", 3, 1.0)])
-    with pytest.raises(InfeasibleError, match=r"0\.5 free; served models hold 3 CPU: "
-                                              r"digits 3 CPU \(v1 warm 3x1\).*make undeploy"):
+    with pytest.raises(
+        InfeasibleError,
+        match=r"0\.5 free; served models hold 3 CPU: "
+        r"digits 3 CPU \(v1 warm 3x1\).*make undeploy",
+    ):
         plan_workers(2, 1.0, 0.5, serving=serving)
 
 
@@ -91,8 +110,7 @@ def test_calibration_measures_one_worker_first_and_more_only_when_it_is_too_slow
     assert next_calibration(fast, deadline_s=60, **kw) == [2, 4]
     both = ThroughputModel("cpu", {1: 2.0, 2: 1.2, 4: 0.9}, startup_s=20.0)
     assert next_calibration(both, deadline_s=60, **kw) == []
-    assert next_calibration(None, deadline_s=600, epochs=20.0, max_workers=4,
-                            capacity=0) == []
+    assert next_calibration(None, deadline_s=600, epochs=20.0, max_workers=4, capacity=0) == []
 
 
 def test_checkpoints_every_ten_seconds_and_always_at_a_stop_or_resize() -> None:

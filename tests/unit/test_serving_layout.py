@@ -27,13 +27,32 @@ pytestmark = pytest.mark.unit
 
 
 def _plan(**over: object) -> PlacementPlan:
-    base = dict(variant="int8", tier="cpu_on_demand", num_cpus=0.5, num_gpus=0.0, resource="",
-                min_replicas=1, max_replicas=3, initial_replicas=1, max_batch_size=8,
-                batch_wait_timeout_s=0.002, target_ongoing_requests=2.0,
-                max_ongoing_requests=8, max_queued_requests=16, capacity_rps=80.0,
-                predicted_tail_ms=40.0, accuracy=0.95, cost_per_hour=0.02,
-                static_peak_cost_per_hour=0.04, scale_to_zero=False, idle_timeout_s=60.0,
-                slo_ms=100.0, percentile=99, reasons=("planned",), peak_replicas=2)
+    base = dict(
+        variant="int8",
+        tier="cpu_on_demand",
+        num_cpus=0.5,
+        num_gpus=0.0,
+        resource="",
+        min_replicas=1,
+        max_replicas=3,
+        initial_replicas=1,
+        max_batch_size=8,
+        batch_wait_timeout_s=0.002,
+        target_ongoing_requests=2.0,
+        max_ongoing_requests=8,
+        max_queued_requests=16,
+        capacity_rps=80.0,
+        predicted_tail_ms=40.0,
+        accuracy=0.95,
+        cost_per_hour=0.02,
+        static_peak_cost_per_hour=0.04,
+        scale_to_zero=False,
+        idle_timeout_s=60.0,
+        slo_ms=100.0,
+        percentile=99,
+        reasons=("planned",),
+        peak_replicas=2,
+    )
     base.update(over)
     return PlacementPlan(**base)  # type: ignore[arg-type]
 
@@ -66,8 +85,10 @@ def test_without_scale_to_zero_the_batch_tier_is_always_on_and_there_is_no_elast
 def test_a_plan_that_already_scales_to_zero_gets_no_elastic_tier() -> None:
     contract = RunContract.from_dict({"serving_tiers": "scale_to_zero"})
     plan = _plan(tier="scale_to_zero", scale_to_zero=True, min_replicas=0, initial_replicas=0)
-    assert {t.route for t in serving_layout(plan, contract, PriceTable.default())} == \
-        {"warm", "batch"}
+    assert {t.route for t in serving_layout(plan, contract, PriceTable.default())} == {
+        "warm",
+        "batch",
+    }
 
 
 def test_gpu_and_node_resource_reach_every_tier_and_batch_never_exceeds_the_warm_shape() -> None:
@@ -92,9 +113,17 @@ def test_tier_settings_round_trip() -> None:
         assert TierSettings.from_dict(t.to_dict()) == t
 
 
-@pytest.mark.parametrize(("app", "parsed"), [
-    ("digits+v3", ("digits", "3")), ("a.b-c_d+v12", ("a.b-c_d", "12")), ("digits", None),
-    ("digits+x3", None), ("+v1", None), ("digits+v", None)])
+@pytest.mark.parametrize(
+    ("app", "parsed"),
+    [
+        ("digits+v3", ("digits", "3")),
+        ("a.b-c_d+v12", ("a.b-c_d", "12")),
+        ("digits", None),
+        ("digits+x3", None),
+        ("+v1", None),
+        ("digits+v", None),
+    ],
+)
 def test_version_application_names(app: str, parsed: tuple[str, str] | None) -> None:
     assert parse_version_app(app) == parsed
     if parsed:
@@ -115,20 +144,24 @@ def test_no_model_name_is_another_models_version_application() -> None:
 
 
 def _footprint() -> ServingFootprint:
-    return ServingFootprint.of([
-        ServedDeployment("digits", "ModelRouter", 1, 0.05),
-        ServedDeployment("digits+v2", "warm", 2, 0.5),
-        ServedDeployment("digits+v2", "batch", 0, 0.25),
-        ServedDeployment("iris", "ModelRouter", 1, 0.05),
-        ServedDeployment("iris+v1", "warm", 1, 1.0, num_gpus=1.0),
-    ])
+    return ServingFootprint.of(
+        [
+            ServedDeployment("digits", "ModelRouter", 1, 0.05),
+            ServedDeployment("digits+v2", "warm", 2, 0.5),
+            ServedDeployment("digits+v2", "batch", 0, 0.25),
+            ServedDeployment("iris", "ModelRouter", 1, 0.05),
+            ServedDeployment("iris+v1", "warm", 1, 1.0, num_gpus=1.0),
+        ]
+    )
 
 
 def test_footprint_per_model_largest_first_and_described() -> None:
     fp = _footprint()
     assert fp.cpus == pytest.approx(2.1) and fp.gpus == 1.0
     assert fp.by_model() == {"digits": 1.05, "iris": 1.05} or list(fp.by_model()) == [
-        "digits", "iris"]
+        "digits",
+        "iris",
+    ]
     text = fp.describe()
     assert "digits 1.05 CPU (router 1x0.05, v2 warm 2x0.5)" in text
     assert "batch" not in text  # idle at zero: holds nothing, named nowhere
@@ -136,16 +169,23 @@ def test_footprint_per_model_largest_first_and_described() -> None:
 
 
 def test_capacity_check_names_the_holders_and_the_fix_when_short() -> None:
-    check = capacity_check(need_cpus=1.0, free_cpus=0.55, footprint=_footprint(),
-                           what="profiling a 1-CPU replica")
+    check = capacity_check(
+        need_cpus=1.0, free_cpus=0.55, footprint=_footprint(), what="profiling a 1-CPU replica"
+    )
     assert not check.fits
     assert "needs 1 CPU (0.55 free)" in check.message
     assert "served models hold 2.1 CPU" in check.message and "digits 1.05 CPU" in check.message
     assert "make undeploy MODEL=<name>" in check.message
     ok = capacity_check(need_cpus=0.5, free_cpus=0.55, footprint=_footprint(), what="x")
     assert ok.fits
-    gpu = capacity_check(need_cpus=0.5, free_cpus=4.0, need_gpus=1.0, free_gpus=0.0,
-                         footprint=_footprint(), what="a GPU replica")
+    gpu = capacity_check(
+        need_cpus=0.5,
+        free_cpus=4.0,
+        need_gpus=1.0,
+        free_gpus=0.0,
+        footprint=_footprint(),
+        what="a GPU replica",
+    )
     assert not gpu.fits and "1 GPU (0 free)" in gpu.message
 
 
@@ -180,7 +220,8 @@ def test_an_advance_over_the_slo_says_so() -> None:
     the SLO (it said '<= SLO' for a 1500 ms tail before)."""
     from policies import canary_verdict
 
-    verdict = canary_verdict(CanaryStats(30, 0, 1500.0), CanaryStats(60, 0, 1400.0),
-                             slo_ms=100.0, min_requests=20)
+    verdict = canary_verdict(
+        CanaryStats(30, 0, 1500.0), CanaryStats(60, 0, 1400.0), slo_ms=100.0, min_requests=20
+    )
     assert verdict.action == "advance"
     assert "over the SLO 100 ms but within 1.5x the old version's 1400.0 ms" in verdict.reason

@@ -47,24 +47,33 @@ def _profile(gpu: bool = False) -> ServingProfile:
         ProfilePoint("int8", 0.5, 16, p50_ms=7.0, p99_ms=14.0, capacity_rps=260, row_ms=0.01),
     ]
     if gpu:
-        points.append(ProfilePoint("full", 1.0, 64, p50_ms=5.0, p99_ms=7.0,
-                                   capacity_rps=3000, num_gpus=1.0))
+        points.append(
+            ProfilePoint("full", 1.0, 64, p50_ms=5.0, p99_ms=7.0, capacity_rps=3000, num_gpus=1.0)
+        )
     return ServingProfile(
-        variants=(VariantInfo("full", 0.95, cold_start_s=6.0),
-                  VariantInfo("int8", 0.93, cold_start_s=1.5)),
-        points=tuple(points))
+        variants=(
+            VariantInfo("full", 0.95, cold_start_s=6.0),
+            VariantInfo("int8", 0.93, cold_start_s=1.5),
+        ),
+        points=tuple(points),
+    )
 
 
 def _plan(**kw: object) -> PlacementPlan:
-    args: dict[str, object] = dict(slo_ms=50.0, percentile=99, min_accuracy=0.9,
-                                   traffic=Traffic(rate_rps=50, peak_rps=200),
-                                   prices=PriceTable.default(),
-                                   allowed_tiers=[TIER_ON_DEMAND])
+    args: dict[str, object] = dict(
+        slo_ms=50.0,
+        percentile=99,
+        min_accuracy=0.9,
+        traffic=Traffic(rate_rps=50, peak_rps=200),
+        prices=PriceTable.default(),
+        allowed_tiers=[TIER_ON_DEMAND],
+    )
     args.update(kw)
     return plan_placement(_profile(), **args)  # type: ignore[arg-type]
 
 
 # ---- latency model ------------------------------------------------------------------------
+
 
 def test_tail_interpolates_between_p50_and_p99() -> None:
     p = ProfilePoint("full", 1.0, 1, p50_ms=10.0, p99_ms=30.0, capacity_rps=100)
@@ -90,6 +99,7 @@ def test_replicas_for_meets_the_slo_with_the_fewest() -> None:
 
 # ---- placement ----------------------------------------------------------------------------
 
+
 def test_cheapest_feasible_is_chosen_and_maps_to_serve_settings() -> None:
     plan = _plan()
     # int8 on half a CPU is the cheapest shape that meets 50 ms and 0.9 accuracy
@@ -108,10 +118,16 @@ def test_autoscaler_may_add_one_spare_replica_above_the_planned_peak() -> None:
     replica above what the model says the peak needs, the replica limit permitting, and
     the cost counts only the planned replicas."""
     plan = _plan()
-    point = next(p for p in _profile().points if p.variant == plan.variant
-                 and p.num_cpus == plan.num_cpus and p.max_batch_size == plan.max_batch_size)
-    assert plan.peak_replicas == replicas_for(point, 200, 50.0, 99,
-                                              plan.batch_wait_timeout_s * 1000)
+    point = next(
+        p
+        for p in _profile().points
+        if p.variant == plan.variant
+        and p.num_cpus == plan.num_cpus
+        and p.max_batch_size == plan.max_batch_size
+    )
+    assert plan.peak_replicas == replicas_for(
+        point, 200, 50.0, 99, plan.batch_wait_timeout_s * 1000
+    )
     assert plan.max_replicas == plan.peak_replicas + 1
     assert plan.autoscaler_config().max_replicas == plan.max_replicas
     assert plan.static_peak_cost_per_hour == pytest.approx(plan.peak_replicas * 0.5 * 0.0425)
@@ -174,8 +190,7 @@ def test_scale_to_zero_only_when_cold_starts_stay_within_the_percentile() -> Non
     with pytest.raises(PlacementInfeasible):
         _plan(traffic=rare, allowed_tiers=[TIER_SCALE_TO_ZERO])
     # with an SLO above the cold start, scale-to-zero is the cheapest (it idles at zero)
-    plan = _plan(traffic=rare, slo_ms=3000.0,
-                 allowed_tiers=[TIER_ON_DEMAND, TIER_SCALE_TO_ZERO])
+    plan = _plan(traffic=rare, slo_ms=3000.0, allowed_tiers=[TIER_ON_DEMAND, TIER_SCALE_TO_ZERO])
     assert plan.tier == TIER_SCALE_TO_ZERO and plan.min_replicas == 0 and plan.scale_to_zero
     # busy traffic keeps replicas up: cold starts are rare enough for p99
     busy = _plan(traffic=Traffic(rate_rps=5, peak_rps=20), allowed_tiers=[TIER_SCALE_TO_ZERO])
@@ -184,8 +199,14 @@ def test_scale_to_zero_only_when_cold_starts_stay_within_the_percentile() -> Non
 
 def test_gpu_tier_wins_only_when_cpu_cannot_hold_the_peak() -> None:
     prof = _profile(gpu=True)
-    kw = dict(slo_ms=50.0, percentile=99, min_accuracy=0.94, prices=PriceTable.default(),
-              allowed_tiers=[TIER_ON_DEMAND, TIER_GPU], max_replicas=8)
+    kw = dict(
+        slo_ms=50.0,
+        percentile=99,
+        min_accuracy=0.94,
+        prices=PriceTable.default(),
+        allowed_tiers=[TIER_ON_DEMAND, TIER_GPU],
+        max_replicas=8,
+    )
     low = plan_placement(prof, traffic=Traffic(50, 200), **kw)  # type: ignore[arg-type]
     assert low.tier == TIER_ON_DEMAND
     high = plan_placement(prof, traffic=Traffic(1000, 2500), **kw)  # type: ignore[arg-type]
@@ -193,8 +214,9 @@ def test_gpu_tier_wins_only_when_cpu_cannot_hold_the_peak() -> None:
 
 
 def test_price_table_from_json_and_custom_resource() -> None:
-    prices = PriceTable.from_json('{"tiers": {"cpu_on_demand": {"cpu_hour": 0.05, '
-                                  '"resource": "serving_pool"}}}')
+    prices = PriceTable.from_json(
+        '{"tiers": {"cpu_on_demand": {"cpu_hour": 0.05, "resource": "serving_pool"}}}'
+    )
     plan = _plan(prices=prices)
     assert plan.ray_actor_options()["resources"] == {"serving_pool": 0.001}
     with pytest.raises(ValueError, match="cpu_hour"):
@@ -210,8 +232,15 @@ def test_profile_round_trips() -> None:
 
 # ---- autoscaler ---------------------------------------------------------------------------
 
-CFG = AutoscalerConfig(slo_ms=50.0, percentile=99, capacity_rps=100.0, min_replicas=1,
-                       max_replicas=8, downscale_delay_s=20.0, downscale_to_zero_delay_s=60.0)
+CFG = AutoscalerConfig(
+    slo_ms=50.0,
+    percentile=99,
+    capacity_rps=100.0,
+    min_replicas=1,
+    max_replicas=8,
+    downscale_delay_s=20.0,
+    downscale_to_zero_delay_s=60.0,
+)
 
 
 def test_scales_to_the_arrival_rate() -> None:
@@ -226,11 +255,9 @@ def test_queue_beyond_littles_law_scales_up_in_proportion() -> None:
 
 
 def test_tail_latency_over_the_margin_adds_replicas() -> None:
-    quiet = autoscale(CFG, LoadSample(0.0, 2, arrival_rps=50.0, in_system=1,
-                                      tail_latency_ms=20.0))
+    quiet = autoscale(CFG, LoadSample(0.0, 2, arrival_rps=50.0, in_system=1, tail_latency_ms=20.0))
     assert quiet.replicas == 2
-    hot = autoscale(CFG, LoadSample(0.0, 2, arrival_rps=50.0, in_system=1,
-                                    tail_latency_ms=80.0))
+    hot = autoscale(CFG, LoadSample(0.0, 2, arrival_rps=50.0, in_system=1, tail_latency_ms=80.0))
     assert hot.replicas > 2
 
 
@@ -254,8 +281,14 @@ def test_scales_down_only_after_the_delay_and_gradually() -> None:
 
 
 def test_scale_to_zero_after_idle_delay_and_back_on_a_request() -> None:
-    cfg = AutoscalerConfig(slo_ms=50.0, percentile=99, capacity_rps=100.0, min_replicas=0,
-                           max_replicas=4, downscale_to_zero_delay_s=60.0)
+    cfg = AutoscalerConfig(
+        slo_ms=50.0,
+        percentile=99,
+        capacity_rps=100.0,
+        min_replicas=0,
+        max_replicas=4,
+        downscale_to_zero_delay_s=60.0,
+    )
     d = autoscale(cfg, LoadSample(0.0, 1, 0.0, 0))
     assert d.replicas == 1
     d = autoscale(cfg, LoadSample(61.0, 1, 0.0, 0), d.state)
@@ -267,19 +300,21 @@ def test_scale_to_zero_after_idle_delay_and_back_on_a_request() -> None:
 
 # ---- routing ------------------------------------------------------------------------------
 
+
 def test_thresholds_come_from_the_profile() -> None:
-    warm = ProfilePoint("full", 1.0, 16, p50_ms=5.0, p99_ms=10.0, capacity_rps=300,
-                        row_ms=0.05)
+    warm = ProfilePoint("full", 1.0, 16, p50_ms=5.0, p99_ms=10.0, capacity_rps=300, row_ms=0.05)
     t = RouterThresholds.from_profile(warm, slo_ms=60.0, percentile=99, idle_timeout_s=30.0)
     assert t.large_rows == int((30.0 - 10.0) / 0.05)
     assert t.frequent_rps == pytest.approx(1 / 30)
     slower = RouterThresholds.from_profile(
-        ProfilePoint("full", 1.0, 16, 5.0, 10.0, 300, row_ms=0.2), 60.0, 99, 30.0)
+        ProfilePoint("full", 1.0, 16, 5.0, 10.0, 300, row_ms=0.2), 60.0, 99, 30.0
+    )
     assert slower.large_rows < t.large_rows
     # profiled on a busy node: the tail (66 ms) is past half the SLO; rows adding a tenth of
     # the SLO still go warm (seen in CI: large_rows 1 sent a 2-row request to batch)
     busy = RouterThresholds.from_profile(
-        ProfilePoint("int8", 0.5, 1, 22.9, 66.6, 72, row_ms=0.23), 100.0, 99, 60.0)
+        ProfilePoint("int8", 0.5, 1, 22.9, 66.6, 72, row_ms=0.23), 100.0, 99, 60.0
+    )
     assert busy.large_rows == int(10.0 / 0.23) and busy.large_rows > 2
 
 
@@ -304,6 +339,7 @@ def test_caller_rates_decay_and_stay_bounded() -> None:
 
 # ---- canary -------------------------------------------------------------------------------
 
+
 def test_canary_waits_then_advances() -> None:
     old = CanaryStats(500, 0, 20.0)
     assert canary_verdict(CanaryStats(10, 0, 20.0), old, slo_ms=50).action == "wait"
@@ -319,8 +355,10 @@ def test_canary_rolls_back_on_errors_latency_or_wrong_answers() -> None:
     wrong = canary_verdict(CanaryStats(100, 0, 20.0, disagreements=80), old, slo_ms=50)
     assert wrong.action == "rollback" and "differ" in wrong.reason
     # slow but no slower than the old version over the same SLO: not the canary's fault
-    assert canary_verdict(CanaryStats(100, 0, 60.0), CanaryStats(500, 0, 58.0),
-                          slo_ms=50).action == "advance"
+    assert (
+        canary_verdict(CanaryStats(100, 0, 60.0), CanaryStats(500, 0, 58.0), slo_ms=50).action
+        == "advance"
+    )
 
 
 def test_canary_shares_step_up_to_all() -> None:
@@ -339,12 +377,19 @@ def test_tier_price_defaults_are_sane() -> None:
 
 # ---- the contract's plan ------------------------------------------------------------------
 
+
 def test_usable_tiers_follow_the_cluster() -> None:
     from policies import usable_tiers
 
-    prices = PriceTable.from_dict({"tiers": {
-        "cpu_on_demand": {"cpu_hour": 0.04}, "cpu_spot": {"cpu_hour": 0.01, "resource": "spot"},
-        "gpu": {"cpu_hour": 0.04, "gpu_hour": 0.5, "gpu": True}}})
+    prices = PriceTable.from_dict(
+        {
+            "tiers": {
+                "cpu_on_demand": {"cpu_hour": 0.04},
+                "cpu_spot": {"cpu_hour": 0.01, "resource": "spot"},
+                "gpu": {"cpu_hour": 0.04, "gpu_hour": 0.5, "gpu": True},
+            }
+        }
+    )
     usable, why = usable_tiers(prices, {"CPU": 4.0})
     assert set(usable.tiers) == {"cpu_on_demand"}
     assert "spot" in why["cpu_spot"] and "GPU" in why["gpu"]
@@ -357,16 +402,24 @@ def test_usable_tiers_follow_the_cluster() -> None:
 def test_plan_for_contract_uses_the_contract_fields() -> None:
     from policies import RunContract, plan_for_contract
 
-    contract = RunContract.from_dict({"latency_slo_ms": 50, "expected_rps": 50, "peak_rps": 200,
-                                      "serving_tiers": "cpu_on_demand", "serving_replicas": 2,
-                                      "target_accuracy": 0.9})
+    contract = RunContract.from_dict(
+        {
+            "latency_slo_ms": 50,
+            "expected_rps": 50,
+            "peak_rps": 200,
+            "serving_tiers": "cpu_on_demand",
+            "serving_replicas": 2,
+            "target_accuracy": 0.9,
+        }
+    )
     # floor max(0.9, 0.95 - 0.01) = 0.94: int8 (0.93) may not serve
     plan = plan_for_contract(contract, _profile(), PriceTable.default(), {"CPU": 4.0})
     assert plan.variant == "full"
     loose = RunContract.from_dict({**contract.to_dict(), "serving_accuracy_slack": 0.02})
     assert plan_for_contract(loose, _profile(), PriceTable.default(), {}).variant == "int8"
-    low = RunContract.from_dict({**contract.to_dict(), "serving_accuracy_slack": 0.2,
-                                 "target_accuracy": 0.94})
+    low = RunContract.from_dict(
+        {**contract.to_dict(), "serving_accuracy_slack": 0.2, "target_accuracy": 0.94}
+    )
     assert plan_for_contract(low, _profile(), PriceTable.default(), {}).variant == "full"
     assert plan.min_replicas >= 2 and any("serving_replicas=2" in r for r in plan.reasons)
     gpu_only = RunContract.from_dict({**contract.to_dict(), "serving_tiers": "gpu"})

@@ -21,13 +21,22 @@ from policies import (
 pytestmark = pytest.mark.unit
 
 # Three stages: 1-core profiled times 40 s, 120 s, 20 s; 16 tasks each.
-APP = [StageProfile("read", 40_000, 1000.0, tasks=16),
-       StageProfile("transform", 60_000, 500.0, tasks=16),
-       StageProfile("write", 10_000, 500.0, tasks=16)]
+APP = [
+    StageProfile("read", 40_000, 1000.0, tasks=16),
+    StageProfile("transform", 60_000, 500.0, tasks=16),
+    StageProfile("write", 10_000, 500.0, tasks=16),
+]
 
 
-def run_stage(stage: StageProfile, deadline_s: float, planned: int, max_cores: int,
-              speed: float, control: bool, period_s: float = 1.0) -> tuple[float, float]:
+def run_stage(
+    stage: StageProfile,
+    deadline_s: float,
+    planned: int,
+    max_cores: int,
+    speed: float,
+    control: bool,
+    period_s: float = 1.0,
+) -> tuple[float, float]:
     """Simulate one stage whose true rate is ``speed`` x the profile: (seconds, core-seconds)."""
     ctl = StageController(planned, deadline_s, max_cores)
     done, t, core_s, cores = 0.0, 0.0, 0.0, float(planned)

@@ -29,8 +29,15 @@ def test_plan_rejects_bad_arguments(mw: int, cpw: float) -> None:
 
 
 def _decide(**kw: object) -> object:
-    args = dict(elapsed_s=10.0, epoch_durations_s=[2.0], epochs_done=1, max_epochs=30,
-                deadline_s=100.0, val_accuracy=0.5, stop_accuracy=0.9)
+    args = dict(
+        elapsed_s=10.0,
+        epoch_durations_s=[2.0],
+        epochs_done=1,
+        max_epochs=30,
+        deadline_s=100.0,
+        val_accuracy=0.5,
+        stop_accuracy=0.9,
+    )
     args.update(kw)
     return next_epoch_decision(**args)  # type: ignore[arg-type]
 
@@ -68,16 +75,20 @@ def test_target_met_wins_over_deadline() -> None:
     assert d.stop_reason is StopReason.TARGET_MET
 
 
-@pytest.mark.parametrize(("val", "elapsed", "expected"), [
-    (0.95, 50.0, StopReason.TARGET_MET),
-    (0.95, 150.0, StopReason.TARGET_MET),  # reaching the target counts even when late
-    (0.90, 50.0, StopReason.TARGET_MET),  # the stop accuracy itself is enough
-    (0.80, 150.0, StopReason.DEADLINE_TRUNCATED),
-    (0.80, 100.0, StopReason.MAX_EPOCHS),  # on the deadline is not past it
-    (0.80, 50.0, StopReason.MAX_EPOCHS),
-])
+@pytest.mark.parametrize(
+    ("val", "elapsed", "expected"),
+    [
+        (0.95, 50.0, StopReason.TARGET_MET),
+        (0.95, 150.0, StopReason.TARGET_MET),  # reaching the target counts even when late
+        (0.90, 50.0, StopReason.TARGET_MET),  # the stop accuracy itself is enough
+        (0.80, 150.0, StopReason.DEADLINE_TRUNCATED),
+        (0.80, 100.0, StopReason.MAX_EPOCHS),  # on the deadline is not past it
+        (0.80, 50.0, StopReason.MAX_EPOCHS),
+    ],
+)
 def test_a_one_shot_fit_is_labelled_by_target_then_deadline(
-        val: float, elapsed: float, expected: StopReason) -> None:
+    val: float, elapsed: float, expected: StopReason
+) -> None:
     from policies import single_fit_stop_reason
 
     assert single_fit_stop_reason(val, 0.9, elapsed, 100.0) is expected
