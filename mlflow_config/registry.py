@@ -104,6 +104,15 @@ def set_run_tag(client: Any, run_id: str, tag: str, value: str) -> None:
     client.set_tag(run_id, tag, value)
 
 
+def record_training(
+    client: Any, run_id: str, *, training_mode: str, stop_reason: Any, outcome: Any
+) -> None:
+    """How training ended, on the run (the same tags go on the version at registration)."""
+    client.set_tag(run_id, "slaflow.training_mode", training_mode)
+    client.set_tag(run_id, "slaflow.stop_reason", str(stop_reason))
+    client.set_tag(run_id, "slaflow.outcome", str(outcome))
+
+
 def version_tag(client: Any, model_name: str, version: str, tag: str) -> str | None:
     value = client.get_model_version(model_name, version).tags.get(tag)
     return None if value is None else str(value)

@@ -298,6 +298,13 @@ class TrainModelOperator(RayJobStageOperator):
             time.time() - started_at,
         )
         result = strategy.run(self, context, spec)
+        reg.record_training(
+            client,
+            run_id,
+            training_mode=contract.training_mode,
+            stop_reason=result["stop_reason"],
+            outcome=result.get("outcome"),
+        )
         self.log.info(
             "Trained %d epochs in %.1fs (deadline %s): %s (stop reason %s), best val "
             "accuracy %.4f at epoch %d; %.0f worker-seconds, %d resizes",

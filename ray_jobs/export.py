@@ -140,12 +140,6 @@ def export_and_log(
         mlflow.log_metrics(
             {"worker_seconds": summary["worker_seconds"], "resizes": summary["resizes"]}
         )
-        mlflow.set_tags(
-            {
-                "slaflow.stop_reason": str(state.get("stop_reason")),
-                "slaflow.outcome": summary["outcome"],
-            }
-        )
         if not plots:
             return str(info.model_uri)
         mlflow.log_figure(

@@ -523,7 +523,6 @@ def run_federated(spec: dict[str, Any]) -> dict[str, Any]:
             Metric("fl_client_epochs", epochs_total, int(time.time() * 1000), 0),
         ],
     )
-    client.set_tag(run_id, "slaflow.training_mode", "federated")
     return {
         **summary,
         "epochs": state["round"],
