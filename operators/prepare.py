@@ -32,9 +32,9 @@ class PrepareDataOperator(PlannedStageOperator):
         from slaflow.settings import Endpoints, home
         from spark_jobs.deadline import (
             SparkDeadlineInfeasible,
+            contract_profile_path,
             controlled_conf,
             run_with_deadline,
-            stored_profile_path,
         )
         from spark_jobs.prepare import (
             DataError,
@@ -105,15 +105,7 @@ class PrepareDataOperator(PlannedStageOperator):
                     work,
                     deadline_s=contract.prepare_deadline_s,
                     max_cores=contract.prepare_max_cores,
-                    profile_path=stored_profile_path(
-                        "prepare",
-                        data_source=contract.data_source,
-                        label_column=contract.label_column,
-                        validation_fraction=contract.validation_fraction,
-                        test_fraction=contract.test_fraction,
-                        seed=contract.seed,
-                        master=master,
-                    ),
+                    profile_path=contract_profile_path("prepare", contract, master),
                     on_infeasible=contract.on_infeasible,
                     log=self.log.info,
                 )

@@ -98,9 +98,9 @@ class _SparkMllib(_Strategy):
         from ray_jobs.model_format import build_mlp
         from spark_jobs.deadline import (
             SparkDeadlineInfeasible,
+            contract_profile_path,
             controlled_conf,
             run_with_deadline,
-            stored_profile_path,
         )
         from spark_jobs.train_mllib import fit_logistic
 
@@ -136,14 +136,8 @@ class _SparkMllib(_Strategy):
                 ),
                 deadline_s=remaining,
                 max_cores=contract.prepare_max_cores,
-                profile_path=stored_profile_path(
-                    f"mllib-{contract.max_epochs}",
-                    data_source=contract.data_source,
-                    label_column=contract.label_column,
-                    validation_fraction=contract.validation_fraction,
-                    test_fraction=contract.test_fraction,
-                    seed=contract.seed,
-                    master=master,
+                profile_path=contract_profile_path(
+                    f"mllib-{contract.max_epochs}", contract, master
                 ),
                 on_infeasible=contract.on_infeasible,
                 log=op.log.info,

@@ -151,18 +151,24 @@ def serving_layout(
         autoscaler=plan.autoscaler_config(),
         reason=plan.reasons[0] if plan.reasons else "",
     )
-    batch_cpus = min(BATCH_TIER_MAX_CPUS, plan.num_cpus)
+    batch = TierSettings(
+        route=ROUTE_BATCH,
+        num_cpus=min(BATCH_TIER_MAX_CPUS, plan.num_cpus),
+        num_gpus=actor_gpus,
+        resource=resource,
+        max_ongoing_requests=BATCH_TIER_MAX_ONGOING,
+        max_queued_requests=BATCH_TIER_MAX_QUEUED,
+        max_batch_size=BATCH_TIER_MAX_BATCH,
+        batch_wait_timeout_s=BATCH_TIER_WAIT_S,
+        initial_replicas=1,
+        replicas=1,
+        reason="large inputs; always on (scale_to_zero not allowed)",
+    )
     if zero_allowed and zero is not None:
-        batch = TierSettings(
-            route=ROUTE_BATCH,
-            num_cpus=batch_cpus,
-            num_gpus=actor_gpus,
-            resource=resource,
-            max_ongoing_requests=BATCH_TIER_MAX_ONGOING,
-            max_queued_requests=BATCH_TIER_MAX_QUEUED,
-            max_batch_size=BATCH_TIER_MAX_BATCH,
-            batch_wait_timeout_s=BATCH_TIER_WAIT_S,
+        batch = replace(
+            batch,
             initial_replicas=0,
+            replicas=None,
             autoscaler=replace(
                 plan.autoscaler_config(),
                 min_replicas=0,
@@ -171,20 +177,6 @@ def serving_layout(
             ),
             reason=f"large inputs; idles at zero after {zero.idle_timeout_s:g} s "
             f"(scale_to_zero allowed)",
-        )
-    else:
-        batch = TierSettings(
-            route=ROUTE_BATCH,
-            num_cpus=batch_cpus,
-            num_gpus=actor_gpus,
-            resource=resource,
-            max_ongoing_requests=BATCH_TIER_MAX_ONGOING,
-            max_queued_requests=BATCH_TIER_MAX_QUEUED,
-            max_batch_size=BATCH_TIER_MAX_BATCH,
-            batch_wait_timeout_s=BATCH_TIER_WAIT_S,
-            initial_replicas=1,
-            replicas=1,
-            reason="large inputs; always on (scale_to_zero not allowed)",
         )
     tiers = [warm, batch]
     if zero_allowed and zero is not None and not plan.scale_to_zero:

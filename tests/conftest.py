@@ -215,3 +215,30 @@ def log_untrained_model(
         )
         mlflow.MlflowClient().log_artifacts(run_id, tmp, artifact_path)
     return f"runs:/{run_id}/{artifact_path}"
+
+
+def tier(
+    route: str = "warm",
+    *,
+    replicas: int | None = 1,
+    autoscaler: Any = None,
+    batch: int = 8,
+    ongoing: int = 16,
+    queued: int = 64,
+) -> dict[str, Any]:
+    """One small tier of a version, as a ``ServeHook.deploy_version`` spec holds it."""
+    from policies import TierSettings
+
+    return TierSettings(
+        route=route,
+        num_cpus=0.25,
+        num_gpus=0.0,
+        resource="",
+        max_ongoing_requests=ongoing,
+        max_queued_requests=queued,
+        max_batch_size=batch,
+        batch_wait_timeout_s=0.001,
+        initial_replicas=replicas or 1,
+        replicas=None if autoscaler else replicas,
+        autoscaler=autoscaler,
+    ).to_dict()

@@ -433,7 +433,7 @@ def test_rollback_moves_champion_and_serving_back_and_refuses_when_nothing_to_un
     from mlflow_config import registry as reg
     from operators.hooks import ServeHook
     from policies import ReviewOutcome, apply_review, decide_promotion, version_app
-    from tests.conftest import log_untrained_model
+    from tests.conftest import log_untrained_model, tier
 
     name = "e2e-rollback"
     v1 = served_champion(name)
@@ -462,20 +462,7 @@ def test_rollback_moves_champion_and_serving_back_and_refuses_when_nothing_to_un
         {
             "version": v2,
             "model_uri": f"models:/{name}/{v2}",
-            "tiers": [
-                {
-                    "route": "warm",
-                    "num_cpus": 0.25,
-                    "num_gpus": 0.0,
-                    "resource": "",
-                    "max_ongoing_requests": 8,
-                    "max_queued_requests": 8,
-                    "max_batch_size": 1,
-                    "batch_wait_timeout_s": 0.0,
-                    "initial_replicas": 1,
-                    "replicas": 1,
-                }
-            ],
+            "tiers": [tier(batch=1, ongoing=8, queued=8)],
         },
     )
     hook.wait_running(version_app(name, v2))

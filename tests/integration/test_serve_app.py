@@ -11,6 +11,8 @@ import numpy as np
 import pytest
 import requests
 
+from tests.conftest import tier
+
 pytestmark = pytest.mark.integration
 
 APP = "serve-test-model"
@@ -140,20 +142,7 @@ def test_footprint_counts_what_the_model_holds_and_undeploy_frees_it(
         {
             "version": "1",
             "model_uri": trained["result"]["model_uri"],
-            "tiers": [
-                {
-                    "route": "warm",
-                    "num_cpus": 0.25,
-                    "num_gpus": 0.0,
-                    "resource": "",
-                    "max_ongoing_requests": 8,
-                    "max_queued_requests": 8,
-                    "max_batch_size": 1,
-                    "batch_wait_timeout_s": 0.0,
-                    "initial_replicas": 1,
-                    "replicas": 1,
-                }
-            ],
+            "tiers": [tier(batch=1, ongoing=8, queued=8)],
         },
     )
     hook.wait_running(version_app(other, "1"))

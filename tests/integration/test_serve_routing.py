@@ -15,8 +15,8 @@ import numpy as np
 import pytest
 import requests
 
-from policies import AutoscalerConfig, CanaryStats, TierSettings, canary_verdict, version_app
-from tests.conftest import log_untrained_model
+from policies import AutoscalerConfig, CanaryStats, canary_verdict, version_app
+from tests.conftest import log_untrained_model, tier
 
 pytestmark = pytest.mark.integration
 
@@ -54,30 +54,6 @@ def test_rows(prepared: dict[str, Any]) -> tuple[np.ndarray, np.ndarray]:
     from ray_jobs.data_io import read_xy
 
     return read_xy(prepared["paths"]["test"], prepared["feature_names"])
-
-
-def tier(
-    route: str,
-    *,
-    replicas: int | None = 1,
-    autoscaler: AutoscalerConfig | None = None,
-    batch: int = 8,
-    ongoing: int = 16,
-    queued: int = 64,
-) -> dict[str, Any]:
-    return TierSettings(
-        route=route,
-        num_cpus=0.25,
-        num_gpus=0.0,
-        resource="",
-        max_ongoing_requests=ongoing,
-        max_queued_requests=queued,
-        max_batch_size=batch,
-        batch_wait_timeout_s=0.001,
-        initial_replicas=replicas or 1,
-        replicas=None if autoscaler else replicas,
-        autoscaler=autoscaler,
-    ).to_dict()
 
 
 ROUTER = {
