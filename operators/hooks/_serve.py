@@ -68,15 +68,20 @@ class ServeHook(BaseHook):
     def connect(self) -> Any:
         """A driver on the cluster with Serve started (HTTP proxy on the configured host and
         port); returns the ``ray.serve`` module."""
+        import ray
+
+        fresh = not ray.is_initialized()  # a new driver connection: start (or find) Serve
         self.ray.connect()
         from ray import serve
 
-        serve.start(
-            http_options={
-                "host": self.endpoints["serve_host"],
-                "port": int(self.endpoints["serve_port"]),
-            }
-        )
+        if fresh or not getattr(self, "_serve_started", False):  # an RPC: once per driver
+            serve.start(
+                http_options={
+                    "host": self.endpoints["serve_host"],
+                    "port": int(self.endpoints["serve_port"]),
+                }
+            )
+            self._serve_started = True
         return serve
 
     def deploy_version(self, model: str, tracking_uri: str, spec: dict[str, Any]) -> str:
