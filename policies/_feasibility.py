@@ -327,6 +327,7 @@ def next_calibration(
         return []
     if model is None or 1 not in model.epoch_s:
         return [1]
-    if time_for(model, 1, epochs * START_MARGIN) <= DEADLINE_ALPHA * deadline_s:
-        return []
+    budget = DEADLINE_ALPHA * deadline_s
+    if time_for(model, 1, epochs * START_MARGIN) <= budget or model.startup_s >= budget:
+        return []  # one worker fits; or not even the start-up does, whatever the count
     return [n for n in wanted if n not in model.epoch_s]

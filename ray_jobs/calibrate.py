@@ -42,6 +42,9 @@ def calibrate_loop_per_worker(config: dict[str, Any]) -> None:
 
 
 def run_calibration(spec: dict[str, Any]) -> dict[str, Any]:
+    from ray_jobs.worker import check_inputs
+
+    check_inputs(spec)
     import ray
     from ray.train import RunConfig, ScalingConfig
     from ray.train.tensorflow import TensorflowTrainer

@@ -292,6 +292,9 @@ def latest_checkpoint_path(storage_path: str, run_name: str) -> str | None:
 
 def run_training(spec: dict[str, Any]) -> dict[str, Any]:
     """Driver side: fit with Ray Train, then export the best weights and log the model."""
+    from ray_jobs.worker import check_inputs
+
+    check_inputs(spec)
     import ray
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.tensorflow import TensorflowTrainer

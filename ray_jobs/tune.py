@@ -89,6 +89,9 @@ class TrialWorker:
 
 
 def run_tuning(spec: dict[str, Any]) -> dict[str, Any]:
+    from ray_jobs.worker import check_inputs
+
+    check_inputs(spec)
     import optuna
     import ray
     from mlflow.entities import Metric, Param, RunStatus

@@ -60,3 +60,18 @@ def setup_worker(config: dict[str, Any]) -> tuple[Any, Any, int, np.ndarray, np.
         .with_options(options)
     )
     return model, dataset, steps, x_val, y_val
+
+
+def check_inputs(spec: dict[str, Any], keys: tuple[str, ...] = ("train_path", "val_path")) -> None:
+    """Fail at once, naming the path, when a job's input data is not where the spec says:
+    inside Ray Train the same error would be retried with a new worker group each time."""
+    import pyarrow.fs as pafs
+
+    for key in keys:
+        uri = str(spec[key])
+        fs, path = pafs.FileSystem.from_uri(uri) if "://" in uri else (pafs.LocalFileSystem(), uri)
+        if fs.get_file_info(path).type == pafs.FileType.NotFound:
+            raise FileNotFoundError(
+                f"{key} {uri} does not exist on this node: the prepared data must be on storage "
+                f"every Ray node reaches (SLAFLOW_DATA_DIR)"
+            )

@@ -63,19 +63,44 @@ def slaflow_home() -> Path:
     return _HOME
 
 
+#: The suite's own Ray cluster, once a test started it (``ray_cluster``).
+_SUITE_CLUSTER: list[Any] = []
+
+
+def _stop_suite_engines() -> None:
+    """Stop the suite's Ray cluster (with whatever it still serves) and Spark session."""
+    import sys
+
+    if "ray" in sys.modules:
+        import ray
+
+        ray.shutdown()
+    while _SUITE_CLUSTER:
+        _SUITE_CLUSTER.pop().stop()
+    if "pyspark" in sys.modules:
+        from pyspark.sql import SparkSession
+
+        active = SparkSession.getActiveSession()
+        if active is not None:
+            active.stop()
+
+
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    """The cluster tests start a topology of their own on the same 2 cores: the suite's
+    engines, idle by then, would only take CPU from it (they run last: see the ordering)."""
+    if item.get_closest_marker("cluster") is not None and _SUITE_CLUSTER:
+        _stop_suite_engines()
+
+
 @pytest.fixture(scope="session")
 def ray_cluster() -> Iterator[Any]:
     from slaflow.local_cluster import LocalRayCluster
 
     cluster = LocalRayCluster.from_env()
-    started = cluster.start()
+    if cluster.start():
+        _SUITE_CLUSTER.append(cluster)
     yield cluster
-    if "ray" in __import__("sys").modules:
-        import ray
-
-        ray.shutdown()
-    if started:
-        cluster.stop()
+    _stop_suite_engines()
 
 
 @pytest.fixture(scope="session")

@@ -78,7 +78,7 @@ def wait_run(
         _, run = topo.api("GET", f"/dags/{dag_id}/dagRuns/{run_id}")
         if run and run.get("state") in ("success", "failed"):
             return str(run["state"])
-        time.sleep(5)
+        time.sleep(2)
     raise AssertionError(f"run {run_id} did not finish within {timeout_s:.0f}s")
 
 

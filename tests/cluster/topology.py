@@ -129,6 +129,9 @@ class Topology:
                 "AIRFLOW__API__HOST": "127.0.0.1",
                 "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"http://127.0.0.1:{PORTS['airflow']}/execution/",
                 "AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL": "5",
+                # parsed once at start: re-parsing every 30 s (each parse imports the operators)
+                # took a share of the 2 cores the whole topology lives on
+                "AIRFLOW__DAG_PROCESSOR__MIN_FILE_PROCESS_INTERVAL": "3600",
                 "AIRFLOW__SCHEDULER__ENABLE_HEALTH_CHECK": "False",
             }
         )
@@ -417,7 +420,7 @@ class Topology:
                 continue
             try:
                 os.killpg(proc.pid, signal.SIGTERM)
-                proc.wait(timeout=45)
+                proc.wait(timeout=10)  # test state: nothing to drain gracefully
             except (ProcessLookupError, subprocess.TimeoutExpired):
                 try:
                     os.killpg(proc.pid, signal.SIGKILL)

@@ -232,7 +232,7 @@ def test_killed_worker_resumes_from_checkpoint_and_replans(
         tracking_uri,
         run_id,
         "kill-run",
-        max_epochs=25,
+        max_epochs=10,
         resize_policy="deadline",
         deadline_s=400.0,
     )

@@ -108,6 +108,8 @@ def test_calibration_measures_one_worker_first_and_more_only_when_it_is_too_slow
     fast = ThroughputModel("cpu", {1: 2.0}, startup_s=20.0)
     assert next_calibration(fast, deadline_s=600, **kw) == []  # 20 + 23 x 2 s fits easily
     assert next_calibration(fast, deadline_s=60, **kw) == [2, 4]
+    # a deadline the start-up alone overruns: more workers cannot help, measure nothing more
+    assert next_calibration(fast, deadline_s=15, **kw) == []
     both = ThroughputModel("cpu", {1: 2.0, 2: 1.2, 4: 0.9}, startup_s=20.0)
     assert next_calibration(both, deadline_s=60, **kw) == []
     assert next_calibration(None, deadline_s=600, epochs=20.0, max_workers=4, capacity=0) == []
