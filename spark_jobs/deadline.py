@@ -469,6 +469,19 @@ def controlled_conf(master: str, max_cores: int) -> dict[str, str]:
     }
 
 
+def contract_profile_path(job: str, contract: Any, master: str) -> Path:
+    """``stored_profile_path`` of ``job`` for a run contract's data, split and master."""
+    return stored_profile_path(
+        job,
+        data_source=contract.data_source,
+        label_column=contract.label_column,
+        validation_fraction=contract.validation_fraction,
+        test_fraction=contract.test_fraction,
+        seed=contract.seed,
+        master=master,
+    )
+
+
 def stored_profile_path(
     job: str,
     *,

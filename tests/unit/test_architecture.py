@@ -101,6 +101,31 @@ def test_every_ray_job_spec_is_built_in_one_place() -> None:
     assert used == builders
 
 
+def test_every_import_of_a_project_name_resolves() -> None:
+    """Operators import lazily (inside ``execute``), so a renamed function would only fail when
+    a task runs; every ``from <project module> import <name>`` is checked here instead."""
+    import importlib
+
+    missing = []
+    for path in _modules():
+        if path.parts[-2] == "benchmarks":
+            continue
+        for module, names in _imports(path):
+            if module.split(".")[0] not in PACKAGES or module.startswith(("dags", "benchmarks")):
+                continue
+            imported = importlib.import_module(module)
+            missing += [
+                f"{path.relative_to(REPO)}: {module}.{n}"
+                for n in names
+                if n != "*"
+                and not hasattr(imported, n)
+                and not (
+                    hasattr(imported, "__path__") and importlib.util.find_spec(f"{module}.{n}")
+                )
+            ]
+    assert missing == []
+
+
 def test_the_contract_reference_is_current() -> None:
     out = subprocess.run(
         [sys.executable, "-m", "slaflow.cli", "contract-docs"],
