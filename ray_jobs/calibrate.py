@@ -47,7 +47,8 @@ def run_calibration(spec: dict[str, Any]) -> dict[str, Any]:
     check_inputs(spec)
     import ray
     from ray.train import RunConfig, ScalingConfig
-    from ray.train.tensorflow import TensorflowTrainer
+
+    from ray_jobs.tf_backend import tf_trainer
 
     ray.init(runtime_env={"env_vars": {"TF_USE_LEGACY_KERAS": "1"}})
     shape = spec.get("shape", "cpu")
@@ -55,7 +56,7 @@ def run_calibration(spec: dict[str, Any]) -> dict[str, Any]:
     startups = []
     for n in spec["worker_counts"]:
         resources = {"CPU": spec["cpus_per_worker"]} | ({"GPU": 1} if shape == "gpu" else {})
-        trainer = TensorflowTrainer(
+        trainer = tf_trainer(
             calibrate_loop_per_worker,
             train_loop_config=spec,
             scaling_config=ScalingConfig(

@@ -1,4 +1,4 @@
-"""Ray Train job: a Keras MLP trained data-parallel with ``TensorflowTrainer``.
+"""Ray Train job: a Keras MLP trained data-parallel with Ray Train (``ray_jobs.tf_backend``).
 
 Runs as a Ray Job (``python -m ray_jobs.train``), submitted by ``TrainModelOperator``.
 Every epoch: per-epoch metrics to MLflow from rank 0, a progress line in the log, and the
@@ -297,7 +297,8 @@ def run_training(spec: dict[str, Any]) -> dict[str, Any]:
     check_inputs(spec)
     import ray
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
-    from ray.train.tensorflow import TensorflowTrainer
+
+    from ray_jobs.tf_backend import tf_trainer
 
     ray.init(runtime_env={"env_vars": {"TF_USE_LEGACY_KERAS": "1"}})
     resume = latest_checkpoint_path(spec["storage_path"], spec["run_name"])
@@ -322,7 +323,7 @@ def run_training(spec: dict[str, Any]) -> dict[str, Any]:
     # One Ray Train run per segment: the controller ends a segment with a checkpoint and the
     # worker count for the next one; the next segment resumes from that checkpoint.
     while True:
-        trainer = TensorflowTrainer(
+        trainer = tf_trainer(
             train_loop_per_worker,
             train_loop_config={**spec, "resume_from": resume},
             scaling_config=ScalingConfig(

@@ -144,6 +144,9 @@ def test_a_contract_from_the_trigger_form_through_review_to_serving_on_the_topol
     page.wait_for_url("**/dags/ml_lifecycle/runs/**")
     run_id = unquote(page.url.split("/runs/", 1)[1].split("?")[0].split("/")[0])
     assert _runs(topo) == runs_before + 1
+    # the run page refreshes itself every few seconds (the API server and Chromium working on
+    # the same 2 cores as the run): park the browser until there is something to look at
+    page.goto("about:blank")
 
     # Journey 2: the run waits at the review; approve it where Airflow asks for it.
     deadline = time.monotonic() + 900
@@ -158,6 +161,7 @@ def test_a_contract_from_the_trigger_form_through_review_to_serving_on_the_topol
     _shot(page, "04_review_required_action")
     page.get_by_role("button", name="Approve", exact=True).click()
     expect(page.get_by_text("Response received")).to_be_visible()
+    page.goto("about:blank")
     state = wait_run(topo, run_id, timeout_s=600)
     assert state == "success", f"{task_states(topo, run_id)}\n{tails(topo)}"
     page.goto(f"{topo.airflow_url}/dags/ml_lifecycle/runs/{run_id}")
