@@ -31,6 +31,7 @@ sys.path.insert(0, str(REPO / "benchmarks"))
 from lifecycle import machine  # noqa: E402
 
 BASE = {
+    "task": "classification",
     "max_workers": 2,
     "cpus_per_worker": 1.0,
     "hidden_units": [64, 64],

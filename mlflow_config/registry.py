@@ -118,28 +118,50 @@ def version_tag(client: Any, model_name: str, version: str, tag: str) -> str | N
     return None if value is None else str(value)
 
 
-def version_test_accuracy(client: Any, model_name: str, version: str) -> float:
-    """A version's test accuracy: its tag, else its run's ``test_accuracy`` metric, else 0."""
+def version_test_accuracy(
+    client: Any, model_name: str, version: str, metric_name: str = "accuracy"
+) -> float:
+    """A version's test score in ``metric_name`` (``policies.Metric.score``: the metric itself
+    where higher is better, 1 - error for rmse/mae): for accuracy its tag, else its run's
+    ``test_<metric>``; 0 when the run has none."""
+    from policies import metric
+
     mv = client.get_model_version(model_name, version)
-    if TAG_TEST_ACCURACY in mv.tags:
+    if metric_name == "accuracy" and TAG_TEST_ACCURACY in mv.tags:
         return float(mv.tags[TAG_TEST_ACCURACY])
     run = client.get_run(mv.run_id) if mv.run_id else None
-    return float(run.data.metrics.get("test_accuracy", 0.0)) if run else 0.0
+    value = run.data.metrics.get(f"test_{metric_name}") if run else None
+    return 0.0 if value is None else metric(metric_name).score(float(value))
 
 
-def get_champion(client: Any, model_name: str) -> ChampionRecord | None:
-    """The version holding ``champion`` and its recorded test accuracy, or None."""
+def get_champion(
+    client: Any, model_name: str, metric_name: str = "accuracy"
+) -> ChampionRecord | None:
+    """The version holding ``champion`` and its test score in ``metric_name``, or None.
+
+    Raises ValueError when the champion was never measured in that metric (it was trained
+    for another task): the gate would have nothing to compare."""
+    from policies import metric
+
     version = get_alias_version(client, model_name, CHAMPION)
     if version is None:
         return None
-    accuracy = version.tags.get(TAG_TEST_ACCURACY)
-    if accuracy is None:  # a champion set by hand, outside slaflow: read its run's metric
-        run = client.get_run(version.run_id)
-        accuracy = run.data.metrics.get("test_accuracy", 0.0)
+    score: float | None = None
+    if metric_name == "accuracy" and version.tags.get(TAG_TEST_ACCURACY) is not None:
+        score = float(version.tags[TAG_TEST_ACCURACY])
+    else:  # other metrics, or a champion set by hand outside slaflow: its run's metric
+        value = client.get_run(version.run_id).data.metrics.get(f"test_{metric_name}")
+        if value is None:
+            raise ValueError(
+                f"the champion of {model_name!r} (v{version.version}) has no test "
+                f"{metric_name}: it was trained for another task or metric. Fix: give the run "
+                f"a new model_name, or a target_metric the champion was measured in"
+            )
+        score = metric(metric_name).score(float(value))
     cost = version.tags.get(TAG_MODEL_PARAMS)
     return ChampionRecord(
         version=str(version.version),
-        accuracy=float(accuracy),
+        accuracy=score,
         cost=None if cost is None else float(cost),
     )
 

@@ -20,6 +20,7 @@ from policies import (
     assess_feasibility,
     cluster_capacity,
     estimate_epochs_needed,
+    migrate_contract,
     next_calibration,
     plan_workers,
     size_training,
@@ -42,10 +43,17 @@ class PlanRunOperator(StageOperator):
         if "manual" not in run_type:  # scheduled or data-triggered: nobody filled the form
             raw = self._unattended_contract(context, raw, run_type)
         try:
+            for note in migrate_contract(raw)[1]:
+                self.log.info("%s", note)
             contract = RunContract.from_dict(raw)
         except ContractError as exc:
             raise AirflowFailException(str(exc)) from exc
-        champion = reg.get_champion(self.mlflow.client, contract.model_name)
+        try:
+            champion = reg.get_champion(
+                self.mlflow.client, contract.model_name, contract.target_metric
+            )
+        except ValueError as exc:
+            raise AirflowFailException(f"contract field 'model_name': {exc}") from exc
         resource = contract.serving_node_resource
         if resource and resource not in self.ray.cluster_resources():
             raise AirflowFailException(
@@ -75,16 +83,24 @@ class PlanRunOperator(StageOperator):
             worker_reason=workers.reason,
         )
         self.log.info(
-            "Contract v%s for model %s: deadline %.0fs, target accuracy %.4f",
+            "Contract v%s for model %s (%s, task %s): deadline %.0fs, target %s %s %.4g",
             contract.contract_version,
             contract.model_name,
+            contract.model,
+            contract.task,
             contract.deadline_s,
-            contract.target_accuracy,
+            contract.target_metric,
+            ">=" if contract.quality_metric.higher_is_better else "<=",
+            contract.target_value,
         )
+        quality = contract.quality_metric
         self.log.info(
-            "Champion: %s; training stops early at val accuracy %.4f",
-            "none" if champion is None else f"v{champion.version} ({champion.accuracy:.4f})",
-            plan.stop_accuracy,
+            "Champion: %s; training stops early at validation %s %.4g",
+            "none"
+            if champion is None
+            else f"v{champion.version} ({quality.name} {quality.value(champion.accuracy):.4g})",
+            quality.name,
+            quality.value(plan.stop_accuracy),
         )
         self.log.info("Workers: %s", workers.reason)
         return plan.to_dict()
@@ -170,6 +186,10 @@ class FeasibilityOperator(RayJobStageOperator):
             "batch_size": contract.batch_size,
             "cpus_per_worker": cpw,
         }
+        if contract.model != "mlp":  # another network: another epoch time and curve
+            parts.update(model=contract.model, model_params=dict(contract.model_params))
+        if contract.target_metric != "accuracy":  # past curves are in the target's score
+            parts["target_metric"] = contract.target_metric
         key = cal.calibration_key(**parts)
         client = self.mlflow.client
         curves = cal.past_curves(

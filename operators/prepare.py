@@ -46,6 +46,13 @@ class PrepareDataOperator(PlannedStageOperator):
 
         contract = self.contract
         data_dir = Endpoints.from_env().data_dir
+        options = {
+            "task": contract.task,
+            "feature_columns": list(contract.feature_columns),
+            "drop_columns": list(contract.drop_columns),
+            "split": contract.split,
+            "time_column": contract.time_column,
+        }
         key = (
             None
             if contract.prepare_deadline_s > 0
@@ -55,6 +62,7 @@ class PrepareDataOperator(PlannedStageOperator):
                 validation_fraction=contract.validation_fraction,
                 test_fraction=contract.test_fraction,
                 seed=contract.seed,
+                options=options,
             )
         )
         found = None if key is None else find_prepared(data_dir, key)
@@ -65,6 +73,7 @@ class PrepareDataOperator(PlannedStageOperator):
                 found["paths"]["train"].rsplit("/", 2)[0],
                 found["split_counts"],
             )
+            self._check_task(found)
             return {**found, "reused": key, "prepare_seconds": 0.0}
         hook = SparkHook(self.spark_conn_id)
         master = contract.spark_master or hook.master
@@ -94,6 +103,7 @@ class PrepareDataOperator(PlannedStageOperator):
                 test_fraction=contract.test_fraction,
                 seed=contract.seed,
                 cache_dir=home() / "datasets",
+                options=options,
             )
 
         try:
@@ -128,15 +138,21 @@ class PrepareDataOperator(PlannedStageOperator):
             ) from exc
         profile["prepare_seconds"] = time.monotonic() - started
         self.log.info(
-            "Rows read %d (dropped incomplete: %d, malformed: %d); split %s; "
-            "%d features, %d classes",
+            "Rows read %d (dropped incomplete: %d, malformed: %d); %s split %s; task %s; "
+            "%d feature columns (%d categorical: %s) -> %d model inputs; %d classes",
             profile["rows_read"],
             profile["rows_dropped_incomplete"],
             profile["rows_dropped_malformed"],
+            profile["split"],
             profile["split_counts"],
+            profile["task"],
+            len(profile["input_columns"]),
+            len(profile["categorical_columns"]),
+            profile["categorical_columns"][:10],
             len(profile["feature_names"]),
             len(profile["classes"]),
         )
+        self._check_task(profile)
         if profile["rows_dropped_malformed"]:
             self.log.warning(
                 "Malformed values (unparsable numbers) per column: %s; their rows were dropped",
@@ -145,3 +161,18 @@ class PrepareDataOperator(PlannedStageOperator):
         if key is not None:
             record_prepared(data_dir, key, profile)
         return profile
+
+    def _check_task(self, profile: dict[str, Any]) -> None:
+        """The data's task must be the one the target metric judges."""
+        quality = self.contract.quality_metric
+        if profile["task"] != quality.task:
+            raise AirflowFailException(
+                f"contract field 'target_metric': {quality.name!r} judges {quality.task} and "
+                f"the label {self.contract.label_column!r} was read as {profile['task']}. Fix: "
+                f"set task to '{quality.task}', or use a {profile['task']} metric"
+            )
+        if quality.binary_only and len(profile["classes"]) != 2:
+            raise AirflowFailException(
+                f"contract field 'target_metric': {quality.name!r} needs 2 classes and the "
+                f"label has {len(profile['classes'])}. Fix: use accuracy or f1_macro"
+            )

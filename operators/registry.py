@@ -42,8 +42,11 @@ class RegisterModelOperator(PlannedStageOperator):
         from slaflow.settings import airflow_ui_url, mlflow_ui_url
 
         contract = self.contract
-        acc = self.evaluation["test_accuracy"]
-        ci = (self.evaluation["test_accuracy_ci_low"], self.evaluation["test_accuracy_ci_high"])
+        quality = contract.quality_metric
+        value = quality.value(self.evaluation["test_score"])
+        ci = sorted(
+            quality.value(self.evaluation[k]) for k in ("test_score_ci_low", "test_score_ci_high")
+        )
         dag_id, run_id = context["dag"].dag_id, context["run_id"]
         run_url = f"{airflow_ui_url()}/dags/{dag_id}/runs/{quote(run_id, safe='')}"
         tags = {
@@ -51,8 +54,8 @@ class RegisterModelOperator(PlannedStageOperator):
             reg.TAG_DAG_ID: dag_id,
             reg.TAG_AIRFLOW_RUN_URL: run_url,
             reg.TAG_CONTRACT: json.dumps(contract.to_dict()),
-            reg.TAG_TEST_ACCURACY: repr(acc),
-            "slaflow.test_accuracy_ci95": json.dumps([round(ci[0], 4), round(ci[1], 4)]),
+            f"slaflow.test_{quality.name}": repr(value),
+            f"slaflow.test_{quality.name}_ci95": json.dumps([round(ci[0], 4), round(ci[1], 4)]),
             "slaflow.stop_reason": str(self.train["stop_reason"]),
             "slaflow.outcome": str(self.train.get("outcome")),
             "slaflow.deadline_met": str(self.train["deadline_met"]).lower(),
@@ -64,8 +67,9 @@ class RegisterModelOperator(PlannedStageOperator):
         description = (
             f"**{contract.model_name}**, trained by Airflow run [{dag_id} / {run_id}]"
             f"({run_url}).\n\n"
-            f"- test accuracy **{acc:.4f}** (95% CI {ci[0]:.4f}-{ci[1]:.4f}) against a target "
-            f"of {contract.target_accuracy:.4f}\n"
+            f"- test {quality.name} **{value:.4f}** (95% CI {ci[0]:.4f}-{ci[1]:.4f}) against a "
+            f"target of {'>=' if quality.higher_is_better else '<='} "
+            f"{contract.target_value:.4f}\n"
             f"- {self.train['epochs']} epoch(s) in {self.train['training_seconds']:.0f} s of a "
             f"{contract.deadline_s:.0f} s deadline ({self.train['stop_reason']})\n"
             f"{GATE_PENDING_LINE}"
@@ -118,7 +122,7 @@ class GateOperator(PlannedStageOperator):
         contract = self.contract
         client = self.mlflow.client
         version = self.registration["model_version"]
-        champion = reg.get_champion(client, contract.model_name)
+        champion = reg.get_champion(client, contract.model_name, contract.target_metric)
         if champion is not None and champion.version == version:
             self.log.info("v%s is already champion (a previous try promoted it)", version)
             raw = reg.version_tag(client, contract.model_name, version, reg.TAG_GATE_REPORT)
@@ -130,12 +134,14 @@ class GateOperator(PlannedStageOperator):
                 "model_version": version,
             }
         decision = decide_promotion(
-            self.evaluation["test_accuracy"],
-            contract.target_accuracy,
+            self.evaluation["test_score"],
+            contract.target_score,
             contract.min_gain_over_champion,
             champion,
+            contract.target_metric,
+            test_rows=int(self.evaluation["test_rows"]),
         )
-        ci = (self.evaluation["test_accuracy_ci_low"], self.evaluation["test_accuracy_ci_high"])
+        ci = (self.evaluation["test_score_ci_low"], self.evaluation["test_score_ci_high"])
         review = review_request(
             decision,
             policy=contract.review_policy,
@@ -145,7 +151,10 @@ class GateOperator(PlannedStageOperator):
             max_cost_ratio=contract.review_max_cost_ratio,
         )
         report = {
-            "test_accuracy_ci95": list(ci),
+            f"test_{contract.target_metric}_ci95": sorted(
+                contract.quality_metric.value(c) for c in ci
+            ),
+            "test_rows": self.evaluation.get("test_rows"),
             "candidate_cost": self.evaluation.get("model_params"),
             "review": review.to_dict(),
         }
@@ -205,7 +214,7 @@ class PromoteModelOperator(PlannedStageOperator):
         contract = self.contract
         client = self.mlflow.client
         version = self.registration["model_version"]
-        champion = reg.get_champion(client, contract.model_name)
+        champion = reg.get_champion(client, contract.model_name, contract.target_metric)
         if self.gate.get("already_champion") or (
             champion is not None and champion.version == version
         ):
@@ -236,8 +245,8 @@ class PromoteModelOperator(PlannedStageOperator):
         try:
             decision = final_decision(
                 gate_decision,
-                candidate_accuracy=self.evaluation["test_accuracy"],
-                target_accuracy=contract.target_accuracy,
+                candidate_accuracy=self.evaluation["test_score"],
+                target_accuracy=contract.target_score,
                 min_gain_over_champion=contract.min_gain_over_champion,
                 champion_now=champion,
                 review_required=bool(self.gate["review"]["required"]),

@@ -11,6 +11,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
 
 from operators.base import PlannedStageOperator, RayJobStageOperator, StageOperator
@@ -37,6 +38,7 @@ from policies import (
     percentile,
     plan_for_contract,
     profile_key,
+    regression_tolerance,
     serving_layout,
     verify_verdict,
     version_app,
@@ -89,7 +91,7 @@ class ProfileServingOperator(RayJobStageOperator):
         version = str(self.promotion["model_version"])
         variants = dict(
             self.evaluation.get("variants")
-            or {"full": {"accuracy": self.evaluation["test_accuracy"], "size_bytes": 0}}
+            or {"full": {"accuracy": self.evaluation["test_score"], "size_bytes": 0}}
         )
         variant_uri = str(self.evaluation.get("variant_uri") or "")
         cpus, batches = settings.profile_cpus(), settings.profile_batches()
@@ -483,8 +485,17 @@ class DeployModelOperator(PlannedStageOperator):
 
         policy = self.canary_policy
         client = self.mlflow.client
-        old_acc = reg.version_test_accuracy(client, model, old)
-        new_acc = reg.version_test_accuracy(client, model, new)
+        name = self.contract.target_metric
+        old_acc = reg.version_test_accuracy(client, model, old, name)
+        new_acc = reg.version_test_accuracy(client, model, new, name)
+        if self.contract.quality_metric.task == "regression":
+            # Values disagree when apart by more than both models' errors allow
+            # (policies.regression_tolerance); two sound models are apart that much on at
+            # most ~1/4 of rows (Chebyshev), so the bound is set as for two 0.8 classifiers.
+            rmse_old = 1 - reg.version_test_accuracy(client, model, old, "rmse")
+            rmse_new = 1 - reg.version_test_accuracy(client, model, new, "rmse")
+            base = {**base, "tolerance": regression_tolerance(rmse_old, rmse_new)}
+            old_acc = new_acc = 0.8
         versions = {old: old_entry, new: new_entry}
         log: list[dict[str, Any]] = []
         for share in policy.steps():
@@ -563,15 +574,15 @@ class DeployModelOperator(PlannedStageOperator):
         if getattr(self, "_probe_rows", None) is None:  # read the test set once per task
             from ray_jobs import data_io
 
-            x, _ = data_io.read_xy(
-                self.data_profile["paths"]["test"], self.data_profile["feature_names"]
+            rows, _ = data_io.read_request_rows(
+                self.data_profile["paths"]["test"], self.data_profile, limit=1000
             )
-            self._probe_rows = x
+            self._probe_rows = rows
         x = self._probe_rows
 
         def one(i: int) -> None:
             try:
-                self.serve.predict(model, [x[i % len(x)].tolist()], caller="slaflow-canary")
+                self.serve.predict(model, [x[i % len(x)]], caller="slaflow-canary")
             except requests.RequestException:
                 pass
 
@@ -622,7 +633,9 @@ class VerifyEndpointOperator(PlannedStageOperator):
         contract, client = self.contract, self.mlflow.client
         summary: dict[str, Any] = {
             "contract": contract.to_dict(),
-            "accuracy": self.evaluation["test_accuracy"],
+            "accuracy": self.evaluation.get("test_accuracy"),
+            "target_metric": contract.target_metric,
+            contract.target_metric: self.evaluation[f"test_{contract.target_metric}"],
             "deadline_met": self.train["deadline_met"],
             "training_seconds": round(self.train["training_seconds"], 2),
             "stop_reason": self.train["stop_reason"],
@@ -647,7 +660,7 @@ class VerifyEndpointOperator(PlannedStageOperator):
         record = reg.serving_record(client, contract.model_name, served) or {}
         plan = record.get("plan") or self.deployment.get("placement") or {}
         expected = float(plan.get("accuracy") or 0.0) or reg.version_test_accuracy(
-            client, contract.model_name, served
+            client, contract.model_name, served, contract.target_metric
         )
         latencies, correct, bad = self._probe(contract.model_name)
         verdict = verify_verdict(
@@ -657,6 +670,7 @@ class VerifyEndpointOperator(PlannedStageOperator):
             percentile_q=contract.latency_percentile,
             expected_accuracy=expected,
             bad_request_status=bad,
+            regression_rmse=self._regression_rmse(),
         )
         p99 = percentile(latencies, 99)
         summary.update(
@@ -703,26 +717,41 @@ class VerifyEndpointOperator(PlannedStageOperator):
             )
         return summary
 
+    def _regression_rmse(self) -> tuple[float, float] | None:
+        """(served, tested) RMSE of a regression model's answers to the verify requests."""
+        if self.profile.get("task") != "regression":
+            return None
+        values, truth = self._served_values
+        served = float(np.sqrt(np.mean((np.asarray(values) - np.asarray(truth)) ** 2)))
+        return served, float(self.evaluation["test_rmse"])
+
     def _probe(self, model: str) -> tuple[list[float], int, int]:
         """Sequential one-row requests from the test set; latencies, right answers, and the
         status a malformed body got."""
         from ray_jobs import data_io
 
-        x, y = data_io.read_xy(self.profile["paths"]["test"], self.profile["feature_names"])
+        x, y = data_io.read_request_rows(
+            self.profile["paths"]["test"], self.profile, limit=self.requests_count
+        )
         classes = self.profile["classes"]
         n = min(self.requests_count, len(x))
         bad = self.serve.predict(model, [[1.0, 2.0]], timeout_s=10).status_code
-        latencies, correct = [], 0
+        latencies, correct, values = [], 0, []
         for i in range(n):
             t0 = time.perf_counter()
-            resp = self.serve.predict(model, [x[i].tolist()], timeout_s=10)
+            resp = self.serve.predict(model, [x[i]], timeout_s=10)
             latencies.append((time.perf_counter() - t0) * 1000)
             if resp.status_code != 200:
                 raise AirflowFailException(
                     f"request {i} to {self.serve.url(model)} got HTTP "
                     f"{resp.status_code}: {resp.text[:500]}"
                 )
-            correct += resp.json()["predictions"][0] == classes[int(y[i])]
+            answer = resp.json()["predictions"][0]
+            if classes:
+                correct += answer == classes[int(y[i])]
+            else:
+                values.append(float(answer))
+        self._served_values = (values, [float(v) for v in y[:n]])
         return latencies, correct, bad
 
 

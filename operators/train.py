@@ -96,6 +96,13 @@ class _SparkMllib(_Strategy):
         from policies import deadline_met, outcome, single_fit_stop_reason
         from ray_jobs.export import export_and_log
         from ray_jobs.model_format import build_mlp
+
+        if spec["profile"].get("categorical_columns"):
+            raise AirflowFailException(
+                f"contract field 'training_mode': spark_mllib reads numeric columns only and "
+                f"the data has text columns {spec['profile']['categorical_columns'][:5]}. Fix: "
+                f"use training_mode 'centralized', or leave them out with drop_columns"
+            )
         from spark_jobs.deadline import (
             SparkDeadlineInfeasible,
             contract_profile_path,
@@ -343,15 +350,26 @@ class EvaluateModelOperator(RayJobStageOperator):
             tracking_uri=self.mlflow.tracking_uri,
             mlflow_run_id=self.train["mlflow_run_id"],
             model_uri=self.train["model_uri"],
+            target_metric=self.contract.target_metric,
         )
         metrics = self.run_job(context, "eval", "ray_jobs.evaluate", spec, timeout_s=600)
+        name = self.contract.target_metric
         self.log.info(
-            "Test accuracy %.4f (95%% CI %.4f-%.4f) on %d rows; test loss %.4f; variants %s",
-            metrics["test_accuracy"],
-            metrics["test_accuracy_ci_low"],
-            metrics["test_accuracy_ci_high"],
+            "Test %s %.4f (95%% CI %.4f-%.4f) on %d rows; test loss %.4f; all: %s; variants "
+            "(score) %s",
+            name,
+            metrics[f"test_{name}"],
+            *sorted(
+                self.contract.quality_metric.value(metrics[k])
+                for k in ("test_score_ci_low", "test_score_ci_high")
+            ),
             metrics["test_rows"],
             metrics["test_loss"],
+            {
+                k: round(v, 4)
+                for k, v in metrics.items()
+                if k.startswith("test_") and "_ci_" not in k and isinstance(v, float)
+            },
             {v: round(d["accuracy"], 4) for v, d in metrics["variants"].items()},
         )
         return metrics

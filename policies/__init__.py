@@ -41,6 +41,7 @@ from policies._contract import (
     FieldSpec,
     RunContract,
     contract_json_schema,
+    migrate_contract,
 )
 from policies._control import (
     CHECKPOINT_EVERY_S,
@@ -99,6 +100,21 @@ from policies._footprint import (
     parse_version_app,
     version_app,
 )
+from policies._metrics import (
+    CLASSIFICATION,
+    DEFAULT_METRIC,
+    METRICS,
+    REGRESSION,
+    TASKS,
+    Metric,
+    TaskInference,
+    compute_metric,
+    infer_task,
+    metric,
+    metric_interval,
+    regression_tolerance,
+    wilson_interval,
+)
 from policies._placement import (
     MAX_UTILISATION,
     SPARE_REPLICAS,
@@ -137,6 +153,7 @@ from policies._promotion import (
     CHALLENGER,
     CHAMPION,
     GATE_PENDING_LINE,
+    MIN_TEST_ROWS,
     PREVIOUS_CHAMPION,
     REVIEW_POLICIES,
     ChampionRecord,
@@ -211,6 +228,21 @@ from policies._verify import (
 )
 
 __all__ = [
+    "MIN_TEST_ROWS",
+    "migrate_contract",
+    "CLASSIFICATION",
+    "DEFAULT_METRIC",
+    "METRICS",
+    "REGRESSION",
+    "TASKS",
+    "Metric",
+    "TaskInference",
+    "compute_metric",
+    "infer_task",
+    "metric",
+    "metric_interval",
+    "regression_tolerance",
+    "wilson_interval",
     "AccuracyOutlook",
     "Action",
     "ArbiterPolicy",

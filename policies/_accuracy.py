@@ -61,7 +61,11 @@ def fit_learning_curve(val_accuracy: Sequence[float], window: int = FIT_WINDOW) 
     ``b <= 0`` (never reaches a higher target).
     """
     points = [
-        (float(e), 1.0 - acc) for e, acc in enumerate(val_accuracy, start=1) if 0.0 <= acc < 1.0
+        # Scores of any metric: 1 - score is the distance from perfect (rmse's score is
+        # 1 - rmse, below 0 for errors above 1), so only a perfect score is left out.
+        (float(e), 1.0 - acc)
+        for e, acc in enumerate(val_accuracy, start=1)
+        if acc < 1.0
     ]
     points = points[-window:]
     if len(points) < 3:
@@ -98,7 +102,7 @@ def assess_target(
     :data:`UNREACHABLE_MARGIN` times.
     """
     done = len(val_accuracy)
-    best = max(val_accuracy, default=0.0)
+    best = max(val_accuracy, default=-math.inf)
     if best >= target:
         return AccuracyOutlook(True, float(done), best, f"reached {best:.4f} >= {target:.4f}")
     fit = fit_learning_curve(val_accuracy)

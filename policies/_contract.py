@@ -14,7 +14,9 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final
 
-CONTRACT_VERSION: Final = 1
+from policies._metrics import METRICS, TASKS, metric
+
+CONTRACT_VERSION: Final = 2
 
 
 class ContractError(ValueError):
@@ -99,40 +101,66 @@ FIELDS: Final[tuple[FieldSpec, ...]] = (
         maximum=7 * 86400,
     ),
     FieldSpec(
-        "target_accuracy",
+        "task",
+        "string",
+        "auto",
+        "Task",
+        "classification or regression; auto: inferred from the label where that is "
+        "unambiguous (text labels are classes, fractional numbers a quantity), otherwise the "
+        "prepare task asks for it.",
+        _S_QUALITY,
+        "choose 'auto', 'classification' or 'regression'",
+        enum=("auto", *TASKS),
+    ),
+    FieldSpec(
+        "target_metric",
+        "string",
+        "accuracy",
+        "Target metric",
+        "The test-set metric the model is judged by: accuracy, f1_macro, roc_auc (binary "
+        "labels) for classification; rmse, mae (lower is better), r2 for regression. The "
+        "gate, early stop, review and canary all use it.",
+        _S_QUALITY,
+        f"choose one of {', '.join(METRICS)}",
+        enum=tuple(METRICS),
+    ),
+    FieldSpec(
+        "target_value",
         "number",
         0.9,
-        "Target accuracy",
-        "Test-set accuracy the model must reach to be promoted (0 < x < 1).",
+        "Target value",
+        "The value of target_metric the model must reach to be promoted: at least this for "
+        "accuracy, f1_macro, roc_auc, r2; at most this for rmse, mae (in the label's units).",
         _S_QUALITY,
-        "use a fraction below 1.0, e.g. 0.9 (no held-out metric is reliably 1.0)",
-        exclusive_minimum=0,
-        exclusive_maximum=1,
+        "give the metric's target, e.g. 0.9 for accuracy or 55 for an RMSE",
+        minimum=-1e12,
+        maximum=1e12,
     ),
     FieldSpec(
         "min_gain_over_champion",
         "number",
         0.0,
         "Minimum gain over champion",
-        "Accuracy the new model must add to the model now serving (champion) to replace it.",
+        "How much better than the model now serving (champion), in target_metric's units, "
+        "the new model must be to replace it (for rmse/mae: how much lower).",
         _S_QUALITY,
-        "use a fraction between 0 and 0.5, e.g. 0.005",
+        "use a number from 0 up, in the metric's units, e.g. 0.005 for accuracy",
         minimum=0,
-        maximum=0.5,
+        maximum=1e12,
     ),
     FieldSpec(
         "stop_margin",
         "number",
         0.03,
         "Validation margin",
-        "Training stops early only once validation accuracy exceeds the accuracy the gate "
-        "needs by this much: the gate reads the test set, a different sample, and a model "
-        "stopped exactly at the threshold fails it about half the time (0.03 is about the "
-        "95% CI half-width of a few hundred validation rows).",
+        "Training stops early only once the validation metric beats what the gate "
+        "needs by this much (target_metric's units): the gate reads the test set, a "
+        "different sample, and a model stopped exactly at the threshold fails it about half "
+        "the time (0.03 is about the 95% CI half-width of a few hundred validation rows).",
         _S_QUALITY,
-        "use a fraction from 0 to 0.2, e.g. 0.03",
+        "use a number from 0 up in the metric's units, e.g. 0.03 for accuracy",
         minimum=0,
-        maximum=0.2,
+        maximum=1e12,
     ),
     FieldSpec(
         "max_workers",
@@ -207,12 +235,12 @@ FIELDS: Final[tuple[FieldSpec, ...]] = (
         "number",
         0.005,
         "Borderline margin",
-        "A candidate whose accuracy is within max(this, the 95% CI half-width of its test "
-        "accuracy) of the accuracy it needs, on either side, is borderline.",
+        "A candidate whose test metric is within max(this, the 95% CI half-width of its test "
+        "metric) of what it needs, on either side, is borderline (target_metric's units).",
         _S_REVIEW,
-        "use a fraction from 0 to 0.2, e.g. 0.005",
+        "use a number from 0 up in the metric's units, e.g. 0.005 for accuracy",
         minimum=0,
-        maximum=0.2,
+        maximum=1e12,
     ),
     FieldSpec(
         "review_max_cost_ratio",
@@ -457,12 +485,12 @@ FIELDS: Final[tuple[FieldSpec, ...]] = (
         "number",
         0.01,
         "Variant accuracy slack",
-        "A cheaper model variant (int8) may serve if its measured accuracy is at most this "
-        "far below the trained model's and still meets the target accuracy.",
+        "A cheaper model variant (int8) may serve if its measured test metric is at most this "
+        "far worse than the trained model's and still meets target_value.",
         _S_SERVING,
-        "use a fraction from 0 to 0.2 (0: only the full model)",
+        "use a number from 0 up in the metric's units (0: only the full model)",
         minimum=0,
-        maximum=0.2,
+        maximum=1e12,
     ),
     FieldSpec(
         "serving_budget_per_hour",
@@ -480,19 +508,66 @@ FIELDS: Final[tuple[FieldSpec, ...]] = (
         "string",
         "sklearn:digits",
         "Data source",
-        "CSV or Parquet path/URI with one row per example, or 'sklearn:digits' for the "
-        "bundled digits data set.",
+        "CSV or Parquet path/URI with one row per example, or a bundled set: sklearn:digits, "
+        "sklearn:diabetes, sklearn:breast_cancer, slaflow:tickets (text columns).",
         _S_DATA,
-        "give a readable .csv or .parquet path, or sklearn:digits",
+        "give a readable .csv or .parquet path, or a bundled set such as sklearn:digits",
     ),
     FieldSpec(
         "label_column",
         "string",
         "label",
         "Label column",
-        "Column holding the class label; every other column must be numeric.",
+        "Column holding what the model predicts: class names or numbers (classification), "
+        "or a quantity (regression).",
         _S_DATA,
-        "name the column of the data that holds the class label",
+        "name the column of the data that holds the label",
+    ),
+    FieldSpec(
+        "feature_columns",
+        "array",
+        [],
+        "Feature columns",
+        "Columns the model reads; empty: every column but the label and drop_columns. "
+        "Numeric columns are standardised, text columns become categories (a vocabulary "
+        "computed by the prepare task, unseen values in an out-of-vocabulary bucket).",
+        _S_DATA,
+        'list column names, e.g. ["age", "city"], or leave it empty',
+        items={"type": "string", "minLength": 1, "maxLength": 256},
+        max_items=10_000,
+    ),
+    FieldSpec(
+        "drop_columns",
+        "array",
+        [],
+        "Columns to leave out",
+        "Columns that are not features (IDs, timestamps, free text to ignore).",
+        _S_DATA,
+        'list column names, e.g. ["id", "created_at"], or leave it empty',
+        items={"type": "string", "minLength": 1, "maxLength": 256},
+        max_items=10_000,
+    ),
+    FieldSpec(
+        "split",
+        "string",
+        "auto",
+        "Split",
+        "How rows are split into train/validation/test: stratified (each class in every split "
+        "in proportion), random, or time (ordered by time_column: the newest rows are the "
+        "test set); auto: stratified for classification, random for regression.",
+        _S_DATA,
+        "choose 'auto', 'stratified', 'random' or 'time'",
+        enum=("auto", "stratified", "random", "time"),
+    ),
+    FieldSpec(
+        "time_column",
+        "string",
+        "",
+        "Time column",
+        "With split 'time': the column that orders rows (newest last). It is not a feature.",
+        _S_DATA,
+        "name a column of the data that orders rows in time, or leave it empty",
+        pattern=r"^.{0,256}$",
     ),
     FieldSpec(
         "validation_fraction",
@@ -564,6 +639,28 @@ FIELDS: Final[tuple[FieldSpec, ...]] = (
         pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$",
     ),
     FieldSpec(
+        "model",
+        "string",
+        "mlp",
+        "Model",
+        "mlp: the built-in Keras MLP (hidden_units). package.module:function: your Keras "
+        "model builder, importable on every Ray node; it is called as function(input_spec, "
+        "model_params) and returns an uncompiled tf-keras model whose input is the encoded "
+        "feature vector (input_spec says its width, the feature names and the task).",
+        _S_MODEL,
+        "use 'mlp' or 'package.module:function', e.g. 'examples.digits_cnn:build'",
+        pattern=r"^mlp$|^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*:[A-Za-z_][A-Za-z0-9_]*$",
+    ),
+    FieldSpec(
+        "model_params",
+        "object",
+        {},
+        "Model parameters",
+        "A JSON object handed to your model builder as it is (the built-in mlp ignores it).",
+        _S_MODEL,
+        'give a JSON object, e.g. {"filters": 16}',
+    ),
+    FieldSpec(
         "hidden_units",
         "array",
         [64, 64],
@@ -629,7 +726,7 @@ class RunContract:
     """What one run must achieve. Build it with :meth:`from_dict`, which validates."""
 
     deadline_s: float
-    target_accuracy: float
+    target_value: float
     min_gain_over_champion: float
     max_workers: int
     cpus_per_worker: float
@@ -675,6 +772,14 @@ class RunContract:
     serving_tiers: str = "cpu_on_demand,scale_to_zero,gpu"
     serving_accuracy_slack: float = 0.01
     serving_budget_per_hour: float = 0.0
+    task: str = "auto"
+    target_metric: str = "accuracy"
+    feature_columns: tuple[str, ...] = ()
+    drop_columns: tuple[str, ...] = ()
+    split: str = "auto"
+    time_column: str = ""
+    model: str = "mlp"
+    model_params: Mapping[str, Any] = field(default_factory=dict)
     contract_version: int = field(default=CONTRACT_VERSION)
 
     @classmethod
@@ -693,20 +798,23 @@ class RunContract:
                 f"must be a JSON object, got {type(raw).__name__}",
                 "pass the contract as a mapping of field name to value",
             )
+        raw, notes = migrate_contract(raw)
+        try:
+            return cls._build(raw)
+        except ContractError as exc:
+            if notes and exc.field == "target_value":  # name the field the person wrote
+                raise ContractError("target_accuracy", exc.problem, exc.fix) from None
+            raise
+
+    @classmethod
+    def _build(cls, raw: Mapping[str, Any]) -> RunContract:
         known = set(FIELDS_BY_NAME) | {"contract_version"}
         unknown = sorted(set(raw) - known)
         if unknown:
             raise ContractError(
                 unknown[0],
-                "is not a field of run contract v1",
+                f"is not a field of run contract v{CONTRACT_VERSION}",
                 f"remove it or use one of: {', '.join(sorted(known))}",
-            )
-        version = raw.get("contract_version", CONTRACT_VERSION)
-        if version != CONTRACT_VERSION:
-            raise ContractError(
-                "contract_version",
-                f"version {version!r} is not supported",
-                f"use contract_version {CONTRACT_VERSION}",
             )
         values = {
             spec.name: _validate(spec, _or_default(spec, raw.get(spec.name, spec.default)))
@@ -720,8 +828,9 @@ class RunContract:
             )
         _check_training_mode(values)
         _check_serving(values)
-        values["hidden_units"] = tuple(values["hidden_units"])
-        return cls(**values)
+        _check_quality(values)
+        _check_data(values)
+        return cls(**_frozen(values))
 
     @classmethod
     def from_validated(cls, raw: Mapping[str, Any]) -> RunContract:
@@ -729,8 +838,20 @@ class RunContract:
         carried between tasks): no checks run again. Use :meth:`from_dict` for anything a
         person or another system wrote."""
         values = {spec.name: raw.get(spec.name, spec.default) for spec in FIELDS}
-        values["hidden_units"] = tuple(values["hidden_units"])
-        return cls(**values, contract_version=int(raw.get("contract_version", CONTRACT_VERSION)))
+        return cls(
+            **_frozen(values), contract_version=int(raw.get("contract_version", CONTRACT_VERSION))
+        )
+
+    @property
+    def quality_metric(self) -> Any:
+        """The :class:`policies.Metric` of ``target_metric``."""
+        return metric(self.target_metric)
+
+    @property
+    def target_score(self) -> float:
+        """``target_value`` as a score (higher is better, 1 perfect): what every quality
+        decision compares."""
+        return metric(self.target_metric).score(self.target_value)
 
     @property
     def tuning(self) -> bool:
@@ -742,8 +863,54 @@ class RunContract:
     def to_dict(self) -> dict[str, Any]:
         """JSON-able form; round-trips through :meth:`from_dict`."""
         out = dataclasses.asdict(self)
-        out["hidden_units"] = list(self.hidden_units)
+        for name in ("hidden_units", "feature_columns", "drop_columns"):
+            out[name] = list(out[name])
+        out["model_params"] = dict(self.model_params)
         return out
+
+
+def _frozen(values: dict[str, Any]) -> dict[str, Any]:
+    """Lists as tuples, so the contract is hashable and immutable."""
+    for name in ("hidden_units", "feature_columns", "drop_columns"):
+        values[name] = tuple(values[name])
+    values["model_params"] = dict(values["model_params"])
+    return values
+
+
+def migrate_contract(raw: Mapping[str, Any]) -> tuple[dict[str, Any], list[str]]:
+    """A v1 contract as v2, with one line per change (the plan task logs them).
+
+    v1 judged every model by accuracy (``target_accuracy``); v2 names the metric
+    (``target_metric``, ``target_value``). A contract that names no version is v1 when it
+    carries ``target_accuracy``, otherwise v2."""
+    out = dict(raw)
+    version = out.pop("contract_version", 1 if "target_accuracy" in out else CONTRACT_VERSION)
+    if version not in (1, CONTRACT_VERSION):
+        raise ContractError(
+            "contract_version",
+            f"version {version!r} is not supported",
+            f"use contract_version {CONTRACT_VERSION} (or 1, which is migrated)",
+        )
+    notes: list[str] = []
+    if version == 1 or "target_accuracy" in out:
+        if "target_accuracy" in out:
+            if out.get("target_metric", "accuracy") != "accuracy":
+                raise ContractError(
+                    "target_accuracy",
+                    f"is a v1 field and the contract also sets target_metric "
+                    f"{out['target_metric']!r}",
+                    "remove target_accuracy and give target_value in target_metric's units",
+                )
+            out["target_metric"] = "accuracy"
+            out["target_value"] = out.pop("target_accuracy")
+            notes.append(
+                f"contract v1 migrated to v{CONTRACT_VERSION}: target_accuracy "
+                f"{out['target_value']!r} -> target_metric 'accuracy', target_value "
+                f"{out['target_value']!r}"
+            )
+        else:
+            notes.append(f"contract v1 migrated to v{CONTRACT_VERSION}: nothing to change")
+    return out, notes
 
 
 SERVING_TIERS: Final[tuple[str, ...]] = ("cpu_on_demand", "cpu_spot", "gpu", "scale_to_zero")
@@ -770,6 +937,82 @@ def _check_serving(values: Mapping[str, Any]) -> None:
             "serving_tiers",
             f"names unknown tier(s) {unknown}",
             f"use some of {', '.join(SERVING_TIERS)}",
+        )
+
+
+def _check_quality(values: Mapping[str, Any]) -> None:
+    """The target must be a value the metric can take, and the metric must fit the task."""
+    m = metric(values["target_metric"])
+    task = values["task"]
+    if task != "auto" and m.task != task:
+        raise ContractError(
+            "target_metric",
+            f"{m.name!r} is a {m.task} metric and task is {task!r}",
+            f"use one of {', '.join(n for n, x in METRICS.items() if x.task == task)}",
+        )
+    value = values["target_value"]
+    if m.name in ("accuracy", "f1_macro", "roc_auc") and not 0 < value < 1:
+        raise ContractError(
+            "target_value",
+            f"{m.name} {value!r} is not between 0 and 1 (exclusive)",
+            "use a fraction below 1.0, e.g. 0.9 (no held-out metric is reliably 1.0)",
+        )
+    if m.name in ("rmse", "mae") and value <= 0:
+        raise ContractError(
+            "target_value",
+            f"{m.name} {value!r} is not above 0 (an error of 0 is never measured)",
+            f"give the largest {m.name} you accept, in the label's units, e.g. 55",
+        )
+    if m.name == "r2" and not value < 1:
+        raise ContractError(
+            "target_value", f"r2 {value!r} is not below 1", "use a value below 1.0, e.g. 0.4"
+        )
+    tuning = values["training_mode"] == "tuning" or values["tuning_trials"] > 0
+    if (values["training_mode"] in ("federated", "spark_mllib") or tuning) and (
+        m.task != "classification" or values["model"] != "mlp"
+    ):
+        raise ContractError(
+            "training_mode" if not tuning else "tuning_trials",
+            f"{values['training_mode']!r}{' with tuning' if tuning else ''} trains the built-in "
+            f"classifier (model 'mlp', a classification metric) only",
+            "use training_mode 'centralized' with tuning_trials 0 for this model and metric",
+        )
+
+
+def _check_data(values: Mapping[str, Any]) -> None:
+    """Columns the model reads, leaves out and orders by must not contradict each other."""
+    label = values["label_column"]
+    for name in ("feature_columns", "drop_columns"):
+        if label in values[name]:
+            raise ContractError(
+                name, f"names the label column {label!r}", f"remove {label!r} from {name}"
+            )
+        if len(set(values[name])) != len(values[name]):
+            raise ContractError(name, "names a column twice", "list each column once")
+    both = sorted(set(values["feature_columns"]) & set(values["drop_columns"]))
+    if both:
+        raise ContractError(
+            "drop_columns",
+            f"{both[0]!r} is also in feature_columns",
+            "list it in one of the two",
+        )
+    if values["split"] == "time" and not values["time_column"]:
+        raise ContractError(
+            "time_column",
+            "is empty and split is 'time'",
+            "name the column that orders rows in time, or choose another split",
+        )
+    if values["time_column"] and values["time_column"] in values["feature_columns"]:
+        raise ContractError(
+            "time_column",
+            f"{values['time_column']!r} is also in feature_columns",
+            "a time column orders rows and is not a feature: remove it from feature_columns",
+        )
+    if values["split"] == "stratified" and values["task"] == "regression":
+        raise ContractError(
+            "split",
+            "'stratified' needs classes and task is 'regression'",
+            "use 'random' or 'time'",
         )
 
 
@@ -843,7 +1086,12 @@ def _validate(spec: FieldSpec, value: Any) -> Any:
         if spec.pattern is not None and not re.fullmatch(spec.pattern, value):
             raise ContractError(name, f"{value!r} does not match {spec.pattern}", spec.fix)
     elif spec.type == "array":
-        value = _validate_int_list(spec, value)
+        if (spec.items or {}).get("type") == "string":
+            value = _validate_str_list(spec, value)
+        else:
+            value = _validate_int_list(spec, value)
+    elif spec.type == "object":
+        value = _validate_object(spec, value)
     if spec.enum is not None and value not in spec.enum:
         raise ContractError(name, f"{value!r} is not one of {list(spec.enum)}", spec.fix)
     return value
@@ -879,8 +1127,34 @@ def _validate_int_list(spec: FieldSpec, value: Any) -> list[int]:
     return out
 
 
+def _validate_str_list(spec: FieldSpec, value: Any) -> list[str]:
+    if isinstance(value, str) or not isinstance(value, Sequence):
+        raise ContractError(spec.name, f"must be a list of column names, got {value!r}", spec.fix)
+    items = list(value)
+    if spec.max_items is not None and len(items) > spec.max_items:
+        raise ContractError(spec.name, f"has {len(items)} entries, over {spec.max_items}", spec.fix)
+    for item in items:
+        if not isinstance(item, str) or not 1 <= len(item) <= 256:
+            raise ContractError(spec.name, f"entry {item!r} is not a column name", spec.fix)
+    return items
+
+
+def _validate_object(spec: FieldSpec, value: Any) -> dict[str, Any]:
+    import json
+
+    if not isinstance(value, Mapping) or not all(isinstance(k, str) for k in value):
+        raise ContractError(spec.name, f"must be a JSON object, got {value!r}", spec.fix)
+    try:
+        text = json.dumps(dict(value), allow_nan=False)
+    except (TypeError, ValueError) as exc:
+        raise ContractError(spec.name, f"is not JSON ({exc})", spec.fix) from None
+    if len(text) > 65_536:
+        raise ContractError(spec.name, f"is {len(text)} characters of JSON, over 65536", spec.fix)
+    return json.loads(text)  # type: ignore[no-any-return]
+
+
 def contract_json_schema() -> dict[str, Any]:
-    """JSON schema (draft 2020-12) of run contract v1, with titles, sections and defaults."""
+    """JSON schema (draft 2020-12) of the run contract, with titles, sections and defaults."""
     properties: dict[str, Any] = {}
     for spec in FIELDS:
         prop = spec.json_schema()
@@ -893,7 +1167,7 @@ def contract_json_schema() -> dict[str, Any]:
         properties[spec.name] = prop
     properties["contract_version"] = {
         "type": "integer",
-        "const": CONTRACT_VERSION,
+        "enum": [1, CONTRACT_VERSION],
         "default": CONTRACT_VERSION,
     }
     return {

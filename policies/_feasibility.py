@@ -197,7 +197,7 @@ def assess_feasibility(
             math.inf,
             estimate.epochs,
             f"target out of reach: {estimate.source}",
-            ("lower target_accuracy", "change the model (hidden_units, learning_rate) or the data"),
+            ("relax target_value", "change the model (hidden_units, learning_rate) or the data"),
         )
     usable = {m.shape: min(max_workers, capacity.get(m.shape, 0)) for m in models}
     if all(u < 1 for u in usable.values()):
@@ -255,7 +255,7 @@ def assess_feasibility(
     relax_by = earliest / DEADLINE_ALPHA - remaining
     suggestions = [
         f"relax deadline_s by {math.ceil(relax_by)}s (to {math.ceil(deadline_s + relax_by)}s)",
-        "lower target_accuracy",
+        "relax target_value",
     ]
     if need is not None and need > max_workers:
         binding = "budget"

@@ -548,7 +548,7 @@ def plan_for_contract(
     """
     full = profile.variant("full").accuracy
     slack = contract.serving_accuracy_slack
-    floor = full if slack == 0 else max(contract.target_accuracy, full - slack)
+    floor = full if slack == 0 else max(contract.target_score, full - slack)
     usable, why = usable_tiers(prices, cluster_resources, contract.serving_node_resource)
     wanted = [t for t in contract.serving_tiers.split(",") if t]
     allowed = [t for t in wanted if t in usable.tiers]

@@ -35,7 +35,7 @@ class RunPlan:
         worker_reason: str,
     ) -> RunPlan:
         required = required_accuracy(
-            contract.target_accuracy, contract.min_gain_over_champion, champion
+            contract.target_score, contract.min_gain_over_champion, champion
         )
         return cls(
             contract=contract,

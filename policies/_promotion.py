@@ -10,6 +10,13 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
+from policies._metrics import metric
+
+#: Fewest test rows a gate decision may rest on alone: below it the test metric's interval is
+#: too wide to tell models apart (accuracy's 95% CI half-width is ~0.18 at 30 rows), so the
+#: gate does not promote by itself: a person decides (review) or it refuses, saying why.
+MIN_TEST_ROWS = 30
+
 CHAMPION = "champion"
 CHALLENGER = "challenger"
 PREVIOUS_CHAMPION = "previous_champion"
@@ -44,6 +51,13 @@ class PromotionDecision:
     champion_accuracy: float | None
     checks: tuple[GateCheck, ...]
     champion_cost: float | None = None
+    #: The contract's target_metric; the ``*_accuracy`` fields hold its scores
+    #: (``policies.Metric.score``: the metric itself for accuracy).
+    metric_name: str = "accuracy"
+
+    def shown(self, score: float | None) -> str:
+        """A score as the metric's value, e.g. ``rmse 52.31``."""
+        return "-" if score is None else f"{metric(self.metric_name).value(score):.4f}"
 
     @property
     def reasons(self) -> tuple[str, ...]:
@@ -68,6 +82,7 @@ class PromotionDecision:
                 for c in raw["checks"]
             ),
             champion_cost=raw.get("champion_cost"),
+            metric_name=str(raw.get("metric_name", "accuracy")),
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -78,6 +93,7 @@ class PromotionDecision:
             "required_accuracy": self.required_accuracy,
             "champion_version": self.champion_version,
             "champion_accuracy": self.champion_accuracy,
+            "metric_name": self.metric_name,
             "champion_cost": self.champion_cost,
             "checks": [
                 {"name": c.name, "passed": c.passed, "detail": c.detail} for c in self.checks
@@ -99,15 +115,24 @@ def decide_promotion(
     target_accuracy: float,
     min_gain_over_champion: float,
     champion: ChampionRecord | None,
+    metric_name: str = "accuracy",
+    test_rows: int | None = None,
 ) -> PromotionDecision:
-    """Promote iff the target is met and the champion (if any) is beaten by the minimum gain."""
-    if not 0.0 <= candidate_accuracy <= 1.0:
-        raise ValueError(f"candidate_accuracy must be within [0, 1], got {candidate_accuracy!r}")
+    """Promote iff the target is met and the champion (if any) is beaten by the minimum gain,
+    on a test set of at least :data:`MIN_TEST_ROWS` rows (when ``test_rows`` is given).
+
+    Scores in ``metric_name`` (``policies.Metric.score``: higher is better, the metric itself
+    for accuracy); ``min_gain_over_champion`` in the metric's units."""
+    m = metric(metric_name)
+    if not -1e15 < candidate_accuracy <= 1.0:
+        raise ValueError(f"candidate score must be finite and <= 1, got {candidate_accuracy!r}")
+    op = ">=" if m.higher_is_better else "<="
     checks = [
         GateCheck(
-            "target_accuracy",
+            "target_accuracy" if metric_name == "accuracy" else f"target_{metric_name}",
             candidate_accuracy >= target_accuracy,
-            f"accuracy {candidate_accuracy:.4f} vs target {target_accuracy:.4f}",
+            f"{metric_name} {m.value(candidate_accuracy):.4f} vs target {op} "
+            f"{m.value(target_accuracy):.4f}",
         )
     ]
     if champion is None:
@@ -118,8 +143,23 @@ def decide_promotion(
             GateCheck(
                 "gain_over_champion",
                 gain >= min_gain_over_champion,
-                f"gain {gain:+.4f} over champion v{champion.version} "
-                f"({champion.accuracy:.4f}) vs required {min_gain_over_champion:+.4f}",
+                f"gain {gain:+.4f} in {metric_name} over champion v{champion.version} "
+                f"({m.value(champion.accuracy):.4f}) vs required {min_gain_over_champion:+.4f}",
+            )
+        )
+    if test_rows is not None:
+        checks.append(
+            GateCheck(
+                TEST_SET_CHECK,
+                test_rows >= MIN_TEST_ROWS,
+                f"{test_rows} test rows"
+                + (
+                    ""
+                    if test_rows >= MIN_TEST_ROWS
+                    else f", fewer than {MIN_TEST_ROWS}: too few to support a decision alone. "
+                    f"Use more data or a larger test_fraction, or set review_policy "
+                    f"'borderline' to let a person decide"
+                ),
             )
         )
     promote = all(c.passed for c in checks)
@@ -132,7 +172,11 @@ def decide_promotion(
         champion_accuracy=None if champion is None else champion.accuracy,
         checks=tuple(checks),
         champion_cost=None if champion is None else champion.cost,
+        metric_name=metric_name,
     )
+
+
+TEST_SET_CHECK = "test_set_size"
 
 
 REVIEW_POLICIES = ("never", "borderline", "always")
@@ -193,13 +237,17 @@ def review_request(
             ("review policy 'always': every candidate that meets the target waits for approval",),
         )
     reasons: list[str] = []
+    small = [c for c in decision.checks if c.name == TEST_SET_CHECK and not c.passed]
+    if small and all(c.passed for c in decision.checks if c.name != TEST_SET_CHECK):
+        reasons.append(f"the gate would promote, but on {small[0].detail.split(',')[0]}")
     if decision.champion_accuracy is not None:
         band = max(margin, accuracy_noise)
         distance = decision.candidate_accuracy - decision.required_accuracy
         if abs(distance) <= band:
             reasons.append(
-                f"gain within the noise: accuracy {decision.candidate_accuracy:.4f} is "
-                f"{distance:+.4f} from the required {decision.required_accuracy:.4f}, inside "
+                f"gain within the noise: {decision.metric_name} "
+                f"{decision.shown(decision.candidate_accuracy)} is {distance:+.4f} from the "
+                f"required {decision.shown(decision.required_accuracy)}, inside "
                 f"+/-{band:.4f} (95% CI half-width {accuracy_noise:.4f}, margin {margin:.4f})"
             )
     champion_cost = decision.champion_cost
@@ -260,7 +308,11 @@ def final_decision(
     now = None if champion_now is None else champion_now.version
     if now != gate_decision.champion_version:
         decision = decide_promotion(
-            candidate_accuracy, target_accuracy, min_gain_over_champion, champion_now
+            candidate_accuracy,
+            target_accuracy,
+            min_gain_over_champion,
+            champion_now,
+            gate_decision.metric_name,
         )
         if review_required:
             decision = apply_review(
@@ -287,12 +339,13 @@ def gate_report_markdown(
     champ = (
         "none yet"
         if decision.champion_version is None
-        else f"v{decision.champion_version} at {decision.champion_accuracy:.4f}"
+        else f"v{decision.champion_version} at {decision.shown(decision.champion_accuracy)}"
     )
+    lo, hi = sorted(metric(decision.metric_name).value(c) for c in ci)
     lines = [
-        f"**{model_name} v{version}**: test accuracy **{decision.candidate_accuracy:.4f}** "
-        f"(95% CI {ci[0]:.4f}-{ci[1]:.4f}); needs {decision.required_accuracy:.4f}; "
-        f"champion {champ}.",
+        f"**{model_name} v{version}**: test {decision.metric_name} "
+        f"**{decision.shown(decision.candidate_accuracy)}** (95% CI {lo:.4f}-{hi:.4f}); needs "
+        f"{decision.shown(decision.required_accuracy)}; champion {champ}.",
         "",
         f"Automatic verdict: **{'promote' if decision.promote else 'keep as challenger'}**",
         "",

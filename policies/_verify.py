@@ -65,6 +65,7 @@ def verify_verdict(
     percentile_q: int,
     expected_accuracy: float,
     bad_request_status: int,
+    regression_rmse: tuple[float, float] | None = None,
 ) -> VerifyVerdict:
     """Three checks on what the endpoint did for ``len(latencies_ms)`` real requests:
     the latency SLO at the contract's percentile, the served answers as accurate as the served
@@ -74,6 +75,24 @@ def verify_verdict(
     p50 = percentile(latencies_ms, 50)
     served = correct / n if n else 0.0
     floor = accuracy_floor(expected_accuracy, n)
+    answers = GateCheck(
+        "served_accuracy",
+        served >= floor,
+        f"{served:.4f} of {n} answers right; the served variant tested "
+        f"{expected_accuracy:.4f}, so at least {floor:.4f} is expected",
+    )
+    if regression_rmse is not None:
+        # Values: the served answers' RMSE on these rows, against the tested RMSE with
+        # room for sampling noise (relative standard error of an RMSE ~ 1/sqrt(2n); 4 of them).
+        served_rmse, expected_rmse = regression_rmse
+        ceiling = expected_rmse * (1 + 4 / math.sqrt(2 * max(n, 1)))
+        served = served_rmse
+        answers = GateCheck(
+            "served_rmse",
+            served_rmse <= ceiling,
+            f"RMSE {served_rmse:.4g} over {n} answers; the served model tested "
+            f"{expected_rmse:.4g}, so at most {ceiling:.4g} is expected",
+        )
     checks = (
         GateCheck(
             "latency_slo",
@@ -81,12 +100,7 @@ def verify_verdict(
             f"p{percentile_q} {tail:.1f} ms {'<=' if tail <= slo_ms else '>'} SLO "
             f"{slo_ms:g} ms over {n} sequential requests (p50 {p50:.1f} ms)",
         ),
-        GateCheck(
-            "served_accuracy",
-            served >= floor,
-            f"{served:.4f} of {n} answers right; the served variant tested "
-            f"{expected_accuracy:.4f}, so at least {floor:.4f} is expected",
-        ),
+        answers,
         GateCheck(
             "malformed_request",
             400 <= bad_request_status < 500,

@@ -1,15 +1,17 @@
 """Ray Job: held-out test metrics of a logged model, written to its MLflow run.
 
-Logs ``test_accuracy``, ``test_loss``, a 95% Wilson interval of the accuracy (the gate and a
-reviewer need the uncertainty, not just a point), the parameter count (the gate's serving-cost
-proxy) and a confusion-matrix PNG. It also builds the cheaper servable variant (int8) and
-scores it on the same rows: each variant's accuracy is measured here, once per version, and
+Logs every metric of the task (``test_accuracy``, ``test_f1_macro``, ``test_roc_auc`` or
+``test_rmse``, ``test_mae``, ``test_r2``), ``test_loss``, a 95% interval of the contract's
+target metric (Wilson for accuracy, a bootstrap otherwise: the gate and a reviewer need the
+uncertainty, not just a point), its score (``test_score``, what the gate compares), the
+parameter count (the gate's serving-cost proxy) and a confusion-matrix PNG. It also builds the
+cheaper servable variant (int8) and scores it on the same rows: each variant's accuracy is
+measured here, once per version, and
 the serving profile (latency) can then be reused across versions of the same architecture.
 """
 
 from __future__ import annotations
 
-import math
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -18,16 +20,6 @@ import numpy as np
 
 from ray_jobs import data_io
 from ray_jobs.entry import run_entrypoint
-
-
-def wilson_interval(successes: int, n: int, z: float = 1.96) -> tuple[float, float]:
-    if n == 0:
-        return 0.0, 1.0
-    p = successes / n
-    denom = 1 + z * z / n
-    centre = (p + z * z / (2 * n)) / denom
-    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
-    return max(0.0, centre - half), min(1.0, centre + half)
 
 
 def confusion_matrix(y_true: np.ndarray, y_pred: np.ndarray, n_classes: int) -> np.ndarray:
@@ -56,12 +48,36 @@ def _plot_confusion(cm: np.ndarray, classes: list[Any], path: Path) -> None:
     plt.close(fig)
 
 
+def task_metrics(
+    task: str, y: np.ndarray, prediction: np.ndarray, n_classes: int
+) -> dict[str, float]:
+    """Every metric of the task on the test rows (a later contract may judge by another), and
+    the loss: cross-entropy for classes, mean squared error for values."""
+    from policies import METRICS, compute_metric
+
+    out = {
+        f"test_{name}": compute_metric(name, y, prediction, n_classes)
+        for name, m in METRICS.items()
+        if m.task == task and (not m.binary_only or n_classes == 2)
+    }
+    if task == "regression":
+        out["test_loss"] = float(np.mean((prediction.reshape(-1) - y) ** 2))
+    else:
+        out["test_loss"] = float(
+            np.mean(-np.log(np.clip(prediction[np.arange(len(y)), y], 1e-7, 1.0)))
+        )
+    return out
+
+
 def run_evaluation(spec: dict[str, Any]) -> dict[str, Any]:
     import mlflow
 
+    from policies import compute_metric, metric, metric_interval
     from ray_jobs.model_format import Predictor, find_model_dir
     from ray_jobs.variants import VARIANT_FULL, VARIANT_INT8, Int8Predictor, log_int8_variant
 
+    name = str(spec.get("target_metric", "accuracy"))
+    quality = metric(name)
     # Both, explicitly: a stray MLFLOW_REGISTRY_URI on the node would otherwise send
     # model lookups to another registry.
     mlflow.set_tracking_uri(spec["tracking_uri"])
@@ -69,60 +85,81 @@ def run_evaluation(spec: dict[str, Any]) -> dict[str, Any]:
     with tempfile.TemporaryDirectory() as tmp:
         local = mlflow.artifacts.download_artifacts(artifact_uri=spec["model_uri"], dst_path=tmp)
         predictor = Predictor(find_model_dir(local))
-        x, y = data_io.read_xy(spec["test_path"], predictor.metadata.feature_names)
-        proba = predictor.predict_proba(x)
-        pred = proba.argmax(axis=1)
-        correct = int((pred == y).sum())
-        loss = float(np.mean(-np.log(np.clip(proba[np.arange(len(y)), y], 1e-7, 1.0))))
-        lo, hi = wilson_interval(correct, len(y))
-        classes = list(predictor.metadata.classes)
-        cm = confusion_matrix(y, pred, len(classes))
-        metrics = {
-            "test_accuracy": correct / len(y),
-            "test_loss": loss,
-            "test_accuracy_ci_low": lo,
-            "test_accuracy_ci_high": hi,
-            "test_rows": float(len(y)),
-            "model_params": float(predictor.parameter_count()),
-        }
+        meta = predictor.metadata
+        x, y = data_io.read_xy(
+            spec["test_path"],
+            {
+                "feature_names": meta.feature_names,
+                "encoding": meta.encoding,
+                "label_name": data_io.LABEL_VALUE if meta.regression else data_io.LABEL_INDEX,
+            },
+        )
+        classes = list(meta.classes)
+        prediction = predictor.predict_proba(x)
+        metrics = task_metrics(meta.task, y, prediction, len(classes))
+        lo, hi = metric_interval(name, y, prediction, len(classes))
+        metrics.update(
+            {
+                "test_score": quality.score(metrics[f"test_{name}"]),
+                # In score space (higher is better): the gate's noise band.
+                "test_score_ci_low": min(quality.score(lo), quality.score(hi)),
+                "test_score_ci_high": max(quality.score(lo), quality.score(hi)),
+                f"test_{name}_ci_low": lo,
+                f"test_{name}_ci_high": hi,
+                "test_rows": float(len(y)),
+                "model_params": float(predictor.parameter_count()),
+            }
+        )
+        if name == "accuracy":  # the v1 names, read by dashboards and older runs
+            metrics["test_accuracy_ci_low"], metrics["test_accuracy_ci_high"] = lo, hi
         variants = {
             VARIANT_FULL: {
-                "accuracy": correct / len(y),
+                "accuracy": metrics["test_score"],
                 "size_bytes": predictor.parameter_count() * 4,
             }
         }
         variant_uri = ""
-        try:
-            variant_uri = log_int8_variant(
-                predictor,
-                find_model_dir(local),
-                spec["mlflow_run_id"],
-                spec["feature_mean"],
-                spec["feature_std"],
+        if meta.model == "mlp" and not meta.regression:
+            try:
+                variant_uri = log_int8_variant(
+                    predictor,
+                    find_model_dir(local),
+                    spec["mlflow_run_id"],
+                    spec["feature_mean"],
+                    spec["feature_std"],
+                )
+            except ValueError as exc:  # no Dense layers: the full model serves alone
+                print(f"[evaluate] no int8 variant: {exc}", flush=True)
+        else:
+            print(
+                f"[evaluate] no int8 variant for a {meta.task} model {meta.model!r}: the full "
+                f"model serves alone",
+                flush=True,
             )
-        except ValueError as exc:  # no Dense layers: the full model serves alone
-            print(f"[evaluate] no int8 variant: {exc}", flush=True)
         if variant_uri:
             int8 = Int8Predictor(
                 mlflow.artifacts.download_artifacts(variant_uri, dst_path=f"{tmp}/int8")
             )
             variants[VARIANT_INT8] = {
-                "accuracy": float((int8.predict_proba(x).argmax(axis=1) == y).mean()),
+                "accuracy": quality.score(
+                    compute_metric(name, y, int8.predict_proba(x), len(classes))
+                ),
                 "size_bytes": int8.weight_bytes,
             }
         with mlflow.start_run(run_id=spec["mlflow_run_id"]):
             mlflow.log_metrics(metrics)
-            mlflow.log_metrics(
-                {f"serving_{v}_accuracy": d["accuracy"] for v, d in variants.items()}
-            )
-            png = Path(tmp) / "confusion_matrix.png"
-            _plot_confusion(cm, classes, png)
-            mlflow.log_artifact(str(png), artifact_path="evaluation")
-            mlflow.log_dict(
-                {"classes": classes, "matrix": cm.tolist()}, "evaluation/confusion_matrix.json"
-            )
+            mlflow.log_metrics({f"serving_{v}_score": d["accuracy"] for v, d in variants.items()})
+            if not meta.regression:
+                cm = confusion_matrix(y, prediction.argmax(axis=1), len(classes))
+                png = Path(tmp) / "confusion_matrix.png"
+                _plot_confusion(cm, classes, png)
+                mlflow.log_artifact(str(png), artifact_path="evaluation")
+                mlflow.log_dict(
+                    {"classes": classes, "matrix": cm.tolist()}, "evaluation/confusion_matrix.json"
+                )
     return {
         **metrics,
+        "test_metric": name,
         "test_rows": len(y),
         "variants": variants,
         "variant_uri": variant_uri,

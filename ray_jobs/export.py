@@ -93,22 +93,15 @@ def export_and_log(
     import mlflow
     from mlflow.models import infer_signature
 
-    from ray_jobs.model_format import ModelMetadata, build_mlp, export_saved_model
+    from ray_jobs.features import FeatureEncoder
+    from ray_jobs.model_format import ModelMetadata, export_saved_model
     from ray_jobs.pyfunc import SlaflowPyfunc
+    from ray_jobs.worker import model_from_config
 
     profile = spec["profile"]
-    model = build_mlp(
-        len(profile["feature_names"]),
-        len(profile["classes"]),
-        spec["hidden_units"],
-        profile["feature_mean"],
-        profile["feature_std"],
-        spec["seed"],
-    )
+    model = model_from_config(spec)
     model.set_weights(weights)
-    metadata = ModelMetadata(
-        tuple(profile["feature_names"]), tuple(profile["classes"]), tuple(spec["hidden_units"])
-    )
+    metadata = ModelMetadata.of(profile, spec["hidden_units"], str(spec.get("model", "mlp")))
     # Both, explicitly: a stray MLFLOW_REGISTRY_URI on the node would otherwise send
     # model lookups to another registry.
     mlflow.set_tracking_uri(spec["tracking_uri"])
@@ -117,11 +110,18 @@ def export_and_log(
         model_dir = export_saved_model(model, metadata, Path(tmp) / "model")
         import pandas as pd
 
+        encoder = FeatureEncoder.of_profile(profile)
         example = pd.DataFrame(
-            np.zeros((2, metadata.n_features), dtype="float32"),
-            columns=list(metadata.feature_names),
+            {
+                c.name: ["a", "b"] if c.kind == "categorical" else np.zeros(2, dtype="float32")
+                for c in encoder.columns
+            }
         )
-        output = pd.DataFrame({"prediction": [metadata.classes[0]] * 2, "confidence": [1.0, 1.0]})
+        output = (
+            pd.DataFrame({"prediction": [0.0, 0.0]})
+            if metadata.regression
+            else pd.DataFrame({"prediction": [metadata.classes[0]] * 2, "confidence": [1.0, 1.0]})
+        )
         info = mlflow.pyfunc.log_model(
             name="model",
             python_model=SlaflowPyfunc(),

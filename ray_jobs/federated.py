@@ -67,7 +67,7 @@ class FederatedClient:
 
         keras = tf_keras()
         profile = spec["profile"]
-        x, y = data_io.read_xy(spec["train_path"], profile["feature_names"])
+        x, y = data_io.read_xy(spec["train_path"], profile)
         self.client_id = client_id
         self.x, self.y = x[indices], y[indices]
         self.batch = int(spec["batch_size"])
@@ -186,7 +186,7 @@ class Federation:
         profile = spec["profile"]
         self.spec = spec
         self.clients = clients
-        self.xv, self.yv = data_io.read_xy(spec["val_path"], profile["feature_names"])
+        self.xv, self.yv = data_io.read_xy(spec["val_path"], profile)
         self.model = build_mlp(
             len(profile["feature_names"]),
             len(profile["classes"]),

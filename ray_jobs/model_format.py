@@ -24,13 +24,28 @@ SAVED_MODEL_DIR = "saved_model"
 
 @dataclass(frozen=True)
 class ModelMetadata:
-    feature_names: tuple[str, ...]
-    classes: tuple[Any, ...]  # original label values, index = class id
+    feature_names: tuple[str, ...]  # the model's inputs (encoded: one-hot slots named col=value)
+    classes: tuple[Any, ...]  # original label values, index = class id; () for regression
     hidden_units: tuple[int, ...]
+    task: str = "classification"
+    #: ``ray_jobs.features.FeatureEncoder.to_dict()``: raw columns -> inputs; None: numeric.
+    encoding: dict[str, Any] | None = None
+    model: str = "mlp"
 
     @property
     def n_features(self) -> int:
         return len(self.feature_names)
+
+    @property
+    def regression(self) -> bool:
+        return self.task == "regression"
+
+    def encoder(self) -> Any:
+        from ray_jobs.features import FeatureEncoder
+
+        return FeatureEncoder.of_profile(
+            {"encoding": self.encoding, "feature_names": self.feature_names}
+        )
 
     def to_json(self) -> str:
         return json.dumps(
@@ -38,13 +53,150 @@ class ModelMetadata:
                 "feature_names": list(self.feature_names),
                 "classes": list(self.classes),
                 "hidden_units": list(self.hidden_units),
+                "task": self.task,
+                "encoding": self.encoding,
+                "model": self.model,
             }
         )
 
     @classmethod
     def from_json(cls, text: str) -> ModelMetadata:
         d = json.loads(text)
-        return cls(tuple(d["feature_names"]), tuple(d["classes"]), tuple(d["hidden_units"]))
+        return cls(
+            tuple(d["feature_names"]),
+            tuple(d["classes"]),
+            tuple(d["hidden_units"]),
+            d.get("task", "classification"),
+            d.get("encoding"),
+            d.get("model", "mlp"),
+        )
+
+    @classmethod
+    def of(cls, profile: dict[str, Any], hidden_units: Sequence[int], model: str) -> ModelMetadata:
+        """The metadata of a model trained on a data profile."""
+        return cls(
+            tuple(profile["feature_names"]),
+            tuple(profile["classes"]),
+            tuple(hidden_units),
+            profile.get("task", "classification"),
+            profile.get("encoding"),
+            model,
+        )
+
+
+class UserModelError(RuntimeError):
+    """A user's model builder failed; the message names the function and the error."""
+
+
+def input_spec(profile: dict[str, Any]) -> dict[str, Any]:
+    """What a user's model builder is told about its input and output."""
+    classes = list(profile["classes"])
+    return {
+        "width": len(profile["feature_names"]),
+        "feature_names": list(profile["feature_names"]),
+        "input_columns": list(profile.get("input_columns", profile["feature_names"])),
+        "task": profile.get("task", "classification"),
+        "n_classes": len(classes),
+        "classes": classes,
+        "outputs": len(classes) if classes else 1,
+    }
+
+
+def load_builder(target: str) -> Any:
+    """The function ``package.module:function`` names."""
+    import importlib
+
+    module_name, _, func = target.partition(":")
+    try:
+        module = importlib.import_module(module_name)
+    except Exception as exc:
+        raise UserModelError(
+            f"model {target!r}: importing {module_name!r} failed with "
+            f"{type(exc).__name__}: {exc}. Fix: make the module importable on every Ray node "
+            f"(installed, or on PYTHONPATH)"
+        ) from exc
+    fn = getattr(module, func, None)
+    if not callable(fn):
+        raise UserModelError(f"model {target!r}: {module_name} has no function {func!r}")
+    return fn
+
+
+def build_model(
+    profile: dict[str, Any],
+    *,
+    model: str,
+    hidden_units: Sequence[int],
+    model_params: dict[str, Any],
+    seed: int,
+) -> Any:
+    """The model to train: the built-in MLP, or the user's builder wrapped between the input
+    standardisation and (for regression) the label's scale. Uncompiled."""
+    keras = tf_keras()
+    keras.utils.set_random_seed(seed)
+    spec = input_spec(profile)
+    std = np.where(
+        np.asarray(profile["feature_std"], dtype="float32") > 0, profile["feature_std"], 1.0
+    )
+    inputs = keras.Input(shape=(spec["width"],), name="features")
+    x = keras.layers.Normalization(
+        mean=np.asarray(profile["feature_mean"], dtype="float32"),
+        variance=np.square(std).astype("float32"),
+    )(inputs)
+    if model == "mlp":
+        for units in hidden_units:
+            x = keras.layers.Dense(units, activation="relu")(x)
+        head = (
+            keras.layers.Dense(1, name="value")
+            if spec["task"] == "regression"
+            else keras.layers.Dense(spec["outputs"], activation="softmax", name="probabilities")
+        )
+        out = head(x)
+    else:
+        fn = load_builder(model)
+        try:
+            user = fn(spec, dict(model_params))
+        except Exception as exc:
+            raise UserModelError(
+                f"model builder {model}(input_spec, model_params) raised "
+                f"{type(exc).__name__}: {exc}"
+            ) from exc
+        if not isinstance(user, keras.Model):
+            raise UserModelError(
+                f"model builder {model} returned {type(user).__name__}, not a tf_keras Model "
+                f"(build it with tf_keras: Keras 3 fails under MultiWorkerMirroredStrategy)"
+            )
+        try:
+            out = user(x)
+        except Exception as exc:
+            raise UserModelError(
+                f"model from {model} cannot take the input [batch, {spec['width']}]: "
+                f"{type(exc).__name__}: {exc}"
+            ) from exc
+        if int(out.shape[-1]) != spec["outputs"]:
+            raise UserModelError(
+                f"model from {model} outputs {int(out.shape[-1])} value(s) per row; the task "
+                f"needs {spec['outputs']} (one value for regression, else class probabilities)"
+            )
+    if spec["task"] == "regression":
+        # The network predicts the standardised label; the model answers in its units.
+        out = keras.layers.Rescaling(
+            scale=float(profile.get("label_std", 1.0)),
+            offset=float(profile.get("label_mean", 0.0)),
+            name="label_scale",
+        )(out)
+    return keras.Model(inputs, out)
+
+
+def compile_model(model: Any, task: str, learning_rate: float) -> None:
+    keras = tf_keras()
+    if task == "regression":
+        model.compile(optimizer=keras.optimizers.Adam(learning_rate), loss="mse")
+    else:
+        model.compile(
+            optimizer=keras.optimizers.Adam(learning_rate),
+            loss="sparse_categorical_crossentropy",
+            metrics=["accuracy"],
+        )
 
 
 def tf_keras() -> Any:
@@ -85,9 +237,11 @@ def export_saved_model(model: Any, metadata: ModelMetadata, out_dir: Path) -> Pa
     out_dir.mkdir(parents=True, exist_ok=True)
     spec = tf.TensorSpec([None, metadata.n_features], tf.float32, name="features")
 
+    output = "value" if metadata.regression else "probabilities"
+
     @tf.function(input_signature=[spec])
     def serve(features: Any) -> dict[str, Any]:
-        return {"probabilities": model(features, training=False)}
+        return {output: model(features, training=False)}
 
     tf.saved_model.save(
         model, str(out_dir / SAVED_MODEL_DIR), signatures={"serving_default": serve}
@@ -109,8 +263,11 @@ class Predictor:
         self._tf = tf
 
     def predict_proba(self, features: np.ndarray) -> np.ndarray:
+        """Class probabilities ``[n, classes]``; for a regression model its values ``[n, 1]``
+        (the one output every caller batches and splits the same way)."""
         x = self._tf.constant(np.asarray(features, dtype="float32"))
-        return self._fn(features=x)["probabilities"].numpy()
+        out = self._fn(features=x)
+        return (out["value"] if self.metadata.regression else out["probabilities"]).numpy()
 
     @property
     def variables(self) -> list[Any]:

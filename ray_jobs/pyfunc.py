@@ -23,9 +23,14 @@ class SlaflowPyfunc(mlflow.pyfunc.PythonModel):
 
         md = self._predictor.metadata
         frame = pd.DataFrame(model_input)
-        names = list(md.feature_names)
-        x = frame[names] if set(names) <= set(frame.columns) else frame
-        proba = self._predictor.predict_proba(x.to_numpy(dtype="float32"))
+        encoder = md.encoder()
+        if set(encoder.input_columns) <= set(frame.columns):
+            x = encoder.encode_frame(frame)  # raw columns by name, text included
+        else:
+            x = frame.to_numpy(dtype="float32")  # already the model's inputs, in order
+        proba = self._predictor.predict_proba(x)
+        if md.regression:
+            return pd.DataFrame({"prediction": proba[:, 0]})
         return pd.DataFrame(
             {
                 "prediction": [md.classes[i] for i in proba.argmax(axis=1)],

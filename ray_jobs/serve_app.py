@@ -165,6 +165,9 @@ class ModelServer:
             "tier": tier,
             "features": list(self._meta.feature_names),
             "classes": list(self._meta.classes),
+            "task": self._meta.task,
+            "encoding": self._meta.encoding,
+            "input_columns": list(self._meta.encoder().input_columns),
         }
         self._window = LatencyWindow()
 
@@ -195,17 +198,45 @@ class ModelServer:
         return out
 
 
-def parse_body(body: bytes, feature_names: tuple[str, ...]) -> np.ndarray:
+def parse_body(body: bytes, feature_names: tuple[str, ...], encoder: Any = None) -> np.ndarray:
+    """A request body as the model's input rows. With an ``encoder`` that has text columns
+    (``ray_jobs.features.FeatureEncoder``), rows are raw table rows by column name."""
     if len(body) > MAX_BODY_BYTES:
         raise BadRequest(f"body is {len(body)} bytes; at most {MAX_BODY_BYTES}", 413)
     try:
         payload = json.loads(body)
     except ValueError as exc:
         raise BadRequest(f"body is not valid JSON ({exc.msg} at char {exc.pos})") from exc
-    return parse_instances(payload, feature_names)
+    if encoder is None or encoder.all_numeric:
+        return parse_instances(payload, feature_names)
+    from ray_jobs.features import EncodingError
+
+    if not isinstance(payload, dict) or not isinstance(payload.get("instances"), list):
+        raise BadRequest(
+            "body must be a JSON object with an 'instances' list of rows by column name, e.g. "
+            '{"instances": [{' + ", ".join(f'"{c}": ...' for c in encoder.input_columns[:3]) + "}]}"
+        )
+    rows = payload["instances"]
+    if not rows:
+        raise BadRequest("'instances' must be a non-empty list of rows")
+    if len(rows) > MAX_ROWS:
+        raise BadRequest(
+            f"'instances' has {len(rows)} rows; at most {MAX_ROWS} per request: split the request",
+            status=413,
+        )
+    try:
+        return encoder.encode_rows(rows)
+    except EncodingError as exc:
+        raise BadRequest(str(exc)) from exc
 
 
 def answer(proba: np.ndarray, classes: Any, info: dict[str, Any]) -> dict[str, Any]:
+    if info.get("task") == "regression":  # one value per row
+        return {
+            "predictions": [float(v) for v in proba[:, 0]],
+            "model_name": info["model_name"],
+            "model_version": info["model_version"],
+        }
     return {
         "predictions": [classes[i] for i in proba.argmax(axis=1)],
         "probabilities": np.round(proba, 6).tolist(),

@@ -65,6 +65,7 @@ class ModelRouter:
         self._rates = CallerRates()
         self._in_flight: dict[tuple[str, str], int] = defaultdict(int)
         self._info: dict[str, dict[str, Any]] = {}
+        self._encoders: dict[str, Any] = {}
         self._windows: dict[str, LatencyWindow] = defaultdict(lambda: LatencyWindow(span_s=600.0))
         self._counts: dict[str, dict[str, int]] = defaultdict(lambda: defaultdict(int))
         self._rng = random.Random(0)
@@ -108,6 +109,17 @@ class ModelRouter:
             self._info[version] = await self._handle(version, route).info.remote()
         return self._info[version]
 
+    def _encoder(self, meta: dict[str, Any]) -> Any:
+        """The version's feature encoder (raw rows -> model inputs), built once per version."""
+        key = str(meta.get("model_version"))
+        if key not in self._encoders:
+            from ray_jobs.features import FeatureEncoder
+
+            self._encoders[key] = FeatureEncoder.of_profile(
+                {"encoding": meta.get("encoding"), "feature_names": meta["features"]}
+            )
+        return self._encoders[key]
+
     def _choose_version(self) -> str:
         cand = self._cfg.get("candidate")
         if cand is not None and self._rng.random() < float(self._cfg.get("share", 0.0)):
@@ -145,7 +157,11 @@ class ModelRouter:
             ref = await self._call(primary, self._choose_route(primary, len(x), caller), x)
         except Exception:
             return
-        if (ref.argmax(axis=1) != proba.argmax(axis=1)).mean() > 0.5:
+        if proba.shape[1] == 1:  # values: apart by more than the models' errors allow
+            apart = np.abs(ref[:, 0] - proba[:, 0]) > float(self._cfg.get("tolerance", np.inf))
+        else:
+            apart = ref.argmax(axis=1) != proba.argmax(axis=1)
+        if apart.mean() > 0.5:
             self._counts[version]["disagreements"] += 1
 
     def stats(self) -> dict[str, Any]:
@@ -181,7 +197,7 @@ class ModelRouter:
         t0 = time.monotonic()
         meta = await self._describe(primary)
         try:
-            x = parse_body(await request.body(), tuple(meta["features"]))
+            x = parse_body(await request.body(), tuple(meta["features"]), self._encoder(meta))
         except BadRequest as exc:
             return JSONResponse({"error": str(exc)}, status_code=exc.status)
         caller = request.headers.get(CALLER_HEADER) or (

@@ -20,6 +20,9 @@ def model_fields(contract: RunContract, data_profile: dict[str, Any]) -> dict[st
         "train_path": data_profile["paths"]["train"],
         "val_path": data_profile["paths"]["val"],
         "hidden_units": list(contract.hidden_units),
+        "model": contract.model,
+        "model_params": dict(contract.model_params),
+        "target_metric": contract.target_metric,
         "learning_rate": contract.learning_rate,
         "batch_size": contract.batch_size,
         "seed": contract.seed,
@@ -86,10 +89,16 @@ def calibration_spec(
 
 
 def evaluation_spec(
-    data_profile: dict[str, Any], *, tracking_uri: str, mlflow_run_id: str, model_uri: str
+    data_profile: dict[str, Any],
+    *,
+    tracking_uri: str,
+    mlflow_run_id: str,
+    model_uri: str,
+    target_metric: str = "accuracy",
 ) -> dict[str, Any]:
     """Input of ``ray_jobs.evaluate``."""
     return {
+        "target_metric": target_metric,
         "tracking_uri": tracking_uri,
         "mlflow_run_id": mlflow_run_id,
         "model_uri": model_uri,

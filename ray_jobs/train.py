@@ -22,7 +22,7 @@ import numpy as np
 from policies import deadline_met
 from ray_jobs.entry import run_entrypoint
 from ray_jobs.export import export_and_log
-from ray_jobs.worker import setup_worker
+from ray_jobs.worker import setup_worker, validation_scores
 
 STATE_FILE = "state.json"
 LATEST_WEIGHTS = "latest.npz"
@@ -67,7 +67,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     state: dict[str, Any] = {
         "epoch": 0,
         "history": [],
-        "best_val_accuracy": -1.0,
+        # Scores of any metric (rmse's is 1 - rmse, far below 0): no sentinel value is safe.
+        "best_val_accuracy": None,
         "best_epoch": 0,
         "durations": [],
         "records": [],
@@ -119,11 +120,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             steps_per_epoch=steps,
             verbose=0,
         ).history
-        val_proba = model(x_val, training=False).numpy()
-        val_acc = float(np.mean(np.argmax(val_proba, axis=1) == y_val))
-        val_loss = float(
-            np.mean(-np.log(np.clip(val_proba[np.arange(len(y_val)), y_val], 1e-7, 1.0)))
-        )
+        val_acc, val_loss = validation_scores(config, model(x_val, training=False).numpy(), y_val)
         state["epoch"] += 1
         duration = time.time() - epoch_start
         state["durations"].append(duration)
@@ -141,14 +138,16 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         row = {
             "epoch": state["epoch"],
             "loss": float(hist["loss"][-1]),
-            "accuracy": float(hist["accuracy"][-1]),
+            # Training accuracy (classification); the validation column holds the target
+            # metric's score (policies.Metric.score: the metric itself for accuracy).
+            "accuracy": float(hist.get("accuracy", [val_acc])[-1]),
             "val_loss": val_loss,
             "val_accuracy": val_acc,
             "workers": world,
             "elapsed_s": now_s,
             "epoch_seconds": duration,
         }
-        if val_acc > state["best_val_accuracy"]:
+        if state["best_val_accuracy"] is None or val_acc > state["best_val_accuracy"]:
             state["best_val_accuracy"], state["best_epoch"] = val_acc, state["epoch"]
             best_weights = model.get_weights()
 

@@ -46,8 +46,8 @@ class TrialWorker:
 
         keras = tf_keras()
         profile = spec["profile"]
-        self.x, self.y = data_io.read_xy(spec["train_path"], profile["feature_names"])
-        self.xv, self.yv = data_io.read_xy(spec["val_path"], profile["feature_names"])
+        self.x, self.y = data_io.read_xy(spec["train_path"], profile)
+        self.xv, self.yv = data_io.read_xy(spec["val_path"], profile)
         self.batch = int(params["batch_size"])
         self.model = build_mlp(
             len(profile["feature_names"]),

@@ -18,14 +18,13 @@ def setup_worker(config: dict[str, Any]) -> tuple[Any, Any, int, np.ndarray, np.
     import ray.train
     import tensorflow as tf
 
-    from ray_jobs.model_format import build_mlp, tf_keras
+    from ray_jobs.model_format import compile_model
 
-    keras = tf_keras()
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     profile = config["profile"]
-    x_train, y_train = data_io.read_xy(config["train_path"], profile["feature_names"])
-    x_val, y_val = data_io.read_xy(config["val_path"], profile["feature_names"])
+    x_train, y_train = data_io.read_xy(config["train_path"], profile)
+    x_val, y_val = data_io.read_xy(config["val_path"], profile)
 
     # One worker needs no collective: MultiWorkerMirroredStrategy would only add its gRPC
     # server and collective setup to every (re)start.
@@ -33,19 +32,8 @@ def setup_worker(config: dict[str, Any]) -> tuple[Any, Any, int, np.ndarray, np.
         tf.distribute.MultiWorkerMirroredStrategy() if world > 1 else tf.distribute.get_strategy()
     )
     with strategy.scope():
-        model = build_mlp(
-            len(profile["feature_names"]),
-            len(profile["classes"]),
-            config["hidden_units"],
-            profile["feature_mean"],
-            profile["feature_std"],
-            config["seed"],
-        )
-        model.compile(
-            optimizer=keras.optimizers.Adam(config["learning_rate"]),
-            loss="sparse_categorical_crossentropy",
-            metrics=["accuracy"],
-        )
+        model = model_from_config(config)
+        compile_model(model, profile.get("task", "classification"), config["learning_rate"])
     # Each worker trains on its own shard; all run the same number of steps (MWMS needs it).
     batch = int(config["batch_size"])
     shard_x, shard_y = x_train[rank::world], y_train[rank::world]
@@ -60,6 +48,36 @@ def setup_worker(config: dict[str, Any]) -> tuple[Any, Any, int, np.ndarray, np.
         .with_options(options)
     )
     return model, dataset, steps, x_val, y_val
+
+
+def model_from_config(config: dict[str, Any]) -> Any:
+    """The (uncompiled) model a training spec describes: built-in MLP or the user's builder."""
+    from ray_jobs.model_format import build_model
+
+    return build_model(
+        config["profile"],
+        model=str(config.get("model", "mlp")),
+        hidden_units=config["hidden_units"],
+        model_params=dict(config.get("model_params") or {}),
+        seed=int(config["seed"]),
+    )
+
+
+def validation_scores(
+    config: dict[str, Any], prediction: np.ndarray, y_val: np.ndarray
+) -> tuple[float, float]:
+    """(score of the contract's target metric, loss) on the validation rows: what the
+    early stop and the accuracy outlook read each epoch (``policies.Metric.score``)."""
+    from policies import compute_metric, metric
+
+    name = str(config.get("target_metric", "accuracy"))
+    profile = config["profile"]
+    if profile.get("task", "classification") == "regression":
+        loss = float(np.mean((prediction.reshape(-1) - y_val) ** 2))
+    else:
+        loss = float(np.mean(-np.log(np.clip(prediction[np.arange(len(y_val)), y_val], 1e-7, 1.0))))
+    value = compute_metric(name, y_val, prediction, len(profile["classes"]))
+    return metric(name).score(value), loss
 
 
 def check_inputs(spec: dict[str, Any], keys: tuple[str, ...] = ("train_path", "val_path")) -> None:

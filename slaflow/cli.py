@@ -232,9 +232,10 @@ def _close_engines() -> None:
 
 
 def _summary_lines(summary: dict[str, Any]) -> list[str]:
+    metric = str(summary.get("target_metric") or "accuracy")
     lines = [
         f"model {summary['model_name']} v{summary['model_version']} -> alias "
-        f"{summary['alias']}; test accuracy {summary['accuracy']:.4f}",
+        f"{summary['alias']}; test {metric} {summary.get(metric, summary.get('accuracy')):.4f}",
         f"training {summary['training_seconds']}s, deadline "
         f"{'met' if summary['deadline_met'] else 'MISSED'} ({summary['stop_reason']})",
     ]

@@ -13,6 +13,7 @@ from typing import Any
 
 BUILTIN_DIGITS = "sklearn:digits"
 LABEL_INDEX = "__label_index"
+LABEL_VALUE = "__label_value"
 PROFILE_FILE = "profile.json"
 SPLITS = ("train", "val", "test")
 SPLIT_COLUMN = "__split"
@@ -23,25 +24,102 @@ class DataError(ValueError):
     """The data cannot be used as given; the message names the problem and the fix."""
 
 
-def materialize_builtin(source: str, cache_dir: Path) -> str:
-    """Write scikit-learn's bundled digits (1797 x 64) to CSV once; return its path."""
-    if source != BUILTIN_DIGITS:
-        raise DataError(f"unknown built-in data set {source!r}: the only one is {BUILTIN_DIGITS}")
-    path = cache_dir / "digits.csv"
-    if not path.exists():
+#: The bundled data sets and their tasks (a numeric label of a few values is ambiguous in
+#: general; for these it is known).
+BUILTINS = {
+    "sklearn:digits": "classification",
+    "sklearn:diabetes": "regression",
+    "sklearn:breast_cancer": "classification",
+    "slaflow:tickets": "classification",
+}
+
+
+def _builtin_frame(source: str) -> Any:
+    """The bundled data sets: scikit-learn's digits (1797 x 64, 10 classes), diabetes (442 x
+    10, a quantity), breast cancer (569 x 30, 2 classes), and a generated support-ticket table
+    with text columns, string labels and column names with spaces and dots."""
+    if source == "sklearn:digits":
         from sklearn.datasets import load_digits
 
         frame = load_digits(as_frame=True).frame.rename(columns={"target": "label"})
         frame.columns = [c.replace("pixel_", "px") for c in frame.columns]
+        return frame
+    if source == "sklearn:diabetes":
+        from sklearn.datasets import load_diabetes
+
+        return load_diabetes(as_frame=True, scaled=False).frame.rename(
+            columns={"target": "progression"}
+        )
+    if source == "sklearn:breast_cancer":
+        from sklearn.datasets import load_breast_cancer
+
+        frame = load_breast_cancer(as_frame=True).frame
+        frame.columns = [c.replace(" ", "_") for c in frame.columns]
+        return frame.rename(columns={"target": "malignant"})
+    return tickets_frame()
+
+
+def tickets_frame(rows: int = 3000, seed: int = 7) -> Any:
+    """A support-ticket table: which team handles a ticket, from its channel, product, plan,
+    the customer's country and two numbers. The team follows the product and channel (with
+    noise), so a model can learn it only from the text columns."""
+    import numpy as np
+    import pandas as pd
+
+    rng = np.random.default_rng(seed)
+    products = ["billing", "mobile app", "web app", "api", "data export", "sso"]
+    channels = ["email", "chat", "phone", "web form"]
+    plans = ["free", "pro", "enterprise"]
+    countries = ["de", "fr", "us", "in", "br", "jp", "ng", "mx"]
+    team_of = {
+        "billing": "finance",
+        "mobile app": "apps",
+        "web app": "apps",
+        "api": "platform",
+        "data export": "platform",
+        "sso": "identity",
+    }
+    product = rng.choice(products, rows)
+    channel = rng.choice(channels, rows, p=[0.4, 0.3, 0.1, 0.2])
+    plan = rng.choice(plans, rows, p=[0.5, 0.35, 0.15])
+    team = np.array([team_of[p] for p in product], dtype=object)
+    escalate = (plan == "enterprise") & (channel == "phone")
+    team[escalate] = "escalations"
+    noise = rng.random(rows) < 0.05
+    team[noise] = rng.choice(sorted(set(team_of.values())), int(noise.sum()))
+    return pd.DataFrame(
+        {
+            "ticket id": np.arange(rows),
+            "channel": channel,
+            "product.area": product,
+            "plan": plan,
+            "country": rng.choice(countries, rows),
+            "words": rng.poisson(60, rows),
+            "account age (days)": rng.integers(1, 2000, rows),
+            "team": team,
+        }
+    )
+
+
+def materialize_builtin(source: str, cache_dir: Path) -> str:
+    """Write a bundled data set to CSV once; return its path."""
+    if source not in BUILTINS:
+        raise DataError(
+            f"unknown built-in data set {source!r}: use one of {', '.join(BUILTINS)}, or a "
+            f".csv / .parquet path"
+        )
+    path = cache_dir / f"{source.split(':', 1)[1]}.csv"
+    if not path.exists():
+        frame = _builtin_frame(source)
         cache_dir.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp")
+        tmp = path.with_suffix(f".{os.getpid()}.tmp")
         frame.to_csv(tmp, index=False)
         tmp.replace(path)  # atomic: a concurrent reader never sees half a file
     return str(path)
 
 
 def resolve_source(source: str, cache_dir: Path) -> str:
-    if source.startswith("sklearn:"):
+    if source.startswith(("sklearn:", "slaflow:")):
         return materialize_builtin(source, cache_dir)
     local = source[len("file://") :] if source.startswith("file://") else source
     if "://" not in local and not Path(local).exists():
@@ -79,8 +157,8 @@ def _repair_malformed(
         return frame, {}, 0, []
     names = [f.name for f in non_numeric]
     counts = frame.select(
-        *[F.count(F.col(n)).alias(f"n{i}") for i, n in enumerate(names)],
-        *[F.count(F.col(n).try_cast("double")).alias(f"ok{i}") for i, n in enumerate(names)],
+        *[F.count(_c(n)).alias(f"n{i}") for i, n in enumerate(names)],
+        *[F.count(_c(n).try_cast("double")).alias(f"ok{i}") for i, n in enumerate(names)],
     ).first()
     repair = [
         (i, n)
@@ -90,16 +168,62 @@ def _repair_malformed(
     if not repair:
         return frame, {}, 0, non_numeric
     malformed = {n: int(counts[f"n{i}"] - counts[f"ok{i}"]) for i, n in repair}
-    conds = [F.col(n).isNotNull() & F.col(n).try_cast("double").isNull() for _, n in repair]
+    conds = [_c(n).isNotNull() & _c(n).try_cast("double").isNull() for _, n in repair]
     is_bad = conds[0]
     for cond in conds[1:]:
         is_bad = is_bad | cond
     malformed_rows = frame.where(is_bad).count()
     clean = frame.where(~is_bad)
     for _, n in repair:
-        clean = clean.withColumn(n, F.col(n).try_cast("double"))
+        clean = clean.withColumn(n, _c(n).try_cast("double"))
     fixed = {n for _, n in repair}
     return clean, malformed, int(malformed_rows), [f for f in non_numeric if f.name not in fixed]
+
+
+def _c(name: str) -> Any:
+    """A column by its exact name: dots and spaces in names are not struct paths."""
+    from pyspark.sql import functions as F
+
+    return F.col("`" + name.replace("`", "``") + "`")
+
+
+#: Splits are exact (row positions after a seeded shuffle) up to this many rows; above it, a
+#: seeded uniform draw per row (fractions held within sampling noise, no global sort).
+EXACT_SPLIT_MAX_ROWS = 2_000_000
+
+
+def _check_columns(columns: list[str], options: dict[str, Any], label_column: str) -> list[str]:
+    """The feature columns, after checking every column the contract names exists."""
+
+    def missing(field: str, names: list[str]) -> None:
+        absent = [n for n in names if n not in columns]
+        if absent:
+            raise DataError(
+                f"{field} names {absent[0]!r}, which is not a column of the data (columns: "
+                f"{', '.join(columns[:20])}{' ...' if len(columns) > 20 else ''}): fix the name "
+                f"or remove it from {field}"
+            )
+
+    if label_column not in columns:
+        raise DataError(
+            f"label_column {label_column!r} is not in the data (columns: "
+            f"{', '.join(columns[:20])}{' ...' if len(columns) > 20 else ''}): set "
+            f"label_column to the column that holds the label"
+        )
+    missing("feature_columns", list(options.get("feature_columns") or []))
+    missing("drop_columns", list(options.get("drop_columns") or []))
+    time_column = options.get("time_column") or ""
+    if time_column:
+        missing("time_column", [time_column])
+    dropped = {label_column, time_column, *(options.get("drop_columns") or [])}
+    features = list(options.get("feature_columns") or []) or [
+        c for c in columns if c not in dropped
+    ]
+    if not features:
+        raise DataError(
+            "no feature columns are left besides the label (check drop_columns / time_column)"
+        )
+    return features
 
 
 def run_prepare(
@@ -112,126 +236,245 @@ def run_prepare(
     test_fraction: float,
     seed: int,
     cache_dir: Path,
+    options: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    from pyspark.sql import functions as F
-    from pyspark.sql.types import NumericType
+    """Read, type and split the table; compute the feature encoding on the training split.
 
+    ``options`` (contract v2's data fields): ``task`` (auto|classification|regression),
+    ``feature_columns``, ``drop_columns``, ``split`` (auto|stratified|random|time),
+    ``time_column``."""
+    from pyspark.sql import Window
+    from pyspark.sql import functions as F
+    from pyspark.sql.types import BooleanType, NumericType, StringType
+
+    from policies import CLASSIFICATION, REGRESSION, infer_task
+    from ray_jobs.features import CATEGORICAL, MAX_VOCAB, NUMERIC, Column, FeatureEncoder
+
+    options = dict(options or {})
     frame = _read(spark, resolve_source(source, cache_dir))
     columns = frame.columns
-    if label_column not in columns:
-        raise DataError(
-            f"label_column {label_column!r} is not in the data (columns: "
-            f"{', '.join(columns[:20])}{' ...' if len(columns) > 20 else ''}): set "
-            f"label_column to the column that holds the class label"
-        )
-    features = [c for c in columns if c != label_column]
-    if not features:
-        raise DataError("the data has no feature columns besides the label")
-    bad = [
-        f
-        for f in frame.schema.fields
-        if f.name in features and not isinstance(f.dataType, NumericType)
+    features = _check_columns(columns, options, label_column)
+    types = {f.name: f.dataType for f in frame.schema.fields}
+    unusable = [
+        f for f in features if not isinstance(types[f], NumericType | StringType | BooleanType)
     ]
-    frame, malformed, malformed_rows, bad = _repair_malformed(frame, bad)
-    if bad:
-        first = bad[0].name
-        sample = frame.where(F.col(first).isNotNull()).select(first).first()
+    if unusable:
         raise DataError(
-            f"feature column {first!r} is {bad[0].dataType.simpleString()} "
-            f"(e.g. {None if sample is None else sample[0]!r}), but features must be numeric: "
-            f"encode or drop {', '.join(repr(b.name) for b in bad)} before training"
+            f"feature column {unusable[0]!r} is {types[unusable[0]].simpleString()}: numbers "
+            f"and text are features; leave it out with drop_columns (or name it as time_column "
+            f"with split 'time')"
         )
-    # Few Spark jobs, since each costs a scheduling round trip (and the first ones of a fresh
-    # JVM much more): one pass counts rows and complete rows, one collects the classes, one
-    # counts rows per split and label on a cached frame that carries its split, one takes the
-    # training statistics, and the three writes read from the cache.
-    complete_row = F.lit(True)
-    for c in (label_column, *features):
-        complete_row = complete_row & F.col(c).isNotNull()
+    text = [frame.schema[f] for f in features if not isinstance(types[f], NumericType)]
+    # A text column whose cells mostly parse as numbers is a numeric column with a few
+    # malformed cells (their rows are dropped and counted); the rest are categories.
+    frame, malformed, malformed_rows, categorical_fields = _repair_malformed(
+        frame, [f for f in text if isinstance(f.dataType, StringType)]
+    )
+    categorical = [f.name for f in categorical_fields] + [
+        f.name for f in text if isinstance(f.dataType, BooleanType)
+    ]
+    numeric = [f for f in features if f not in categorical]
+    label_type = frame.schema[label_column].dataType
+
+    complete_row = _c(label_column).isNotNull()
+    for c in numeric:
+        complete_row = complete_row & _c(c).isNotNull()
     row_counts = frame.agg(
         F.count(F.lit(1)).alias("n"), F.sum(F.when(complete_row, 1).otherwise(0)).alias("kept")
     ).first()
     total, kept = int(row_counts["n"]), int(row_counts["kept"] or 0)
     if kept == 0:
         raise DataError(
-            f"no complete rows: all {total + malformed_rows} rows have a missing or malformed value"
+            f"no complete rows: all {total + malformed_rows} rows have a missing or malformed "
+            f"label or numeric value"
         )
     complete = frame.where(complete_row)
-    classes = sorted(
+    distinct = [
         r[0] for r in complete.select(label_column).distinct().limit(MAX_CLASSES + 1).collect()
-    )
-    if len(classes) > MAX_CLASSES:
+    ]
+    label_numeric = isinstance(label_type, NumericType)
+    task = options.get("task") or "auto"
+    if task == "auto" and source in BUILTINS:
+        task = BUILTINS[source]
+    if task == "auto":
+        inferred = infer_task(distinct, label_numeric, kept)
+        if inferred.task is None:
+            raise DataError(
+                f"label_column {label_column!r}: {inferred.reason}. Set task to "
+                f"'classification' or 'regression' in the contract"
+            )
+        task = inferred.task
+    if task == REGRESSION and not label_numeric:
         raise DataError(
-            f"label_column {label_column!r} has over {MAX_CLASSES} distinct values: "
-            f"a classification label is expected"
+            f"label_column {label_column!r} holds text ({label_type.simpleString()}) and task is "
+            f"'regression': a regression label must be numeric; use task 'classification'"
         )
-    if len(classes) < 2:
-        raise DataError(
-            f"label_column {label_column!r} has {len(classes)} class(es): "
-            f"need at least 2 to train a classifier"
-        )
-    mapping = F.create_map(*[x for i, c in enumerate(classes) for x in (F.lit(c), F.lit(i))])
+    classes: list[Any] = []
+    if task == CLASSIFICATION:
+        if len(distinct) > MAX_CLASSES:
+            raise DataError(
+                f"label_column {label_column!r} has over {MAX_CLASSES} distinct values: too "
+                f"many classes; if it is a quantity, set task to 'regression'"
+            )
+        if len(distinct) < 2:
+            raise DataError(
+                f"label_column {label_column!r} has {len(distinct)} class(es): need at least 2 "
+                f"to train a classifier"
+            )
+        classes = sorted(distinct)
+    split_method = options.get("split") or "auto"
+    if split_method == "auto":
+        split_method = "stratified" if task == CLASSIFICATION else "random"
+    if split_method == "stratified" and task != CLASSIFICATION:
+        raise DataError("split 'stratified' needs a classification label: use 'random'")
+
+    # Split by position: a seeded shuffle (or the time column) orders the rows, and the
+    # fractions are taken as exact counts, per class when stratified. Above
+    # EXACT_SPLIT_MAX_ROWS a uniform draw per row avoids a global sort.
+    u = F.rand(seed)
+    if split_method == "time":
+        order = [_c(options["time_column"]).asc_nulls_first(), u]
+    else:
+        order = [u]
     train_fraction = 1.0 - validation_fraction - test_fraction
-    u = F.col(SPLIT_COLUMN + "_u")  # one draw per row, then compared twice
-    split = (
-        F.when(u < train_fraction, SPLITS[0])
-        .when(u < train_fraction + validation_fraction, SPLITS[1])
-        .otherwise(SPLITS[2])
-    )
-    labeled = (
-        complete.select(
-            *[F.col(f).cast("float").alias(f) for f in features],
-            mapping[F.col(label_column)].cast("int").alias(LABEL_INDEX),
-            F.rand(seed).alias(SPLIT_COLUMN + "_u"),
+    if kept > EXACT_SPLIT_MAX_ROWS and split_method != "time":
+        draw = F.rand(seed)
+        split = (
+            F.when(draw < train_fraction, SPLITS[0])
+            .when(draw < train_fraction + validation_fraction, SPLITS[1])
+            .otherwise(SPLITS[2])
         )
-        .withColumn(SPLIT_COLUMN, split)
-        .drop(SPLIT_COLUMN + "_u")
+    else:
+        group = [_c(label_column)] if split_method == "stratified" else []
+        window = Window.partitionBy(*group).orderBy(*order)
+        position = F.row_number().over(window) - 1
+        size = F.count(F.lit(1)).over(Window.partitionBy(*group))
+        n_test = F.greatest(F.lit(1), F.round(size * test_fraction))
+        n_val = F.greatest(F.lit(1), F.round(size * validation_fraction))
+        if split_method == "stratified":  # a class too small for three splits trains
+            n_test = F.when(size >= 3, n_test).otherwise(0)
+            n_val = F.when(size >= 3, n_val).otherwise(0)
+        split = (
+            F.when(position >= size - n_test, SPLITS[2])
+            .when(position >= size - n_test - n_val, SPLITS[1])
+            .otherwise(SPLITS[0])
+        )
+    if task == CLASSIFICATION:
+        mapping = F.create_map(*[x for i, c in enumerate(classes) for x in (F.lit(c), F.lit(i))])
+        label_out = mapping[_c(label_column)].cast("int").alias(LABEL_INDEX)
+    else:
+        label_out = _c(label_column).cast("double").alias(LABEL_VALUE)
+    labeled = (
+        complete.withColumn(SPLIT_COLUMN, split)
+        .select(
+            *[_c(f).cast("float").alias(f) for f in numeric],
+            *[_c(f).cast("string").alias(f) for f in categorical],
+            label_out,
+            _c(SPLIT_COLUMN),
+        )
         .cache()
     )
+    label_name = LABEL_INDEX if task == CLASSIFICATION else LABEL_VALUE
     counts = dict.fromkeys(SPLITS, 0)
     label_counts: dict[Any, int] = {}
-    for row in labeled.groupBy(SPLIT_COLUMN, LABEL_INDEX).count().collect():
-        counts[row[SPLIT_COLUMN]] += int(row["count"])
-        if row[SPLIT_COLUMN] == SPLITS[0]:
-            label_counts[classes[row[LABEL_INDEX]]] = int(row["count"])
+    if task == CLASSIFICATION:
+        for row in labeled.groupBy(SPLIT_COLUMN, LABEL_INDEX).count().collect():
+            counts[row[SPLIT_COLUMN]] += int(row["count"])
+            if row[SPLIT_COLUMN] == SPLITS[0]:
+                label_counts[classes[row[LABEL_INDEX]]] = int(row["count"])
+    else:
+        for row in labeled.groupBy(SPLIT_COLUMN).count().collect():
+            counts[row[SPLIT_COLUMN]] = int(row["count"])
     if min(counts.values()) == 0:
         labeled.unpersist()
         raise DataError(
             f"a split is empty ({counts}) with {kept} rows: use more data or "
             f"larger validation_fraction/test_fraction"
         )
-    train = labeled.where(F.col(SPLIT_COLUMN) == SPLITS[0])
-    stats = train.agg(
-        *[F.mean(f).alias(f"m_{i}") for i, f in enumerate(features)],
-        *[F.stddev_pop(f).alias(f"s_{i}") for i, f in enumerate(features)],
-        *[F.min(f).alias(f"lo_{i}") for i, f in enumerate(features)],
-        *[F.max(f).alias(f"hi_{i}") for i, f in enumerate(features)],
-    ).first()
+    train = labeled.where(_c(SPLIT_COLUMN) == SPLITS[0])
+    n_train = counts[SPLITS[0]]
+    aggs = [
+        *[F.mean(_c(f)).alias(f"m_{i}") for i, f in enumerate(numeric)],
+        *[F.stddev_pop(_c(f)).alias(f"s_{i}") for i, f in enumerate(numeric)],
+        *[F.min(_c(f)).alias(f"lo_{i}") for i, f in enumerate(numeric)],
+        *[F.max(_c(f)).alias(f"hi_{i}") for i, f in enumerate(numeric)],
+    ]
+    if task == REGRESSION:
+        aggs += [F.mean(_c(LABEL_VALUE)).alias("y_m"), F.stddev_pop(_c(LABEL_VALUE)).alias("y_s")]
+    stats = train.agg(*aggs).first() if aggs else None
+    vocabs: dict[str, list[str]] = {}
+    freqs: dict[str, list[float]] = {}
+    if categorical:
+        # One pass: every (column, value) count of the training split, top MAX_VOCAB kept.
+        pairs = (
+            train.select(
+                F.explode(
+                    F.array(*[F.struct(F.lit(c).alias("c"), _c(c).alias("v")) for c in categorical])
+                ).alias("p")
+            )
+            .groupBy("p.c", "p.v")
+            .count()
+        )
+        ranked = pairs.where(F.col("v").isNotNull()).withColumn(
+            "r", F.row_number().over(Window.partitionBy("c").orderBy(F.desc("count"), "v"))
+        )
+        rows = ranked.where(F.col("r") <= MAX_VOCAB).collect()
+        for c in categorical:
+            mine = sorted((r for r in rows if r["c"] == c), key=lambda r: r["r"])
+            vocabs[c] = [str(r["v"]) for r in mine]
+            seen = sum(int(r["count"]) for r in mine)
+            freqs[c] = [int(r["count"]) / n_train for r in mine] + [
+                max(0, n_train - seen) / n_train
+            ]
     for name in SPLITS:
         (
-            labeled.where(F.col(SPLIT_COLUMN) == name)
+            labeled.where(_c(SPLIT_COLUMN) == name)
             .drop(SPLIT_COLUMN)
             .write.mode("overwrite")
             .parquet(f"{output_dir.rstrip('/')}/{name}")
         )
     labeled.unpersist()
+    encoder = FeatureEncoder(
+        tuple(
+            Column(f, CATEGORICAL, tuple(vocabs[f])) if f in categorical else Column(f, NUMERIC)
+            for f in features
+        )
+    )
+    mean, std = encoder.encoded_stats(
+        {f: float(stats[f"m_{i}"] or 0.0) for i, f in enumerate(numeric)} if stats else {},
+        {f: float(stats[f"s_{i}"] or 0.0) for i, f in enumerate(numeric)} if stats else {},
+        freqs,
+    )
+    encoded = encoder.encoded_names()
+    numeric_min = {f: float(stats[f"lo_{i}"]) for i, f in enumerate(numeric)} if stats else {}
+    numeric_max = {f: float(stats[f"hi_{i}"]) for i, f in enumerate(numeric)} if stats else {}
     profile = {
         "source": source,
         "label_column": label_column,
-        "feature_names": features,
+        "task": task,
+        "split": split_method,
+        "input_columns": features,
+        "categorical_columns": categorical,
+        "encoding": encoder.to_dict(),
+        "feature_names": encoded,
+        "label_name": label_name,
         "classes": [_jsonable(c) for c in classes],
         "rows_read": total + malformed_rows,
         "rows_dropped_incomplete": total - kept,
         "rows_dropped_malformed": malformed_rows,
         "malformed_values_by_column": malformed,
         "split_counts": counts,
-        "feature_mean": [float(stats[f"m_{i}"] or 0.0) for i in range(len(features))],
-        "feature_std": [float(stats[f"s_{i}"] or 0.0) for i in range(len(features))],
-        "feature_min": [float(stats[f"lo_{i}"]) for i in range(len(features))],
-        "feature_max": [float(stats[f"hi_{i}"]) for i in range(len(features))],
+        "feature_mean": mean,
+        "feature_std": std,
+        # Ranges of the encoded inputs (one-hot slots: 0..1), for synthetic probe rows.
+        "feature_min": [numeric_min.get(n, 0.0) for n in encoded],
+        "feature_max": [numeric_max.get(n, 1.0) for n in encoded],
         "train_label_counts": {str(k): v for k, v in sorted(label_counts.items())},
         "paths": {name: f"{output_dir.rstrip('/')}/{name}" for name in SPLITS},
     }
+    if task == REGRESSION and stats is not None:
+        profile["label_mean"] = float(stats["y_m"] or 0.0)
+        profile["label_std"] = float(stats["y_s"] or 0.0) or 1.0
     _write_text(f"{output_dir.rstrip('/')}/{PROFILE_FILE}", json.dumps(profile, indent=2))
     return profile
 
@@ -242,7 +485,7 @@ def source_fingerprint(source: str) -> str | None:
     None for a remote URI (no cheap fingerprint: it is prepared every time)."""
     import hashlib
 
-    if source.startswith("sklearn:"):
+    if source.startswith(("sklearn:", "slaflow:")):
         return source
     local = Path(source[len("file://") :] if source.startswith("file://") else source)
     if "://" in str(local) or not local.exists():
@@ -258,7 +501,13 @@ def source_fingerprint(source: str) -> str | None:
 
 
 def reuse_key(
-    *, source: str, label_column: str, validation_fraction: float, test_fraction: float, seed: int
+    *,
+    source: str,
+    label_column: str,
+    validation_fraction: float,
+    test_fraction: float,
+    seed: int,
+    options: dict[str, Any] | None = None,
 ) -> str | None:
     """The key under which prepared splits of the same content, label, fractions and seed,
     by this version of this job, are reused; None when the source has no fingerprint."""
@@ -268,7 +517,10 @@ def reuse_key(
     if fingerprint is None:
         return None
     code = hashlib.sha256(Path(__file__).read_bytes()).hexdigest()[:12]
-    blob = json.dumps([fingerprint, label_column, validation_fraction, test_fraction, seed, code])
+    blob = json.dumps(
+        [fingerprint, label_column, validation_fraction, test_fraction, seed, code, options or {}],
+        sort_keys=True,
+    )
     return hashlib.sha256(blob.encode()).hexdigest()[:24]
 
 

@@ -96,7 +96,7 @@ def test_trigger_form_is_the_contract(dagbag: object) -> None:
 
 
 @pytest.mark.parametrize(
-    ("field", "value"), [("deadline_s", -1), ("target_accuracy", 1.0), ("latency_percentile", 97)]
+    ("field", "value"), [("deadline_s", -1), ("target_metric", "mape"), ("latency_percentile", 97)]
 )
 def test_bad_conf_is_rejected_by_the_params(dagbag: object, field: str, value: object) -> None:
     from airflow.sdk.exceptions import ParamValidationError

@@ -78,7 +78,10 @@ def test_new_training_data_retrains_against_the_champion_and_an_unanswered_revie
     frame["label"] = digits.target
     frame.to_csv(data, index=False)
     Path(env["SLAFLOW_RETRAIN_CONTRACT"]).write_text(
-        json.dumps({**CONF, "review_policy": "always", "review_timeout_s": 20})
+        json.dumps(
+            # A CSV's whole-number labels could be classes or a quantity: the contract says.
+            {**CONF, "task": "classification", "review_policy": "always", "review_timeout_s": 20}
+        )
     )
 
     def watch() -> tuple[str, dict[str, str]]:

@@ -42,33 +42,6 @@ REQUEST = json.loads(
 )  # the digits 0 and 1
 
 
-@pytest.fixture(scope="module")
-def lifecycle(ray_cluster: Any) -> Any:
-    from slaflow import cli
-
-    cli.airflow_db_ready()
-
-    def run(conf: dict[str, Any], only: tuple[str, ...] = ()) -> dict[str, Any]:
-        """One DAG run; ``only``: run just these tasks, mark the others done (as
-        ``dag.test(mark_success_pattern=...)`` does)."""
-        # A fresh parse per run: a DAG object reused for a second dag.test() in the same
-        # process keeps the first run's conf as its params (checked: a run without deadline_s
-        # after one with deadline_s 5 got 5). Workers parse the DAG per task; so do we.
-        dag = cli.load_dag()
-        pattern = None if not only else "(?!" + "|".join(f"{t}$" for t in only) + ").*"
-        dag_run = dag.test(run_conf=conf, mark_success_pattern=pattern)
-        return {"state": str(dag_run.state), "tasks": cli.task_results(dag_run)}
-
-    return run
-
-
-@pytest.fixture(scope="module")
-def registry(lifecycle: Any) -> Any:
-    from operators.hooks import MlflowHook
-
-    return MlflowHook().client
-
-
 def _alias(client: Any, alias: str, model: str = MODEL) -> str:
     return str(client.get_model_version_by_alias(model, alias).version)
 

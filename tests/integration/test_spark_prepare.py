@@ -27,16 +27,24 @@ def test_digits_are_split_profiled_and_written(prepared: dict[str, Any]) -> None
     assert written["split_counts"] == counts
 
 
-def _prepare(spark: Any, tmp_path: Path, source: str, label: str = "label") -> dict[str, Any]:
+def _prepare(
+    spark: Any,
+    tmp_path: Path,
+    source: str,
+    label: str = "label",
+    fractions: tuple[float, float] = (0.2, 0.2),
+    **options: Any,
+) -> dict[str, Any]:
     return run_prepare(
         spark,
         source=source,
         label_column=label,
         output_dir=str(tmp_path / "out"),
-        validation_fraction=0.2,
-        test_fraction=0.2,
+        validation_fraction=fractions[0],
+        test_fraction=fractions[1],
         seed=1,
         cache_dir=tmp_path,
+        options=options,
     )
 
 
@@ -57,13 +65,68 @@ def test_missing_label_column_is_named(spark: Any, tmp_path: Path) -> None:
         _prepare(spark, tmp_path, src)
 
 
-def test_non_numeric_feature_is_named(spark: Any, tmp_path: Path) -> None:
-    src = _csv(
-        tmp_path,
-        pd.DataFrame({"a": range(30), "color": ["red", "blue"] * 15, "label": [0, 1] * 15}),
+def test_text_columns_become_categories_with_the_training_vocabulary(
+    spark: Any, tmp_path: Path
+) -> None:
+    n = 60
+    frame = pd.DataFrame(
+        {
+            "id": range(n),
+            "home city": (["paris"] * 3 + ["rome"] * 2 + ["oslo"]) * (n // 6),
+            "size.cm": [float(i % 7) for i in range(n)],
+            "label": ["cat", "dog"] * (n // 2),
+        }
     )
-    with pytest.raises(DataError, match=r"feature column 'color' is string .*'red'"):
+    profile = _prepare(spark, tmp_path, _csv(tmp_path, frame), drop_columns=["id"])
+    assert profile["task"] == "classification" and profile["classes"] == ["cat", "dog"]
+    assert profile["input_columns"] == ["home city", "size.cm"]  # id dropped, order kept
+    assert profile["categorical_columns"] == ["home city"]
+    column = profile["encoding"]["columns"][0]
+    assert column["vocab"] == ["paris", "rome", "oslo"]  # most frequent first
+    assert profile["feature_names"] == [
+        "home city=paris",
+        "home city=rome",
+        "home city=oslo",
+        "home city=<oov>",
+        "size.cm",
+    ]
+    assert len(profile["feature_mean"]) == 5 and 0.4 < profile["feature_mean"][0] < 0.6
+    train = pd.read_parquet(profile["paths"]["train"])
+    assert pd.api.types.is_string_dtype(train["home city"]) and "id" not in train.columns
+
+
+def test_small_tables_keep_the_fractions_per_class(spark: Any, tmp_path: Path) -> None:
+    frame = pd.DataFrame({"a": range(50), "label": ["x"] * 25 + ["y"] * 25})
+    profile = _prepare(spark, tmp_path, _csv(tmp_path, frame), fractions=(0.15, 0.15))
+    assert profile["split"] == "stratified"
+    assert profile["split_counts"] == {"train": 34, "val": 8, "test": 8}
+    test = pd.read_parquet(profile["paths"]["test"])
+    assert sorted(test[LABEL_INDEX].value_counts().tolist()) == [4, 4]
+
+
+def test_a_few_whole_numbers_ask_for_the_task(spark: Any, tmp_path: Path) -> None:
+    src = _csv(tmp_path, pd.DataFrame({"a": range(40), "label": [0, 1] * 20}))
+    with pytest.raises(DataError, match="Set task to 'classification' or 'regression'"):
         _prepare(spark, tmp_path, src)
+    assert _prepare(spark, tmp_path, src, task="regression")["task"] == "regression"
+
+
+def test_time_split_tests_on_the_newest_rows(spark: Any, tmp_path: Path) -> None:
+    frame = pd.DataFrame(
+        {"day": list(range(100))[::-1], "a": range(100), "y": [0.5 * i for i in range(100)]}
+    )
+    profile = _prepare(
+        spark, tmp_path, _csv(tmp_path, frame), label="y", split="time", time_column="day"
+    )
+    assert profile["task"] == "regression" and "day" not in profile["input_columns"]
+    test = pd.read_parquet(profile["paths"]["test"])
+    assert len(test) == 20 and test["a"].max() <= 19  # day = 99 - a: newest days, smallest a
+
+
+def test_a_column_the_contract_names_must_exist(spark: Any, tmp_path: Path) -> None:
+    src = _csv(tmp_path, pd.DataFrame({"a": range(30), "label": ["x", "y"] * 15}))
+    with pytest.raises(DataError, match=r"feature_columns names 'nope'"):
+        _prepare(spark, tmp_path, src, feature_columns=["nope"])
 
 
 def test_incomplete_rows_are_counted_not_hidden(spark: Any, tmp_path: Path) -> None:
@@ -100,4 +163,4 @@ def test_malformed_numbers_are_counted_per_column_and_their_rows_dropped(
 def test_single_class_is_rejected(spark: Any, tmp_path: Path) -> None:
     src = _csv(tmp_path, pd.DataFrame({"a": range(30), "label": [1] * 30}))
     with pytest.raises(DataError, match="need at least 2"):
-        _prepare(spark, tmp_path, src)
+        _prepare(spark, tmp_path, src, task="classification")

@@ -12,7 +12,7 @@ def test_defaults_are_a_valid_contract() -> None:
     c = RunContract.defaults()
     assert c.deadline_s == 600.0
     assert c.data_source == "sklearn:digits"
-    assert c.contract_version == 1
+    assert c.contract_version == 2
     assert RunContract.from_dict(c.to_dict()) == c
 
 
@@ -24,8 +24,13 @@ def test_defaults_are_a_valid_contract() -> None:
         ("deadline_s", 10**9, "must be <= 604800"),
         ("deadline_s", "soon", "must be a number"),
         ("deadline_s", float("nan"), "finite"),
-        ("target_accuracy", 1.0, "must be < 1"),
-        ("target_accuracy", 0, "must be > 0"),
+        ("target_accuracy", 1.0, "not between 0 and 1"),
+        ("target_accuracy", 0, "not between 0 and 1"),
+        ("target_value", 1.5, "not between 0 and 1"),
+        ("target_metric", "mape", "is not one of"),
+        ("model", "os.system", "does not match"),
+        ("model_params", [1], "JSON object"),
+        ("feature_columns", "age", "list of column names"),
         ("min_gain_over_champion", -0.1, "must be >= 0"),
         ("max_workers", 0, "must be >= 1"),
         ("max_workers", 2.5, "whole number"),
@@ -71,7 +76,7 @@ def test_fractions_must_leave_rows_to_train_on() -> None:
 
 def test_unsupported_version_is_rejected() -> None:
     with pytest.raises(ContractError) as info:
-        RunContract.from_dict({"contract_version": 2})
+        RunContract.from_dict({"contract_version": 3})
     assert info.value.field == "contract_version"
 
 

@@ -124,7 +124,7 @@ def test_zero_capacity_is_cluster_bound() -> None:
 
 def test_unreachable_target_from_history() -> None:
     f = _feas(estimate=_estimate(30, reachable=False))
-    assert not f.feasible and f.binding == "target" and "lower target_accuracy" in f.suggestions
+    assert not f.feasible and f.binding == "target" and "relax target_value" in f.suggestions
 
 
 def test_uncertain_plan_is_at_risk_not_rejected() -> None:

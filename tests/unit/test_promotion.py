@@ -63,7 +63,7 @@ def test_required_accuracy() -> None:
 
 
 def test_rejects_impossible_accuracy() -> None:
-    with pytest.raises(ValueError, match="candidate_accuracy"):
+    with pytest.raises(ValueError, match="candidate score"):
         decide_promotion(1.5, 0.9, 0.0, None)
 
 
