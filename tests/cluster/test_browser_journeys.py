@@ -120,7 +120,7 @@ def test_a_contract_from_the_trigger_form_through_review_to_serving_on_the_topol
     assert _runs(topo) == runs_before, "a contract that fails validation started a run"
 
     _field(dialog, "deadline_s").fill("600")
-    _field(dialog, "target_accuracy").fill("0.85")
+    _field(dialog, "target_value").fill("0.85")
     dialog.get_by_role("button", name="Model", exact=True).click()
     _field(dialog, "model_name").fill(MODEL)
     _field(dialog, "max_epochs").fill("12")

@@ -177,15 +177,17 @@ def test_new_champion_takes_traffic_through_a_canary(lifecycle: Any, registry: A
     """A weak v1 serves; a better v2 is promoted, deployed beside it, takes 10% then 50% of
     the traffic with the canary checks passing, then all of it; v1 is previous_champion."""
     name = "e2e-canary"
-    # a weaker v1 of the same architecture (one epoch at a fifth of the learning rate:
-    # accuracy ~0.5-0.8), far enough below v2 to lose, close enough that their answers mostly
-    # agree; batch size and architecture as SMALL, so its calibration and profile keys match
+    # a weaker v1 of the same architecture (one epoch at 0.4x the learning rate: accuracy
+    # 0.74-0.77 over three seeds; at 0.2x it was 0.44-0.51, too weak: the canary then rightly
+    # rolled v2 back as answering too differently), far enough below v2 to lose, close enough
+    # that their answers mostly agree; batch size and architecture as SMALL, so its calibration
+    # and profile keys match
     first = lifecycle(
         {
             **SMALL,
             "model_name": name,
             "max_epochs": 1,
-            "learning_rate": 0.002,
+            "learning_rate": 0.004,
             "target_accuracy": 0.05,
             "stop_margin": 0.0,
         }
@@ -261,7 +263,11 @@ def test_cli_run_that_fails_the_gate_leaves_champion_serving(
     assert _alias(registry, "champion", name) == champion
     assert _alias(registry, "challenger", name) == new
     report = json.loads(registry.get_model_version(name, new).tags["slaflow.gate.report"])
-    assert [c["passed"] for c in report["checks"]] == [True, False]
+    assert {c["name"]: c["passed"] for c in report["checks"]} == {
+        "target_accuracy": True,
+        "gain_over_champion": False,
+        "test_set_size": True,
+    }
     assert registry.get_model_version(name, new).tags["slaflow.gate.decision"] == "not_promoted"
     answer = requests.post(summary["endpoint_url"], json=REQUEST, timeout=10).json()
     assert answer["model_version"] == champion
