@@ -659,9 +659,11 @@ class VerifyEndpointOperator(PlannedStageOperator):
         served = str(self.deployment["model_version"])
         record = reg.serving_record(client, contract.model_name, served) or {}
         plan = record.get("plan") or self.deployment.get("placement") or {}
-        expected = float(plan.get("accuracy") or 0.0) or reg.version_test_accuracy(
-            client, contract.model_name, served, contract.target_metric
-        )
+        # Verify counts right answers: compare with the served version's test *accuracy* (the
+        # plan's figure is the variant's score in the target metric, accuracy by default).
+        expected = (
+            float(plan.get("accuracy") or 0.0) if contract.target_metric == "accuracy" else 0.0
+        ) or reg.version_test_accuracy(client, contract.model_name, served, "accuracy")
         latencies, correct, bad = self._probe(contract.model_name)
         verdict = verify_verdict(
             latencies_ms=latencies,

@@ -643,20 +643,24 @@ FIELDS: Final[tuple[FieldSpec, ...]] = (
         "string",
         "mlp",
         "Model",
-        "mlp: the built-in Keras MLP (hidden_units). package.module:function: your Keras "
-        "model builder, importable on every Ray node; it is called as function(input_spec, "
-        "model_params) and returns an uncompiled tf-keras model whose input is the encoded "
-        "feature vector (input_spec says its width, the feature names and the task).",
+        "mlp: the built-in Keras MLP (hidden_units). xgboost: gradient-boosted trees through "
+        "Ray Train's XGBoost trainer (max_epochs x model_params.rounds_per_epoch boosting "
+        "rounds, default 10 per epoch; model_params may set max_depth, eta, subsample, ...). "
+        "package.module:function: your Keras model builder, importable on every Ray node; it "
+        "is called as function(input_spec, model_params) and returns an uncompiled tf-keras "
+        "model whose input is the encoded feature vector (input_spec says its width, the "
+        "feature names and the task).",
         _S_MODEL,
-        "use 'mlp' or 'package.module:function', e.g. 'examples.digits_cnn:build'",
-        pattern=r"^mlp$|^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*:[A-Za-z_][A-Za-z0-9_]*$",
+        "use 'mlp', 'xgboost' or 'package.module:function', e.g. 'examples.digits_cnn:build'",
+        pattern=r"^(mlp|xgboost)$|^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*:[A-Za-z_][A-Za-z0-9_]*$",
     ),
     FieldSpec(
         "model_params",
         "object",
         {},
         "Model parameters",
-        "A JSON object handed to your model builder as it is (the built-in mlp ignores it).",
+        "A JSON object handed to your model builder as it is, or XGBoost's parameters (the "
+        "built-in mlp ignores it).",
         _S_MODEL,
         'give a JSON object, e.g. {"filters": 16}',
     ),

@@ -16,21 +16,22 @@ from pathlib import Path
 from typing import Any
 
 from ray_jobs.entry import run_entrypoint
-from ray_jobs.worker import setup_worker
+from ray_jobs.learners import make_learner, trainer_for
 
 
 def calibrate_loop_per_worker(config: dict[str, Any]) -> None:
     import ray.train
 
-    model, dataset, steps, x_val, _ = setup_worker(config)
+    learner = make_learner(config)
     durations = []
     for epoch in range(int(config["epochs"])):
         start = time.time()
-        model.fit(dataset, epochs=epoch + 1, initial_epoch=epoch, steps_per_epoch=steps, verbose=0)
-        model(x_val, training=False).numpy()
-        model.get_weights()  # what a checkpoint costs
+        learner.fit_epoch(epoch)
+        learner.predict_val()
+        learner.snapshot()  # what a checkpoint costs
         durations.append(time.time() - start)
     warm = durations[1:] or durations
+    steps = learner.steps_per_epoch
     metrics = {"epoch_s": sum(warm) / len(warm), "loop_s": sum(durations), "steps_per_epoch": steps}
     # Ray Train V2 keeps metrics only with a checkpoint: rank 0 reports a tiny one.
     if ray.train.get_context().get_world_rank() == 0:
@@ -48,15 +49,14 @@ def run_calibration(spec: dict[str, Any]) -> dict[str, Any]:
     import ray
     from ray.train import RunConfig, ScalingConfig
 
-    from ray_jobs.tf_backend import tf_trainer
-
     ray.init(runtime_env={"env_vars": {"TF_USE_LEGACY_KERAS": "1"}})
     shape = spec.get("shape", "cpu")
     epoch_s: dict[str, float] = {}
     startups = []
     for n in spec["worker_counts"]:
         resources = {"CPU": spec["cpus_per_worker"]} | ({"GPU": 1} if shape == "gpu" else {})
-        trainer = tf_trainer(
+        trainer = trainer_for(
+            spec,
             calibrate_loop_per_worker,
             train_loop_config=spec,
             scaling_config=ScalingConfig(

@@ -73,7 +73,7 @@ def run_evaluation(spec: dict[str, Any]) -> dict[str, Any]:
     import mlflow
 
     from policies import compute_metric, metric, metric_interval
-    from ray_jobs.model_format import Predictor, find_model_dir
+    from ray_jobs.model_format import find_model_dir, open_predictor
     from ray_jobs.variants import VARIANT_FULL, VARIANT_INT8, Int8Predictor, log_int8_variant
 
     name = str(spec.get("target_metric", "accuracy"))
@@ -84,7 +84,7 @@ def run_evaluation(spec: dict[str, Any]) -> dict[str, Any]:
     mlflow.set_registry_uri(spec["tracking_uri"])
     with tempfile.TemporaryDirectory() as tmp:
         local = mlflow.artifacts.download_artifacts(artifact_uri=spec["model_uri"], dst_path=tmp)
-        predictor = Predictor(find_model_dir(local))
+        predictor = open_predictor(find_model_dir(local))
         meta = predictor.metadata
         x, y = data_io.read_xy(
             spec["test_path"],

@@ -94,20 +94,27 @@ def export_and_log(
     from mlflow.models import infer_signature
 
     from ray_jobs.features import FeatureEncoder
-    from ray_jobs.model_format import ModelMetadata, export_saved_model
+    from ray_jobs.learners import XGBOOST, framework
+    from ray_jobs.model_format import ModelMetadata, export_saved_model, export_xgboost
     from ray_jobs.pyfunc import SlaflowPyfunc
     from ray_jobs.worker import model_from_config
 
     profile = spec["profile"]
-    model = model_from_config(spec)
-    model.set_weights(weights)
+    xgboost = framework(spec) == XGBOOST
     metadata = ModelMetadata.of(profile, spec["hidden_units"], str(spec.get("model", "mlp")))
+    if not xgboost:
+        model = model_from_config(spec)
+        model.set_weights(weights)
     # Both, explicitly: a stray MLFLOW_REGISTRY_URI on the node would otherwise send
     # model lookups to another registry.
     mlflow.set_tracking_uri(spec["tracking_uri"])
     mlflow.set_registry_uri(spec["tracking_uri"])
     with tempfile.TemporaryDirectory() as tmp, mlflow.start_run(run_id=spec["mlflow_run_id"]):
-        model_dir = export_saved_model(model, metadata, Path(tmp) / "model")
+        model_dir = (
+            export_xgboost(weights, metadata, Path(tmp) / "model")
+            if xgboost
+            else export_saved_model(model, metadata, Path(tmp) / "model")
+        )
         import pandas as pd
 
         encoder = FeatureEncoder.of_profile(profile)
@@ -127,7 +134,11 @@ def export_and_log(
             python_model=SlaflowPyfunc(),
             artifacts={"model_dir": str(model_dir)},
             signature=infer_signature(example, output),
-            pip_requirements=["tensorflow-cpu==2.21.0", "pandas", "numpy"],
+            pip_requirements=[
+                "xgboost-cpu==3.2.0" if xgboost else "tensorflow-cpu==2.21.0",
+                "pandas",
+                "numpy",
+            ],
         )
         mlflow.log_metrics(
             {

@@ -290,6 +290,62 @@ class Predictor:
         return np.argmax(self.predict_proba(features), axis=1)
 
 
+XGBOOST_FILE = "xgboost_model.ubj"
+
+
+def export_xgboost(booster_raw: bytes, metadata: ModelMetadata, out_dir: Path) -> Path:
+    """Write an XGBoost model (its own UBJSON format) and its metadata."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / XGBOOST_FILE).write_bytes(booster_raw)
+    (out_dir / METADATA_FILE).write_text(metadata.to_json())
+    return out_dir
+
+
+class XGBoostPredictor:
+    """XGBoost's native predictor over an exported model: inputs -> probabilities or values,
+    the same interface as :class:`Predictor`."""
+
+    def __init__(self, model_dir: str | Path) -> None:
+        import xgboost as xgb
+
+        model_dir = Path(model_dir)
+        self.metadata = ModelMetadata.from_json((model_dir / METADATA_FILE).read_text())
+        self._xgb = xgb
+        self._booster = xgb.Booster(model_file=str(model_dir / XGBOOST_FILE))
+        self._booster.set_param({"nthread": 1})
+        self.variables: list[Any] = []
+
+    def predict_proba(self, features: np.ndarray) -> np.ndarray:
+        from ray_jobs.learners import xgb_output
+
+        # inplace_predict: no DMatrix per call (the serving fast path).
+        raw = self._booster.inplace_predict(np.asarray(features, dtype="float32"))
+        return xgb_output(raw, self.metadata.task)
+
+    def predict_classes(self, features: np.ndarray) -> np.ndarray:
+        return np.argmax(self.predict_proba(features), axis=1)
+
+    def parameter_count(self) -> int:
+        """Tree nodes: what a prediction walks (the serving-cost proxy)."""
+        return int(sum(len(t.splitlines()) for t in self._booster.get_dump()))
+
+    def signature(self) -> str:
+        """Trees, depth and inputs: models with the same signature cost about the same."""
+        config = json.loads(self._booster.save_config())
+        params = config["learner"]["gradient_booster"]["tree_train_param"]
+        return (
+            f"xgboost|rounds={self._booster.num_boosted_rounds()}|"
+            f"max_depth={params.get('max_depth')}|features={self.metadata.n_features}|"
+            f"outputs={max(1, len(self.metadata.classes))}"
+        )
+
+
+def open_predictor(model_dir: str | Path) -> Predictor | XGBoostPredictor:
+    """The predictor of an exported model, whatever its framework."""
+    meta = ModelMetadata.from_json((Path(model_dir) / METADATA_FILE).read_text())
+    return XGBoostPredictor(model_dir) if meta.model == "xgboost" else Predictor(model_dir)
+
+
 def find_model_dir(root: str | Path) -> Path:
     """The folder holding ``slaflow_model.json`` under a downloaded artifact tree."""
     root = Path(root)

@@ -50,12 +50,12 @@ class ComputeSampler:
 
         tf.config.threading.set_intra_op_parallelism_threads(threads)
         tf.config.threading.set_inter_op_parallelism_threads(threads)
-        from ray_jobs.model_format import Predictor, find_model_dir
+        from ray_jobs.model_format import find_model_dir, open_predictor
 
         local = mlflow.artifacts.download_artifacts(
             spec["model_uri"], dst_path=f"{self._tmp.name}/full"
         )
-        self.predictors["full"] = Predictor(find_model_dir(local))
+        self.predictors["full"] = open_predictor(find_model_dir(local))
         self.n_features = self.predictors["full"].metadata.n_features
         self.predictors["full"].predict_proba(np.zeros((1, self.n_features)))  # trace once
         self.loads["full"] = base + time.perf_counter() - t2

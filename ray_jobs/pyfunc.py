@@ -9,14 +9,14 @@ from typing import Any
 
 import mlflow.pyfunc
 
-from ray_jobs.model_format import Predictor, find_model_dir
+from ray_jobs.model_format import find_model_dir, open_predictor
 
 
 class SlaflowPyfunc(mlflow.pyfunc.PythonModel):
     """Wraps the exported SavedModel; ``predict`` takes a DataFrame of the feature columns."""
 
     def load_context(self, context: Any) -> None:
-        self._predictor = Predictor(find_model_dir(context.artifacts["model_dir"]))
+        self._predictor = open_predictor(find_model_dir(context.artifacts["model_dir"]))
 
     def predict(self, context: Any, model_input: Any, params: Any = None) -> Any:
         import pandas as pd

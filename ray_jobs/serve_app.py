@@ -100,7 +100,7 @@ def _load_predictor(
 ) -> tuple[Any, Any]:
     import mlflow
 
-    from ray_jobs.model_format import ModelMetadata, Predictor, find_model_dir
+    from ray_jobs.model_format import ModelMetadata, find_model_dir, open_predictor
     from ray_jobs.variants import VARIANT_FULL, Int8Predictor
 
     # Both, explicitly: a stray MLFLOW_REGISTRY_URI on the node would otherwise send
@@ -109,7 +109,7 @@ def _load_predictor(
     mlflow.set_registry_uri(tracking_uri)
     if variant == VARIANT_FULL:
         local = mlflow.artifacts.download_artifacts(artifact_uri=model_uri, dst_path=into)
-        predictor = Predictor(find_model_dir(local))
+        predictor = open_predictor(find_model_dir(local))
         return predictor, predictor.metadata
     npz = mlflow.artifacts.download_artifacts(artifact_uri=variant_uri, dst_path=into)
     meta_uri = variant_uri.rsplit("/", 1)[0] + "/slaflow_model.json"

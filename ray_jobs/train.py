@@ -17,25 +17,15 @@ import time
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from policies import deadline_met
 from ray_jobs.entry import run_entrypoint
 from ray_jobs.export import export_and_log
-from ray_jobs.worker import setup_worker, validation_scores
+from ray_jobs.learners import load_snapshot, make_learner, save_snapshot
+from ray_jobs.worker import validation_scores
 
 STATE_FILE = "state.json"
-LATEST_WEIGHTS = "latest.npz"
-BEST_WEIGHTS = "best.npz"
-
-
-def _save_weights(path: Path, weights: list[np.ndarray]) -> None:
-    np.savez(path, *weights)
-
-
-def _load_weights(path: Path) -> list[np.ndarray]:
-    with np.load(path) as data:
-        return [data[f"arr_{i}"] for i in range(len(data.files))]
+LATEST = "latest"
+BEST = "best"
 
 
 def _cluster_cap(config: dict[str, Any], world: int) -> int:
@@ -62,7 +52,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
 
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
-    model, dataset, steps, x_val, y_val = setup_worker(config)
+    learner = make_learner(config)
 
     state: dict[str, Any] = {
         "epoch": 0,
@@ -75,7 +65,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         "controller": None,
         "segments": [],
     }
-    best_weights = model.get_weights()
+    best_weights = learner.snapshot()
     # Ray Train's own restore (a worker failure inside this fit) comes first; otherwise the
     # checkpoint the driver names (a resize segment, or a resubmitted job). Ray Train V2 has
     # no resume_from_checkpoint: the path travels in the config.
@@ -85,8 +75,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     if checkpoint is not None:
         with checkpoint.as_directory() as d:
             state = {**state, **json.loads((Path(d) / STATE_FILE).read_text())}
-            model.set_weights(_load_weights(Path(d) / LATEST_WEIGHTS))
-            best_weights = _load_weights(Path(d) / BEST_WEIGHTS)
+            learner.restore(load_snapshot(config, Path(d), LATEST))
+            best_weights = load_snapshot(config, Path(d), BEST)
         if rank == 0:
             print(
                 f"[slaflow] resumed from checkpoint at epoch {state['epoch']} on {world} workers",
@@ -113,14 +103,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     last_checkpoint_s: float | None = None
     while run_next:
         epoch_start = time.time()
-        hist = model.fit(
-            dataset,
-            epochs=state["epoch"] + 1,
-            initial_epoch=state["epoch"],
-            steps_per_epoch=steps,
-            verbose=0,
-        ).history
-        val_acc, val_loss = validation_scores(config, model(x_val, training=False).numpy(), y_val)
+        train_accuracy = learner.fit_epoch(state["epoch"])
+        val_acc, val_loss = validation_scores(config, learner.predict_val(), learner.y_val)
         state["epoch"] += 1
         duration = time.time() - epoch_start
         state["durations"].append(duration)
@@ -137,10 +121,9 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         now_s = time.time() - started_at
         row = {
             "epoch": state["epoch"],
-            "loss": float(hist["loss"][-1]),
-            # Training accuracy (classification); the validation column holds the target
-            # metric's score (policies.Metric.score: the metric itself for accuracy).
-            "accuracy": float(hist.get("accuracy", [val_acc])[-1]),
+            # Training accuracy where the framework measures it; the validation column holds
+            # the target metric's score (policies.Metric.score: the metric itself for accuracy).
+            "accuracy": val_acc if train_accuracy is None else train_accuracy,
             "val_loss": val_loss,
             "val_accuracy": val_acc,
             "workers": world,
@@ -149,7 +132,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         }
         if state["best_val_accuracy"] is None or val_acc > state["best_val_accuracy"]:
             state["best_val_accuracy"], state["best_epoch"] = val_acc, state["epoch"]
-            best_weights = model.get_weights()
+            best_weights = learner.snapshot()
 
         # The decision is taken on rank 0 (one clock) and broadcast, so no worker is left
         # waiting in a collective that the others skipped.
@@ -223,8 +206,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             ):
                 last_checkpoint_s = now_s
                 with tempfile.TemporaryDirectory() as d:
-                    _save_weights(Path(d) / LATEST_WEIGHTS, model.get_weights())
-                    _save_weights(Path(d) / BEST_WEIGHTS, best_weights)
+                    save_snapshot(config, learner.snapshot(), Path(d), LATEST)
+                    save_snapshot(config, best_weights, Path(d), BEST)
                     (Path(d) / STATE_FILE).write_text(json.dumps(state))
                     ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(d))
             else:
@@ -297,7 +280,7 @@ def run_training(spec: dict[str, Any]) -> dict[str, Any]:
     import ray
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
 
-    from ray_jobs.tf_backend import tf_trainer
+    from ray_jobs.learners import trainer_for
 
     ray.init(runtime_env={"env_vars": {"TF_USE_LEGACY_KERAS": "1"}})
     resume = latest_checkpoint_path(spec["storage_path"], spec["run_name"])
@@ -322,7 +305,8 @@ def run_training(spec: dict[str, Any]) -> dict[str, Any]:
     # One Ray Train run per segment: the controller ends a segment with a checkpoint and the
     # worker count for the next one; the next segment resumes from that checkpoint.
     while True:
-        trainer = tf_trainer(
+        trainer = trainer_for(
+            spec,
             train_loop_per_worker,
             train_loop_config={**spec, "resume_from": resume},
             scaling_config=ScalingConfig(
@@ -432,7 +416,7 @@ def _finish(spec: dict[str, Any], checkpoint_path: str, resume: str | None) -> d
 
     with Checkpoint.from_directory(checkpoint_path).as_directory() as d:
         state = json.loads((Path(d) / STATE_FILE).read_text())
-        best = _load_weights(Path(d) / BEST_WEIGHTS)
+        best = load_snapshot(spec, Path(d), BEST)
     if state.get("model_uri"):
         training_seconds = float(state["training_seconds"])
         summary = state["summary"]

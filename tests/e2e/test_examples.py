@@ -137,3 +137,28 @@ def test_a_failing_user_model_fails_its_task_naming_the_function(
     text = logged.out + logged.err
     assert "examples.digits_cnn:broken" in text and "broken on purpose" in text
     assert registry.search_model_versions(f"name = '{name}'") == []
+
+
+def test_xgboost_through_ray_train_is_judged_by_roc_auc_and_served(
+    lifecycle: Any, registry: Any
+) -> None:
+    conf = example("breast_cancer_xgboost", **SERVE)
+    name = conf["model_name"]
+    try:
+        out = lifecycle(conf)
+        assert out["state"] == "success", _states(out)
+        train = out["tasks"]["train"]["value"]
+        assert train["deadline_met"] and 1 <= train["epochs"] <= conf["max_epochs"]
+        evaluation = out["tasks"]["evaluate"]["value"]
+        assert evaluation["test_roc_auc"] >= conf["target_value"]
+        assert evaluation["model_signature"].startswith("xgboost|")
+        assert list(evaluation["variants"]) == ["full"]
+        url = out["tasks"]["deploy"]["value"]["endpoint_url"]
+        info = requests.get(url, timeout=30).json()
+        row = [0.0] * len(info["features"])
+        resp = requests.post(url, json={"instances": [row]}, timeout=30)
+        assert resp.status_code == 200, resp.text
+        body = resp.json()
+        assert body["predictions"][0] in (0, 1) and len(body["probabilities"][0]) == 2
+    finally:
+        _undeploy(name)

@@ -1,0 +1,203 @@
+"""What one training worker trains, behind one small interface, so every framework runs under
+the same per-epoch loop (``ray_jobs.train``): the deadline controller, the quality early stop,
+checkpoints and the export.
+
+A learner trains one *epoch* per call (Keras: one pass over the worker's shard; XGBoost:
+``rounds_per_epoch`` boosting rounds), predicts the validation rows, and hands out a
+*snapshot* of its state (Keras: the weights; XGBoost: the booster's bytes) that the loop keeps
+as the best model, checkpoints and exports.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ray_jobs import data_io
+
+XGBOOST = "xgboost"
+#: Boosting rounds per epoch of the loop (the controller decides between epochs).
+DEFAULT_ROUNDS_PER_EPOCH = 10
+
+
+def framework(config: dict[str, Any]) -> str:
+    return XGBOOST if config.get("model") == XGBOOST else "keras"
+
+
+class KerasLearner:
+    """The built-in MLP or a user's Keras builder, under MultiWorkerMirroredStrategy."""
+
+    snapshot_file = "{}.npz"
+
+    def __init__(self, config: dict[str, Any]) -> None:
+        from ray_jobs.worker import setup_worker
+
+        self.model, self._dataset, self.steps_per_epoch, self.x_val, self.y_val = setup_worker(
+            config
+        )
+
+    def fit_epoch(self, epoch: int) -> float | None:
+        """Train one epoch; the training-set accuracy Keras measured (classification)."""
+        hist = self.model.fit(
+            self._dataset,
+            epochs=epoch + 1,
+            initial_epoch=epoch,
+            steps_per_epoch=self.steps_per_epoch,
+            verbose=0,
+        ).history
+        return float(hist["accuracy"][-1]) if "accuracy" in hist else None
+
+    def predict_val(self) -> np.ndarray:
+        return np.asarray(self.model(self.x_val, training=False).numpy())
+
+    def snapshot(self) -> Any:
+        return self.model.get_weights()
+
+    def restore(self, snapshot: Any) -> None:
+        self.model.set_weights(snapshot)
+
+
+class XGBoostLearner:
+    """XGBoost's own trainer (``xgboost.train``) on this worker's shard; with several workers
+    Ray Train's XGBoost backend joins them in one collective, so the trees are the same on
+    every worker."""
+
+    snapshot_file = "{}.ubj"
+
+    def __init__(self, config: dict[str, Any]) -> None:
+        import ray.train
+        import xgboost as xgb
+
+        ctx = ray.train.get_context()
+        rank, world = ctx.get_world_rank(), ctx.get_world_size()
+        profile = config["profile"]
+        x, y = data_io.read_xy(config["train_path"], profile)
+        self.x_val, self.y_val = data_io.read_xy(config["val_path"], profile)
+        self._xgb = xgb
+        self._dtrain = xgb.DMatrix(x[rank::world], label=y[rank::world])
+        self._dval = xgb.DMatrix(self.x_val)
+        self.params = xgboost_params(config)
+        user = dict(config.get("model_params") or {})
+        self.rounds = int(user.get("rounds_per_epoch", DEFAULT_ROUNDS_PER_EPOCH))
+        self.steps_per_epoch = self.rounds
+        self.booster: Any = None
+        self.task = profile.get("task", "classification")
+
+    def fit_epoch(self, epoch: int) -> float | None:
+        self.booster = self._xgb.train(
+            self.params, self._dtrain, num_boost_round=self.rounds, xgb_model=self.booster
+        )
+        return None
+
+    def predict_val(self) -> np.ndarray:
+        return xgb_output(self.booster.predict(self._dval), self.task)
+
+    def snapshot(self) -> Any:
+        return None if self.booster is None else bytes(self.booster.save_raw("ubj"))
+
+    def restore(self, snapshot: Any) -> None:
+        self.booster = (
+            None if snapshot is None else self._xgb.Booster(model_file=bytearray(snapshot))
+        )
+
+
+def make_learner(config: dict[str, Any]) -> KerasLearner | XGBoostLearner:
+    return XGBoostLearner(config) if framework(config) == XGBOOST else KerasLearner(config)
+
+
+#: ``model_params`` keys handed to XGBoost as they are (the others are slaflow's).
+XGBOOST_PARAMS = (
+    "max_depth",
+    "eta",
+    "min_child_weight",
+    "subsample",
+    "colsample_bytree",
+    "lambda",
+    "alpha",
+    "gamma",
+    "max_bin",
+    "tree_method",
+)
+
+
+def xgboost_params(config: dict[str, Any]) -> dict[str, Any]:
+    """XGBoost's parameters: the objective from the task, ``eta`` from the contract's
+    learning_rate unless ``model_params`` sets it, one thread per CPU the worker holds."""
+    profile = config["profile"]
+    user = dict(config.get("model_params") or {})
+    n_classes = len(profile.get("classes") or [])
+    params: dict[str, Any] = {
+        "tree_method": "hist",
+        "eta": float(config.get("learning_rate", 0.3)),
+        "max_depth": 6,
+        "seed": int(config.get("seed", 0)),
+        "nthread": max(1, int(float(config.get("cpus_per_worker", 1)))),
+    }
+    if profile.get("task") == "regression":
+        params["objective"] = "reg:squarederror"
+    elif n_classes == 2:
+        params["objective"] = "binary:logistic"
+    else:
+        params.update(objective="multi:softprob", num_class=n_classes)
+    params.update({k: v for k, v in user.items() if k in XGBOOST_PARAMS})
+    return params
+
+
+def xgb_output(raw: np.ndarray, task: str) -> np.ndarray:
+    """XGBoost's predictions in slaflow's shape: class probabilities ``[n, classes]``, or
+    values ``[n, 1]``."""
+    raw = np.asarray(raw, dtype="float32")
+    if task == "regression":
+        return raw.reshape(-1, 1)
+    if raw.ndim == 1:  # binary:logistic gives P(class 1)
+        return np.stack([1.0 - raw, raw], axis=1)
+    return raw
+
+
+def save_snapshot(config: dict[str, Any], snapshot: Any, folder: Path, name: str) -> None:
+    """A snapshot to ``folder`` (a checkpoint), in the framework's own format."""
+    if framework(config) == XGBOOST:
+        (folder / f"{name}.ubj").write_bytes(b"" if snapshot is None else snapshot)
+    else:
+        np.savez(folder / f"{name}.npz", *snapshot)
+
+
+def load_snapshot(config: dict[str, Any], folder: Path, name: str) -> Any:
+    """A snapshot from a checkpoint folder (no TensorFlow or XGBoost import needed)."""
+    if framework(config) == XGBOOST:
+        raw = (folder / f"{name}.ubj").read_bytes()
+        return raw or None
+    with np.load(folder / f"{name}.npz") as data:
+        return [data[f"arr_{i}"] for i in range(len(data.files))]
+
+
+def trainer_for(
+    spec: dict[str, Any],
+    train_loop_per_worker: Any,
+    *,
+    train_loop_config: dict[str, Any],
+    scaling_config: Any,
+    run_config: Any,
+) -> Any:
+    """The Ray Train trainer of the spec's framework: the tf-keras backend
+    (``ray_jobs.tf_backend``) or Ray Train's XGBoost trainer (its collective for several
+    workers)."""
+    if framework(spec) == XGBOOST:
+        from ray.train.xgboost import XGBoostTrainer
+
+        return XGBoostTrainer(
+            train_loop_per_worker,
+            train_loop_config=train_loop_config,
+            scaling_config=scaling_config,
+            run_config=run_config,
+        )
+    from ray_jobs.tf_backend import tf_trainer
+
+    return tf_trainer(
+        train_loop_per_worker,
+        train_loop_config=train_loop_config,
+        scaling_config=scaling_config,
+        run_config=run_config,
+    )
