@@ -139,9 +139,10 @@ class FeatureEncoder:
                 values = row
             else:
                 got = len(row) if isinstance(row, list) else type(row).__name__
+                kind = "numbers" if self.all_numeric else "values"
                 raise EncodingError(
-                    f"instances[{i}] must be an object of the {len(names)} features by name, or "
-                    f"a list of {len(names)} values (features {names[0]}..{names[-1]}), got {got}"
+                    f"instances[{i}] must be a list of {len(names)} {kind} (features "
+                    f"{names[0]}..{names[-1]}) or an object of them by name, got {got}"
                 )
             at = 0
             for j, (c, v) in enumerate(zip(self.columns, values, strict=True)):

@@ -31,11 +31,24 @@ class BadRequest(ValueError):
         self.status = status
 
 
-def parse_instances(payload: Any, feature_names: tuple[str, ...]) -> np.ndarray:
-    """Validate a request body into float32 [rows, features]; raise BadRequest if it is off."""
-    n = len(feature_names)
+def parse_instances(
+    payload: Any, feature_names: tuple[str, ...], encoder: Any = None
+) -> np.ndarray:
+    """Validate a request body into the model's float32 input rows; raise BadRequest if it is
+    off. The rows themselves go through the model's ``ray_jobs.features.FeatureEncoder`` (an
+    all-numeric one built from ``feature_names`` when none is given): the one place that turns
+    a row into inputs, for training, evaluation and serving alike."""
+    from ray_jobs.features import EncodingError, FeatureEncoder
+
+    encoder = encoder or FeatureEncoder.numeric(feature_names)
+    names = encoder.input_columns
     example = (
-        '{"instances": [[' + ", ".join(["0.0"] * min(n, 3)) + (", ..." if n > 3 else "") + "]]}"
+        '{"instances": [['
+        + ", ".join(["0.0"] * min(len(names), 3))
+        + (", ..." if len(names) > 3 else "")
+        + "]]}"
+        if encoder.all_numeric
+        else '{"instances": [{' + ", ".join(f'"{c}": ...' for c in names[:3]) + "}]}"
     )
     if not isinstance(payload, dict) or "instances" not in payload:
         raise BadRequest(f"body must be a JSON object with an 'instances' list, e.g. {example}")
@@ -47,29 +60,10 @@ def parse_instances(payload: Any, feature_names: tuple[str, ...]) -> np.ndarray:
             f"'instances' has {len(rows)} rows; at most {MAX_ROWS} per request: split the request",
             status=413,
         )
-    out = np.empty((len(rows), n), dtype="float32")
-    for i, row in enumerate(rows):
-        if isinstance(row, dict):
-            missing = [f for f in feature_names if f not in row]
-            if missing:
-                raise BadRequest(
-                    f"instances[{i}] lacks feature(s) {missing[:5]}: "
-                    f"give all {n} features by name or as a list"
-                )
-            row = [row[f] for f in feature_names]
-        if not isinstance(row, list) or len(row) != n:
-            got = len(row) if isinstance(row, list) else type(row).__name__
-            raise BadRequest(
-                f"instances[{i}] must be a list of {n} numbers (features "
-                f"{feature_names[0]}..{feature_names[-1]}), got {got}"
-            )
-        for j, v in enumerate(row):
-            if isinstance(v, bool) or not isinstance(v, int | float) or not math.isfinite(v):
-                raise BadRequest(
-                    f"instances[{i}][{j}] ({feature_names[j]}) must be a finite number, got {v!r}"
-                )
-        out[i] = row
-    return out
+    try:
+        return np.asarray(encoder.encode_rows(rows))
+    except EncodingError as exc:
+        raise BadRequest(str(exc)) from exc
 
 
 class LatencyWindow:
@@ -207,27 +201,7 @@ def parse_body(body: bytes, feature_names: tuple[str, ...], encoder: Any = None)
         payload = json.loads(body)
     except ValueError as exc:
         raise BadRequest(f"body is not valid JSON ({exc.msg} at char {exc.pos})") from exc
-    if encoder is None or encoder.all_numeric:
-        return parse_instances(payload, feature_names)
-    from ray_jobs.features import EncodingError
-
-    if not isinstance(payload, dict) or not isinstance(payload.get("instances"), list):
-        raise BadRequest(
-            "body must be a JSON object with an 'instances' list of rows by column name, e.g. "
-            '{"instances": [{' + ", ".join(f'"{c}": ...' for c in encoder.input_columns[:3]) + "}]}"
-        )
-    rows = payload["instances"]
-    if not rows:
-        raise BadRequest("'instances' must be a non-empty list of rows")
-    if len(rows) > MAX_ROWS:
-        raise BadRequest(
-            f"'instances' has {len(rows)} rows; at most {MAX_ROWS} per request: split the request",
-            status=413,
-        )
-    try:
-        return encoder.encode_rows(rows)
-    except EncodingError as exc:
-        raise BadRequest(str(exc)) from exc
+    return parse_instances(payload, feature_names, encoder)
 
 
 def answer(proba: np.ndarray, classes: Any, info: dict[str, Any]) -> dict[str, Any]:
