@@ -164,15 +164,13 @@ class PrepareDataOperator(PlannedStageOperator):
 
     def _check_task(self, profile: dict[str, Any]) -> None:
         """The data's task must be the one the target metric judges."""
-        quality = self.contract.quality_metric
-        if profile["task"] != quality.task:
-            raise AirflowFailException(
-                f"contract field 'target_metric': {quality.name!r} judges {quality.task} and "
-                f"the label {self.contract.label_column!r} was read as {profile['task']}. Fix: "
-                f"set task to '{quality.task}', or use a {profile['task']} metric"
-            )
-        if quality.binary_only and len(profile["classes"]) != 2:
-            raise AirflowFailException(
-                f"contract field 'target_metric': {quality.name!r} needs 2 classes and the "
-                f"label has {len(profile['classes'])}. Fix: use accuracy or f1_macro"
-            )
+        from policies import task_fit_problem
+
+        problem = task_fit_problem(
+            self.contract.target_metric,
+            profile["task"],
+            len(profile["classes"]),
+            self.contract.label_column,
+        )
+        if problem:
+            raise AirflowFailException(problem)

@@ -18,6 +18,7 @@ from operators.base import PlannedStageOperator, RayJobStageOperator, StageOpera
 from operators.links import ServeEndpointLink
 from policies import (
     CHAMPION,
+    VALUE_CANARY_ACCURACY,
     CanaryPolicy,
     CanaryStats,
     ComputeSample,
@@ -489,13 +490,11 @@ class DeployModelOperator(PlannedStageOperator):
         old_acc = reg.version_test_accuracy(client, model, old, name)
         new_acc = reg.version_test_accuracy(client, model, new, name)
         if self.contract.quality_metric.task == "regression":
-            # Values disagree when apart by more than both models' errors allow
-            # (policies.regression_tolerance); two sound models are apart that much on at
-            # most ~1/4 of rows (Chebyshev), so the bound is set as for two 0.8 classifiers.
+            # Values disagree when apart by more than both models' errors allow.
             rmse_old = 1 - reg.version_test_accuracy(client, model, old, "rmse")
             rmse_new = 1 - reg.version_test_accuracy(client, model, new, "rmse")
             base = {**base, "tolerance": regression_tolerance(rmse_old, rmse_new)}
-            old_acc = new_acc = 0.8
+            old_acc = new_acc = VALUE_CANARY_ACCURACY
         versions = {old: old_entry, new: new_entry}
         log: list[dict[str, Any]] = []
         for share in policy.steps():

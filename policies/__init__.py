@@ -106,6 +106,7 @@ from policies._metrics import (
     METRICS,
     REGRESSION,
     TASKS,
+    VALUE_CANARY_ACCURACY,
     Metric,
     TaskInference,
     compute_metric,
@@ -113,6 +114,7 @@ from policies._metrics import (
     metric,
     metric_interval,
     regression_tolerance,
+    task_fit_problem,
     wilson_interval,
 )
 from policies._placement import (
@@ -228,6 +230,8 @@ from policies._verify import (
 )
 
 __all__ = [
+    "task_fit_problem",
+    "VALUE_CANARY_ACCURACY",
     "MIN_TEST_ROWS",
     "migrate_contract",
     "CLASSIFICATION",

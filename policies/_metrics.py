@@ -200,6 +200,29 @@ def infer_task(distinct_values: Sequence[object], numeric: bool, rows: int) -> T
     )
 
 
+def task_fit_problem(metric_name: str, task: str, n_classes: int, label: str) -> str | None:
+    """Why a target metric cannot judge the data as prepared (None: it can): a metric of the
+    other task, or a two-class metric on more classes. The message names the field and fix."""
+    m = metric(metric_name)
+    if task != m.task:
+        return (
+            f"contract field 'target_metric': {m.name!r} judges {m.task} and the label "
+            f"{label!r} was read as {task}. Fix: set task to '{m.task}', or use a {task} metric"
+        )
+    if m.binary_only and n_classes != 2:
+        return (
+            f"contract field 'target_metric': {m.name!r} needs 2 classes and the label has "
+            f"{n_classes}. Fix: use accuracy or f1_macro"
+        )
+    return None
+
+
+#: Two sound value models answer further apart than ``regression_tolerance`` on at most ~1/4
+#: of rows (Chebyshev); the canary's disagreement bound is then set as for two classifiers of
+#: this accuracy.
+VALUE_CANARY_ACCURACY: Final = 0.8
+
+
 def regression_tolerance(rmse_a: float, rmse_b: float) -> float:
     """How far apart two regression models' answers to one row may be before they count as
     disagreeing: twice the larger RMSE (each model alone is usually that close to the truth,

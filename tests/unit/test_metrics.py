@@ -206,3 +206,13 @@ def test_the_accuracy_outlook_reads_error_metrics_too() -> None:
     stalled = [rmse.score(v) for v in (61, 58, 57, 58, 59, 60, 61, 62, 63, 64)]
     outlook = assess_target(stalled, rmse.score(50.0), epochs_affordable=100)
     assert not outlook.reachable and "plateau" in outlook.detail
+
+
+def test_a_metric_must_fit_the_prepared_task() -> None:
+    from policies import task_fit_problem
+
+    assert task_fit_problem("rmse", "regression", 0, "y") is None
+    wrong = task_fit_problem("accuracy", "regression", 0, "y")
+    assert wrong and "'target_metric'" in wrong and "set task to 'classification'" in wrong
+    multi = task_fit_problem("roc_auc", "classification", 3, "y")
+    assert multi and "needs 2 classes" in multi
