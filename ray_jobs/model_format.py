@@ -216,18 +216,16 @@ def build_mlp(
     feature_std: Sequence[float],
     seed: int,
 ) -> Any:
-    """A standardising MLP: (x - mean) / std, Dense+ReLU layers, softmax over classes."""
-    keras = tf_keras()
-    keras.utils.set_random_seed(seed)
-    std = np.where(np.asarray(feature_std, dtype="float32") > 0, feature_std, 1.0)
-    inputs = keras.Input(shape=(n_features,), name="features")
-    x = keras.layers.Normalization(
-        mean=np.asarray(feature_mean, dtype="float32"), variance=np.square(std).astype("float32")
-    )(inputs)
-    for units in hidden_units:
-        x = keras.layers.Dense(units, activation="relu")(x)
-    outputs = keras.layers.Dense(n_classes, activation="softmax", name="probabilities")(x)
-    return keras.Model(inputs, outputs)
+    """The built-in classifier MLP of :func:`build_model`, from its dimensions (the tuning,
+    federated and MLlib paths, which train the built-in classifier only)."""
+    profile = {
+        "feature_names": [f"f{i}" for i in range(n_features)],
+        "classes": list(range(n_classes)),
+        "feature_mean": list(feature_mean),
+        "feature_std": list(feature_std),
+        "task": "classification",
+    }
+    return build_model(profile, model="mlp", hidden_units=hidden_units, model_params={}, seed=seed)
 
 
 def export_saved_model(model: Any, metadata: ModelMetadata, out_dir: Path) -> Path:
