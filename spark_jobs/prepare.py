@@ -190,6 +190,7 @@ def _c(name: str) -> Any:
 #: Splits are exact (row positions after a seeded shuffle) up to this many rows; above it, a
 #: seeded uniform draw per row (fractions held within sampling noise, no global sort).
 EXACT_SPLIT_MAX_ROWS = 2_000_000
+DRAW_COLUMN = "__slaflow_draw"
 
 
 def _check_columns(columns: list[str], options: dict[str, Any], label_column: str) -> list[str]:
@@ -338,7 +339,11 @@ def run_prepare(
         order = [u]
     train_fraction = 1.0 - validation_fraction - test_fraction
     if kept > EXACT_SPLIT_MAX_ROWS and split_method != "time":
-        draw = F.rand(seed)
+        # The draw is a column, computed once per row: a ``rand`` written into each branch
+        # of the CASE would be a second generator, drawn only for the rows the first branch
+        # let through (5M rows at 0.05/0.05 gave val 9.5% and test 0.5%).
+        complete = complete.withColumn(DRAW_COLUMN, F.rand(seed))
+        draw = F.col(DRAW_COLUMN)
         split = (
             F.when(draw < train_fraction, SPLITS[0])
             .when(draw < train_fraction + validation_fraction, SPLITS[1])

@@ -104,6 +104,26 @@ def test_small_tables_keep_the_fractions_per_class(spark: Any, tmp_path: Path) -
     assert sorted(test[LABEL_INDEX].value_counts().tolist()) == [4, 4]
 
 
+def test_large_tables_draw_each_row_once_and_keep_the_fractions(
+    spark: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from spark_jobs import prepare
+
+    # the per-row draw of tables over EXACT_SPLIT_MAX_ROWS, on a table this test can hold
+    monkeypatch.setattr(prepare, "EXACT_SPLIT_MAX_ROWS", 100)
+    n = 20_000
+    frame = pd.DataFrame({"a": range(n), "label": ["x", "y"] * (n // 2)})
+    profile = _prepare(spark, tmp_path, _csv(tmp_path, frame), fractions=(0.1, 0.2))
+    counts = profile["split_counts"]
+    assert sum(counts.values()) == n
+    # within 5 standard deviations of the binomial draw (sd ~ 42-57 rows here)
+    for name, fraction in (("train", 0.7), ("val", 0.1), ("test", 0.2)):
+        sd = (n * fraction * (1 - fraction)) ** 0.5
+        assert abs(counts[name] - n * fraction) < 5 * sd, counts
+    written = pd.read_parquet(profile["paths"]["train"])
+    assert "__slaflow_draw" not in written.columns and len(written) == counts["train"]
+
+
 def test_a_few_whole_numbers_ask_for_the_task(spark: Any, tmp_path: Path) -> None:
     src = _csv(tmp_path, pd.DataFrame({"a": range(40), "label": [0, 1] * 20}))
     with pytest.raises(DataError, match="Set task to 'classification' or 'regression'"):
