@@ -12,12 +12,16 @@ export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 
 .PHONY: install browser-deps test-browser rollback undeploy demo test test-quick test-fast \
         test-integration test-e2e test-cluster lint docs ray-up ray-down \
-        mlflow-ui airflow bench-lifecycle bench-training bench-sim bench-federated bench-spark bench-spark-sim bench-serving clean
+        mlflow-ui airflow bench-lifecycle bench-data bench-training bench-sim bench-federated bench-spark bench-spark-sim bench-serving clean
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --disable-pip-version-check -q -e ".[dev]" \
 	    --config-settings editable_mode=compat
+	@if nvidia-smi -L 2>/dev/null | grep -q '^GPU'; then \
+	  echo "[slaflow] nvidia-smi lists a GPU: installing TensorFlow's CUDA build (extra 'gpu')"; \
+	  $(PY) -m pip install --disable-pip-version-check -q -e ".[dev,gpu]" \
+	    --config-settings editable_mode=compat; fi
 	@touch $(STAMP)
 
 install: $(STAMP)
@@ -102,6 +106,11 @@ bench-lifecycle: install
 ## -> benchmarks/results/serving.json (about 15 min on 2 cores)
 bench-serving: install
 	$(PY) benchmarks/serving.py
+
+## The data path at scale: prepare + train 5 M rows x 32 features, next to a plain Ray Train +
+## Ray Data loop -> benchmarks/results/data_scale.json (ROWS=, FEATURES= to change the table)
+bench-data: install
+	$(PY) benchmarks/data_scale.py $(if $(ROWS),--rows $(ROWS)) $(if $(FEATURES),--features $(FEATURES))
 
 ## Training under the contract: real contracts + simulator -> benchmarks/results/training_deadline.json
 bench-training: install

@@ -213,9 +213,7 @@ def train_model(tracking_uri: str) -> dict[str, Any]:
         mlflow.log_artifacts(str(model_dir), "model")
         predictor = Predictor(model_dir)
         accuracy = float((predictor.predict_classes(x[te]) == y[te]).mean())
-        variant_uri = log_int8_variant(
-            predictor, model_dir, run.info.run_id, mean.tolist(), std.tolist()
-        )
+        variant_uri = log_int8_variant(model_dir, run.info.run_id)
         test = pd.DataFrame(x[te], columns=names)
         test[LABEL_INDEX] = y[te].astype("int32")
         test_path = str(Path(tmp).parent / f"slaflow-bench-test-{run.info.run_id}.parquet")
@@ -275,7 +273,7 @@ def _profile(hook: Any, tracking_uri: str, model: dict[str, Any]) -> dict[str, A
     import mlflow
 
     from ray_jobs.profile_serving import run_profile
-    from ray_jobs.variants import Int8Predictor
+    from ray_jobs.variants import LiteRTPredictor
 
     t0 = time.monotonic()
     overhead = hook.measure_overhead(num_cpus=0.5)
@@ -293,7 +291,7 @@ def _profile(hook: Any, tracking_uri: str, model: dict[str, Any]) -> dict[str, A
     )
     compute_s = time.monotonic() - t0
     with tempfile.TemporaryDirectory() as tmp:
-        int8 = Int8Predictor(
+        int8 = LiteRTPredictor(
             mlflow.artifacts.download_artifacts(model["variant_uri"], dst_path=tmp)
         )
         int8_acc = float(

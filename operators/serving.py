@@ -98,12 +98,15 @@ class ProfileServingOperator(RayJobStageOperator):
         cpus, batches = settings.profile_cpus(), settings.profile_batches()
         resource = contract.serving_node_resource
         node = node_key(self.ray.alive_nodes(), resource)
+        # A cluster with a GPU gets a one-GPU replica shape measured too, so the planner's
+        # gpu tier has a measured point to win with.
+        gpus = 1 if self.ray.cluster_resources().get("GPU", 0.0) >= 1 else 0
         key = profile_key(
             model_signature=str(self.evaluation.get("model_signature", "")),
             variants=sorted(variants),
             cpus=cpus,
             batches=batches,
-            node=node,
+            node=f"{node}+gpu" if gpus else node,
         )
         # the Serve path first: measured (once per node type) before the compute job, whose
         # processes would otherwise still be winding down while it is timed
@@ -146,6 +149,7 @@ class ProfileServingOperator(RayJobStageOperator):
                     cpus=cpus,
                     batches=batches,
                     resource=resource,
+                    gpus=gpus,
                 ),
                 timeout_s=600,
             )

@@ -1,8 +1,9 @@
-"""Reading the Parquet splits that the prepare job writes, encoded for the model."""
+"""Reading the Parquet splits that the prepare job writes, encoded for the model: whole (small
+splits, tuning), streamed in chunks (evaluation), or as a Ray Data shard per Train worker."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -51,3 +52,118 @@ def read_request_rows(
     cols = list(encoder.input_columns)
     records = frame[cols].astype(object).where(frame[cols].notna(), None).to_dict("records")
     return [{k: (v.item() if hasattr(v, "item") else v) for k, v in r.items()} for r in records], y
+
+
+#: Rows per chunk a training worker pulls from its Ray Data shard and encodes at once.
+CHUNK_ROWS = 16_384
+#: Validation rows a training worker scores each epoch (the first rows of the seeded-shuffled
+#: split): the early stop's score, at a cost that does not grow with the table.
+VAL_ROWS_MAX = 50_000
+
+
+def _columns(profile: Mapping[str, Any]) -> tuple[FeatureEncoder, str, list[str]]:
+    encoder = FeatureEncoder.of_profile(profile)
+    label = label_name(profile)
+    return encoder, label, [*encoder.input_columns, label]
+
+
+def _xy(frame: Any, encoder: FeatureEncoder, label: str) -> tuple[np.ndarray, np.ndarray]:
+    y = frame[label].to_numpy(dtype="int32" if label == LABEL_INDEX else "float32")
+    return encoder.encode_frame(frame), y
+
+
+def read_xy_head(
+    path: str, profile: Mapping[str, Any], limit: int = VAL_ROWS_MAX
+) -> tuple[np.ndarray, np.ndarray]:
+    """The first ``limit`` rows of a split, encoded (Parquet read stops there)."""
+    import pyarrow.dataset as pads
+
+    encoder, label, columns = _columns(profile)
+    table = pads.dataset(path, format="parquet").head(limit, columns=columns)
+    return _xy(table.to_pandas(), encoder, label)
+
+
+def iter_xy(
+    path: str, profile: Mapping[str, Any], chunk_rows: int = CHUNK_ROWS
+) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """A split in encoded chunks, streamed from Parquet (memory of one chunk, not the split)."""
+    import pyarrow.dataset as pads
+
+    encoder, label, columns = _columns(profile)
+    for batch in pads.dataset(path, format="parquet").to_batches(
+        columns=columns, batch_size=chunk_rows
+    ):
+        if batch.num_rows:
+            yield _xy(batch.to_pandas(), encoder, label)
+
+
+def training_datasets(spec: Mapping[str, Any]) -> dict[str, Any]:
+    """Driver side: the training split as a Ray Dataset, split across the Train workers.
+
+    Read tasks ask for no CPU: the workers hold the CPUs the plan gave the run, and a read task
+    that waited for one would stall them all (the encoding runs in the worker, on its CPUs).
+    Ray Data's V2 Parquet path lists files in a task of 1 CPU that no option changes, which
+    deadlocks when the workers hold every CPU (seen on a 2-CPU node with a 2-CPU worker); the
+    V1 path lists them here, in the driver."""
+    import ray.data
+
+    ctx = ray.data.DataContext.get_current()
+    ctx.enable_progress_bars = False
+    ctx.use_datasource_v2 = False
+    _, _, columns = _columns(spec["profile"])
+    ds = ray.data.read_parquet(spec["train_path"], columns=columns, ray_remote_args={"num_cpus": 0})
+    return {"train": ds}
+
+
+class ShardStream:
+    """One Train worker's shard of the training split, streamed from Ray Data: each epoch a new
+    pass over the shard in encoded, shuffled chunks (the worker holds one or two chunks, never
+    the split). The shards are equal (Ray Train's default ``streaming_split(equal=True)``), so
+    every worker runs the same number of steps."""
+
+    def __init__(self, config: Mapping[str, Any], rank: int, world: int) -> None:
+        import ray.train
+
+        self._shard = ray.train.get_dataset_shard("train")
+        self._encoder, self._label, _ = _columns(config["profile"])
+        self.rows = int(config["profile"]["split_counts"]["train"]) // world
+        self._seed = int(config.get("seed", 0)) * 1000 + rank
+        self._epoch = 0
+
+    def chunks(self, chunk_rows: int = CHUNK_ROWS) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        """One pass over the shard (a new Ray Data epoch), rows shuffled within each chunk."""
+        rng = np.random.default_rng(self._seed + 7919 * self._epoch)
+        self._epoch += 1
+        for frame in self._shard.iter_batches(
+            batch_size=chunk_rows, batch_format="pandas", prefetch_batches=1
+        ):
+            x, y = _xy(frame, self._encoder, self._label)
+            order = rng.permutation(len(y))
+            yield x[order], y[order]
+
+    def batches(self, batch: int, steps: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        """Exactly ``steps`` batches of ``batch`` rows from one pass over the shard."""
+        return rebatch(self.chunks(max(batch, CHUNK_ROWS // batch * batch)), batch, steps)
+
+
+def rebatch(
+    chunks: Iterable[tuple[np.ndarray, np.ndarray]], batch: int, steps: int
+) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """At most ``steps`` batches of exactly ``batch`` rows from chunks of any size: rows are
+    carried across chunk boundaries, and the last partial batch is dropped (every worker then
+    runs the same steps, as MultiWorkerMirroredStrategy needs)."""
+    done = 0
+    carry: tuple[np.ndarray, np.ndarray] | None = None
+    for x, y in chunks:
+        if carry is not None:
+            x, y = np.concatenate([carry[0], x]), np.concatenate([carry[1], y])
+            carry = None
+        start = 0
+        while start + batch <= len(y) and done < steps:
+            yield x[start : start + batch], y[start : start + batch]
+            start += batch
+            done += 1
+        if done >= steps:
+            return
+        if start < len(y):
+            carry = (x[start:], y[start:])

@@ -73,8 +73,8 @@ def run_evaluation(spec: dict[str, Any]) -> dict[str, Any]:
     import mlflow
 
     from policies import compute_metric, metric, metric_interval
-    from ray_jobs.model_format import find_model_dir, open_predictor
-    from ray_jobs.variants import VARIANT_FULL, VARIANT_INT8, Int8Predictor, log_int8_variant
+    from ray_jobs.model_format import SAVED_MODEL_DIR, find_model_dir, open_predictor
+    from ray_jobs.variants import VARIANT_FULL, VARIANT_INT8, LiteRTPredictor, log_int8_variant
 
     name = str(spec.get("target_metric", "accuracy"))
     quality = metric(name)
@@ -86,16 +86,41 @@ def run_evaluation(spec: dict[str, Any]) -> dict[str, Any]:
         local = mlflow.artifacts.download_artifacts(artifact_uri=spec["model_uri"], dst_path=tmp)
         predictor = open_predictor(find_model_dir(local))
         meta = predictor.metadata
-        x, y = data_io.read_xy(
-            spec["test_path"],
-            {
-                "feature_names": meta.feature_names,
-                "encoding": meta.encoding,
-                "label_name": data_io.LABEL_VALUE if meta.regression else data_io.LABEL_INDEX,
-            },
+        test_profile = {
+            "feature_names": meta.feature_names,
+            "encoding": meta.encoding,
+            "label_name": data_io.LABEL_VALUE if meta.regression else data_io.LABEL_INDEX,
+        }
+        variant_uri = ""
+        model_dir = find_model_dir(local)
+        if (model_dir / SAVED_MODEL_DIR).exists():
+            try:
+                variant_uri = log_int8_variant(model_dir, spec["mlflow_run_id"])
+            except ValueError as exc:  # the full model serves alone
+                print(f"[evaluate] no int8 variant: {exc}", flush=True)
+        else:
+            print(
+                f"[evaluate] no int8 variant for a {meta.model!r} model (LiteRT converts Keras "
+                f"models): the full model serves alone",
+                flush=True,
+            )
+        int8 = (
+            LiteRTPredictor(
+                mlflow.artifacts.download_artifacts(variant_uri, dst_path=f"{tmp}/int8")
+            )
+            if variant_uri
+            else None
         )
+        # The test split streams in chunks: memory holds one chunk of features plus the
+        # labels and predictions, not the split.
+        ys, preds, int8_preds = [], [], []
+        for x_chunk, y_chunk in data_io.iter_xy(spec["test_path"], test_profile):
+            ys.append(y_chunk)
+            preds.append(predictor.predict_proba(x_chunk))
+            if int8 is not None:
+                int8_preds.append(int8.predict_proba(x_chunk))
+        y, prediction = np.concatenate(ys), np.concatenate(preds)
         classes = list(meta.classes)
-        prediction = predictor.predict_proba(x)
         metrics = task_metrics(meta.task, y, prediction, len(classes))
         lo, hi = metric_interval(name, y, prediction, len(classes))
         metrics.update(
@@ -118,31 +143,10 @@ def run_evaluation(spec: dict[str, Any]) -> dict[str, Any]:
                 "size_bytes": predictor.parameter_count() * 4,
             }
         }
-        variant_uri = ""
-        if meta.model == "mlp" and not meta.regression:
-            try:
-                variant_uri = log_int8_variant(
-                    predictor,
-                    find_model_dir(local),
-                    spec["mlflow_run_id"],
-                    spec["feature_mean"],
-                    spec["feature_std"],
-                )
-            except ValueError as exc:  # no Dense layers: the full model serves alone
-                print(f"[evaluate] no int8 variant: {exc}", flush=True)
-        else:
-            print(
-                f"[evaluate] no int8 variant for a {meta.task} model {meta.model!r}: the full "
-                f"model serves alone",
-                flush=True,
-            )
-        if variant_uri:
-            int8 = Int8Predictor(
-                mlflow.artifacts.download_artifacts(variant_uri, dst_path=f"{tmp}/int8")
-            )
+        if int8 is not None:
             variants[VARIANT_INT8] = {
                 "accuracy": quality.score(
-                    compute_metric(name, y, int8.predict_proba(x), len(classes))
+                    compute_metric(name, y, np.concatenate(int8_preds), len(classes))
                 ),
                 "size_bytes": int8.weight_bytes,
             }

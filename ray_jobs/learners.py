@@ -34,14 +34,16 @@ class KerasLearner:
     def __init__(self, config: dict[str, Any]) -> None:
         from ray_jobs.worker import setup_worker
 
-        self.model, self._dataset, self.steps_per_epoch, self.x_val, self.y_val = setup_worker(
+        self.model, self._make_input, self.steps_per_epoch, self.x_val, self.y_val = setup_worker(
             config
         )
 
     def fit_epoch(self, epoch: int) -> float | None:
         """Train one epoch; the training-set accuracy Keras measured (classification)."""
+        # One pass over the shard per call: the input is built anew, so Ray Data starts the
+        # worker's next epoch of its shard.
         hist = self.model.fit(
-            self._dataset,
+            self._make_input(),
             epochs=epoch + 1,
             initial_epoch=epoch,
             steps_per_epoch=self.steps_per_epoch,
@@ -73,10 +75,14 @@ class XGBoostLearner:
         ctx = ray.train.get_context()
         rank, world = ctx.get_world_rank(), ctx.get_world_size()
         profile = config["profile"]
-        x, y = data_io.read_xy(config["train_path"], profile)
-        self.x_val, self.y_val = data_io.read_xy(config["val_path"], profile)
+        self.x_val, self.y_val = data_io.read_xy_head(config["val_path"], profile)
         self._xgb = xgb
-        self._dtrain = xgb.DMatrix(x[rank::world], label=y[rank::world])
+        # XGBoost's own streaming input: the shard's chunks go through a DataIter into a
+        # QuantileDMatrix, which keeps the binned matrix (a byte per cell), never the floats.
+        self._dtrain = xgb.QuantileDMatrix(
+            _shard_iter(xgb, data_io.ShardStream(config, rank, world)),
+            max_bin=int((config.get("model_params") or {}).get("max_bin", 256)),
+        )
         self._dval = xgb.DMatrix(self.x_val)
         self.params = xgboost_params(config)
         user = dict(config.get("model_params") or {})
@@ -101,6 +107,34 @@ class XGBoostLearner:
         self.booster = (
             None if snapshot is None else self._xgb.Booster(model_file=bytearray(snapshot))
         )
+
+
+def _shard_iter_class(xgb: Any) -> type:
+    class ShardIter(xgb.DataIter):  # type: ignore[misc,name-defined]
+        def __init__(self, stream: data_io.ShardStream) -> None:
+            self._stream = stream
+            self._chunks: Any = None
+            super().__init__()
+
+        def next(self, input_data: Any) -> bool:
+            if self._chunks is None:
+                self._chunks = self._stream.chunks()
+            try:
+                x, y = next(self._chunks)
+            except StopIteration:
+                return False
+            input_data(data=x, label=y)
+            return True
+
+        def reset(self) -> None:
+            self._chunks = None
+
+    return ShardIter
+
+
+def _shard_iter(xgb: Any, stream: data_io.ShardStream) -> Any:
+    """One pass over a worker's shard per DataIter pass (XGBoost is imported lazily)."""
+    return _shard_iter_class(xgb)(stream)
 
 
 def make_learner(config: dict[str, Any]) -> KerasLearner | XGBoostLearner:
@@ -183,7 +217,8 @@ def trainer_for(
 ) -> Any:
     """The Ray Train trainer of the spec's framework: the tf-keras backend
     (``ray_jobs.tf_backend``) or Ray Train's XGBoost trainer (its collective for several
-    workers)."""
+    workers), fed the training split by Ray Data (one streamed shard per worker)."""
+    datasets = data_io.training_datasets(spec)
     if framework(spec) == XGBOOST:
         from ray.train.xgboost import XGBoostTrainer
 
@@ -192,6 +227,7 @@ def trainer_for(
             train_loop_config=train_loop_config,
             scaling_config=scaling_config,
             run_config=run_config,
+            datasets=datasets,
         )
     from ray_jobs.tf_backend import tf_trainer
 
@@ -200,4 +236,5 @@ def trainer_for(
         train_loop_config=train_loop_config,
         scaling_config=scaling_config,
         run_config=run_config,
+        datasets=datasets,
     )

@@ -37,13 +37,14 @@ class ComputeSampler:
         mlflow.set_registry_uri(spec["tracking_uri"])
         base = time.perf_counter() - t0
         if spec.get("variant_uri"):
-            from ray_jobs.variants import Int8Predictor  # numpy only, as in the replica
+            # LiteRT only, no TensorFlow, as in the replica
+            from ray_jobs.variants import LiteRTPredictor
 
             t1 = time.perf_counter()
-            npz = mlflow.artifacts.download_artifacts(
+            flatbuffer = mlflow.artifacts.download_artifacts(
                 spec["variant_uri"], dst_path=f"{self._tmp.name}/int8"
             )
-            self.predictors["int8"] = Int8Predictor(npz)
+            self.predictors["int8"] = LiteRTPredictor(flatbuffer, threads=threads)
             self.loads["int8"] = base + time.perf_counter() - t1
         t2 = time.perf_counter()
         import tensorflow as tf
@@ -136,6 +137,22 @@ def run_profile(spec: dict[str, Any]) -> dict[str, Any]:
         for row in measured:
             for cpus in shapes:
                 samples.append({**row, "num_cpus": cpus})
+    if int(spec.get("gpus") or 0) > 0:
+        # One GPU replica: the full model on the GPU (TensorFlow places it there on its own);
+        # the int8 variant is NumPy on the CPU, so it has no GPU shape.
+        options = {"num_cpus": 1, "num_gpus": 1}
+        if spec.get("resource"):
+            options["resources"] = {spec["resource"]: 0.001}
+        sampler = sampler_cls.options(**options).remote({**spec, "variant_uri": ""}, 1)
+        try:
+            measured = ray.get(
+                sampler.measure.remote([int(b) for b in spec["batches"]]),
+                timeout=float(spec.get("timeout_s", 600)),
+            )
+        finally:
+            ray.kill(sampler)
+        print(f"[profile] 1 GPU replica: {len(measured)} points", flush=True)
+        samples += [{**row, "num_cpus": 1.0, "num_gpus": 1.0} for row in measured]
     return {"samples": samples}
 
 

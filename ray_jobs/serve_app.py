@@ -94,23 +94,32 @@ def _load_predictor(
 ) -> tuple[Any, Any]:
     import mlflow
 
-    from ray_jobs.model_format import ModelMetadata, find_model_dir, open_predictor
-    from ray_jobs.variants import VARIANT_FULL, Int8Predictor
+    from ray_jobs.model_format import (
+        SAVED_MODEL_DIR,
+        ModelMetadata,
+        find_model_dir,
+        open_predictor,
+    )
+    from ray_jobs.variants import VARIANT_FULL, LiteRTPredictor
 
     # Both, explicitly: a stray MLFLOW_REGISTRY_URI on the node would otherwise send
     # model lookups to another registry.
     mlflow.set_tracking_uri(tracking_uri)
     mlflow.set_registry_uri(tracking_uri)
     if variant == VARIANT_FULL:
-        local = mlflow.artifacts.download_artifacts(artifact_uri=model_uri, dst_path=into)
-        predictor = open_predictor(find_model_dir(local))
+        local = find_model_dir(
+            mlflow.artifacts.download_artifacts(artifact_uri=model_uri, dst_path=into)
+        )
+        if (local / SAVED_MODEL_DIR).exists():  # TensorFlow only for the models that need it
+            _limit_threads()
+        predictor = open_predictor(local)
         return predictor, predictor.metadata
-    npz = mlflow.artifacts.download_artifacts(artifact_uri=variant_uri, dst_path=into)
+    flatbuffer = mlflow.artifacts.download_artifacts(artifact_uri=variant_uri, dst_path=into)
     meta_uri = variant_uri.rsplit("/", 1)[0] + "/slaflow_model.json"
     meta = mlflow.artifacts.download_artifacts(artifact_uri=meta_uri, dst_path=into)
     with open(meta) as fh:
         metadata = ModelMetadata.from_json(fh.read())
-    return Int8Predictor(npz), metadata
+    return LiteRTPredictor(flatbuffer, threads=_replica_threads()), metadata
 
 
 @serve.deployment(
@@ -145,8 +154,6 @@ class ModelServer:
         # ``siblings``: the version's other tiers, bound here only so that Serve deploys
         # them in the same application; the router calls each tier by name, not through us.
         self._tmp = tempfile.TemporaryDirectory(prefix="slaflow-serve-")
-        if variant == "full":
-            _limit_threads()
         self._predictor, self._meta = _load_predictor(
             model_uri, tracking_uri, variant, variant_uri, self._tmp.name
         )
@@ -245,18 +252,27 @@ class NoopServer:
         return {"arrival_rps": 0.0, "tail_ms": 0.0}
 
 
+def _replica_threads() -> int:
+    """Threads a replica computes with: its CPUs, rounded up (at least 1)."""
+    try:
+        import ray
+
+        cpus = ray.get_runtime_context().get_assigned_resources().get("CPU", 1.0)
+    except RuntimeError:  # not in a Ray worker
+        cpus = 1.0
+    return max(1, math.ceil(cpus))
+
+
 def _limit_threads() -> None:
     """TensorFlow uses as many threads as the replica has CPUs (at least 1), so a profiled
     shape means the same thing on any node."""
     try:
-        import ray
         import tensorflow as tf
 
-        cpus = ray.get_runtime_context().get_assigned_resources().get("CPU", 1.0)
-        n = max(1, math.ceil(cpus))
+        n = _replica_threads()
         tf.config.threading.set_intra_op_parallelism_threads(n)
         tf.config.threading.set_inter_op_parallelism_threads(n)
-    except (RuntimeError, ImportError):  # already initialised, or not in a Ray worker
+    except (RuntimeError, ImportError):  # already initialised
         pass
 
 

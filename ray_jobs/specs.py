@@ -116,8 +116,10 @@ def profile_spec(
     cpus: list[float],
     batches: list[int],
     resource: str,
+    gpus: int = 0,
 ) -> dict[str, Any]:
-    """Input of ``ray_jobs.profile_serving``."""
+    """Input of ``ray_jobs.profile_serving`` (``gpus``: 1 measures a one-GPU replica shape
+    too, where the cluster has a GPU)."""
     return {
         "tracking_uri": tracking_uri,
         "model_uri": model_uri,
@@ -125,4 +127,5 @@ def profile_spec(
         "cpus": cpus,
         "batches": batches,
         "resource": resource,
+        "gpus": gpus,
     }

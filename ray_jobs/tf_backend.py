@@ -62,6 +62,7 @@ def tf_trainer(
     train_loop_config: dict[str, Any],
     scaling_config: Any,
     run_config: Any,
+    datasets: dict[str, Any] | None = None,
 ) -> Any:
     """A Ray Train (V2) data-parallel trainer for tf-keras training loops."""
     from ray.train.v2.api.data_parallel_trainer import DataParallelTrainer
@@ -72,4 +73,5 @@ def tf_trainer(
         backend_config=TfConfigBackendConfig(),
         scaling_config=scaling_config,
         run_config=run_config,
+        datasets=datasets,
     )

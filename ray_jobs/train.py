@@ -12,6 +12,7 @@ its storage folder, so no finished epoch is lost.
 from __future__ import annotations
 
 import json
+import resource
 import tempfile
 import time
 from pathlib import Path
@@ -29,12 +30,22 @@ BEST = "best"
 
 
 def _cluster_cap(config: dict[str, Any], world: int) -> int:
-    """Workers the budget and the cluster allow now (this job's own workers count as free)."""
+    """Workers the budget and the cluster allow now (this job's own workers count as free):
+    ``policies.cluster_capacity`` of the run's shape, so GPUs count where the plan chose
+    the ``gpu`` shape (one GPU per worker)."""
     import ray
 
+    from policies import cluster_capacity
+
     cpw = float(config["cpus_per_worker"])
-    free = float(ray.available_resources().get("CPU", 0.0)) + world * cpw
-    return max(1, min(int(config["max_workers"]), int(free // cpw + 1e-9)))
+    shape = config.get("throughput", {}).get("shape", "cpu")
+    free = ray.available_resources()
+    fit = cluster_capacity(
+        free_cpus=float(free.get("CPU", 0.0)) + world * cpw,
+        cpus_per_worker=cpw,
+        free_gpus=float(free.get("GPU", 0.0)) + (world if shape == "gpu" else 0),
+    )
+    return max(1, min(int(config["max_workers"]), fit.get(shape, fit["cpu"])))
 
 
 def train_loop_per_worker(config: dict[str, Any]) -> None:
@@ -104,6 +115,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     while run_next:
         epoch_start = time.time()
         train_accuracy = learner.fit_epoch(state["epoch"])
+        fit_s = time.time() - epoch_start
         val_acc, val_loss = validation_scores(config, learner.predict_val(), learner.y_val)
         state["epoch"] += 1
         duration = time.time() - epoch_start
@@ -129,6 +141,10 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             "workers": world,
             "elapsed_s": now_s,
             "epoch_seconds": duration,
+            # The pass over the shard alone; the rest of the epoch (validation, decision,
+            # logging, checkpoint) is slaflow's control overhead, in ``overhead_s``.
+            "fit_seconds": fit_s,
+            "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
         }
         if state["best_val_accuracy"] is None or val_acc > state["best_val_accuracy"]:
             state["best_val_accuracy"], state["best_epoch"] = val_acc, state["epoch"]
@@ -214,6 +230,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
                 ray.train.report(metrics)
         else:
             ray.train.report(metrics)
+        state.setdefault("overhead_s", []).append(time.time() - epoch_start - fit_s)
         if state["resize_to"]:
             break
 
@@ -230,6 +247,8 @@ def _log_epoch(client: Any, run_id: str, row: dict[str, Any]) -> None:
         "workers",
         "elapsed_s",
         "epoch_seconds",
+        "fit_seconds",
+        "peak_rss_mb",
         "epochs_planned",
         "setpoint",
         "progress",
@@ -432,6 +451,9 @@ def _finish(spec: dict[str, Any], checkpoint_path: str, resume: str | None) -> d
         "best_val_accuracy": state["best_val_accuracy"],
         "stop_reason": state.get("stop_reason"),
         "history": state["history"],
+        # Per epoch, all but the last (whose overhead includes the export): seconds outside
+        # the pass over the data.
+        "overhead_seconds": state.get("overhead_s", []),
         "training_seconds": training_seconds,
         "deadline_met": deadline_met(training_seconds, float(spec["deadline_s"])),
         "num_workers": spec["num_workers"],

@@ -1,101 +1,84 @@
 """Cheaper servable variants of a slaflow model.
 
-``int8``: every Dense kernel quantised to int8 with one scale per output unit (symmetric),
-biases kept in float32, the standardisation folded in; computed with NumPy (kernels
-dequantised once at load). A quarter of the weight bytes, no TensorFlow in the replica (its
-cold start is an ``np.load`` instead of a TF import and SavedModel load), and its own measured
-accuracy, which the placement planner weighs against the full model's.
+``int8``: TensorFlow Lite's dynamic-range quantization of the exported SavedModel
+(``tf.lite.TFLiteConverter`` with ``Optimize.DEFAULT``: weights stored as int8, activations in
+float, computed with int8 kernels where the op has them), served by LiteRT's interpreter
+(``ai-edge-litert``) with no TensorFlow in the replica, so a replica's cold start is a small
+file read instead of a TensorFlow import and a SavedModel load. It applies to every Keras
+model slaflow exports (the built-in MLP, a user's builder, regression too); models of another
+framework (XGBoost) have no variant and are planned with the full model only. The evaluate
+job scores it on the test set, and the placement planner weighs that against the full model.
 """
 
 from __future__ import annotations
 
-import io
+import threading
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
 VARIANT_FULL = "full"
 VARIANT_INT8 = "int8"
-INT8_FILE = "variant_int8.npz"
+INT8_FILE = "variant_int8.tflite"
 
 
-def quantize_int8(predictor: Any, feature_mean: Any, feature_std: Any) -> dict[str, np.ndarray]:
-    """Arrays of the int8 variant, from a loaded ``Predictor`` and the training statistics."""
-    variables = predictor.variables
-    kernels = [v.numpy() for v in variables if v.name.endswith("kernel:0")]
-    biases = [v.numpy() for v in variables if v.name.endswith("bias:0")]
-    if not kernels or len(kernels) != len(biases):
-        raise ValueError("model has no Dense kernel/bias pairs: cannot build the int8 variant")
-    std = np.asarray(feature_std, dtype="float32")
-    out: dict[str, np.ndarray] = {
-        "mean": np.asarray(feature_mean, dtype="float32"),
-        "std": np.where(std > 0, std, 1.0).astype("float32"),
-        "layers": np.asarray(len(kernels)),
-    }
-    for i, (k, b) in enumerate(zip(kernels, biases, strict=True)):
-        scale = np.abs(k).max(axis=0) / 127.0
-        scale = np.where(scale > 0, scale, 1.0).astype("float32")
-        out[f"q{i}"] = np.clip(np.round(k / scale), -127, 127).astype("int8")
-        out[f"s{i}"] = scale
-        out[f"b{i}"] = b.astype("float32")
-    return out
+def convert_int8(model_dir: str | Path) -> bytes:
+    """The dynamic-range quantized LiteRT flatbuffer of an exported Keras model folder."""
+    import tensorflow as tf
+
+    from ray_jobs.model_format import SAVED_MODEL_DIR
+
+    converter = tf.lite.TFLiteConverter.from_saved_model(
+        str(Path(model_dir) / SAVED_MODEL_DIR), signature_keys=["serving_default"]
+    )
+    converter.optimizations = [tf.lite.Optimize.DEFAULT]
+    return bytes(converter.convert())
 
 
-def save_int8(arrays: dict[str, np.ndarray], path: Path) -> Path:
-    buf = io.BytesIO()
-    np.savez_compressed(buf, **arrays)  # type: ignore[arg-type]
-    path.write_bytes(buf.getvalue())
-    return path
+class LiteRTPredictor:
+    """``predict_proba`` of the int8 variant through LiteRT's signature runner: class
+    probabilities ``[n, classes]`` or values ``[n, 1]``, as the full model answers."""
 
+    def __init__(self, path: str | Path, threads: int = 1) -> None:
+        from ai_edge_litert.interpreter import Interpreter
 
-class Int8Predictor:
-    """``predict_proba`` of the int8 variant: standardise, Dense+ReLU, softmax."""
-
-    def __init__(self, path: str | Path) -> None:
-        with np.load(path) as z:
-            self.mean, self.std = z["mean"], z["std"]
-            n = int(z["layers"])
-            self.layers = [
-                (z[f"q{i}"].astype("float32") * z[f"s{i}"], z[f"b{i}"]) for i in range(n)
-            ]
-            self.weight_bytes = sum(int(z[f"q{i}"].nbytes) for i in range(n))
+        self.weight_bytes = Path(path).stat().st_size
+        self._interpreter = Interpreter(model_path=str(path), num_threads=max(1, threads))
+        self._runner = self._interpreter.get_signature_runner("serving_default")
+        # An interpreter is not thread-safe; a replica may call it from several threads.
+        self._lock = threading.Lock()
 
     def predict_proba(self, features: np.ndarray) -> np.ndarray:
-        x = (np.asarray(features, dtype="float32") - self.mean) / self.std
-        last = len(self.layers) - 1
-        for i, (w, b) in enumerate(self.layers):
-            x = x @ w + b
-            if i < last:
-                np.maximum(x, 0.0, out=x)
-        x -= x.max(axis=1, keepdims=True)
-        np.exp(x, out=x)
-        out: np.ndarray = x / x.sum(axis=1, keepdims=True)
-        return out
+        x = np.asarray(features, dtype="float32")
+        if len(x) == 0:
+            raise ValueError("no rows to predict")
+        with self._lock:
+            out = self._runner(features=x)
+        return np.asarray(next(iter(out.values())), dtype="float32")
 
 
 def log_int8_variant(
-    predictor: Any,
     model_dir: Path,
     run_id: str,
-    feature_mean: Any,
-    feature_std: Any,
     artifact_path: str = "serving/int8",
 ) -> str:
-    """Build the int8 variant of a loaded model (``predictor`` over ``model_dir``) and log
-    it, with the model's metadata, to ``run_id``; returns its artifact URI, which
+    """Convert the exported model in ``model_dir`` to the int8 variant and log it, with the
+    model's metadata, to ``run_id``; returns its artifact URI, which
     ``ModelServer(variant="int8")`` loads. Idempotent: logging again overwrites the same two
-    files."""
+    files. Raises ``ValueError`` when the converter cannot convert the model."""
     import tempfile
 
     import mlflow
 
     from ray_jobs.model_format import METADATA_FILE
 
-    arrays = quantize_int8(predictor, feature_mean, feature_std)
+    try:
+        flatbuffer = convert_int8(model_dir)
+    except Exception as exc:  # the converter's own errors are of many kinds
+        raise ValueError(f"LiteRT conversion failed: {exc}") from exc
     with tempfile.TemporaryDirectory(prefix="slaflow-variant-") as tmp:
         out = Path(tmp)
-        save_int8(arrays, out / INT8_FILE)
+        (out / INT8_FILE).write_bytes(flatbuffer)
         (out / METADATA_FILE).write_text((Path(model_dir) / METADATA_FILE).read_text())
         mlflow.MlflowClient().log_artifacts(run_id, str(out), artifact_path)
     return f"runs:/{run_id}/{artifact_path}/{INT8_FILE}"

@@ -11,9 +11,12 @@ from ray_jobs import data_io
 
 
 def setup_worker(config: dict[str, Any]) -> tuple[Any, Any, int, np.ndarray, np.ndarray]:
-    """Model under MultiWorkerMirroredStrategy, this worker's shard, steps per epoch, val set.
+    """Model under MultiWorkerMirroredStrategy, a factory of this worker's input for one
+    epoch, steps per epoch, the validation rows.
 
-    Shared by training and calibration, so a calibrated epoch is a trained epoch."""
+    The input streams this worker's Ray Data shard (``data_io.ShardStream``): each ``fit``
+    call is one pass, so a worker's memory does not grow with the table. Shared by training
+    and calibration, so a calibrated epoch is a trained epoch."""
     os.environ["TF_USE_LEGACY_KERAS"] = "1"
     import ray.train
     import tensorflow as tf
@@ -23,8 +26,8 @@ def setup_worker(config: dict[str, Any]) -> tuple[Any, Any, int, np.ndarray, np.
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     profile = config["profile"]
-    x_train, y_train = data_io.read_xy(config["train_path"], profile)
-    x_val, y_val = data_io.read_xy(config["val_path"], profile)
+    x_val, y_val = data_io.read_xy_head(config["val_path"], profile)
+    stream = data_io.ShardStream(config, rank, world)
 
     # One worker needs no collective: MultiWorkerMirroredStrategy would only add its gRPC
     # server and collective setup to every (re)start.
@@ -34,20 +37,27 @@ def setup_worker(config: dict[str, Any]) -> tuple[Any, Any, int, np.ndarray, np.
     with strategy.scope():
         model = model_from_config(config)
         compile_model(model, profile.get("task", "classification"), config["learning_rate"])
-    # Each worker trains on its own shard; all run the same number of steps (MWMS needs it).
+    # Each worker trains on its own shard; all run the same number of steps (MWMS needs it):
+    # the shards are equal, and a step takes ``batch`` rows on every worker.
     batch = int(config["batch_size"])
-    shard_x, shard_y = x_train[rank::world], y_train[rank::world]
-    steps = max(1, len(x_train) // world // batch)
-    options = tf.data.Options()
-    options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.OFF
-    dataset = (
-        tf.data.Dataset.from_tensor_slices((shard_x, shard_y))
-        .shuffle(len(shard_x), seed=config["seed"] + rank)
-        .repeat()
-        .batch(batch * world)
-        .with_options(options)
+    steps = max(1, stream.rows // batch)
+    signature = (
+        tf.TensorSpec([None, x_val.shape[1]], tf.float32),
+        tf.TensorSpec([None], tf.as_dtype(y_val.dtype)),
     )
-    return model, dataset, steps, x_val, y_val
+
+    def one_pass(_context: Any = None) -> Any:
+        return tf.data.Dataset.from_generator(
+            lambda: stream.batches(batch, steps), output_signature=signature
+        ).prefetch(2)
+
+    # The input is built anew for every ``fit`` (one pass each). Several workers: per-worker
+    # datasets (no auto-sharding, no re-batching of a global batch), as Keras documents for
+    # MultiWorkerMirroredStrategy input functions.
+    def make_input() -> Any:
+        return tf.keras.utils.experimental.DatasetCreator(one_pass) if world > 1 else one_pass()
+
+    return model, make_input, steps, x_val, y_val
 
 
 def model_from_config(config: dict[str, Any]) -> Any:
