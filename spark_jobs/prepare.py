@@ -180,11 +180,15 @@ def _repair_malformed(
     return clean, malformed, int(malformed_rows), [f for f in non_numeric if f.name not in fixed]
 
 
+def _quoted(name: str) -> str:
+    return "`" + name.replace("`", "``") + "`"
+
+
 def _c(name: str) -> Any:
     """A column by its exact name: dots and spaces in names are not struct paths."""
     from pyspark.sql import functions as F
 
-    return F.col("`" + name.replace("`", "``") + "`")
+    return F.col(_quoted(name))
 
 
 #: Splits are exact (row positions after a seeded shuffle) up to this many rows; above it, a
@@ -277,19 +281,18 @@ def run_prepare(
     numeric = [f for f in features if f not in categorical]
     label_type = frame.schema[label_column].dataType
 
-    complete_row = _c(label_column).isNotNull()
-    for c in numeric:
-        complete_row = complete_row & _c(c).isNotNull()
-    row_counts = frame.agg(
-        F.count(F.lit(1)).alias("n"), F.sum(F.when(complete_row, 1).otherwise(0)).alias("kept")
-    ).first()
-    total, kept = int(row_counts["n"]), int(row_counts["kept"] or 0)
+    # Complete rows: Spark's own null drop (one flat AtLeastNNonNulls expression). A
+    # conjunction of one null check per column, even balanced, is rebuilt left-deep by the
+    # optimizer and overflowed the JVM stack on a 2,000-column table.
+    # (Names quoted: unquoted, Spark reads "a.b" as a nested field.)
+    complete = frame.dropna(how="any", subset=[_quoted(n) for n in [label_column, *numeric]])
+    row_counts = frame.agg(F.count(F.lit(1)).alias("n")).first()
+    total, kept = int(row_counts["n"]), complete.count()
     if kept == 0:
         raise DataError(
             f"no complete rows: all {total + malformed_rows} rows have a missing or malformed "
             f"label or numeric value"
         )
-    complete = frame.where(complete_row)
     distinct = [
         r[0] for r in complete.select(label_column).distinct().limit(MAX_CLASSES + 1).collect()
     ]
