@@ -77,12 +77,13 @@ class XGBoostLearner:
         profile = config["profile"]
         self.x_val, self.y_val = data_io.read_xy_head(config["val_path"], profile)
         self._xgb = xgb
-        # XGBoost's own streaming input: the shard's chunks go through a DataIter into a
-        # QuantileDMatrix, which keeps the binned matrix (a byte per cell), never the floats.
+        # XGBoost's own iterator input: the shard's chunks go through a DataIter into a
+        # QuantileDMatrix, which keeps the binned matrix (a byte per cell), not the floats.
+        rows = _shard_iter(xgb, data_io.ShardStream(config, rank, world))
         self._dtrain = xgb.QuantileDMatrix(
-            _shard_iter(xgb, data_io.ShardStream(config, rank, world)),
-            max_bin=int((config.get("model_params") or {}).get("max_bin", 256)),
+            rows, max_bin=int((config.get("model_params") or {}).get("max_bin", 256))
         )
+        rows.release()
         self._dval = xgb.DMatrix(self.x_val)
         self.params = xgboost_params(config)
         user = dict(config.get("model_params") or {})
@@ -111,23 +112,42 @@ class XGBoostLearner:
 
 def _shard_iter_class(xgb: Any) -> type:
     class ShardIter(xgb.DataIter):  # type: ignore[misc,name-defined]
+        """XGBoost iterates its input more than once (quantiles, then the binned matrix) and
+        expects the same rows in the same order each time; a Ray Data epoch need not give
+        them (blocks are shared out to workers as they ask, and chunks are shuffled). So one
+        pass is read from the shard and replayed for the others, then let go: the floats live
+        only while the QuantileDMatrix is built."""
+
         def __init__(self, stream: data_io.ShardStream) -> None:
             self._stream = stream
+            self._seen: list[tuple[np.ndarray, np.ndarray]] = []
+            self._replay: list[tuple[np.ndarray, np.ndarray]] | None = None
             self._chunks: Any = None
             super().__init__()
 
         def next(self, input_data: Any) -> bool:
-            if self._chunks is None:
-                self._chunks = self._stream.chunks()
-            try:
-                x, y = next(self._chunks)
-            except StopIteration:
-                return False
+            if self._replay is not None:
+                if not self._replay:
+                    return False
+                x, y = self._replay.pop(0)
+            else:
+                if self._chunks is None:
+                    self._chunks = self._stream.chunks()
+                try:
+                    x, y = next(self._chunks)
+                except StopIteration:
+                    return False
+                self._seen.append((x, y))
             input_data(data=x, label=y)
             return True
 
         def reset(self) -> None:
+            if self._chunks is not None or self._replay is not None:
+                self._replay = list(self._seen)
             self._chunks = None
+
+        def release(self) -> None:
+            self._seen, self._replay = [], None
 
     return ShardIter
 
