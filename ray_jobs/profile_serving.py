@@ -107,6 +107,23 @@ def _median_ms(predictor: Any, x: np.ndarray, n: int) -> float:
     return statistics.median(times)
 
 
+def _measure(sampler_cls: Any, spec: dict[str, Any], options: dict[str, Any], threads: int) -> Any:
+    """The points of one replica shape, measured by a sampler actor placed with ``options``
+    (and the contract's node resource), which is killed afterwards."""
+    import ray
+
+    if spec.get("resource"):
+        options = {**options, "resources": {spec["resource"]: 0.001}}
+    sampler = sampler_cls.options(**options).remote(spec, threads)
+    try:
+        return ray.get(
+            sampler.measure.remote([int(b) for b in spec["batches"]]),
+            timeout=float(spec.get("timeout_s", 600)),
+        )
+    finally:
+        ray.kill(sampler)
+
+
 def run_profile(spec: dict[str, Any]) -> dict[str, Any]:
     import ray
 
@@ -117,18 +134,8 @@ def run_profile(spec: dict[str, Any]) -> dict[str, Any]:
     sampler_cls = ray.remote(ComputeSampler)
     for threads in sorted(set(threads_for.values())):
         shapes = [c for c, t in threads_for.items() if t == threads]
-        options: dict[str, Any] = {"num_cpus": max(shapes)}
-        if spec.get("resource"):
-            options["resources"] = {spec["resource"]: 0.001}
         started = time.perf_counter()
-        sampler = sampler_cls.options(**options).remote(spec, threads)
-        try:
-            measured = ray.get(
-                sampler.measure.remote([int(b) for b in spec["batches"]]),
-                timeout=float(spec.get("timeout_s", 600)),
-            )
-        finally:
-            ray.kill(sampler)
+        measured = _measure(sampler_cls, spec, {"num_cpus": max(shapes)}, threads)
         print(
             f"[profile] {threads} thread(s) for {shapes} CPU: "
             f"{len(measured)} points in {time.perf_counter() - started:.1f}s",
@@ -139,18 +146,9 @@ def run_profile(spec: dict[str, Any]) -> dict[str, Any]:
                 samples.append({**row, "num_cpus": cpus})
     if int(spec.get("gpus") or 0) > 0:
         # One GPU replica: the full model on the GPU (TensorFlow places it there on its own);
-        # the int8 variant is NumPy on the CPU, so it has no GPU shape.
-        options = {"num_cpus": 1, "num_gpus": 1}
-        if spec.get("resource"):
-            options["resources"] = {spec["resource"]: 0.001}
-        sampler = sampler_cls.options(**options).remote({**spec, "variant_uri": ""}, 1)
-        try:
-            measured = ray.get(
-                sampler.measure.remote([int(b) for b in spec["batches"]]),
-                timeout=float(spec.get("timeout_s", 600)),
-            )
-        finally:
-            ray.kill(sampler)
+        # the int8 variant runs in LiteRT on the CPU, so it has no GPU shape.
+        gpu_spec = {**spec, "variant_uri": ""}
+        measured = _measure(sampler_cls, gpu_spec, {"num_cpus": 1, "num_gpus": 1}, 1)
         print(f"[profile] 1 GPU replica: {len(measured)} points", flush=True)
         samples += [{**row, "num_cpus": 1.0, "num_gpus": 1.0} for row in measured]
     return {"samples": samples}
