@@ -83,8 +83,10 @@ def run_evaluation(spec: dict[str, Any]) -> dict[str, Any]:
     mlflow.set_tracking_uri(spec["tracking_uri"])
     mlflow.set_registry_uri(spec["tracking_uri"])
     with tempfile.TemporaryDirectory() as tmp:
-        local = mlflow.artifacts.download_artifacts(artifact_uri=spec["model_uri"], dst_path=tmp)
-        predictor = open_predictor(find_model_dir(local))
+        model_dir = find_model_dir(
+            mlflow.artifacts.download_artifacts(artifact_uri=spec["model_uri"], dst_path=tmp)
+        )
+        predictor = open_predictor(model_dir)
         meta = predictor.metadata
         test_profile = {
             "feature_names": meta.feature_names,
@@ -92,7 +94,6 @@ def run_evaluation(spec: dict[str, Any]) -> dict[str, Any]:
             "label_name": data_io.LABEL_VALUE if meta.regression else data_io.LABEL_INDEX,
         }
         variant_uri = ""
-        model_dir = find_model_dir(local)
         if (model_dir / SAVED_MODEL_DIR).exists():
             try:
                 variant_uri = log_int8_variant(model_dir, spec["mlflow_run_id"])

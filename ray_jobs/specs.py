@@ -103,8 +103,6 @@ def evaluation_spec(
         "mlflow_run_id": mlflow_run_id,
         "model_uri": model_uri,
         "test_path": data_profile["paths"]["test"],
-        "feature_mean": data_profile["feature_mean"],
-        "feature_std": data_profile["feature_std"],
     }
 
 
