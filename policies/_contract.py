@@ -649,18 +649,24 @@ FIELDS: Final[tuple[FieldSpec, ...]] = (
         "package.module:function: your Keras model builder, importable on every Ray node; it "
         "is called as function(input_spec, model_params) and returns an uncompiled tf-keras "
         "model whose input is the encoded feature vector (input_spec says its width, the "
-        "feature names and the task).",
+        "feature names and the task). train_loop:package.module:function: your own Ray "
+        "Train train_loop_per_worker, any framework; it reports the validation target_metric "
+        "with ray.train.report once per epoch, resumes from ray.train.get_checkpoint(), and "
+        "its module defines load_predictor(checkpoint_dir, input_spec) for serving (see "
+        "examples/digits_sgd_loop.py).",
         _S_MODEL,
-        "use 'mlp', 'xgboost' or 'package.module:function', e.g. 'examples.digits_cnn:build'",
-        pattern=r"^(mlp|xgboost)$|^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*:[A-Za-z_][A-Za-z0-9_]*$",
+        "use 'mlp', 'xgboost', 'package.module:function' (a Keras builder, e.g. "
+        "'examples.digits_cnn:build') or 'train_loop:package.module:function' (a Ray Train "
+        "loop, e.g. 'train_loop:examples.digits_sgd_loop:train_loop_per_worker')",
+        pattern=r"^(mlp|xgboost)$|^(train_loop:)?[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*:[A-Za-z_][A-Za-z0-9_]*$",
     ),
     FieldSpec(
         "model_params",
         "object",
         {},
         "Model parameters",
-        "A JSON object handed to your model builder as it is, or XGBoost's parameters (the "
-        "built-in mlp ignores it).",
+        "A JSON object handed to your model builder as it is (to your train loop as the "
+        "keys of its config), or XGBoost's parameters (the built-in mlp ignores it).",
         _S_MODEL,
         'give a JSON object, e.g. {"filters": 16}',
     ),

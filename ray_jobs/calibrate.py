@@ -17,6 +17,7 @@ from typing import Any
 
 from ray_jobs.entry import run_entrypoint
 from ray_jobs.learners import make_learner, trainer_for
+from ray_jobs.user_loop import LoopReturned
 
 
 def calibrate_loop_per_worker(config: dict[str, Any]) -> None:
@@ -26,10 +27,14 @@ def calibrate_loop_per_worker(config: dict[str, Any]) -> None:
     durations = []
     for epoch in range(int(config["epochs"])):
         start = time.time()
-        learner.fit_epoch(epoch)
-        learner.predict_val()
+        try:
+            learner.fit_epoch(epoch)
+        except LoopReturned:  # a user's loop with fewer epochs than the calibration
+            break
+        learner.validate()
         learner.snapshot()  # what a checkpoint costs
         durations.append(time.time() - start)
+    learner.close()
     warm = durations[1:] or durations
     steps = learner.steps_per_epoch
     metrics = {"epoch_s": sum(warm) / len(warm), "loop_s": sum(durations), "steps_per_epoch": steps}

@@ -84,7 +84,7 @@ def allocation_plot(history: list[dict[str, Any]], stop_accuracy: float, deadlin
 
 def export_and_log(
     spec: dict[str, Any],
-    weights: list[np.ndarray],
+    weights: Any,
     state: dict[str, Any],
     training_seconds: float,
     summary: dict[str, Any],
@@ -93,34 +93,43 @@ def export_and_log(
     import mlflow
     from mlflow.models import infer_signature
 
+    from ray_jobs import user_loop
     from ray_jobs.features import FeatureEncoder
-    from ray_jobs.learners import XGBOOST, framework
+    from ray_jobs.learners import USER_LOOP, XGBOOST, framework
     from ray_jobs.model_format import ModelMetadata, export_saved_model, export_xgboost
     from ray_jobs.pyfunc import SlaflowPyfunc
     from ray_jobs.worker import model_from_config
 
     profile = spec["profile"]
-    xgboost = framework(spec) == XGBOOST
+    kind = framework(spec)
     metadata = ModelMetadata.of(profile, spec["hidden_units"], str(spec.get("model", "mlp")))
-    if not xgboost:
+    if kind == "keras":
         model = model_from_config(spec)
         model.set_weights(weights)
+    requirements = {
+        XGBOOST: ["xgboost-cpu==3.2.0"],
+        USER_LOOP: user_loop.pip_requirements(metadata.model) if kind == USER_LOOP else [],
+    }.get(kind, ["tensorflow-cpu==2.21.0"])
     # Both, explicitly: a stray MLFLOW_REGISTRY_URI on the node would otherwise send
     # model lookups to another registry.
     mlflow.set_tracking_uri(spec["tracking_uri"])
     mlflow.set_registry_uri(spec["tracking_uri"])
     with tempfile.TemporaryDirectory() as tmp, mlflow.start_run(run_id=spec["mlflow_run_id"]):
-        model_dir = (
-            export_xgboost(weights, metadata, Path(tmp) / "model")
-            if xgboost
-            else export_saved_model(model, metadata, Path(tmp) / "model")
-        )
+        out = Path(tmp) / "model"
+        if kind == XGBOOST:
+            model_dir = export_xgboost(weights, metadata, out)
+        elif kind == USER_LOOP:
+            model_dir = user_loop.export_loop_model(weights, metadata, profile, out)
+        else:
+            model_dir = export_saved_model(model, metadata, out)
         import pandas as pd
 
         encoder = FeatureEncoder.of_profile(profile)
+        # Numbers as doubles: MLflow converts float32 and int inputs up to the schema's type
+        # but refuses pandas' default float64 down to float32.
         example = pd.DataFrame(
             {
-                c.name: ["a", "b"] if c.kind == "categorical" else np.zeros(2, dtype="float32")
+                c.name: ["a", "b"] if c.kind == "categorical" else np.zeros(2, dtype="float64")
                 for c in encoder.columns
             }
         )
@@ -134,11 +143,7 @@ def export_and_log(
             python_model=SlaflowPyfunc(),
             artifacts={"model_dir": str(model_dir)},
             signature=infer_signature(example, output),
-            pip_requirements=[
-                "xgboost-cpu==3.2.0" if xgboost else "tensorflow-cpu==2.21.0",
-                "pandas",
-                "numpy",
-            ],
+            pip_requirements=[*requirements, "pandas", "numpy"],
         )
         mlflow.log_metrics(
             {

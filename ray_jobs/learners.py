@@ -18,12 +18,16 @@ import numpy as np
 from ray_jobs import data_io
 
 XGBOOST = "xgboost"
+USER_LOOP = "train_loop"
 #: Boosting rounds per epoch of the loop (the controller decides between epochs).
 DEFAULT_ROUNDS_PER_EPOCH = 10
 
 
 def framework(config: dict[str, Any]) -> str:
-    return XGBOOST if config.get("model") == XGBOOST else "keras"
+    model = str(config.get("model", "mlp"))
+    if model == XGBOOST:
+        return XGBOOST
+    return USER_LOOP if model.startswith(USER_LOOP + ":") else "keras"
 
 
 class KerasLearner:
@@ -34,6 +38,7 @@ class KerasLearner:
     def __init__(self, config: dict[str, Any]) -> None:
         from ray_jobs.worker import setup_worker
 
+        self.config = config
         self.model, self._make_input, self.steps_per_epoch, self.x_val, self.y_val = setup_worker(
             config
         )
@@ -53,6 +58,15 @@ class KerasLearner:
 
     def predict_val(self) -> np.ndarray:
         return np.asarray(self.model(self.x_val, training=False).numpy())
+
+    def validate(self) -> tuple[float, float | None]:
+        """(score of the target metric, loss) on the validation rows."""
+        from ray_jobs.worker import validation_scores
+
+        return validation_scores(self.config, self.predict_val(), self.y_val)
+
+    def close(self) -> None:
+        pass
 
     def snapshot(self) -> Any:
         return self.model.get_weights()
@@ -74,6 +88,7 @@ class XGBoostLearner:
 
         ctx = ray.train.get_context()
         rank, world = ctx.get_world_rank(), ctx.get_world_size()
+        self.config = config
         profile = config["profile"]
         self.x_val, self.y_val = data_io.read_xy_head(config["val_path"], profile)
         self._xgb = xgb
@@ -100,6 +115,14 @@ class XGBoostLearner:
 
     def predict_val(self) -> np.ndarray:
         return xgb_output(self.booster.predict(self._dval), self.task)
+
+    def validate(self) -> tuple[float, float | None]:
+        from ray_jobs.worker import validation_scores
+
+        return validation_scores(self.config, self.predict_val(), self.y_val)
+
+    def close(self) -> None:
+        pass
 
     def snapshot(self) -> Any:
         return None if self.booster is None else bytes(self.booster.save_raw("ubj"))
@@ -157,8 +180,17 @@ def _shard_iter(xgb: Any, stream: data_io.ShardStream) -> Any:
     return _shard_iter_class(xgb)(stream)
 
 
-def make_learner(config: dict[str, Any]) -> KerasLearner | XGBoostLearner:
-    return XGBoostLearner(config) if framework(config) == XGBOOST else KerasLearner(config)
+def make_learner(config: dict[str, Any]) -> Any:
+    """The learner of the spec's framework (all three share fit_epoch, validate, snapshot,
+    restore, close and steps_per_epoch)."""
+    kind = framework(config)
+    if kind == XGBOOST:
+        return XGBoostLearner(config)
+    if kind == USER_LOOP:
+        from ray_jobs.user_loop import UserLoopLearner
+
+        return UserLoopLearner(config)
+    return KerasLearner(config)
 
 
 #: ``model_params`` keys handed to XGBoost as they are (the others are slaflow's).
@@ -212,7 +244,11 @@ def xgb_output(raw: np.ndarray, task: str) -> np.ndarray:
 
 def save_snapshot(config: dict[str, Any], snapshot: Any, folder: Path, name: str) -> None:
     """A snapshot to ``folder`` (a checkpoint), in the framework's own format."""
-    if framework(config) == XGBOOST:
+    if framework(config) == USER_LOOP:
+        from ray_jobs import user_loop
+
+        user_loop.save_snapshot(snapshot, folder / name)
+    elif framework(config) == XGBOOST:
         (folder / f"{name}.ubj").write_bytes(b"" if snapshot is None else snapshot)
     else:
         np.savez(folder / f"{name}.npz", *snapshot)
@@ -220,6 +256,10 @@ def save_snapshot(config: dict[str, Any], snapshot: Any, folder: Path, name: str
 
 def load_snapshot(config: dict[str, Any], folder: Path, name: str) -> Any:
     """A snapshot from a checkpoint folder (no TensorFlow or XGBoost import needed)."""
+    if framework(config) == USER_LOOP:
+        from ray_jobs import user_loop
+
+        return user_loop.load_snapshot(folder / name)
     if framework(config) == XGBOOST:
         raw = (folder / f"{name}.ubj").read_bytes()
         return raw or None
@@ -239,6 +279,17 @@ def trainer_for(
     (``ray_jobs.tf_backend``) or Ray Train's XGBoost trainer (its collective for several
     workers), fed the training split by Ray Data (one streamed shard per worker)."""
     datasets = data_io.training_datasets(spec)
+    if framework(spec) == USER_LOOP:
+        # A plain data-parallel trainer: the user's loop sets up its own framework.
+        from ray.train.v2.api.data_parallel_trainer import DataParallelTrainer
+
+        return DataParallelTrainer(
+            train_loop_per_worker,
+            train_loop_config=train_loop_config,
+            scaling_config=scaling_config,
+            run_config=run_config,
+            datasets=datasets,
+        )
     if framework(spec) == XGBOOST:
         from ray.train.xgboost import XGBoostTrainer
 

@@ -338,10 +338,15 @@ class XGBoostPredictor:
         )
 
 
-def open_predictor(model_dir: str | Path) -> Predictor | XGBoostPredictor:
-    """The predictor of an exported model, whatever its framework."""
+def open_predictor(model_dir: str | Path) -> Any:
+    """The predictor of an exported model, whatever its framework (all answer
+    ``predict_proba``, ``parameter_count`` and ``signature``)."""
     meta = ModelMetadata.from_json((Path(model_dir) / METADATA_FILE).read_text())
-    return XGBoostPredictor(model_dir) if meta.model == "xgboost" else Predictor(model_dir)
+    if meta.model == "xgboost":
+        return XGBoostPredictor(model_dir)
+    from ray_jobs.user_loop import LoopPredictor, is_user_loop
+
+    return LoopPredictor(model_dir) if is_user_loop(meta.model) else Predictor(model_dir)
 
 
 def find_model_dir(root: str | Path) -> Path:

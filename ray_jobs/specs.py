@@ -27,6 +27,8 @@ def model_fields(contract: RunContract, data_profile: dict[str, Any]) -> dict[st
         "batch_size": contract.batch_size,
         "seed": contract.seed,
         "cpus_per_worker": contract.cpus_per_worker,
+        # A user's train loop is told how far it may go (its range of epochs).
+        "max_epochs": contract.max_epochs,
     }
 
 
@@ -51,7 +53,6 @@ def training_spec(
         "storage_path": storage_path,
         "tracking_uri": tracking_uri,
         "mlflow_run_id": mlflow_run_id,
-        "max_epochs": contract.max_epochs,
         "deadline_s": contract.deadline_s,
         "stop_accuracy": stop_accuracy,
         "started_at": started_at,

@@ -18,11 +18,11 @@ import time
 from pathlib import Path
 from typing import Any
 
-from policies import deadline_met
+from policies import StopReason, deadline_met
 from ray_jobs.entry import run_entrypoint
 from ray_jobs.export import export_and_log
 from ray_jobs.learners import load_snapshot, make_learner, save_snapshot
-from ray_jobs.worker import validation_scores
+from ray_jobs.user_loop import LoopReturned
 
 STATE_FILE = "state.json"
 LATEST = "latest"
@@ -114,9 +114,24 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     last_checkpoint_s: float | None = None
     while run_next:
         epoch_start = time.time()
-        train_accuracy = learner.fit_epoch(state["epoch"])
+        try:
+            train_accuracy = learner.fit_epoch(state["epoch"])
+        except LoopReturned:
+            # A user's loop that ran out of its own epochs: training ends at its last report.
+            state["stop_reason"] = StopReason.MAX_EPOCHS.value
+            if rank == 0:
+                print(
+                    f"[slaflow] the train loop returned after epoch {state['epoch']}: "
+                    f"training ends there",
+                    flush=True,
+                )
+                _export_on_stop(config, state, best_weights, started_at)
+                _save_and_report(config, learner.snapshot(), best_weights, state, {})
+            else:
+                ray.train.report({})
+            break
         fit_s = time.time() - epoch_start
-        val_acc, val_loss = validation_scores(config, learner.predict_val(), learner.y_val)
+        val_acc, val_loss = learner.validate()
         state["epoch"] += 1
         duration = time.time() - epoch_start
         state["durations"].append(duration)
@@ -213,20 +228,12 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             if not run_next and not state["resize_to"]:
                 # Training is over: export here, where TensorFlow is loaded, so the driver
                 # never imports it (seconds saved on every run).
-                state["training_seconds"] = time.time() - started_at
-                state["summary"] = training_summary(state, float(config["stop_accuracy"]))
-                state["model_uri"] = export_and_log(
-                    config, best_weights, state, state["training_seconds"], state["summary"]
-                )
+                _export_on_stop(config, state, best_weights, started_at)
             if checkpoint_due(
                 now_s=now_s, last_checkpoint_s=last_checkpoint_s, action=decision["action"]
             ):
                 last_checkpoint_s = now_s
-                with tempfile.TemporaryDirectory() as d:
-                    save_snapshot(config, learner.snapshot(), Path(d), LATEST)
-                    save_snapshot(config, best_weights, Path(d), BEST)
-                    (Path(d) / STATE_FILE).write_text(json.dumps(state))
-                    ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(d))
+                _save_and_report(config, learner.snapshot(), best_weights, state, metrics)
             else:
                 ray.train.report(metrics)
         else:
@@ -234,6 +241,31 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         state.setdefault("overhead_s", []).append(time.time() - epoch_start - fit_s)
         if state["resize_to"]:
             break
+    learner.close()
+
+
+def _export_on_stop(
+    config: dict[str, Any], state: dict[str, Any], best: Any, started_at: float
+) -> None:
+    """Rank 0, when training is over: the best model exported and logged to MLflow."""
+    state["training_seconds"] = time.time() - started_at
+    state["summary"] = training_summary(state, float(config["stop_accuracy"]))
+    state["model_uri"] = export_and_log(
+        config, best, state, state["training_seconds"], state["summary"]
+    )
+
+
+def _save_and_report(
+    config: dict[str, Any], latest: Any, best: Any, state: dict[str, Any], metrics: dict[str, Any]
+) -> None:
+    """Rank 0: a checkpoint (latest and best model, the loop's state) reported with metrics."""
+    import ray.train
+
+    with tempfile.TemporaryDirectory() as d:
+        save_snapshot(config, latest, Path(d), LATEST)
+        save_snapshot(config, best, Path(d), BEST)
+        (Path(d) / STATE_FILE).write_text(json.dumps(state))
+        ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(d))
 
 
 def anon_rss_mb() -> float | None:

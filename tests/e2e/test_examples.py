@@ -166,3 +166,39 @@ def test_xgboost_through_ray_train_is_judged_by_roc_auc_and_served(
         assert body["predictions"][0] in (0, 1) and len(body["probabilities"][0]) == 2
     finally:
         _undeploy(name)
+
+
+def test_a_users_ray_train_loop_in_another_framework_is_gated_and_served(
+    lifecycle: Any, registry: Any
+) -> None:
+    """scikit-learn through the user's own train_loop_per_worker: trained under the contract,
+    logged as an MLflow pyfunc model, gated, served through the same router, and the registry's
+    pyfunc model answers as the endpoint does."""
+    import mlflow
+    import pandas as pd
+
+    conf = example("digits_sgd_loop", **SERVE)
+    name = conf["model_name"]
+    try:
+        out = lifecycle(conf)
+        assert out["state"] == "success", _states(out)
+        train = out["tasks"]["train"]["value"]
+        assert train["deadline_met"] and train["stop_reason"] == "target_met"
+        evaluation = out["tasks"]["evaluate"]["value"]
+        assert evaluation["test_accuracy"] >= conf["target_value"] - 0.03
+        assert evaluation["model_signature"].startswith(
+            "train_loop|examples.digits_sgd_loop:train_loop_per_worker|features=64"
+        )
+        assert list(evaluation["variants"]) == ["full"]  # no converter for a user's loop
+        assert out["tasks"]["gate"]["value"]["decision"]["promote"]
+        url = out["tasks"]["deploy"]["value"]["endpoint_url"]
+        rows = json.loads((EXAMPLES / "digit_request.json").read_text())["instances"]
+        resp = requests.post(url, json={"instances": rows}, timeout=30)
+        assert resp.status_code == 200, resp.text
+        served = resp.json()["predictions"]
+        model = mlflow.pyfunc.load_model(f"models:/{name}@champion")
+        columns = requests.get(url, timeout=30).json()["features"]
+        local = model.predict(pd.DataFrame(rows, columns=columns))["prediction"].tolist()
+        assert served == local and len(served) == len(rows)
+    finally:
+        _undeploy(name)

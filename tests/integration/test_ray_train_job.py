@@ -276,3 +276,90 @@ def test_killed_worker_resumes_from_checkpoint_and_replans(
     assert epochs == list(range(1, result["epochs"] + 1))  # nothing lost, nothing twice
     assert any("resumed from checkpoint" in line for line in logs)
     assert result["deadline_met"] is True
+
+
+SGD_LOOP = "train_loop:examples.digits_sgd_loop:train_loop_per_worker"
+
+
+def test_a_users_train_loop_is_resized_and_resumes_from_its_own_checkpoint(
+    ray_cluster: Any, prepared: dict[str, Any], tracking_uri: str
+) -> None:
+    """A user's Ray Train loop (scikit-learn, another framework) under the same controller:
+    2 workers judged wasteful, so the loop is stopped at a report, restarted on 1 worker and
+    resumes from the checkpoint it reported; its own epoch count matches slaflow's at the end,
+    so no epoch ran twice or was lost. The best checkpoint is logged as an MLflow pyfunc
+    model that answers by class name."""
+    import mlflow
+    import pandas as pd
+
+    from mlflow_config import registry as reg
+    from operators.hooks import MlflowHook
+    from ray_jobs.data_io import read_xy
+
+    client = MlflowHook().client
+    exp = reg.get_or_create_experiment(client, "slaflow/tests", MlflowHook().artifact_location)
+    run_id, _ = reg.find_or_create_run(client, exp, "loop-resize-run", "loop-resize", {})
+    spec = train_spec(
+        prepared,
+        tracking_uri,
+        run_id,
+        "loop-resize-run",
+        model=SGD_LOOP,
+        model_params={"alpha": 1e-4},
+        max_epochs=6,
+        prior_epochs=6,
+        deadline_s=600.0,
+        resize_policy="deadline",
+        throughput={"shape": "cpu", "epoch_s": {"1": 0.5, "2": 0.45}, "startup_s": 1.0},
+    )
+    logs: list[str] = []
+    result = job_runner(logs.append).run(
+        base_id="slaflow-train-loop-resize", module="ray_jobs.train", spec=spec, timeout_s=600
+    )
+    workers = [row["workers"] for row in result["history"]]
+    assert workers[0] == 2 and workers[-1] == 1, workers
+    assert [row["epoch"] for row in result["history"]] == list(range(1, result["epochs"] + 1))
+    assert result["epochs"] == 6 and result["stop_reason"] == "max_epochs"
+    # The loop's own count, in the checkpoint it last reported, is slaflow's.
+    latest = Path(result["checkpoint_path"]) / "latest" / "epoch.json"
+    assert json.loads(latest.read_text())["epoch"] == result["epochs"]
+    assert result["best_val_accuracy"] > 0.85  # the reported accuracy, the target metric
+
+    model = mlflow.pyfunc.load_model(result["model_uri"])
+    x, y = read_xy(prepared["paths"]["test"], prepared["feature_names"])
+    out = model.predict(pd.DataFrame(x, columns=prepared["feature_names"]))
+    accuracy = float(np.mean(out["prediction"].to_numpy() == np.array(prepared["classes"])[y]))
+    assert accuracy > 0.85
+
+
+def test_a_users_loop_that_fails_in_epoch_3_fails_the_job_naming_it(
+    ray_cluster: Any, prepared: dict[str, Any], tracking_uri: str
+) -> None:
+    from mlflow.tracking import MlflowClient
+
+    from mlflow_config import registry as reg
+    from operators.hooks import MlflowHook
+    from operators.ray_job import RayJobFailed
+
+    client = MlflowHook().client
+    exp = reg.get_or_create_experiment(client, "slaflow/tests", MlflowHook().artifact_location)
+    run_id, _ = reg.find_or_create_run(client, exp, "loop-broken-run", "loop-broken", {})
+    spec = train_spec(
+        prepared,
+        tracking_uri,
+        run_id,
+        "loop-broken-run",
+        model=SGD_LOOP,
+        model_params={"fail_at_epoch": 3},
+        num_workers=1,
+        max_epochs=5,
+    )
+    logs: list[str] = []
+    with pytest.raises(RayJobFailed) as info:
+        job_runner(logs.append).run(
+            base_id="slaflow-train-loop-broken", module="ray_jobs.train", spec=spec, timeout_s=600
+        )
+    text = str(info.value) + "\n".join(logs)
+    assert "examples.digits_sgd_loop:train_loop_per_worker" in text
+    assert "fails in epoch 3 on purpose" in text
+    assert not [a for a in MlflowClient(tracking_uri).list_artifacts(run_id) if a.path == "model"]

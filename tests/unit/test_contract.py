@@ -29,6 +29,7 @@ def test_defaults_are_a_valid_contract() -> None:
         ("target_value", 1.5, "not between 0 and 1"),
         ("target_metric", "mape", "is not one of"),
         ("model", "os.system", "does not match"),
+        ("model", "train_loop:a.b:c; rm", "does not match"),
         ("model_params", [1], "JSON object"),
         ("feature_columns", "age", "list of column names"),
         ("min_gain_over_champion", -0.1, "must be >= 0"),
@@ -59,6 +60,19 @@ def test_bad_values_name_the_field_and_a_fix(field: str, value: object, words: s
     assert words in err.problem
     assert str(err).startswith(f"contract field '{field}':")
     assert "Fix:" in str(err) and err.fix
+
+
+@pytest.mark.parametrize(
+    "model",
+    [
+        "mlp",
+        "xgboost",
+        "examples.digits_cnn:build",
+        "train_loop:examples.digits_sgd_loop:train_loop_per_worker",
+    ],
+)
+def test_model_takes_the_builtins_a_keras_builder_and_a_train_loop(model: str) -> None:
+    assert RunContract.from_dict({"model": model}).model == model
 
 
 def test_unknown_field_is_rejected_with_the_known_ones() -> None:
