@@ -35,6 +35,22 @@ def build(input_spec: dict[str, Any], model_params: dict[str, Any]) -> Any:
     )
 
 
+def search_space(trial: Any) -> dict[str, Any]:
+    """The CNN's tuning space, Optuna define-by-run (contract: ``"tuning_trials": N,
+    "search_space": "examples.digits_cnn:search_space"``): ``learning_rate`` and
+    ``batch_size`` set the contract's fields, ``filters`` and ``dense`` go to ``build`` as
+    ``model_params``. The dense layer is drawn only for the wider convolutions."""
+    filters = trial.suggest_categorical("filters", [4, 8])
+    space = {
+        "filters": filters,
+        "learning_rate": trial.suggest_float("learning_rate", 1e-3, 1e-2, log=True),
+        "batch_size": 64,
+    }
+    if filters == 8:
+        space["dense"] = trial.suggest_categorical("dense", [16, 32])
+    return space
+
+
 def broken(input_spec: dict[str, Any], model_params: dict[str, Any]) -> Any:
     """A builder that fails, for the test that a user's error names the user's function."""
     raise RuntimeError("this builder is broken on purpose")

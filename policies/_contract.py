@@ -270,9 +270,10 @@ FIELDS: Final[tuple[FieldSpec, ...]] = (
         "integer",
         0,
         "Tuning trials (Optuna)",
-        "0: train the given hyperparameters. N > 0: an Optuna study of up to N trials "
-        "(learning rate, hidden units, batch size) on Ray, pruned on validation accuracy and "
-        "bounded by the deadline; the best trial's model goes on.",
+        "0: train the given hyperparameters. N > 0: an Optuna study of up to N trials on Ray "
+        "(search_space, or by default learning rate, batch size and, for the mlp, hidden "
+        "units), pruned on the target metric's validation score and bounded by the deadline; "
+        "the best trial's model goes on. Keras models (the mlp or your builder) only.",
         _S_MODEL,
         "use a whole number from 0 to 200",
         minimum=0,
@@ -671,6 +672,20 @@ FIELDS: Final[tuple[FieldSpec, ...]] = (
         'give a JSON object, e.g. {"filters": 16}',
     ),
     FieldSpec(
+        "search_space",
+        "string",
+        "",
+        "Tuning search space",
+        "Empty: the built-in space. package.module:function: your Optuna define-by-run "
+        "function, importable on every Ray node, called as function(trial) for each trial; it "
+        "returns a dict of trial.suggest_* values: learning_rate, batch_size and hidden_units "
+        "set the contract's fields, every other key goes to model_params (over the contract's). "
+        "Used only when tuning (tuning_trials > 0).",
+        _S_MODEL,
+        "use '' or 'package.module:function', e.g. 'examples.digits_cnn:search_space'",
+        pattern=r"^$|^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*:[A-Za-z_][A-Za-z0-9_]*$",
+    ),
+    FieldSpec(
         "hidden_units",
         "array",
         [64, 64],
@@ -790,6 +805,7 @@ class RunContract:
     time_column: str = ""
     model: str = "mlp"
     model_params: Mapping[str, Any] = field(default_factory=dict)
+    search_space: str = ""
     contract_version: int = field(default=CONTRACT_VERSION)
 
     @classmethod
@@ -978,14 +994,27 @@ def _check_quality(values: Mapping[str, Any]) -> None:
             "target_value", f"r2 {value!r} is not below 1", "use a value below 1.0, e.g. 0.4"
         )
     tuning = values["training_mode"] == "tuning" or values["tuning_trials"] > 0
-    if (values["training_mode"] in ("federated", "spark_mllib") or tuning) and (
+    if values["training_mode"] in ("federated", "spark_mllib") and (
         m.task != "classification" or values["model"] != "mlp"
     ):
         raise ContractError(
-            "training_mode" if not tuning else "tuning_trials",
-            f"{values['training_mode']!r}{' with tuning' if tuning else ''} trains the built-in "
-            f"classifier (model 'mlp', a classification metric) only",
-            "use training_mode 'centralized' with tuning_trials 0 for this model and metric",
+            "training_mode",
+            f"{values['training_mode']!r} trains the built-in classifier (model 'mlp', a "
+            f"classification metric) only",
+            "use training_mode 'centralized' (or 'tuning') for this model and metric",
+        )
+    model = str(values["model"])
+    if tuning and (model == "xgboost" or model.startswith("train_loop:")):
+        raise ContractError(
+            "tuning_trials",
+            f"tuning trains Keras models (the built-in mlp or your builder), not {model!r}",
+            "use tuning_trials 0 and training_mode 'centralized' for this model",
+        )
+    if values["search_space"] and not tuning:
+        raise ContractError(
+            "search_space",
+            "is set but no study runs (tuning_trials is 0)",
+            "set tuning_trials to the number of trials, or leave search_space empty",
         )
 
 

@@ -63,6 +63,7 @@ def training_spec(
         "throughput": throughput,
         "prior_epochs": prior_epochs,
         "tuning_trials": contract.tuning_trials,
+        "search_space": contract.search_space,
     }
     spec.update({k: v for k, v in contract.to_dict().items() if k.startswith("fl_")})
     return spec

@@ -1,7 +1,9 @@
 """Ray Job: an Optuna study inside the contract's deadline, trials in parallel on Ray.
 
-Each trial is a Ray actor (one worker's CPUs) holding its own Keras model; the driver steps
-trials one epoch at a time, reports each epoch's validation accuracy to Optuna and prunes with
+Each trial is a Ray actor (one worker's CPUs) holding its own Keras model (the contract's: the
+mlp or the user's builder, with the trial's settings from ``suggest``: the user's Optuna
+define-by-run ``search_space`` or the built-in one); the driver steps trials one epoch at a
+time, reports each epoch's validation score in the target metric to Optuna and prunes with
 Optuna's pruner (median rule after warm-up). Every trial is a nested MLflow run under the
 DAG run's training run. Time is bounded from the deadline, not by a study ``timeout``: a trial
 gets another epoch only if that epoch (its slowest so far) ends before ``DEADLINE_ALPHA`` of
@@ -24,48 +26,83 @@ from ray_jobs.entry import run_entrypoint
 #: Seconds kept at the end of the deadline for exporting and logging the model.
 EXPORT_RESERVE_S = 8.0
 HIDDEN_CHOICES = ("32", "64", "64-64", "128-64")
+#: Keys of a search space's answer that set the contract's own fields (the rest are
+#: ``model_params``).
+CONTRACT_KEYS = ("learning_rate", "batch_size", "hidden_units")
 
 
-def suggest(trial: Any) -> dict[str, Any]:
-    """The search space: learning rate, hidden layers, batch size."""
-    return {
-        "learning_rate": trial.suggest_float("learning_rate", 1e-4, 3e-2, log=True),
-        "hidden_units": [
-            int(u) for u in trial.suggest_categorical("hidden_units", HIDDEN_CHOICES).split("-")
-        ],
-        "batch_size": trial.suggest_categorical("batch_size", [32, 64, 128]),
+def suggest(trial: Any, spec: dict[str, Any]) -> dict[str, Any]:
+    """One trial's settings: the user's search space (``search_space``, an Optuna
+    define-by-run function) or the built-in one (learning rate and batch size, plus hidden
+    layers for the mlp). ``model_params`` is the contract's, overlaid with the space's keys
+    that are not the contract's fields."""
+    target = str(spec.get("search_space") or "")
+    if target:
+        from ray_jobs.model_format import UserModelError, load_builder
+
+        try:
+            drawn = load_builder(target)(trial)
+        except UserModelError:
+            raise
+        except Exception as exc:
+            raise UserModelError(
+                f"search space {target}(trial) raised {type(exc).__name__}: {exc}"
+            ) from exc
+        if not isinstance(drawn, dict):
+            raise UserModelError(
+                f"search space {target}(trial) returned {type(drawn).__name__}, not a dict of "
+                f"suggested values"
+            )
+    else:
+        drawn = {
+            "learning_rate": trial.suggest_float("learning_rate", 1e-4, 3e-2, log=True),
+            "batch_size": trial.suggest_categorical("batch_size", [32, 64, 128]),
+        }
+        if spec.get("model", "mlp") == "mlp":
+            drawn["hidden_units"] = trial.suggest_categorical("hidden_units", HIDDEN_CHOICES)
+    params: dict[str, Any] = {
+        "learning_rate": float(spec["learning_rate"]),
+        "batch_size": int(spec["batch_size"]),
+        "hidden_units": list(spec["hidden_units"]),
+        "model_params": dict(spec.get("model_params") or {}),
     }
+    for key, value in drawn.items():
+        if key not in CONTRACT_KEYS:
+            params["model_params"][key] = value
+        elif key == "hidden_units":
+            params[key] = (
+                [int(u) for u in value.split("-")] if isinstance(value, str) else list(value)
+            )
+        else:
+            params[key] = type(params[key])(value)
+    return params
 
 
 class TrialWorker:
-    """One trial's model and data, trained an epoch per call (a Ray actor)."""
+    """One trial's model and data, trained an epoch per call (a Ray actor): the contract's
+    model (the mlp or the user's builder) with the trial's settings, scored each epoch in the
+    target metric."""
 
     def __init__(self, spec: dict[str, Any], params: dict[str, Any]) -> None:
         os.environ["TF_USE_LEGACY_KERAS"] = "1"
-        from ray_jobs.model_format import build_mlp, tf_keras
+        from ray_jobs.model_format import compile_model
+        from ray_jobs.worker import model_from_config
 
-        keras = tf_keras()
+        self.config = {**spec, **params}
         profile = spec["profile"]
         self.x, self.y = data_io.read_xy(spec["train_path"], profile)
         self.xv, self.yv = data_io.read_xy(spec["val_path"], profile)
         self.batch = int(params["batch_size"])
-        self.model = build_mlp(
-            len(profile["feature_names"]),
-            len(profile["classes"]),
-            params["hidden_units"],
-            profile["feature_mean"],
-            profile["feature_std"],
-            int(spec["seed"]),
+        self.model = model_from_config(self.config)
+        compile_model(
+            self.model, profile.get("task", "classification"), float(params["learning_rate"])
         )
-        self.model.compile(
-            optimizer=keras.optimizers.Adam(params["learning_rate"]),
-            loss="sparse_categorical_crossentropy",
-            metrics=["accuracy"],
-        )
-        self.best = (-1.0, self.model.get_weights())
+        self.best = (-float("inf"), self.model.get_weights())
         self.epoch = 0
 
     def train_epoch(self) -> dict[str, float]:
+        from ray_jobs.worker import validation_scores
+
         start = time.time()
         self.model.fit(
             self.x,
@@ -77,12 +114,12 @@ class TrialWorker:
             shuffle=True,
         )
         self.epoch += 1
-        acc = float(
-            np.mean(np.argmax(self.model(self.xv, training=False).numpy(), axis=1) == self.yv)
+        score, _ = validation_scores(
+            self.config, np.asarray(self.model(self.xv, training=False).numpy()), self.yv
         )
-        if acc > self.best[0]:
-            self.best = (acc, self.model.get_weights())
-        return {"epoch": self.epoch, "val_accuracy": acc, "duration_s": time.time() - start}
+        if score > self.best[0]:
+            self.best = (score, self.model.get_weights())
+        return {"epoch": self.epoch, "val_accuracy": score, "duration_s": time.time() - start}
 
     def best_weights(self) -> tuple[float, list[np.ndarray]]:
         return self.best
@@ -121,14 +158,14 @@ def run_tuning(spec: dict[str, Any]) -> dict[str, Any]:
     trials: list[dict[str, Any]] = []
     first_epoch_s = 5.0  # refined from the first trials' measured first epochs
     stop_reason = "max_trials"
-    best_seen: dict[str, Any] = {"acc": -1.0, "weights": None, "rec": None}
+    best_seen: dict[str, Any] = {"acc": -float("inf"), "weights": None, "rec": None}
 
     def elapsed() -> float:
         return time.time() - started_at
 
     def start_trial() -> None:
         trial = study.ask()
-        params = suggest(trial)
+        params = suggest(trial, spec)
         run = client.create_run(
             exp_id,
             run_name=f"trial {trial.number}",
@@ -142,7 +179,7 @@ def run_tuning(spec: dict[str, Any]) -> dict[str, Any]:
             "actor": actor,
             "run_id": run.info.run_id,
             "durations": [],
-            "best": -1.0,
+            "best": -float("inf"),  # a score (rmse's is 1 - rmse: below 0 is possible)
             "epochs": 0,
             "state": "running",
         }
@@ -197,7 +234,8 @@ def run_tuning(spec: dict[str, Any]) -> dict[str, Any]:
         rec["trial"].report(float(out["val_accuracy"]), rec["epochs"])
         print(
             f"[slaflow] trial {rec['trial'].number} epoch {rec['epochs']} "
-            f"val_acc={out['val_accuracy']:.4f} elapsed={elapsed():.1f}s "
+            f"val_{spec.get('target_metric', 'accuracy')}_score={out['val_accuracy']:.4f} "
+            f"elapsed={elapsed():.1f}s "
             f"deadline={deadline:g}s parallel={parallel}",
             flush=True,
         )
@@ -220,7 +258,7 @@ def run_tuning(spec: dict[str, Any]) -> dict[str, Any]:
                 active.pop(fut)  # its actor is killed below; its best so far still counts
                 finish(other, "complete")
 
-    finished = [t for t in trials if t["state"] == "complete" and t["best"] >= 0]
+    finished = [t for t in trials if t["state"] == "complete" and t["epochs"] > 0]
     if best_seen["rec"] is None:
         raise RuntimeError(
             "no tuning trial finished an epoch before the deadline: relax "

@@ -177,7 +177,8 @@ def test_tuning_study_stays_inside_its_deadline(
     ray_cluster: Any, prepared: dict[str, Any], tracking_uri: str
 ) -> None:
     """Optuna trials as parallel Ray actors, nested MLflow runs, best model exported, and the
-    whole study (export included) ends before the deadline."""
+    whole study (export included) ends before the deadline. The model is a user's Keras CNN
+    and the space the user's define-by-run function: its keys reach the builder."""
     from mlflow.tracking import MlflowClient
 
     from mlflow_config import registry as reg
@@ -195,6 +196,9 @@ def test_tuning_study_stays_inside_its_deadline(
         deadline_s=100.0,
         tuning_trials=6,
         stop_accuracy=0.999,
+        model="examples.digits_cnn:build",
+        model_params={"dense": 24},
+        search_space="examples.digits_cnn:search_space",
     )
     result = job_runner(lambda _: None).run(
         base_id="slaflow-tune-test", module="ray_jobs.tune", spec=spec, timeout_s=400
@@ -202,12 +206,25 @@ def test_tuning_study_stays_inside_its_deadline(
     assert result["training_seconds"] <= 100.0 and result["deadline_met"] is True
     assert result["tuning"]["trials"] >= 2
     assert 0.5 < result["best_val_accuracy"] <= 1.0
+    best = result["tuning"]["best_params"]
+    assert best["model_params"]["filters"] in (4, 8) and best["batch_size"] == 64
+    # dense is drawn only with 8 filters; otherwise the contract's model_params keep theirs
+    assert best["model_params"]["dense"] in (
+        (16, 32) if best["model_params"]["filters"] == 8 else (24,)
+    )
     children = MlflowClient(tracking_uri).search_runs(
         [exp], filter_string=f"tags.`mlflow.parentRunId` = '{run_id}'"
     )
     assert len(children) == result["tuning"]["trials"]
     assert {c.info.status for c in children} <= {"FINISHED", "KILLED"}
-    assert result["model_uri"]
+    assert all("filters" in c.data.params["model_params"] for c in children)
+    import mlflow
+
+    from ray_jobs.model_format import find_model_dir, open_predictor
+
+    local = mlflow.artifacts.download_artifacts(result["model_uri"])
+    signature = open_predictor(find_model_dir(local)).signature()
+    assert "conv2d" in signature  # the user's network was tuned and exported, not the MLP
 
 
 def test_killed_worker_resumes_from_checkpoint_and_replans(

@@ -174,3 +174,32 @@ def test_serving_fields_are_checked_together(
     with pytest.raises(ContractError) as err:
         RunContract.from_dict(raw)
     assert err.value.field == field_name and words in str(err.value)
+
+
+def test_tuning_takes_keras_models_and_a_search_space_only_when_tuning() -> None:
+    c = RunContract.from_dict(
+        {
+            "model": "examples.digits_cnn:build",
+            "tuning_trials": 4,
+            "search_space": "examples.digits_cnn:search_space",
+        }
+    )
+    assert c.tuning and c.search_space == "examples.digits_cnn:search_space"
+    assert RunContract.from_dict(
+        {"tuning_trials": 2, "target_metric": "rmse", "target_value": 50}
+    ).tuning
+    for raw, field in (
+        ({"model": "xgboost", "tuning_trials": 2}, "tuning_trials"),
+        (
+            {
+                "model": "train_loop:examples.digits_sgd_loop:train_loop_per_worker",
+                "tuning_trials": 2,
+            },
+            "tuning_trials",
+        ),
+        ({"search_space": "examples.digits_cnn:search_space"}, "search_space"),
+        ({"search_space": "not a function", "tuning_trials": 2}, "search_space"),
+    ):
+        with pytest.raises(ContractError) as err:
+            RunContract.from_dict(raw)
+        assert err.value.field == field and "Fix:" in str(err.value)
