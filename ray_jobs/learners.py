@@ -100,6 +100,14 @@ class XGBoostLearner:
         )
         rows.release()
         self._dval = xgb.DMatrix(self.x_val)
+        if rank == 0:
+            # Ray Train's XGBoost backend wraps this loop in XGBoost's collective: several
+            # workers build one model from all shards (the histograms are all-reduced).
+            print(
+                f"[slaflow] xgboost collective of {xgb.collective.get_world_size()} worker(s), "
+                f"{rows.rows} rows on this one",
+                flush=True,
+            )
         self.params = xgboost_params(config)
         user = dict(config.get("model_params") or {})
         self.rounds = int(user.get("rounds_per_epoch", DEFAULT_ROUNDS_PER_EPOCH))
@@ -146,6 +154,7 @@ def _shard_iter_class(xgb: Any) -> type:
             self._seen: list[tuple[np.ndarray, np.ndarray]] = []
             self._replay: list[tuple[np.ndarray, np.ndarray]] | None = None
             self._chunks: Any = None
+            self.rows = 0
             super().__init__()
 
         def next(self, input_data: Any) -> bool:
@@ -170,6 +179,7 @@ def _shard_iter_class(xgb: Any) -> type:
             self._chunks = None
 
         def release(self) -> None:
+            self.rows = sum(len(y) for _, y in self._seen)
             self._seen, self._replay = [], None
 
     return ShardIter

@@ -380,3 +380,45 @@ def test_a_users_loop_that_fails_in_epoch_3_fails_the_job_naming_it(
     assert "examples.digits_sgd_loop:train_loop_per_worker" in text
     assert "fails in epoch 3 on purpose" in text
     assert not [a for a in MlflowClient(tracking_uri).list_artifacts(run_id) if a.path == "model"]
+
+
+def test_xgboost_trains_on_two_workers_in_one_collective(
+    ray_cluster: Any, prepared: dict[str, Any], tracking_uri: str
+) -> None:
+    """Ray Train's XGBoost trainer joins two workers, each streaming its own shard, in one
+    collective: the trees see both shards, and the exported booster classifies the digits."""
+    import mlflow
+
+    from mlflow_config import registry as reg
+    from operators.hooks import MlflowHook
+    from ray_jobs.data_io import read_xy
+    from ray_jobs.model_format import find_model_dir, open_predictor
+
+    client = MlflowHook().client
+    exp = reg.get_or_create_experiment(client, "slaflow/tests", MlflowHook().artifact_location)
+    run_id, _ = reg.find_or_create_run(client, exp, "xgb2-run", "xgb2", {})
+    spec = train_spec(
+        prepared,
+        tracking_uri,
+        run_id,
+        "xgb2-run",
+        model="xgboost",
+        model_params={"max_depth": 3, "rounds_per_epoch": 5},
+        learning_rate=0.3,
+        max_epochs=2,
+        prior_epochs=2,
+    )
+    logs: list[str] = []
+    result = job_runner(logs.append).run(
+        base_id="slaflow-train-xgb2", module="ray_jobs.train", spec=spec, timeout_s=600
+    )
+    assert result["num_workers"] == 2 and [r["workers"] for r in result["history"]] == [2, 2]
+    assert result["epochs"] == 2 and result["best_val_accuracy"] > 0.85
+    shard = prepared["split_counts"]["train"] // 2
+    assert any(f"xgboost collective of 2 worker(s), {shard} rows" in line for line in logs)
+    predictor = open_predictor(
+        find_model_dir(mlflow.artifacts.download_artifacts(result["model_uri"]))
+    )
+    assert predictor.signature().startswith("xgboost|rounds=10|")  # 2 epochs x 5 rounds
+    x, y = read_xy(prepared["paths"]["test"], prepared["feature_names"])
+    assert float(np.mean(predictor.predict_classes(x) == y)) > 0.85
