@@ -51,6 +51,16 @@ class FieldSpec:
     max_items: int | None = None
 
     @property
+    def schema_pattern(self) -> str | None:
+        """The pattern as both checks run it: searched (JSON Schema's rule, which the form and
+        ``jsonschema`` apply), with every ``$`` anchor meaning the end of the text (Python's
+        ``$`` also matches before a final newline, so ``"mlp\\n"`` would pass). A free-text
+        field must hold a non-space character."""
+        if self.pattern is None:
+            return r"\S" if self.type == "string" else None
+        return re.sub(r"(?<!\\)\$", r"(?!\\n)$", self.pattern)
+
+    @property
     def optional(self) -> bool:
         """A text field that may be left empty (its default is ""): null in the schema, so
         forms do not mark it as required."""
@@ -64,7 +74,7 @@ class FieldSpec:
             ("maximum", self.maximum),
             ("exclusiveMinimum", self.exclusive_minimum),
             ("exclusiveMaximum", self.exclusive_maximum),
-            ("pattern", self.pattern),
+            ("pattern", self.schema_pattern),
             ("minItems", self.min_items),
             ("maxItems", self.max_items),
         ):
@@ -74,8 +84,6 @@ class FieldSpec:
             schema["enum"] = list(self.enum)
         if self.items is not None:
             schema["items"] = dict(self.items)
-        if self.type == "string" and self.pattern is None:
-            schema["minLength"] = 1
         return schema
 
 
@@ -1105,25 +1113,43 @@ def _or_default(spec: FieldSpec, value: Any) -> Any:
     return spec.default if value is None and spec.optional else value
 
 
+def _show(value: Any) -> str:
+    """A value as an error message shows it: short, and never an exception of its own (a
+    5,000-digit integer has no ``repr`` in Python 3.11, a list nested 5,000 deep overflows
+    the stack)."""
+    if isinstance(value, int) and not isinstance(value, bool) and abs(value) > 10**30:
+        return f"an integer of about {int(abs(value).bit_length() * 0.30103) + 1} digits"
+    try:
+        text = repr(value)
+    except (ValueError, RecursionError):
+        return f"a {type(value).__name__}"
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
 def _validate(spec: FieldSpec, value: Any) -> Any:
     name = spec.name
     if spec.type in ("number", "integer"):
         if isinstance(value, bool) or not isinstance(value, int | float):
-            raise ContractError(name, f"must be a {spec.type}, got {value!r}", spec.fix)
-        if spec.type == "integer":
-            if isinstance(value, float) and not value.is_integer():
-                raise ContractError(name, f"must be a whole number, got {value!r}", spec.fix)
-            value = int(value)
-        else:
-            if not math.isfinite(value):
-                raise ContractError(name, f"must be finite, got {value!r}", spec.fix)
-            value = float(value)
+            raise ContractError(name, f"must be a {spec.type}, got {_show(value)}", spec.fix)
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ContractError(name, f"must be finite, got {_show(value)}", spec.fix)
+        if spec.type == "integer" and isinstance(value, float) and not value.is_integer():
+            raise ContractError(name, f"must be a whole number, got {_show(value)}", spec.fix)
+        # Bounds on the value as given (exact, as JSON Schema compares), then its type:
+        # 10**400 is refused by its bound, never turned into a float.
         _check_bounds(spec, value)
+        try:
+            value = int(value) if spec.type == "integer" else float(value)
+        except OverflowError:
+            raise ContractError(name, f"is out of range, got {_show(value)}", spec.fix) from None
     elif spec.type == "string":
-        if not isinstance(value, str) or (spec.pattern is None and not value.strip()):
-            raise ContractError(name, f"must be a non-empty string, got {value!r}", spec.fix)
-        if spec.pattern is not None and not re.fullmatch(spec.pattern, value):
-            raise ContractError(name, f"{value!r} does not match {spec.pattern}", spec.fix)
+        pattern = spec.schema_pattern or ""
+        if not isinstance(value, str):
+            raise ContractError(name, f"must be a non-empty string, got {_show(value)}", spec.fix)
+        if spec.pattern is None and not re.search(pattern, value):
+            raise ContractError(name, f"must be a non-empty string, got {_show(value)}", spec.fix)
+        if spec.pattern is not None and not re.search(pattern, value):
+            raise ContractError(name, f"{_show(value)} does not match {spec.pattern}", spec.fix)
     elif spec.type == "array":
         if (spec.items or {}).get("type") == "string":
             value = _validate_str_list(spec, value)
@@ -1132,11 +1158,11 @@ def _validate(spec: FieldSpec, value: Any) -> Any:
     elif spec.type == "object":
         value = _validate_object(spec, value)
     if spec.enum is not None and value not in spec.enum:
-        raise ContractError(name, f"{value!r} is not one of {list(spec.enum)}", spec.fix)
+        raise ContractError(name, f"{_show(value)} is not one of {list(spec.enum)}", spec.fix)
     return value
 
 
-def _check_bounds(spec: FieldSpec, value: float) -> None:
+def _check_bounds(spec: FieldSpec, value: float | int) -> None:
     checks: tuple[tuple[float | None, Callable[[float, float], bool], str], ...] = (
         (spec.minimum, operator.ge, ">="),
         (spec.maximum, operator.le, "<="),
@@ -1145,12 +1171,14 @@ def _check_bounds(spec: FieldSpec, value: float) -> None:
     )
     for bound, ok, op in checks:
         if bound is not None and not ok(value, bound):
-            raise ContractError(spec.name, f"must be {op} {bound:g}, got {value!r}", spec.fix)
+            raise ContractError(spec.name, f"must be {op} {bound:g}, got {_show(value)}", spec.fix)
 
 
 def _validate_int_list(spec: FieldSpec, value: Any) -> list[int]:
     if isinstance(value, str) or not isinstance(value, Sequence):
-        raise ContractError(spec.name, f"must be a list of whole numbers, got {value!r}", spec.fix)
+        raise ContractError(
+            spec.name, f"must be a list of whole numbers, got {_show(value)}", spec.fix
+        )
     items = list(value)
     lo, hi = spec.min_items or 0, spec.max_items or len(items)
     if not lo <= len(items) <= hi:
@@ -1158,23 +1186,28 @@ def _validate_int_list(spec: FieldSpec, value: Any) -> list[int]:
     item_schema = spec.items or {}
     out: list[int] = []
     for item in items:
-        if isinstance(item, bool) or not isinstance(item, int):
-            raise ContractError(spec.name, f"entry {item!r} is not a whole number", spec.fix)
+        whole = isinstance(item, int) or (
+            isinstance(item, float) and math.isfinite(item) and item.is_integer()
+        )
+        if isinstance(item, bool) or not whole:
+            raise ContractError(spec.name, f"entry {_show(item)} is not a whole number", spec.fix)
         if not item_schema.get("minimum", item) <= item <= item_schema.get("maximum", item):
-            raise ContractError(spec.name, f"entry {item} is out of range", spec.fix)
-        out.append(item)
+            raise ContractError(spec.name, f"entry {_show(item)} is out of range", spec.fix)
+        out.append(int(item))
     return out
 
 
 def _validate_str_list(spec: FieldSpec, value: Any) -> list[str]:
     if isinstance(value, str) or not isinstance(value, Sequence):
-        raise ContractError(spec.name, f"must be a list of column names, got {value!r}", spec.fix)
+        raise ContractError(
+            spec.name, f"must be a list of column names, got {_show(value)}", spec.fix
+        )
     items = list(value)
     if spec.max_items is not None and len(items) > spec.max_items:
         raise ContractError(spec.name, f"has {len(items)} entries, over {spec.max_items}", spec.fix)
     for item in items:
         if not isinstance(item, str) or not 1 <= len(item) <= 256:
-            raise ContractError(spec.name, f"entry {item!r} is not a column name", spec.fix)
+            raise ContractError(spec.name, f"entry {_show(item)} is not a column name", spec.fix)
     return items
 
 
@@ -1182,11 +1215,11 @@ def _validate_object(spec: FieldSpec, value: Any) -> dict[str, Any]:
     import json
 
     if not isinstance(value, Mapping) or not all(isinstance(k, str) for k in value):
-        raise ContractError(spec.name, f"must be a JSON object, got {value!r}", spec.fix)
+        raise ContractError(spec.name, f"must be a JSON object, got {_show(value)}", spec.fix)
     try:
         text = json.dumps(dict(value), allow_nan=False)
-    except (TypeError, ValueError) as exc:
-        raise ContractError(spec.name, f"is not JSON ({exc})", spec.fix) from None
+    except (TypeError, ValueError, RecursionError) as exc:
+        raise ContractError(spec.name, f"is not JSON ({_show(exc)})", spec.fix) from None
     if len(text) > 65_536:
         raise ContractError(spec.name, f"is {len(text)} characters of JSON, over 65536", spec.fix)
     return json.loads(text)  # type: ignore[no-any-return]
