@@ -206,8 +206,14 @@ def parse_body(body: bytes, feature_names: tuple[str, ...], encoder: Any = None)
         raise BadRequest(f"body is {len(body)} bytes; at most {MAX_BODY_BYTES}", 413)
     try:
         payload = json.loads(body)
-    except ValueError as exc:
+    except json.JSONDecodeError as exc:
         raise BadRequest(f"body is not valid JSON ({exc.msg} at char {exc.pos})") from exc
+    except UnicodeDecodeError as exc:
+        raise BadRequest(f"body is not UTF-8 text (byte {exc.start}): send JSON") from exc
+    except ValueError as exc:  # e.g. an integer of more than 4,300 digits
+        raise BadRequest(f"body holds a number JSON cannot carry here ({str(exc)[:80]})") from exc
+    except RecursionError as exc:
+        raise BadRequest("body nests lists or objects too deep: rows are flat lists") from exc
     return parse_instances(payload, feature_names, encoder)
 
 

@@ -36,9 +36,33 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 
 from policies import ROUTE_WARM, CallerRates, RouterThresholds, route_request, version_app
-from ray_jobs.serve_app import BadRequest, LatencyWindow, answer, parse_body
+from ray_jobs.serve_app import MAX_BODY_BYTES, BadRequest, LatencyWindow, answer, parse_body
 
+#: A hint for routing only (StraightLine's request frequency): a client that names itself
+#: gets its own rate, and a wrong name changes which tier answers it, never whether it is
+#: answered. Without it the client's address is the caller.
 CALLER_HEADER = "x-slaflow-caller"
+#: Seconds a request may wait on the primary before the router answers 504.
+REQUEST_TIMEOUT_S = 30.0
+
+
+async def read_body(request: Request) -> bytes:
+    """The request body, refused with 413 as soon as it passes ``MAX_BODY_BYTES``: a declared
+    Content-Length over the limit is refused before any byte is read, and a streamed body is
+    cut off at the limit rather than held whole."""
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > MAX_BODY_BYTES:
+        raise BadRequest(f"body is {declared} bytes; at most {MAX_BODY_BYTES}", 413)
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > MAX_BODY_BYTES:
+            raise BadRequest(f"body is over {MAX_BODY_BYTES} bytes: split the request", 413)
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
 #: The router's code version, pinned to this file's content. ``serve.run`` otherwise gives
 #: every deployment a fresh random version on each call, and a new code version restarts the
 #: replicas even when only ``user_config`` changed. With the version pinned, a redeploy that
@@ -202,7 +226,8 @@ class ModelRouter:
         t0 = time.monotonic()
         meta = await self._describe(primary)
         try:
-            x = parse_body(await request.body(), tuple(meta["features"]), self._encoder(meta))
+            body = await read_body(request)
+            x = parse_body(body, tuple(meta["features"]), self._encoder(meta))
         except BadRequest as exc:
             return JSONResponse({"error": str(exc)}, status_code=exc.status)
         caller = request.headers.get(CALLER_HEADER) or (
@@ -214,7 +239,11 @@ class ModelRouter:
         self._counts[version]["requests"] += 1
         try:
             if version == primary:
-                proba = await self._call(version, route, x)
+                # Bounded: a request never waits on a stuck replica longer than this.
+                proba = await asyncio.wait_for(
+                    self._call(version, route, x),
+                    timeout=float(self._cfg.get("request_timeout_s", REQUEST_TIMEOUT_S)),
+                )
             else:  # a canary that hangs (or went away mid-switch) must not hold the caller
                 proba = await asyncio.wait_for(
                     self._call(version, route, x),
@@ -231,6 +260,15 @@ class ModelRouter:
                 },
                 status_code=503,
                 headers={"Retry-After": "1"},
+            )
+        except TimeoutError:
+            self._counts[primary]["errors"] += 1
+            return JSONResponse(
+                {
+                    "error": f"the model did not answer within "
+                    f"{self._cfg.get('request_timeout_s', REQUEST_TIMEOUT_S):g} s; retry later"
+                },
+                status_code=504,
             )
         except Exception:
             if version == primary:

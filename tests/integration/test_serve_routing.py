@@ -167,6 +167,39 @@ def test_router_refuses_bad_requests_with_the_fix(
     assert resp.status_code == status and words in resp.json()["error"]
 
 
+@pytest.mark.parametrize(
+    ("body", "status", "words"),
+    [
+        (b'{"instances": [[1e39' + b", 0" * 63 + b"]]}", 400, "within float32 range"),
+        (b'{"instances": [[' + b"9" * 400 + b", 0" * 63 + b"]]}", 400, "within float32 range"),
+        (b'{"instances": [[' + b"9" * 5000 + b", 0" * 63 + b"]]}", 400, "a number JSON"),
+        (b'{"instances": ' + b"[" * 5000 + b"]" * 5000 + b"}", 400, "too deep"),
+        (b"\x80\xff", 400, "not UTF-8"),
+        (b"[" * (5 << 20), 413, "at most"),
+    ],
+)
+def test_hostile_bodies_get_a_4xx_not_a_500(
+    routed: dict[str, Any], body: bytes, status: int, words: str
+) -> None:
+    """The bodies that once gave 500s, a non-UTF-8 body and 5 MB declared in Content-Length
+    (refused before the body is read)."""
+    resp = requests.post(
+        routed["url"], data=body, headers={"content-type": "application/json"}, timeout=30
+    )
+    assert resp.status_code == status and words in resp.json()["error"], resp.text[:200]
+
+
+def test_a_streamed_body_is_cut_off_at_the_limit(routed: dict[str, Any]) -> None:
+    """Chunked, no Content-Length: the router stops reading at 4 MiB and answers 413."""
+
+    def chunks() -> Any:
+        for _ in range(80):
+            yield b" " * (64 << 10)  # 5 MiB in all
+
+    resp = requests.post(routed["url"], data=chunks(), timeout=60)
+    assert resp.status_code == 413 and "over" in resp.json()["error"]
+
+
 def _load(url: str, x: np.ndarray, n: int, threads: int = 8) -> list[requests.Response]:
     with ThreadPoolExecutor(threads) as pool:
         return list(pool.map(lambda i: _post(url, [x[i % len(x)].tolist()], f"c{i % 3}"), range(n)))
