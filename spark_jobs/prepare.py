@@ -139,6 +139,34 @@ def _read(spark: Any, path: str) -> Any:
     raise DataError(f"data_source {path!r}: unknown format; use a .csv or .parquet path")
 
 
+#: Largest float32: the models take float32 inputs, so a larger cell would become infinity.
+FLOAT32_MAX = 3.4028234663852886e38
+
+
+def _drop_nonfinite(frame: Any, columns: list[str]) -> tuple[Any, dict[str, int], int]:
+    """Cells that are NaN, infinite or beyond float32 ("Infinity", "NaN", 1e39) in floating
+    columns are malformed like an unparsable cell: counted per column, their rows dropped.
+    Kept, they would train to NaN. One aggregate over a flat ``greatest`` (a chain of ORs over
+    a wide table overflows the JVM stack)."""
+    from pyspark.sql import functions as F
+
+    if not columns:
+        return frame, {}, 0
+    bad = [
+        F.coalesce(F.isnan(_c(n)) | (F.abs(_c(n)) > F.lit(FLOAT32_MAX)), F.lit(False)).cast("int")
+        for n in columns
+    ]
+    any_bad = bad[0] if len(bad) == 1 else F.greatest(*bad)
+    sums = frame.select(
+        *[F.sum(b).alias(f"b{i}") for i, b in enumerate(bad)], F.sum(any_bad).alias("rows")
+    ).first()
+    counts = {n: int(sums[f"b{i}"] or 0) for i, n in enumerate(columns)}
+    rows = int(sums["rows"] or 0)
+    if not rows:
+        return frame, {}, 0
+    return frame.where(any_bad == 0), {n: k for n, k in counts.items() if k}, rows
+
+
 def _repair_malformed(
     frame: Any, non_numeric: list[Any]
 ) -> tuple[Any, dict[str, int], int, list[Any]]:
@@ -250,7 +278,7 @@ def run_prepare(
     ``time_column``."""
     from pyspark.sql import Window
     from pyspark.sql import functions as F
-    from pyspark.sql.types import BooleanType, NumericType, StringType
+    from pyspark.sql.types import BooleanType, DoubleType, FloatType, NumericType, StringType
 
     from policies import CLASSIFICATION, REGRESSION, infer_task
     from ray_jobs.features import CATEGORICAL, MAX_VOCAB, NUMERIC, Column, FeatureEncoder
@@ -279,6 +307,15 @@ def run_prepare(
         f.name for f in text if isinstance(f.dataType, BooleanType)
     ]
     numeric = [f for f in features if f not in categorical]
+    floating = [
+        n
+        for n in [label_column, *numeric]
+        if isinstance(frame.schema[n].dataType, FloatType | DoubleType)
+    ]
+    frame, nonfinite, nonfinite_rows = _drop_nonfinite(frame, floating)
+    for name, count in nonfinite.items():
+        malformed[name] = malformed.get(name, 0) + count
+    malformed_rows += nonfinite_rows
     label_type = frame.schema[label_column].dataType
 
     # Complete rows: Spark's own null drop (one flat AtLeastNNonNulls expression). A

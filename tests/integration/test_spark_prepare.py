@@ -180,6 +180,25 @@ def test_malformed_numbers_are_counted_per_column_and_their_rows_dropped(
     assert profile["feature_names"] == ["a", "b"]
 
 
+def test_infinite_nan_and_float32_overflowing_cells_are_malformed(
+    spark: Any, tmp_path: Path
+) -> None:
+    """Kept, "Infinity" or 1e39 would become inf in the float32 inputs and train to NaN."""
+    src = tmp_path / "nonfinite.csv"
+    lines = ["a,b,label"] + [f"{i},{i % 7}.5,{'xy'[i % 2]}" for i in range(60)]
+    lines[3] = "2,Infinity,y"
+    lines[7] = "1e39,3.5,x"  # a double, but no float32
+    lines[8] = "7,NaN,x"
+    lines[9] = "-1e39,-Infinity,y"  # two in one row: one row dropped
+    src.write_text("\n".join(lines) + "\n")
+    profile = _prepare(spark, tmp_path, str(src))
+    assert profile["rows_read"] == 60
+    assert profile["rows_dropped_malformed"] == 4
+    assert profile["malformed_values_by_column"] == {"a": 2, "b": 3}
+    assert sum(profile["split_counts"].values()) == 56
+    assert all(abs(v) < 1e6 for v in profile["feature_mean"] + profile["feature_std"])
+
+
 def test_single_class_is_rejected(spark: Any, tmp_path: Path) -> None:
     src = _csv(tmp_path, pd.DataFrame({"a": range(30), "label": [1] * 30}))
     with pytest.raises(DataError, match="need at least 2"):
