@@ -35,7 +35,7 @@ def model_name_param(description: str) -> Param:
     spec = FIELDS_BY_NAME["model_name"]
     return Param(
         type="string",
-        pattern=spec.pattern,
+        pattern=spec.schema_pattern,
         title="Model name",
         description=f"{description} {spec.fix[0].upper()}{spec.fix[1:]}.",
     )
