@@ -308,9 +308,9 @@ class DeployModelOperator(PlannedStageOperator):
             "version": version,
             "model_uri": f"models:/{model}/{version}",
             "variant": plan.variant,
-            "variant_uri": (profile_doc or {}).get("variant_uri", "")
-            if plan.variant != "full"
-            else "",
+            # From the registered version's own run, never from a tag's document: whoever
+            # can write tags must not choose what the replicas load.
+            "variant_uri": self._variant_uri(model, version, plan.variant),
             "tiers": [t.to_dict() for t in tiers],
         }
         self._start_version(model, spec)
@@ -391,6 +391,16 @@ class DeployModelOperator(PlannedStageOperator):
                 f"{exc.binding}, off by {exc.gap:.4g}); {still}"
             ) from exc
         return plan, doc
+
+    def _variant_uri(self, model: str, version: str, variant: str) -> str:
+        """Where the registered version's ``variant`` lies: under its run, where the evaluate
+        task logged it (``ray_jobs.variants``); "" for the full model."""
+        from ray_jobs.variants import INT8_ARTIFACT_PATH, INT8_FILE, VARIANT_INT8
+
+        if variant != VARIANT_INT8:
+            return ""
+        run_id = self.mlflow.client.get_model_version(model, version).run_id
+        return f"runs:/{run_id}/{INT8_ARTIFACT_PATH}/{INT8_FILE}"
 
     def _profile_doc(self, model: str, version: str) -> dict[str, Any] | None:
         if self.serving_profile and str(self.serving_profile.get("version")) == version:

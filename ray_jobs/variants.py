@@ -20,6 +20,8 @@ import numpy as np
 VARIANT_FULL = "full"
 VARIANT_INT8 = "int8"
 INT8_FILE = "variant_int8.tflite"
+#: Where the variant is logged, under the version's run.
+INT8_ARTIFACT_PATH = "serving/int8"
 
 
 def convert_int8(model_dir: str | Path) -> bytes:
@@ -60,7 +62,7 @@ class LiteRTPredictor:
 def log_int8_variant(
     model_dir: Path,
     run_id: str,
-    artifact_path: str = "serving/int8",
+    artifact_path: str = INT8_ARTIFACT_PATH,
 ) -> str:
     """Convert the exported model in ``model_dir`` to the int8 variant and log it, with the
     model's metadata, to ``run_id``; returns its artifact URI, which

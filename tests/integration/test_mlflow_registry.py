@@ -63,3 +63,29 @@ def test_versions_and_aliases_follow_the_gate(trained: dict[str, Any], tracking_
     tags = client.get_model_version(name, v3.version).tags
     assert tags[reg.TAG_GATE_DECISION] == "not_promoted"
     assert "gain_over_champion" in tags[reg.TAG_GATE_REPORT]
+
+
+def test_deploy_takes_the_variant_from_the_versions_own_run_not_from_tags(
+    trained: dict[str, Any], tracking_uri: str
+) -> None:
+    """A tag writer points the serving profile at a document naming another variant file:
+    deploy still loads the int8 variant logged under the registered version's run."""
+    import json
+
+    from mlflow.tracking import MlflowClient
+
+    from operators.serving import DeployModelOperator
+
+    client = MlflowClient(tracking_uri)
+    name = "registry-variant-model"
+    run_id = _new_run(client, "reg-variant")
+    version, _ = reg.register_version(
+        client, name, trained["result"]["model_uri"], run_id, {}, "variant"
+    )
+    client.log_dict(run_id, {"variant_uri": "file:///tmp/evil.tflite"}, "evil/profile.json")
+    reg.record_serving_profile(client, name, version.version, f"runs:/{run_id}/evil/profile.json")
+    op = DeployModelOperator(task_id="deploy-variant-test", plan={}, promotion={})
+    uri = op._variant_uri(name, str(version.version), "int8")
+    assert uri == f"runs:/{version.run_id}/serving/int8/variant_int8.tflite"
+    assert op._variant_uri(name, str(version.version), "full") == ""
+    assert "evil" not in json.dumps(uri)
