@@ -286,36 +286,21 @@ def trainer_for(
     run_config: Any,
 ) -> Any:
     """The Ray Train trainer of the spec's framework: the tf-keras backend
-    (``ray_jobs.tf_backend``) or Ray Train's XGBoost trainer (its collective for several
-    workers), fed the training split by Ray Data (one streamed shard per worker)."""
-    datasets = data_io.training_datasets(spec)
-    if framework(spec) == USER_LOOP:
+    (``ray_jobs.tf_backend``), Ray Train's XGBoost trainer (its collective for several
+    workers) or, for a user's loop, the plain data-parallel trainer; fed the training split
+    by Ray Data (one streamed shard per worker)."""
+    kind = framework(spec)
+    if kind == USER_LOOP:
         # A plain data-parallel trainer: the user's loop sets up its own framework.
-        from ray.train.v2.api.data_parallel_trainer import DataParallelTrainer
-
-        return DataParallelTrainer(
-            train_loop_per_worker,
-            train_loop_config=train_loop_config,
-            scaling_config=scaling_config,
-            run_config=run_config,
-            datasets=datasets,
-        )
-    if framework(spec) == XGBOOST:
-        from ray.train.xgboost import XGBoostTrainer
-
-        return XGBoostTrainer(
-            train_loop_per_worker,
-            train_loop_config=train_loop_config,
-            scaling_config=scaling_config,
-            run_config=run_config,
-            datasets=datasets,
-        )
-    from ray_jobs.tf_backend import tf_trainer
-
-    return tf_trainer(
+        from ray.train.v2.api.data_parallel_trainer import DataParallelTrainer as trainer
+    elif kind == XGBOOST:
+        from ray.train.xgboost import XGBoostTrainer as trainer
+    else:
+        from ray_jobs.tf_backend import tf_trainer as trainer
+    return trainer(
         train_loop_per_worker,
         train_loop_config=train_loop_config,
         scaling_config=scaling_config,
         run_config=run_config,
-        datasets=datasets,
+        datasets=data_io.training_datasets(spec),
     )

@@ -14,6 +14,18 @@ from tests.conftest import job_runner, train_spec
 pytestmark = pytest.mark.integration
 
 
+def _mlflow_run(name: str, key: str) -> tuple[str, str]:
+    """A run of the tests' experiment (created once, found again on a retry) and the
+    experiment's id."""
+    from mlflow_config import registry as reg
+    from operators.hooks import MlflowHook
+
+    client = MlflowHook().client
+    exp = reg.get_or_create_experiment(client, "slaflow/tests", MlflowHook().artifact_location)
+    run_id, _ = reg.find_or_create_run(client, exp, name, key, {})
+    return run_id, exp
+
+
 def test_trains_with_two_workers_checkpoints_and_logs(
     trained: dict[str, Any], tracking_uri: str
 ) -> None:
@@ -112,12 +124,7 @@ def test_controller_resizes_for_real_and_loses_no_epoch(
     """
     from mlflow.tracking import MlflowClient
 
-    from mlflow_config import registry as reg
-    from operators.hooks import MlflowHook
-
-    client = MlflowHook().client
-    exp = reg.get_or_create_experiment(client, "slaflow/tests", MlflowHook().artifact_location)
-    run_id, _ = reg.find_or_create_run(client, exp, "resize-run", "resize", {})
+    run_id, exp = _mlflow_run("resize-run", "resize")
     # Calibration says 2 workers barely beat 1 (poor scaling) and a restart is cheap, with
     # a loose deadline: the controller must judge 2 workers wasteful and drop to 1.
     spec = train_spec(
@@ -181,12 +188,7 @@ def test_tuning_study_stays_inside_its_deadline(
     and the space the user's define-by-run function: its keys reach the builder."""
     from mlflow.tracking import MlflowClient
 
-    from mlflow_config import registry as reg
-    from operators.hooks import MlflowHook
-
-    client = MlflowHook().client
-    exp = reg.get_or_create_experiment(client, "slaflow/tests", MlflowHook().artifact_location)
-    run_id, _ = reg.find_or_create_run(client, exp, "tune-run", "tune", {})
+    run_id, exp = _mlflow_run("tune-run", "tune")
     spec = train_spec(
         prepared,
         tracking_uri,
@@ -238,12 +240,7 @@ def test_killed_worker_resumes_from_checkpoint_and_replans(
 
     from ray.util.state import list_actors
 
-    from mlflow_config import registry as reg
-    from operators.hooks import MlflowHook
-
-    client = MlflowHook().client
-    exp = reg.get_or_create_experiment(client, "slaflow/tests", MlflowHook().artifact_location)
-    run_id, _ = reg.find_or_create_run(client, exp, "kill-run", "kill", {})
+    run_id, exp = _mlflow_run("kill-run", "kill")
     spec = train_spec(
         prepared,
         tracking_uri,
@@ -309,13 +306,9 @@ def test_a_users_train_loop_is_resized_and_resumes_from_its_own_checkpoint(
     import mlflow
     import pandas as pd
 
-    from mlflow_config import registry as reg
-    from operators.hooks import MlflowHook
     from ray_jobs.data_io import read_xy
 
-    client = MlflowHook().client
-    exp = reg.get_or_create_experiment(client, "slaflow/tests", MlflowHook().artifact_location)
-    run_id, _ = reg.find_or_create_run(client, exp, "loop-resize-run", "loop-resize", {})
+    run_id, exp = _mlflow_run("loop-resize-run", "loop-resize")
     spec = train_spec(
         prepared,
         tracking_uri,
@@ -354,13 +347,9 @@ def test_a_users_loop_that_fails_in_epoch_3_fails_the_job_naming_it(
 ) -> None:
     from mlflow.tracking import MlflowClient
 
-    from mlflow_config import registry as reg
-    from operators.hooks import MlflowHook
     from operators.ray_job import RayJobFailed
 
-    client = MlflowHook().client
-    exp = reg.get_or_create_experiment(client, "slaflow/tests", MlflowHook().artifact_location)
-    run_id, _ = reg.find_or_create_run(client, exp, "loop-broken-run", "loop-broken", {})
+    run_id, exp = _mlflow_run("loop-broken-run", "loop-broken")
     spec = train_spec(
         prepared,
         tracking_uri,
@@ -389,14 +378,10 @@ def test_xgboost_trains_on_two_workers_in_one_collective(
     collective: the trees see both shards, and the exported booster classifies the digits."""
     import mlflow
 
-    from mlflow_config import registry as reg
-    from operators.hooks import MlflowHook
     from ray_jobs.data_io import read_xy
     from ray_jobs.model_format import find_model_dir, open_predictor
 
-    client = MlflowHook().client
-    exp = reg.get_or_create_experiment(client, "slaflow/tests", MlflowHook().artifact_location)
-    run_id, _ = reg.find_or_create_run(client, exp, "xgb2-run", "xgb2", {})
+    run_id, exp = _mlflow_run("xgb2-run", "xgb2")
     spec = train_spec(
         prepared,
         tracking_uri,

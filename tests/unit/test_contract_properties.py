@@ -28,23 +28,19 @@ NAMES = [f.name for f in FIELDS]
 KNOWN = set(NAMES) | {"contract_version", "target_accuracy", "<contract>"}
 SCHEMA = contract_json_schema()
 
-#: What a hostile client can put in JSON, and Python objects beyond it (NaN, 10**400).
-_scalars = (
-    st.none()
-    | st.booleans()
-    | st.integers()
-    | st.integers(min_value=-(10**400), max_value=10**400)
-    | st.floats(allow_nan=True, allow_infinity=True)
-    | st.text(max_size=40)
-    | st.sampled_from(["", " ", "mlp\n", "1e39", "accuracy", "local[*]", "spark://h:7077"])
-)
-_values = st.recursive(
-    _scalars,
-    lambda inner: (
-        st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4)
-    ),
-    max_leaves=12,
-)
+
+def _nested(scalars: st.SearchStrategy[Any]) -> st.SearchStrategy[Any]:
+    """Scalars, and lists and objects of them, a few levels deep."""
+    return st.recursive(
+        scalars,
+        lambda inner: (
+            st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4)
+        ),
+        max_leaves=12,
+    )
+
+
+_TEXT = ["", " ", "\t", "mlp\n", "1e39", "xgboost", "accuracy", "local[*]", "spark://h:7077"]
 #: JSON values only (what the form and the REST API can carry).
 _json_scalars = (
     st.none()
@@ -52,14 +48,14 @@ _json_scalars = (
     | st.integers(min_value=-(10**30), max_value=10**30)
     | st.floats(allow_nan=False, allow_infinity=False)
     | st.text(max_size=40)
-    | st.sampled_from(["", " ", "\t", "mlp\n", "xgboost", "accuracy", "local[*]"])
+    | st.sampled_from(_TEXT)
 )
-_json_values = st.recursive(
-    _json_scalars,
-    lambda inner: (
-        st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4)
-    ),
-    max_leaves=12,
+_json_values = _nested(_json_scalars)
+#: And Python objects beyond JSON (NaN, infinity, 10**400).
+_values = _nested(
+    _json_scalars
+    | st.integers(min_value=-(10**400), max_value=10**400)
+    | st.floats(allow_nan=True, allow_infinity=True)
 )
 
 
