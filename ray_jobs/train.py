@@ -382,7 +382,9 @@ def run_training(spec: dict[str, Any]) -> dict[str, Any]:
             run_config=RunConfig(
                 name=spec["run_name"],
                 storage_path=spec["storage_path"],
-                failure_config=FailureConfig(max_failures=2),
+                # Worker failures retried from the last checkpoint (a lost node, a killed
+                # worker); a user's loop that always fails costs this many more tries.
+                failure_config=FailureConfig(max_failures=int(spec.get("max_failures", 2))),
                 checkpoint_config=CheckpointConfig(num_to_keep=2),
                 worker_runtime_env={"env_vars": {"TF_USE_LEGACY_KERAS": "1"}},
             ),
