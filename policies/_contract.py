@@ -1144,9 +1144,7 @@ def _validate(spec: FieldSpec, value: Any) -> Any:
             raise ContractError(name, f"is out of range, got {_show(value)}", spec.fix) from None
     elif spec.type == "string":
         pattern = spec.schema_pattern or ""
-        if not isinstance(value, str):
-            raise ContractError(name, f"must be a non-empty string, got {_show(value)}", spec.fix)
-        if spec.pattern is None and not re.search(pattern, value):
+        if not isinstance(value, str) or (spec.pattern is None and not re.search(pattern, value)):
             raise ContractError(name, f"must be a non-empty string, got {_show(value)}", spec.fix)
         if spec.pattern is not None and not re.search(pattern, value):
             raise ContractError(name, f"{_show(value)} does not match {spec.pattern}", spec.fix)

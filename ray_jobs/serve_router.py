@@ -261,19 +261,21 @@ class ModelRouter:
                 status_code=503,
                 headers={"Retry-After": "1"},
             )
-        except TimeoutError:
-            self._counts[primary]["errors"] += 1
-            return JSONResponse(
-                {
-                    "error": f"the model did not answer within "
-                    f"{self._cfg.get('request_timeout_s', REQUEST_TIMEOUT_S):g} s; retry later"
-                },
-                status_code=504,
-            )
-        except Exception:
+        except Exception as exc:
+            if version == primary and isinstance(exc, TimeoutError):
+                self._counts[primary]["errors"] += 1
+                return JSONResponse(
+                    {
+                        "error": f"the model did not answer within "
+                        f"{self._cfg.get('request_timeout_s', REQUEST_TIMEOUT_S):g} s; "
+                        f"retry later"
+                    },
+                    status_code=504,
+                )
             if version == primary:
                 raise
-            self._counts[version]["errors"] += 1  # canary failed: the primary answers
+            # A canary that failed or was slower than candidate_timeout_s: the primary answers.
+            self._counts[version]["errors"] += 1
             version, route = primary, self._choose_route(primary, len(x), caller)
             proba = await self._call(version, route, x)
         if (version, route) in self._fresh:  # the handle's set-up call: not the version's

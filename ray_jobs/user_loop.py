@@ -37,6 +37,9 @@ from typing import Any
 
 import numpy as np
 
+from ray_jobs.model_format import METADATA_FILE, ModelMetadata, UserModelError, load_builder
+from ray_jobs.model_format import input_spec as keras_input_spec
+
 PREFIX = "train_loop:"
 CHECKPOINT_DIR = "checkpoint"
 INPUT_SPEC_FILE = "input_spec.json"
@@ -99,10 +102,8 @@ def load_snapshot(folder: Path) -> LoopSnapshot | None:
 def input_spec(profile: dict[str, Any]) -> dict[str, Any]:
     """What the user's loop and predictor are told about the data: the Keras builders'
     ``input_spec`` plus the features' training statistics (for scaling)."""
-    from ray_jobs.model_format import input_spec as base
-
     return {
-        **base(profile),
+        **keras_input_spec(profile),
         "feature_mean": [float(v) for v in profile["feature_mean"]],
         "feature_std": [float(v) for v in profile["feature_std"]],
     }
@@ -173,8 +174,6 @@ class UserLoopLearner:
     def __init__(self, config: dict[str, Any]) -> None:
         import ray.train
 
-        from ray_jobs.model_format import load_builder
-
         ctx = ray.train.get_context()
         self._rank, world = ctx.get_world_rank(), ctx.get_world_size()
         self._model = str(config["model"])
@@ -193,7 +192,6 @@ class UserLoopLearner:
             "data": LoopData(config, self._rank, world),
         }
         self.steps_per_epoch = 1
-        self.y_val: np.ndarray = np.zeros(0)
         self._restore: LoopSnapshot | None = None
         self._latest: LoopSnapshot | None = None
         self._metrics: dict[str, Any] = {}
@@ -249,15 +247,11 @@ class UserLoopLearner:
         self._thread.join()
         if kind == "returned":
             if self._reports == 0:
-                from ray_jobs.model_format import UserModelError
-
                 raise UserModelError(
                     f"train loop {self._target}(config) returned without calling "
                     f"ray.train.report: report the validation {self._metric} once per epoch"
                 )
             raise LoopReturned()
-        from ray_jobs.model_format import UserModelError
-
         exc = payload
         raise UserModelError(
             f"train loop {self._target}(config) raised {type(exc).__name__}: {exc} "
@@ -271,8 +265,6 @@ class UserLoopLearner:
         m = self._metrics
         value = m.get(self._metric, m.get(f"val_{self._metric}"))
         if value is None:
-            from ray_jobs.model_format import UserModelError
-
             raise UserModelError(
                 f"train loop {self._target} reported {sorted(m)} without {self._metric!r} "
                 f"(the contract's target_metric): report its validation value each epoch, "
@@ -299,8 +291,6 @@ def export_loop_model(
     snapshot: LoopSnapshot | None, metadata: Any, profile: dict[str, Any], out_dir: Path
 ) -> Path:
     """The best checkpoint and what ``load_predictor`` is told, beside the metadata."""
-    from ray_jobs.model_format import METADATA_FILE
-
     if snapshot is None:
         raise RuntimeError(
             f"train loop {loop_target(metadata.model)} reported no checkpoint: pass "
@@ -326,13 +316,6 @@ class LoopPredictor:
     ``model_format.Predictor``."""
 
     def __init__(self, model_dir: str | Path) -> None:
-        from ray_jobs.model_format import (
-            METADATA_FILE,
-            ModelMetadata,
-            UserModelError,
-            load_builder,
-        )
-
         model_dir = Path(model_dir)
         self.metadata = ModelMetadata.from_json((model_dir / METADATA_FILE).read_text())
         self._checkpoint = model_dir / CHECKPOINT_DIR
@@ -354,8 +337,6 @@ class LoopPredictor:
         if self.metadata.regression:
             return out.reshape(n, 1)
         if out.shape != (n, self._outputs):
-            from ray_jobs.model_format import UserModelError
-
             raise UserModelError(
                 f"the predictor from {self._target} answered shape {out.shape} for {n} rows; "
                 f"a classifier answers class probabilities [{n}, {self._outputs}]"
