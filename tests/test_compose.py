@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import configparser
 import re
 from pathlib import Path
 from urllib.parse import urlparse
@@ -42,7 +43,8 @@ def test_endpoints_point_at_services_and_their_ports(compose: dict) -> None:
         spark.hostname == "spark-master"
         and f"--port {spark.port}" in services["spark-master"]["command"]
     )
-    assert "postgres:5432/airflow" in env["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"]
+    airflow = compose["x-airflow-env"]
+    assert "postgres:5432/airflow" in airflow["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"]
     assert env["RAY_AUTH_MODE"] == "token"
 
 
@@ -56,3 +58,61 @@ def test_shared_storage_reaches_every_node_that_reads_or_writes_data(compose: di
     services = compose["services"]
     for name in ("ray-head", "ray-worker", "spark-worker", "mlflow", "airflow-scheduler"):
         assert "shared:/shared" in services[name]["volumes"], name
+
+
+SECRET = re.compile(r"\$\{([A-Z_]+)(:?[-?])?([^}]*)\}")
+
+
+def test_every_secret_is_required_and_none_has_a_default() -> None:
+    """compose refuses to start without each secret (``${VAR:?message}``); no default value
+    (``${VAR:-...}``) and no literal password ships in the file."""
+    text = (REPO / "docker-compose.yml").read_text()
+    used = {m.group(1): (m.group(2), m.group(3)) for m in SECRET.finditer(text)}
+    assert set(used) >= {
+        "RAY_AUTH_TOKEN",
+        "POSTGRES_PASSWORD",
+        "AIRFLOW_JWT_SECRET",
+        "AIRFLOW_FERNET_KEY",
+        "MLFLOW_ADMIN_PASSWORD",
+        "MLFLOW_FLASK_SECRET",
+    }
+    for name, (kind, message) in used.items():
+        assert kind == ":?" and "export" in message, name
+    assert "change-me" not in text and "slaflow:slaflow@" not in text
+
+
+def test_each_service_gets_only_the_secrets_it_needs(compose: dict) -> None:
+    services = compose["services"]
+    airflow_only = {
+        "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN",
+        "AIRFLOW__API_AUTH__JWT_SECRET",
+        "AIRFLOW__CORE__FERNET_KEY",
+    }
+    for name in ("ray-head", "ray-worker", "spark-master", "spark-worker", "mlflow"):
+        env = services[name].get("environment", {})
+        assert not airflow_only & set(env), name
+    for name in ("spark-master", "spark-worker"):
+        assert "MLFLOW_TRACKING_PASSWORD" not in services[name]["environment"], name
+    for name in ("airflow-api-server", "airflow-scheduler", "airflow-init"):
+        env = services[name]["environment"]
+        assert airflow_only <= set(env), name
+        assert env["MLFLOW_TRACKING_USERNAME"] == "admin", name
+    for name in ("ray-head", "ray-worker"):  # their jobs log runs and models
+        assert "MLFLOW_TRACKING_PASSWORD" in services[name]["environment"], name
+
+
+def test_mlflow_runs_with_basic_auth_from_its_own_store(compose: dict) -> None:
+    mlflow = compose["services"]["mlflow"]
+    assert "--app-name basic-auth" in mlflow["command"]
+    env = mlflow["environment"]
+    ini = env["MLFLOW_AUTH_CONFIG_PATH"].replace("/opt/slaflow/", "")
+    config = configparser.ConfigParser()
+    config.read(REPO / ini)
+    assert "admin_password" not in config["mlflow"]  # from the environment only
+    store = config["mlflow"]["database_uri"].removeprefix("sqlite:///")
+    assert any(
+        store.startswith(v.split(":")[1] + "/")
+        for v in mlflow["volumes"]
+        if v.startswith("mlflow-auth:")
+    )
+    assert "mlflow-auth" in compose["volumes"]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ast
 import json
+import os
 import subprocess
 import sys
 import tempfile
@@ -24,6 +25,13 @@ def tails(topo: Topology) -> str:
     out = []
     for log in sorted((topo.root / "logs").glob("*.log")):
         out.append(f"--- {log.name}\n{log.read_text(errors='replace')[-1500:]}")
+    # the task logs written last (a failed task's own error is there, not in the services')
+    task_logs = sorted(
+        (topo.root / "airflow" / "logs").glob("dag_id=*/**/*.log"), key=lambda p: p.stat().st_mtime
+    )
+    for log in task_logs[-2:]:
+        name = "/".join(log.parts[-3:])
+        out.append(f"--- {name}\n{log.read_text(errors='replace')[-2500:]}")
     return "\n".join(out)
 
 
@@ -40,9 +48,22 @@ def topology() -> Iterator[Topology]:
             if time.monotonic() > deadline:
                 raise RuntimeError(f"the DAG processor never parsed ml_lifecycle\n{tails(topo)}")
             time.sleep(3)
-        yield topo
+        # this process's MLflow clients sign in as the topology's other clients do
+        saved = {k: os.environ.get(k) for k in _MLFLOW_CREDENTIALS}
+        os.environ.update({k: topo.env()[k] for k in _MLFLOW_CREDENTIALS})
+        try:
+            yield topo
+        finally:
+            for key, value in saved.items():
+                if value is None:
+                    os.environ.pop(key, None)
+                else:
+                    os.environ[key] = value
     finally:
         topo.stop()
+
+
+_MLFLOW_CREDENTIALS = ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD")
 
 
 _UNDEPLOY = (
@@ -96,6 +117,26 @@ def xcom(topo: Topology, run_id: str, task: str, dag_id: str = "ml_lifecycle") -
         except ValueError:
             return ast.literal_eval(value)
     return value
+
+
+def wait_parked(topo: Topology, run_id: str, task_id: str, timeout_s: float = 120) -> None:
+    """Wait until the scheduler has processed the exit of the worker that parked ``task_id`` in
+    ``awaiting_input``. Airflow 3.3 race: a response that resumes the task before the scheduler
+    sees that exit gets the new try failed ("finished with state success, but the task
+    instance's state attribute is queued"; the resumed worker's ``/run`` answers 409). A person
+    takes longer than that; a test clicking right away on a loaded 2-core runner may not."""
+    deadline = time.monotonic() + timeout_s
+    log = topo.root / "logs" / "airflow-scheduler.log"
+    while time.monotonic() < deadline:
+        for line in log.read_text(errors="replace").splitlines():
+            if (
+                "Received executor event with state success" in line
+                and f"task_id='{task_id}'" in line
+                and run_id in line
+            ):
+                return
+        time.sleep(1)
+    raise AssertionError(f"the scheduler never saw {task_id}'s parking worker exit\n{tails(topo)}")
 
 
 def task_states(topo: Topology, run_id: str, dag_id: str = "ml_lifecycle") -> dict[str, str]:

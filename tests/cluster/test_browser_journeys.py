@@ -30,7 +30,7 @@ from urllib.parse import unquote
 import pytest
 import requests
 
-from tests.cluster.conftest import MODEL, tails, task_states, wait_run, xcom
+from tests.cluster.conftest import MODEL, tails, task_states, wait_parked, wait_run, xcom
 from tests.cluster.topology import PORTS, Topology
 
 pytestmark = [pytest.mark.cluster, pytest.mark.browser]
@@ -41,7 +41,7 @@ REQUEST = json.loads((REPO / "examples" / "digit_request.json").read_text())
 
 
 @pytest.fixture()
-def browser_page() -> Any:
+def browser_page(topology: Topology) -> Any:
     from playwright.sync_api import expect, sync_playwright
 
     assert CHROMIUM.exists(), (
@@ -50,7 +50,14 @@ def browser_page() -> Any:
     SHOTS.mkdir(parents=True, exist_ok=True)
     with sync_playwright() as pw:
         browser = pw.chromium.launch(executable_path=str(CHROMIUM), args=["--no-sandbox"])
-        page = browser.new_page(viewport={"width": 1400, "height": 1100})
+        page = browser.new_page(
+            viewport={"width": 1400, "height": 1100},
+            # the MLflow UI asks for basic auth (Airflow's UI has its own login form)
+            http_credentials={
+                "username": topology.mlflow_user,
+                "password": topology.mlflow_password,
+            },
+        )
         page.set_default_timeout(30_000)
         # expect() has its own 5 s default; on a loaded 2-core runner the run page's task table
         # was still loading after 5 s (CI, 2026-11-23), so assertions wait as long as actions do
@@ -155,6 +162,7 @@ def test_a_contract_from_the_trigger_form_through_review_to_serving_on_the_topol
         assert time.monotonic() < deadline, f"review never asked: {states}"
         time.sleep(5)
     assert states["gate"] == "success" and states["promote"] in (None, "none")
+    wait_parked(topo, run_id, "review")
     page.goto(f"{topo.airflow_url}/dags/ml_lifecycle/runs/{run_id}/tasks/review/required_actions")
     expect(page.get_by_text(f"Promote {MODEL} v1 to champion?")).to_be_visible()
     expect(page.get_by_text("review policy 'always'")).to_be_visible()

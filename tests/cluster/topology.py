@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
 import signal
 import subprocess
 import sys
@@ -65,6 +66,9 @@ class Topology:
     suffix: str = field(default_factory=lambda: str(os.getpid()))
     procs: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
     timings: dict[str, float] = field(default_factory=dict)
+    #: MLflow runs with basic auth; every client of the topology signs in as its admin.
+    mlflow_user: str = "admin"
+    mlflow_password: str = field(default_factory=lambda: secrets.token_hex(16))
 
     @property
     def airflow_db(self) -> str:
@@ -99,6 +103,8 @@ class Topology:
                 "SLAFLOW_SERVE_PORT": str(PORTS["serve"]),
                 "SLAFLOW_SPARK_MASTER": f"spark://127.0.0.1:{PORTS['spark_master']}",
                 "SLAFLOW_MLFLOW_TRACKING_URI": self.mlflow_url,
+                "MLFLOW_TRACKING_USERNAME": self.mlflow_user,
+                "MLFLOW_TRACKING_PASSWORD": self.mlflow_password,
                 "SLAFLOW_DATA_DIR": str(self.root / "shared" / "data"),
                 "SLAFLOW_RAY_STORAGE": str(self.root / "shared" / "ray_storage"),
                 "SLAFLOW_AIRFLOW_URL": self.airflow_url,
@@ -107,6 +113,8 @@ class Topology:
                 "SLAFLOW_TRAINING_DATA": str(self.root / "incoming" / "training.csv"),
                 "SLAFLOW_RETRAIN_CONTRACT": str(self.root / "retrain_contract.json"),
                 "SLAFLOW_DATA_WATCH_SCHEDULE": "0 0 1 1 *",
+                # the tests take their model off by hand at the end: no reconcile on a clock
+                "SLAFLOW_RECONCILE_SCHEDULE": "0 0 1 1 *",
                 # both replica shapes, one batch size: halves each run's serving profile, which
                 # CI's 90 minutes need (batching is measured by the routing integration tests)
                 "SLAFLOW_PROFILE_BATCHES": "1",
@@ -269,12 +277,29 @@ class Topology:
         return sum(1 for n in data["data"]["summary"] if n["raylet"]["state"] == "ALIVE")
 
     def _start_mlflow(self) -> None:
+        """MLflow's server with basic auth, as compose runs it (deploy/mlflow-auth.ini, with
+        the auth store in this topology's folder): anonymous requests get 401."""
         t = time.monotonic()
+        auth_ini = self.root / "mlflow-auth.ini"
+        auth_ini.write_text(
+            (REPO / "deploy" / "mlflow-auth.ini")
+            .read_text()
+            .replace("/var/lib/mlflow-auth/", f"{self.root}/")
+        )
+        env = {
+            **self.env(),
+            "MLFLOW_AUTH_CONFIG_PATH": str(auth_ini),
+            "MLFLOW_AUTH_ADMIN_USERNAME": self.mlflow_user,
+            "MLFLOW_AUTH_ADMIN_PASSWORD": self.mlflow_password,
+            "MLFLOW_FLASK_SERVER_SECRET_KEY": secrets.token_hex(16),
+        }
         self._spawn(
             "mlflow",
             [
                 str(BIN / "mlflow"),
                 "server",
+                "--app-name",
+                "basic-auth",
                 "--host",
                 "127.0.0.1",
                 "--port",
@@ -287,6 +312,7 @@ class Topology:
                 "--workers",
                 "1",
             ],
+            env,
         )
         _wait(
             "MLflow server",
@@ -386,7 +412,9 @@ class Topology:
             return str(json.loads(resp.read())["access_token"])
 
     def api(self, method: str, path: str, body: Any = None) -> tuple[int, Any]:
-        data = None if body is None else json.dumps(body).encode()
+        """Airflow's REST API as the admin; ``body``: JSON-able, or raw bytes sent as they are.
+        Returns the status and the decoded answer (its text when it is not JSON)."""
+        data = body if isinstance(body, bytes) or body is None else json.dumps(body).encode()
         req = urllib.request.Request(
             f"{self.airflow_url}/api/v2{path}",
             data=data,
@@ -395,9 +423,9 @@ class Topology:
         )
         try:
             with urllib.request.urlopen(req, timeout=30) as resp:
-                return resp.status, json.loads(resp.read() or b"null")
+                return resp.status, _decoded(resp.read())
         except urllib.error.HTTPError as exc:
-            return exc.code, json.loads(exc.read() or b"null")
+            return exc.code, _decoded(exc.read())
 
     # ------------------------------------------------------------------ stop
 
@@ -437,3 +465,10 @@ class Topology:
             conn.close()
         except Exception as exc:  # best effort: report, never mask the test's own failure
             print(f"could not drop test databases: {exc}", file=sys.stderr)
+
+
+def _decoded(raw: bytes) -> Any:
+    try:
+        return json.loads(raw or b"null")
+    except ValueError:
+        return raw.decode(errors="replace")

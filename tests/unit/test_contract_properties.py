@@ -50,7 +50,7 @@ _json_scalars = (
     | st.text(max_size=40)
     | st.sampled_from(_TEXT)
 )
-_json_values = _nested(_json_scalars)
+JSON_VALUES = _nested(_json_scalars)
 #: And Python objects beyond JSON (NaN, infinity, 10**400).
 _values = _nested(
     _json_scalars
@@ -70,7 +70,7 @@ def _outcome(name: str, value: Any) -> bool:
     return True
 
 
-def _schema_accepts(name: str, value: Any) -> bool:
+def schema_accepts(name: str, value: Any) -> bool:
     return jsonschema.Draft202012Validator(SCHEMA["properties"][name]).is_valid(value)
 
 
@@ -96,8 +96,8 @@ def test_any_contract_is_built_or_refused_naming_a_field(raw: dict[str, Any]) ->
 @settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(name=st.sampled_from(NAMES), data=st.data())
 def test_form_schema_and_python_agree_on_any_json_value(name: str, data: Any) -> None:
-    value = data.draw(_json_values, label="value")
-    assert _schema_accepts(name, value) == _outcome(name, value), (name, value)
+    value = data.draw(JSON_VALUES, label="value")
+    assert schema_accepts(name, value) == _outcome(name, value), (name, value)
 
 
 def _valid(spec: Any) -> st.SearchStrategy[Any]:
@@ -112,7 +112,7 @@ def _valid(spec: Any) -> st.SearchStrategy[Any]:
             return st.integers(
                 min_value=None if lo is None else math.ceil(lo),
                 max_value=None if hi is None else math.floor(hi),
-            ).filter(lambda v: _schema_accepts(spec.name, v))
+            ).filter(lambda v: schema_accepts(spec.name, v))
         return st.floats(
             min_value=lo,
             max_value=hi,
@@ -138,7 +138,7 @@ def _valid(spec: Any) -> st.SearchStrategy[Any]:
 def test_every_value_the_schema_accepts_python_accepts(name: str, data: Any) -> None:
     spec = next(f for f in FIELDS if f.name == name)
     value = data.draw(_valid(spec), label="value")
-    assert _schema_accepts(name, value), (name, value)  # the generator keeps to the schema
+    assert schema_accepts(name, value), (name, value)  # the generator keeps to the schema
     assert _outcome(name, value), (name, value)
 
 
