@@ -4,8 +4,10 @@ say whether it can be met on this cluster (``feasibility``)."""
 from __future__ import annotations
 
 import math
+import os
 import time
 from collections.abc import Sequence
+from dataclasses import replace
 from typing import Any
 
 from airflow.sdk.exceptions import AirflowFailException
@@ -18,13 +20,31 @@ from policies import (
     RunPlan,
     ThroughputModel,
     assess_feasibility,
+    check_data_source,
     cluster_capacity,
     estimate_epochs_needed,
     migrate_contract,
     next_calibration,
+    parse_roots,
     plan_workers,
     size_training,
 )
+
+
+def allowed_source(source: str) -> str:
+    """``source`` if it lies under a configured data root (``SLAFLOW_DATA_ROOTS``), resolved
+    as the workers will open it; else a ``ContractError`` naming ``data_source``. A local path
+    is judged after its symlinks are resolved, so a link out of a root is refused."""
+    from slaflow.settings import data_roots
+
+    try:
+        roots = parse_roots(data_roots())
+    except ValueError as exc:  # the setting, not the contract: the admin's fix
+        raise AirflowFailException(str(exc)) from exc
+    scheme, sep, rest = source.partition("://")
+    if source.startswith("/") or (sep and scheme.lower() == "file"):
+        source = os.path.realpath(rest if sep else source)
+    return check_data_source(source, roots)
 
 
 class PlanRunOperator(StageOperator):
@@ -46,6 +66,7 @@ class PlanRunOperator(StageOperator):
             for note in migrate_contract(raw)[1]:
                 self.log.info("%s", note)
             contract = RunContract.from_dict(raw)
+            contract = replace(contract, data_source=allowed_source(contract.data_source))
         except ContractError as exc:
             raise AirflowFailException(str(exc)) from exc
         try:

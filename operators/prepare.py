@@ -155,8 +155,10 @@ class PrepareDataOperator(PlannedStageOperator):
         self._check_task(profile)
         if profile["rows_dropped_malformed"]:
             self.log.warning(
-                "Malformed values (unparsable numbers) per column: %s; their rows were dropped",
+                "Malformed values (unparsable numbers) per column: %s; rows with more fields "
+                "than the header: %d; those rows were dropped",
                 profile["malformed_values_by_column"],
+                profile.get("rows_dropped_extra_fields", 0),
             )
         if key is not None:
             record_prepared(data_dir, key, profile)

@@ -56,6 +56,13 @@ from policies._control import (
     single_fit_stop_reason,
     summarize_allocation,
 )
+from policies._data_access import (
+    BUILTIN_PREFIXES,
+    ROOTS_SETTING,
+    DataRoot,
+    check_data_source,
+    parse_roots,
+)
 from policies._deadline import (
     DEFAULT_CONFIG,
     ControlDecision,
@@ -230,6 +237,11 @@ from policies._verify import (
 )
 
 __all__ = [
+    "BUILTIN_PREFIXES",
+    "ROOTS_SETTING",
+    "DataRoot",
+    "check_data_source",
+    "parse_roots",
     "task_fit_problem",
     "VALUE_CANARY_ACCURACY",
     "MIN_TEST_ROWS",

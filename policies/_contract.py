@@ -517,7 +517,8 @@ FIELDS: Final[tuple[FieldSpec, ...]] = (
         "string",
         "sklearn:digits",
         "Data source",
-        "CSV or Parquet path/URI with one row per example, or a bundled set: sklearn:digits, "
+        "CSV or Parquet path/URI with one row per example, under one of the data roots the "
+        "platform allows (SLAFLOW_DATA_ROOTS), or a bundled set: sklearn:digits, "
         "sklearn:diabetes, sklearn:breast_cancer, slaflow:tickets (text columns).",
         _S_DATA,
         "give a readable .csv or .parquet path, or a bundled set such as sklearn:digits",

@@ -74,6 +74,16 @@ def training_data_path() -> Path:
     ).resolve()
 
 
+def data_roots() -> tuple[str, ...]:
+    """Where runs may read data (``SLAFLOW_DATA_ROOTS``: folders or URI prefixes, separated by
+    commas). Unset: ``SLAFLOW_HOME`` (bundled sets, prepared data, the default incoming
+    folder) only. The folder of ``SLAFLOW_TRAINING_DATA`` is always allowed: the same admin
+    who set that path decided its data is read. Checked by ``policies.check_data_source``."""
+    configured = os.environ.get("SLAFLOW_DATA_ROOTS", "").strip()
+    roots = [r for r in configured.split(",") if r.strip()] if configured else [str(home())]
+    return (*roots, str(training_data_path().parent))
+
+
 def retrain_schedule() -> str | None:
     """Cron expression of scheduled retraining (``SLAFLOW_RETRAIN_SCHEDULE``); None: off."""
     value = os.environ.get("SLAFLOW_RETRAIN_SCHEDULE", "").strip()

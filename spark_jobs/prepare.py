@@ -130,10 +130,23 @@ def resolve_source(source: str, cache_dir: Path) -> str:
     return source
 
 
+#: A CSV row with more fields than its header fills this column (Spark would drop them).
+EXTRA_FIELDS_COLUMN = "__slaflow_extra_fields"
+
+
 def _read(spark: Any, path: str) -> Any:
+    """The table. A CSV gets one more (string) column than its header names, so a row with
+    more fields than the header is seen (``EXTRA_FIELDS_COLUMN`` not null) instead of cut
+    silently: the schema is the inferred one plus that column, applied by position."""
+    from pyspark.sql.types import StringType, StructField, StructType
+
     lowered = path.lower().rstrip("/")
     if lowered.endswith(".csv"):
-        return spark.read.csv(path, header=True, inferSchema=True)
+        inferred = spark.read.csv(path, header=True, inferSchema=True).schema
+        if EXTRA_FIELDS_COLUMN in inferred.fieldNames():
+            raise DataError(f"data_source {path!r}: rename the column {EXTRA_FIELDS_COLUMN!r}")
+        schema = StructType([*inferred.fields, StructField(EXTRA_FIELDS_COLUMN, StringType())])
+        return spark.read.csv(path, header=True, schema=schema, enforceSchema=True)
     if lowered.endswith(".parquet") or lowered.endswith(".pq") or Path(path).is_dir():
         return spark.read.parquet(path)
     raise DataError(f"data_source {path!r}: unknown format; use a .csv or .parquet path")
@@ -285,6 +298,12 @@ def run_prepare(
 
     options = dict(options or {})
     frame = _read(spark, resolve_source(source, cache_dir))
+    extra_rows = 0
+    if EXTRA_FIELDS_COLUMN in frame.columns:  # a CSV: rows with more fields than the header
+        extra = _c(EXTRA_FIELDS_COLUMN).isNotNull()
+        extra_rows = int(frame.agg(F.sum(extra.cast("int")).alias("n")).first()["n"] or 0)
+        frame = frame.where(~extra) if extra_rows else frame
+        frame = frame.drop(EXTRA_FIELDS_COLUMN)
     columns = frame.columns
     features = _check_columns(columns, options, label_column)
     types = {f.name: f.dataType for f in frame.schema.fields}
@@ -315,7 +334,7 @@ def run_prepare(
     frame, nonfinite, nonfinite_rows = _drop_nonfinite(frame, floating)
     for name, count in nonfinite.items():
         malformed[name] = malformed.get(name, 0) + count
-    malformed_rows += nonfinite_rows
+    malformed_rows += nonfinite_rows + extra_rows
     label_type = frame.schema[label_column].dataType
 
     # Complete rows: Spark's own null drop (one flat AtLeastNNonNulls expression). A
@@ -507,6 +526,8 @@ def run_prepare(
         "rows_read": total + malformed_rows,
         "rows_dropped_incomplete": total - kept,
         "rows_dropped_malformed": malformed_rows,
+        # of those: rows with more fields than the header (a shifted or unquoted comma)
+        "rows_dropped_extra_fields": extra_rows,
         "malformed_values_by_column": malformed,
         "split_counts": counts,
         "feature_mean": mean,

@@ -282,6 +282,28 @@ def test_bad_contract_never_starts_a_run_and_harms_nothing(lifecycle: Any, regis
     assert registry.search_model_versions(f"name = '{name}'") == []
 
 
+def test_data_outside_the_data_roots_fails_the_plan_naming_data_source(
+    lifecycle: Any, registry: Any, slaflow_home: Path, tmp_path: Path, capfd: Any
+) -> None:
+    """A link under SLAFLOW_HOME (a data root) to a file outside every root: the plan task
+    judges where the link leads, refuses it naming the field, and nothing later runs."""
+    secret = tmp_path / "secret.csv"
+    secret.write_text("a,label\n1,0\n")
+    link = slaflow_home / "incoming" / "looks-fine.csv"
+    link.parent.mkdir(parents=True, exist_ok=True)
+    link.symlink_to(secret)
+    name = "e2e-data-roots"
+    out = lifecycle({**SMALL, "model_name": name, "data_source": str(link)}, only=PREPARE)
+    assert out["state"] == "failed"
+    states = {t: v["state"] for t, v in out["tasks"].items()}
+    assert "failed" in states["plan"] and "upstream_failed" in states["prepare"], states
+    text = capfd.readouterr()
+    logged = text.out + text.err
+    assert "contract field 'data_source'" in logged and str(secret) in logged
+    assert "SLAFLOW_DATA_ROOTS" in logged
+    assert registry.search_model_versions(f"name = '{name}'") == []
+
+
 def test_infeasible_contract_fails_before_training(lifecycle: Any, registry: Any) -> None:
     """A 5 s deadline cannot hold even the start-up: refused before any training compute."""
     name = "e2e-infeasible"

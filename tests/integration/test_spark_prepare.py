@@ -199,6 +199,24 @@ def test_infinite_nan_and_float32_overflowing_cells_are_malformed(
     assert all(abs(v) < 1e6 for v in profile["feature_mean"] + profile["feature_std"])
 
 
+def test_rows_with_more_fields_than_the_header_are_counted_and_dropped(
+    spark: Any, tmp_path: Path
+) -> None:
+    """Spark cuts a CSV row's extra fields silently; here such a row (an unquoted comma
+    shifts the label) is counted and dropped, and the columns keep their inferred types."""
+    src = tmp_path / "extra.csv"
+    lines = ["a,b,label"] + [f"{i},{i % 7}.5,{'xy'[i % 2]}" for i in range(60)]
+    lines[4] = "3,1,5,x"  # "1,5" meant as one decimal: four fields
+    lines[30] = "29,2.5,y,trailing,more"
+    src.write_text("\n".join(lines) + "\n")
+    profile = _prepare(spark, tmp_path, str(src))
+    assert profile["rows_read"] == 60
+    assert profile["rows_dropped_extra_fields"] == 2
+    assert profile["rows_dropped_malformed"] == 2
+    assert sum(profile["split_counts"].values()) == 58
+    assert profile["feature_names"] == ["a", "b"] and profile["classes"] == ["x", "y"]
+
+
 def test_single_class_is_rejected(spark: Any, tmp_path: Path) -> None:
     src = _csv(tmp_path, pd.DataFrame({"a": range(30), "label": [1] * 30}))
     with pytest.raises(DataError, match="need at least 2"):
