@@ -213,6 +213,46 @@ def _set_canary(routed: dict[str, Any], candidate: str | None, share: float = 0.
     hook.wait_routing(APP, "1", candidate, timeout_s=60)
 
 
+def _until(url: str, row: list[float], status: int, timeout_s: float = 60) -> requests.Response:
+    """POST until the endpoint answers ``status`` (a routing change applies in place, a moment
+    after ``route`` returns); the last answer."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        resp = _post(url, [row])
+        if resp.status_code == status or time.monotonic() > deadline:
+            return resp
+        time.sleep(0.2)
+
+
+def test_a_primary_past_request_timeout_s_answers_504_and_a_canary_past_its_own_falls_back(
+    routed: dict[str, Any], test_rows: tuple[np.ndarray, np.ndarray]
+) -> None:
+    """The router's two time bounds, forced by bounds no real call meets (0.1 ms): a canary
+    that does not answer in ``candidate_timeout_s`` is answered for by the primary (every
+    request still 200, from v1); a primary that does not answer in ``request_timeout_s``
+    gets the caller a 504 saying so, never a hang or a 500."""
+    x, _ = test_rows
+    hook, url = routed["hook"], routed["url"]
+    row = x[0].tolist()
+    try:
+        hook.route(APP, {**ROUTER, "candidate": "2", "share": 1.0, "candidate_timeout_s": 1e-4})
+        hook.wait_routing(APP, "1", "2", timeout_s=60)
+        answers = [_post(url, [row]) for _ in range(6)]
+        assert [r.status_code for r in answers] == [200] * 6
+        assert {r.json()["model_version"] for r in answers} == {"1"}
+        assert hook.stats(APP)["versions"]["2"]["errors"] >= 6
+
+        hook.route(APP, {**ROUTER, "request_timeout_s": 1e-4})
+        hook.wait_routing(APP, "1", None, timeout_s=60)
+        slow = _until(url, row, 504)
+        assert slow.status_code == 504, slow.text
+        assert "did not answer within 0.0001 s" in slow.json()["error"]
+    finally:
+        hook.route(APP, ROUTER)
+        hook.wait_routing(APP, "1", None, timeout_s=60)
+        assert _until(url, row, 200).status_code == 200
+
+
 def _all_replicas(hook: Any) -> dict[str, dict[str, set[str]]]:
     return {app: hook.replica_ids(app) for app in hook.model_applications(APP)}
 
