@@ -19,6 +19,7 @@ from policies import (
     PREVIOUS_CHAMPION,
     ChampionRecord,
     PromotionDecision,
+    ServingIntent,
     promotion_description,
 )
 
@@ -42,6 +43,10 @@ TAG_VERIFY = "slaflow.verify"
 TAG_CALIBRATION_KEY = "slaflow.calibration_key"
 TAG_FEASIBILITY = "slaflow.feasibility"
 TAG_MLLIB_RESULT = "slaflow.mllib_result"
+#: On the registered model: what the stages last said about serving it (policies.ServingIntent).
+TAG_SERVING_INTENT = "slaflow.serving.intent"
+#: On a version: what ml_reconcile last did for it, and why.
+TAG_RECONCILED = "slaflow.reconciled"
 PENDING_REVIEW = "pending_review"
 
 
@@ -282,8 +287,9 @@ class RollbackError(RuntimeError):
     """No rollback is possible; the message says why and what to do."""
 
 
-def rollback(client: Any, model_name: str, marker: str) -> dict[str, str]:
-    """Move ``champion`` back to ``previous_champion``. Idempotent per ``marker``.
+def rollback(client: Any, model_name: str, marker: str, to: str | None = None) -> dict[str, str]:
+    """Move ``champion`` back to ``previous_champion`` (or to ``to``: the version a canary
+    found serving, which need not be ``previous_champion``). Idempotent per ``marker``.
 
     The demoted version keeps its tags, gets ``slaflow.rolled_back_by = marker`` and the
     ``challenger`` alias is left alone; ``previous_champion`` is removed (there is no older
@@ -301,7 +307,11 @@ def rollback(client: Any, model_name: str, marker: str) -> dict[str, str]:
             "demoted": str(demoted.version),
             "repeated": "true",
         }
-    previous = get_alias_version(client, model_name, PREVIOUS_CHAMPION)
+    previous = (
+        get_alias_version(client, model_name, PREVIOUS_CHAMPION)
+        if to is None
+        else client.get_model_version(model_name, to)
+    )
     if previous is None:
         raise RollbackError(
             f"model {model_name!r} has no '{PREVIOUS_CHAMPION}' alias: there is no earlier "
@@ -310,7 +320,11 @@ def rollback(client: Any, model_name: str, marker: str) -> dict[str, str]:
         )
     current = get_alias_version(client, model_name, CHAMPION)
     client.set_registered_model_alias(model_name, CHAMPION, previous.version)
-    client.delete_registered_model_alias(model_name, PREVIOUS_CHAMPION)
+    before = get_alias_version(client, model_name, PREVIOUS_CHAMPION)
+    if before is not None and str(before.version) == str(previous.version):
+        client.delete_registered_model_alias(model_name, PREVIOUS_CHAMPION)
+    if current is not None and str(current.version) == str(previous.version):
+        current = None  # champion already there: nothing is demoted
     demoted = "" if current is None else str(current.version)
     if current is not None:
         client.set_model_version_tag(model_name, current.version, TAG_ROLLED_BACK, marker)
@@ -326,6 +340,23 @@ def record_serving_profile(client: Any, model_name: str, version: str, uri: str)
 def record_serving(client: Any, model_name: str, version: str, record: dict[str, Any]) -> None:
     """What serves this version now: endpoint, plan, tiers, canary steps, who deployed it."""
     client.set_model_version_tag(model_name, version, TAG_SERVING, json.dumps(record))
+
+
+def set_serving_intent(client: Any, model_name: str, state: str, version: str, by: str) -> None:
+    """Record on the registered model what serving should be now (``ml_reconcile`` reads it):
+    ``deploying`` (promote or rollback moved champion), ``serving``, ``failed`` or ``off``."""
+    intent = ServingIntent(state, str(version), by, time.time())
+    client.set_registered_model_tag(model_name, TAG_SERVING_INTENT, json.dumps(intent.to_dict()))
+
+
+def serving_intent(client: Any, model_name: str) -> Any | None:
+    """The model's ``policies.ServingIntent``, or None (never recorded, or unreadable: a
+    hand-edited tag counts as unknown, never as an order)."""
+    raw = client.get_registered_model(model_name).tags.get(TAG_SERVING_INTENT)
+    try:
+        return None if not raw else ServingIntent.from_dict(json.loads(raw))
+    except (ValueError, KeyError, TypeError):
+        return None
 
 
 def serving_record(client: Any, model_name: str, version: str) -> dict[str, Any] | None:

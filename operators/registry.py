@@ -16,6 +16,7 @@ from operators.links import ModelVersionLink
 from policies import (
     CHAMPION,
     GATE_PENDING_LINE,
+    INTENT_DEPLOYING,
     PromotionDecision,
     ReviewOutcome,
     RunContract,
@@ -271,6 +272,10 @@ class PromoteModelOperator(PlannedStageOperator):
             decision.summary(),
             moved,
         )
+        if CHAMPION in moved:  # serving must follow: ml_reconcile waits for this run's deploy
+            reg.set_serving_intent(
+                client, contract.model_name, INTENT_DEPLOYING, version, _by(context)
+            )
         return {
             "promoted": decision.promote,
             "alias": decision.alias,
@@ -309,6 +314,7 @@ class RollbackModelOperator(StageOperator):
             raise AirflowFailException(
                 f"the contract recorded on {model} v{moved['champion']} is not valid: {exc}"
             ) from exc
+        reg.set_serving_intent(client, model, INTENT_DEPLOYING, moved["champion"], _by(context))
         self.log.info(
             "%s: champion is v%s again%s",
             model,
@@ -323,3 +329,8 @@ class RollbackModelOperator(StageOperator):
             worker_reason="rollback: no training",
         )
         return {**plan.to_dict(), "rollback": moved}
+
+
+def _by(context: Any) -> str:
+    """Who did it, as the registry records it: ``dag_id/run_id``."""
+    return f"{context['dag'].dag_id}/{context['run_id']}"

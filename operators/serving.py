@@ -18,6 +18,9 @@ from operators.base import PlannedStageOperator, RayJobStageOperator, StageOpera
 from operators.links import ServeEndpointLink
 from policies import (
     CHAMPION,
+    INTENT_FAILED,
+    INTENT_OFF,
+    INTENT_SERVING,
     VALUE_CANARY_ACCURACY,
     CanaryPolicy,
     CanaryStats,
@@ -269,6 +272,32 @@ class DeployModelOperator(PlannedStageOperator):
         self.canary_policy = canary_policy or CanaryPolicy()
 
     def execute(self, context: Any) -> dict[str, Any]:
+        """Deploy, then record on the model how it ended (``ml_reconcile`` reads it): a
+        failure is marked ``failed`` so the reconciler repairs it without waiting."""
+        from mlflow_config import registry as reg
+
+        by = f"{context['dag'].dag_id}/{context['run_id']}"
+        try:
+            out = self._deploy(context)
+        except AirflowSkipException:
+            raise
+        except Exception:
+            champion = reg.get_alias_version(self.mlflow.client, self.contract.model_name, CHAMPION)
+            if champion is not None:
+                reg.set_serving_intent(
+                    self.mlflow.client,
+                    self.contract.model_name,
+                    INTENT_FAILED,
+                    str(champion.version),
+                    by,
+                )
+            raise
+        reg.set_serving_intent(
+            self.mlflow.client, self.contract.model_name, INTENT_SERVING, out["model_version"], by
+        )
+        return out
+
+    def _deploy(self, context: Any) -> dict[str, Any]:
         from mlflow_config import registry as reg
 
         contract, client = self.contract, self.mlflow.client
@@ -566,7 +595,8 @@ class DeployModelOperator(PlannedStageOperator):
                 self._drop_versions(model, keep=old)
                 marker = f"{context['dag'].dag_id}/{context['run_id']}"
                 try:
-                    reg.rollback(client, model, marker)
+                    # to the version that was serving, which need not be previous_champion
+                    reg.rollback(client, model, marker, to=old)
                 except reg.RollbackError as exc:
                     self.log.warning("registry rollback: %s", exc)
                 raise AirflowFailException(
@@ -802,8 +832,23 @@ class UndeployModelOperator(StageOperator):
     model that is not served is reported as such."""
 
     def execute(self, context: Any) -> dict[str, Any]:
+        from mlflow.exceptions import MlflowException
+
+        from mlflow_config import registry as reg
+
         model = str(context["params"]["model_name"])
         before = self.serve.footprint().of_model(model)
+        served = self.serve.served_version(model) or ""
+        try:  # first: ml_reconcile must not serve it again while it is being taken off
+            reg.set_serving_intent(
+                self.mlflow.client,
+                model,
+                INTENT_OFF,
+                served,
+                f"{context['dag'].dag_id}/{context['run_id']}",
+            )
+        except MlflowException as exc:  # not a registered model: nothing would re-serve it
+            self.log.info("%s is not in the registry (%s): no intent recorded", model, exc)
         deleted = self.serve.undeploy(model)
         if not deleted:
             self.log.info("%s is not served: nothing to take off", model)

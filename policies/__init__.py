@@ -178,6 +178,16 @@ from policies._promotion import (
     required_accuracy,
     review_request,
 )
+from policies._reconcile import (
+    DEPLOY_GRACE_S,
+    INTENT_DEPLOYING,
+    INTENT_FAILED,
+    INTENT_OFF,
+    INTENT_SERVING,
+    ReconcileAction,
+    ServingIntent,
+    reconcile_action,
+)
 from policies._routing import (
     ROUTE_BATCH,
     ROUTE_ELASTIC,
@@ -237,6 +247,14 @@ from policies._verify import (
 )
 
 __all__ = [
+    "INTENT_DEPLOYING",
+    "INTENT_FAILED",
+    "INTENT_OFF",
+    "INTENT_SERVING",
+    "DEPLOY_GRACE_S",
+    "ReconcileAction",
+    "ServingIntent",
+    "reconcile_action",
     "BUILTIN_PREFIXES",
     "ROOTS_SETTING",
     "DataRoot",

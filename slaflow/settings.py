@@ -95,6 +95,11 @@ def data_watch_schedule() -> str:
     return os.environ.get("SLAFLOW_DATA_WATCH_SCHEDULE", "*/10 * * * *").strip()
 
 
+def reconcile_schedule() -> str:
+    """How often ``ml_reconcile`` makes serving equal the registry's champions."""
+    return os.environ.get("SLAFLOW_RECONCILE_SCHEDULE", "*/15 * * * *").strip()
+
+
 def retrain_contract() -> dict[str, object]:
     """The contract of runs nobody triggered by hand (schedule, new data).
 

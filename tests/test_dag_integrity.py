@@ -25,9 +25,30 @@ def dagbag() -> object:
 
 def test_no_import_errors(dagbag: object) -> None:
     assert dagbag.import_errors == {}  # type: ignore[attr-defined]
-    assert {"ml_lifecycle", "ml_rollback", "ml_undeploy", "training_data_watch"} <= set(
-        dagbag.dag_ids
-    )  # type: ignore[attr-defined]
+    assert {
+        "ml_lifecycle",
+        "ml_rollback",
+        "ml_undeploy",
+        "ml_reconcile",
+        "training_data_watch",
+    } <= set(dagbag.dag_ids)  # type: ignore[attr-defined]
+
+
+def test_reconcile_checks_then_deploys_each_model_it_names(dagbag: object) -> None:
+    """ml_reconcile: a check whose answer is mapped to one canary-less deploy per model, on a
+    clock, one run at a time; its form takes a model name or nothing (every model)."""
+    from airflow.sdk import Param
+
+    dag = dagbag.dags["ml_reconcile"]  # type: ignore[attr-defined]
+    assert dag.get_task("deploy").upstream_task_ids == {"check"}
+    assert dag.get_task("deploy").partial_kwargs["canary"] is False
+    assert dag.max_active_runs == 1
+    assert dag.timetable.expression == "*/15 * * * *"
+    param = dag.params.get_param("model_name")
+    for ok in ("", "slaflow-digits"):
+        Param(ok, **param.schema).resolve()
+    with pytest.raises(Exception, match="does not match"):
+        Param("a'b", **param.schema).resolve()
 
 
 def test_lifecycle_stages_in_order(dagbag: object) -> None:

@@ -73,6 +73,8 @@ def test_first_run_trains_registers_promotes_and_serves(lifecycle: Any, registry
     assert "PASS target_accuracy" in version.tags["slaflow.gate.reasons"]
     serving = json.loads(version.tags["slaflow.serving"])
     assert serving["endpoint"] == summary["endpoint_url"]
+    intent = json.loads(registry.get_registered_model(MODEL).tags["slaflow.serving.intent"])
+    assert intent["state"] == "serving" and intent["version"] == "1"  # what ml_reconcile reads
     # Serving under the contract: measured profile -> planned placement -> routed endpoint
     prof = out["tasks"]["profile_serving"]["value"]["profile"]
     assert {v["name"] for v in prof["variants"]} == {"full", "int8"}
@@ -523,3 +525,67 @@ def test_undeploy_takes_the_model_off_the_endpoint_and_leaves_the_registry(
     assert name not in hook.footprint().by_model()
     assert requests.get(hook.url(name), timeout=10).status_code == 404
     assert _alias(registry, "champion", name) == v1
+    # on purpose: ml_reconcile must not serve it again
+    intent = json.loads(registry.get_registered_model(name).tags["slaflow.serving.intent"])
+    assert intent["state"] == "off" and intent["by"].startswith("ml_undeploy/")
+
+
+def test_reconcile_serves_the_champion_again_after_serving_is_lost_or_drifts(
+    lifecycle: Any,
+    registry: Any,
+    served_champion: Any,
+    prepared: dict[str, Any],
+) -> None:
+    """ml_reconcile (dag.test, one model): in step it does nothing; with the model's Serve
+    applications gone (what a Ray head restart leaves) it serves the champion again; after a
+    promote whose deploy failed it serves the new champion; a model taken off on purpose
+    stays off. Each repair is recorded on the version."""
+    from mlflow_config import registry as reg
+    from operators.hooks import ServeHook
+    from policies import RunContract, decide_promotion
+    from slaflow import cli
+    from tests.conftest import log_untrained_model
+
+    name = "e2e-reconcile"
+    v1 = served_champion(name)
+    hook = ServeHook()
+
+    def reconcile() -> list[dict[str, Any]]:
+        run = cli.load_dag("ml_reconcile").test(run_conf={"model_name": name})
+        tasks = cli.task_results(run)
+        assert str(run.state) == "success", {t: v["state"] for t, v in tasks.items()}
+        return list(tasks["check"]["value"])
+
+    assert reconcile() == []  # in step
+    hook.undeploy(name)  # the applications are gone; the registry says nothing about it
+    assert [r["promotion"]["model_version"] for r in reconcile()] == [v1]
+    assert hook.served_version(name) == v1
+    done = json.loads(registry.get_model_version(name, v1).tags["slaflow.reconciled"])
+    assert "nothing answers at the endpoint" in done["reason"]
+    assert done["by"].startswith("ml_reconcile/")
+    assert reg.serving_intent(registry, name).state == "serving"
+
+    # a run promoted v2 and its deploy failed: champion moved, v1 still serves
+    exp = reg.get_or_create_experiment(registry, "slaflow/tests", None)
+    run, _ = reg.find_or_create_run(registry, exp, "e2e-reconcile-v2", "e2e-reconcile-v2", {})
+    contract = RunContract.from_dict({**SMALL, "model_name": name}).to_dict()
+    version, _ = reg.register_version(
+        registry,
+        name,
+        log_untrained_model(run, prepared),
+        run,
+        {reg.TAG_TEST_ACCURACY: repr(0.99), reg.TAG_CONTRACT: json.dumps(contract)},
+        "v2 of a test",
+    )
+    v2 = str(version.version)
+    reg.apply_promotion(registry, name, v2, decide_promotion(0.99, 0.85, 0.0, None))
+    reg.set_serving_intent(registry, name, "failed", v2, "ml_lifecycle/a-failed-deploy")
+    assert [r["promotion"]["model_version"] for r in reconcile()] == [v2]
+    assert hook.served_version(name) == v2 and hook.served_versions(name) == [v2]
+    done = json.loads(registry.get_model_version(name, v2).tags["slaflow.reconciled"])
+    assert f"v{v1} serves but champion is v{v2}" in done["reason"] and "failed" in done["reason"]
+
+    # taken off on purpose (what ml_undeploy records): it stays off
+    reg.set_serving_intent(registry, name, "off", v2, "ml_undeploy/a-person")
+    hook.undeploy(name)
+    assert reconcile() == [] and hook.served_version(name) is None

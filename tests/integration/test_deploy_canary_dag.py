@@ -1,10 +1,10 @@
 """The deploy task's automatic canary rollback, in a real Airflow run of ``ml_lifecycle``
 (``dag.test``) against real Ray Serve and the real MLflow registry.
 
-v1 (the trained model) is served by the DAG's deploy task. v2 is then made champion as
-``promote`` would (v1 becomes ``previous_champion``), but its artifact is an untrained network:
-its evaluation claimed 0.99, what is served answers wrongly, the fault a canary exists to
-catch. The next deploy must put v2 beside v1, see its answers disagree at the 10% step, send
+v1 (the trained model) is served by the DAG's deploy task. v2 is then made champion by
+hand (no ``previous_champion``: the rollback must restore what serves), but its artifact is
+an untrained network: its evaluation claimed 0.99, what is served answers wrongly, the fault
+a canary exists to catch. The next deploy must put v2 beside v1, see its answers disagree at the 10% step, send
 all traffic back to v1, move ``champion`` back, mark v2 and fail the task, with no failed
 request from a client calling throughout.
 
@@ -120,8 +120,8 @@ def test_a_wrong_canary_is_rolled_back_by_the_deploy_task(
     info = requests.get(url, timeout=10).json()
     assert info["model_version"] == v1 and "warm" in info["routes"]
 
-    # promote's alias moves, as ml_lifecycle makes them
-    client.set_registered_model_alias(NAME, "previous_champion", v1)
+    # champion moved to v2 by hand (no previous_champion, unlike promote's moves): the
+    # rollback must restore what serves, v1, not whatever previous_champion names
     client.set_registered_model_alias(NAME, "champion", v2)
 
     x, y = read_xy(prepared["paths"]["test"], prepared["feature_names"])
@@ -156,6 +156,8 @@ def test_a_wrong_canary_is_rolled_back_by_the_deploy_task(
     tags = client.get_model_version(NAME, v2).tags
     assert tags["slaflow.rolled_back_by"].startswith("ml_lifecycle/")
     assert tags["slaflow.gate.decision"] == "rolled_back"
+    intent = json.loads(client.get_registered_model(NAME).tags["slaflow.serving.intent"])
+    assert intent["state"] == "failed" and intent["version"] == v1  # ml_reconcile: in step
     assert "slaflow.serving" not in tags  # never recorded as serving
     # the endpoint: v1 alone, no canary; no request failed during the try and the rollback
     info = requests.get(url, timeout=10).json()
