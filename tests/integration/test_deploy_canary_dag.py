@@ -4,9 +4,9 @@
 v1 (the trained model) is served by the DAG's deploy task. v2 is then made champion by
 hand (no ``previous_champion``: the rollback must restore what serves), but its artifact is
 an untrained network: its evaluation claimed 0.99, what is served answers wrongly, the fault
-a canary exists to catch. The next deploy must put v2 beside v1, see its answers disagree at the 10% step, send
-all traffic back to v1, move ``champion`` back, mark v2 and fail the task, with no failed
-request from a client calling throughout.
+a canary exists to catch. The next deploy must put v2 beside v1, see its answers disagree at
+the 10% step, send all traffic back to v1, move ``champion`` back, mark v2 and fail the
+task, with no failed request from a client calling throughout.
 
 Only ``plan`` and ``deploy`` run (``mark_success_pattern`` marks the rest done): the versions
 are registered by the test, each with a serving profile on its run, as ``profile_serving``
