@@ -11,15 +11,19 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 from policies import (
     CHALLENGER,
     CHAMPION,
+    LEASE_TTL_S,
     PREVIOUS_CHAMPION,
     ChampionRecord,
     PromotionDecision,
     ServingIntent,
+    lease_state,
     promotion_description,
 )
 
@@ -43,6 +47,9 @@ TAG_VERIFY = "slaflow.verify"
 TAG_CALIBRATION_KEY = "slaflow.calibration_key"
 TAG_FEASIBILITY = "slaflow.feasibility"
 TAG_MLLIB_RESULT = "slaflow.mllib_result"
+#: SHA-256 of the version's model artifacts at registration (``ray_jobs.model_format.
+#: artifact_digest``); every replica checks what it downloaded against it.
+TAG_ARTIFACT_SHA256 = "slaflow.artifact_sha256"
 #: On the registered model: what the stages last said about serving it (policies.ServingIntent).
 TAG_SERVING_INTENT = "slaflow.serving.intent"
 #: On a version: what ml_reconcile last did for it, and why.
@@ -382,3 +389,105 @@ def record_verify(
     client.log_batch(run_id, metrics=[Metric(k, float(v), ts, 0) for k, v in metrics.items()])
     client.log_figure(run_id, figure, "serving/verify_latency.png")
     client.set_model_version_tag(model_name, version, TAG_VERIFY, json.dumps(verdict))
+
+
+#: A model's lease is a registered model of its own, ``slaflow-lock.<model>``: creating a
+#: registered model is atomic in the registry's database (its name is unique), which a tag
+#: write is not. It exists only while held.
+LOCK_PREFIX = "slaflow-lock."
+
+
+#: Leases this process holds now, so a nested ``model_lease`` of the same holder does not
+#: release the outer one (a lease found held by the same holder but not here is a crashed
+#: try's: taken over, and released at the end).
+_HELD_HERE: set[tuple[str, str]] = set()
+
+
+class LeaseBusy(RuntimeError):
+    """Another run holds the model's lease longer than this one may wait; names who."""
+
+
+def is_lock(model_name: str) -> bool:
+    return model_name.startswith(LOCK_PREFIX)
+
+
+@contextmanager
+def model_lease(
+    client: Any,
+    model_name: str,
+    holder: str,
+    *,
+    ttl_s: float = LEASE_TTL_S,
+    wait_s: float = 600.0,
+    poll_s: float = 1.0,
+    clock: Callable[[], float] = time.time,
+) -> Iterator[None]:
+    """Hold ``model_name``'s lease for the block: one writer of its aliases and serving at a
+    time (``policies.lease_state``). Waits up to ``wait_s`` for another holder, then raises
+    ``LeaseBusy`` naming it (the Airflow task fails and is retried). Re-entrant for the same
+    ``holder`` (a retry of the same run), taken over once expired (a holder that died)."""
+    from mlflow.exceptions import MlflowException
+
+    name = LOCK_PREFIX + model_name
+    if (name, holder) in _HELD_HERE:  # nested in this process: the outer block releases it
+        yield
+        return
+    deadline = time.monotonic() + wait_s
+    while True:
+        until = clock() + ttl_s
+        try:
+            client.create_registered_model(
+                name,
+                tags={"holder": holder, "until": repr(until)},
+                description=f"slaflow's lease on {model_name}: {holder} changes it now",
+            )
+            break
+        except MlflowException as exc:
+            if exc.error_code != "RESOURCE_ALREADY_EXISTS":
+                raise
+        try:
+            tags = dict(client.get_registered_model(name).tags)
+        except MlflowException:  # released meanwhile
+            continue
+        try:
+            held_until: float | None = float(tags["until"])
+        except (KeyError, ValueError):
+            held_until = None
+        state = lease_state(holder=tags.get("holder"), until=held_until, me=holder, now=clock())
+        if state == "mine":
+            client.set_registered_model_tag(name, "until", repr(until))
+            break
+        if state == "expired":
+            _delete_if_unchanged(client, name, tags)
+            continue
+        if time.monotonic() > deadline:
+            raise LeaseBusy(
+                f"model {model_name!r} is being changed by {tags.get('holder')} (lease until "
+                f"{time.strftime('%H:%M:%S', time.gmtime(held_until or 0))} UTC); waited "
+                f"{wait_s:.0f}s. It is released when that run's task ends; a crashed holder's "
+                f"lease expires by itself"
+            )
+        time.sleep(poll_s)
+    _HELD_HERE.add((name, holder))
+    try:
+        yield
+    finally:
+        _HELD_HERE.discard((name, holder))
+        _delete_if_unchanged(client, name, None, holder=holder)
+
+
+def _delete_if_unchanged(
+    client: Any, name: str, seen: dict[str, str] | None, holder: str | None = None
+) -> None:
+    """Delete the lease ``name`` if it is still the one seen (or still ``holder``'s): never a
+    lease someone else took meanwhile."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        tags = dict(client.get_registered_model(name).tags)
+        if (seen is not None and tags == seen) or (
+            holder is not None and tags.get("holder") == holder
+        ):
+            client.delete_registered_model(name)
+    except MlflowException:  # gone already
+        pass

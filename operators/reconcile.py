@@ -55,46 +55,14 @@ class ReconcileServingOperator(StageOperator):
         by = f"{context['dag'].dag_id}/{context['run_id']}"
         repairs: list[dict[str, Any]] = []
         for model in models:
-            champion = reg.get_alias_version(client, model, CHAMPION)
-            info = self.serve.info(model)
-            action = reconcile_action(
-                champion=None if champion is None else str(champion.version),
-                served=None if info is None else str(info["model_version"]),
-                canary_candidate=((info or {}).get("canary") or {}).get("candidate"),
-                intent=reg.serving_intent(client, model),
-                now=time.time(),
-            )
-            self.log.info("%s: %s", model, action.reason)
-            if not action.serve or action.version is None:
-                continue
-            raw = json.loads(
-                reg.version_tag(client, model, action.version, reg.TAG_CONTRACT) or "{}"
-            )
-            raw["model_name"] = model
             try:
-                contract = RunContract.from_dict(raw)  # from the registry: validated, not trusted
-            except ValueError as exc:
-                self.log.error(
-                    "%s v%s: its recorded contract is not valid (%s): not served; serve it "
-                    "with ml_rollback or a new run",
-                    model,
-                    action.version,
-                    exc,
-                )
+                with reg.model_lease(client, model, by, wait_s=60):
+                    repair = self._check(client, model, by, f"{run_key(context)}/{model}")
+            except reg.LeaseBusy as exc:  # someone is changing it: next time
+                self.log.info("%s: %s", model, exc)
                 continue
-            record = {**action.to_dict(), "by": by, "at": time.time()}
-            client.set_model_version_tag(
-                model, action.version, reg.TAG_RECONCILED, json.dumps(record)
-            )
-            reg.set_serving_intent(client, model, INTENT_DEPLOYING, action.version, by)
-            plan = RunPlan.make(
-                contract,
-                run_key=f"{run_key(context)}/{model}",
-                champion=None,
-                num_workers=1,
-                worker_reason="reconcile: no training",
-            )
-            repairs.append({"plan": plan.to_dict(), "promotion": {"model_version": action.version}})
+            if repair is not None:
+                repairs.append(repair)
         self.log.info(
             "%d model(s) checked, %d to serve again: %s",
             len(models),
@@ -103,14 +71,57 @@ class ReconcileServingOperator(StageOperator):
         )
         return repairs
 
+    def _check(self, client: Any, model: str, by: str, key: str) -> dict[str, Any] | None:
+        """The deploy request for ``model``, or None when it needs none."""
+        from mlflow_config import registry as reg
+
+        champion = reg.get_alias_version(client, model, CHAMPION)
+        info = self.serve.info(model)
+        action = reconcile_action(
+            champion=None if champion is None else str(champion.version),
+            served=None if info is None else str(info["model_version"]),
+            canary_candidate=((info or {}).get("canary") or {}).get("candidate"),
+            intent=reg.serving_intent(client, model),
+            now=time.time(),
+        )
+        self.log.info("%s: %s", model, action.reason)
+        if not action.serve or action.version is None:
+            return None
+        raw = json.loads(reg.version_tag(client, model, action.version, reg.TAG_CONTRACT) or "{}")
+        raw["model_name"] = model
+        try:
+            contract = RunContract.from_dict(raw)  # from the registry: validated, not trusted
+        except ValueError as exc:
+            self.log.error(
+                "%s v%s: its recorded contract is not valid (%s): not served; serve it "
+                "with ml_rollback or a new run",
+                model,
+                action.version,
+                exc,
+            )
+            return None
+        record = {**action.to_dict(), "by": by, "at": time.time()}
+        client.set_model_version_tag(model, action.version, reg.TAG_RECONCILED, json.dumps(record))
+        reg.set_serving_intent(client, model, INTENT_DEPLOYING, action.version, by)
+        plan = RunPlan.make(
+            contract,
+            run_key=key,
+            champion=None,
+            num_workers=1,
+            worker_reason="reconcile: no training",
+        )
+        return {"plan": plan.to_dict(), "promotion": {"model_version": action.version}}
+
 
 def _registered_models(client: Any) -> list[str]:
-    """Every registered model's name, page by page."""
+    """Every registered model's name, page by page (not the models' leases)."""
+    from mlflow_config.registry import is_lock
+
     names: list[str] = []
     token = None
     while True:
         page = client.search_registered_models(max_results=500, page_token=token)
-        names.extend(m.name for m in page)
+        names.extend(m.name for m in page if not is_lock(m.name))
         token = page.token
         if not token:
             return names

@@ -65,6 +65,7 @@ class RegisterModelOperator(PlannedStageOperator):
         }
         if self.evaluation.get("model_params"):
             tags[reg.TAG_MODEL_PARAMS] = str(int(self.evaluation["model_params"]))
+        tags[reg.TAG_ARTIFACT_SHA256] = self._digest(self.train["model_uri"])
         description = (
             f"**{contract.model_name}**, trained by Airflow run [{dag_id} / {run_id}]"
             f"({run_url}).\n\n"
@@ -102,6 +103,23 @@ class RegisterModelOperator(PlannedStageOperator):
             "mlflow_run_id": self.train["mlflow_run_id"],
             "created": created,
         }
+
+    def _digest(self, model_uri: str) -> str:
+        """What the replicas must find when they download this model (the artifact store can
+        be written by others than slaflow: a changed file is refused, never served)."""
+        import tempfile
+
+        import mlflow
+
+        from ray_jobs.model_format import artifact_digest
+
+        with tempfile.TemporaryDirectory(prefix="slaflow-digest-") as tmp:
+            local = mlflow.artifacts.download_artifacts(
+                artifact_uri=model_uri, dst_path=tmp, tracking_uri=self.mlflow.tracking_uri
+            )
+            digest = artifact_digest(local)
+        self.log.info("Model artifacts' SHA-256: %s", digest)
+        return digest
 
 
 class GateOperator(PlannedStageOperator):
@@ -212,6 +230,12 @@ class PromoteModelOperator(PlannedStageOperator):
     def execute(self, context: Any) -> dict[str, Any]:
         from mlflow_config import registry as reg
 
+        with reg.model_lease(self.mlflow.client, self.contract.model_name, _by(context)):
+            return self._promote(context)
+
+    def _promote(self, context: Any) -> dict[str, Any]:
+        from mlflow_config import registry as reg
+
         contract = self.contract
         client = self.mlflow.client
         version = self.registration["model_version"]
@@ -301,7 +325,9 @@ class RollbackModelOperator(StageOperator):
         client = self.mlflow.client
         marker = f"{context['dag'].dag_id}/{context['run_id']}"
         try:
-            moved = reg.rollback(client, model, marker)
+            with reg.model_lease(client, model, marker):
+                moved = reg.rollback(client, model, marker)
+                reg.set_serving_intent(client, model, INTENT_DEPLOYING, moved["champion"], marker)
         except reg.RollbackError as exc:
             raise AirflowFailException(str(exc)) from exc
         raw = json.loads(
@@ -314,7 +340,6 @@ class RollbackModelOperator(StageOperator):
             raise AirflowFailException(
                 f"the contract recorded on {model} v{moved['champion']} is not valid: {exc}"
             ) from exc
-        reg.set_serving_intent(client, model, INTENT_DEPLOYING, moved["champion"], _by(context))
         self.log.info(
             "%s: champion is v%s again%s",
             model,

@@ -277,24 +277,18 @@ class DeployModelOperator(PlannedStageOperator):
         from mlflow_config import registry as reg
 
         by = f"{context['dag'].dag_id}/{context['run_id']}"
-        try:
-            out = self._deploy(context)
-        except AirflowSkipException:
-            raise
-        except Exception:
-            champion = reg.get_alias_version(self.mlflow.client, self.contract.model_name, CHAMPION)
-            if champion is not None:
-                reg.set_serving_intent(
-                    self.mlflow.client,
-                    self.contract.model_name,
-                    INTENT_FAILED,
-                    str(champion.version),
-                    by,
-                )
-            raise
-        reg.set_serving_intent(
-            self.mlflow.client, self.contract.model_name, INTENT_SERVING, out["model_version"], by
-        )
+        client, model = self.mlflow.client, self.contract.model_name
+        with reg.model_lease(client, model, by):  # one writer per model (policies._lease)
+            try:
+                out = self._deploy(context)
+            except AirflowSkipException:
+                raise
+            except Exception:
+                champion = reg.get_alias_version(client, model, CHAMPION)
+                if champion is not None:
+                    reg.set_serving_intent(client, model, INTENT_FAILED, str(champion.version), by)
+                raise
+            reg.set_serving_intent(client, model, INTENT_SERVING, out["model_version"], by)
         return out
 
     def _deploy(self, context: Any) -> dict[str, Any]:
@@ -340,6 +334,9 @@ class DeployModelOperator(PlannedStageOperator):
             # From the registered version's own run, never from a tag's document: whoever
             # can write tags must not choose what the replicas load.
             "variant_uri": self._variant_uri(model, version, plan.variant),
+            # what the replicas must find when they download it (absent on versions
+            # registered before digests were recorded: not checked)
+            "model_sha256": reg.version_tag(client, model, version, reg.TAG_ARTIFACT_SHA256) or "",
             "tiers": [t.to_dict() for t in tiers],
         }
         self._start_version(model, spec)
@@ -839,17 +836,13 @@ class UndeployModelOperator(StageOperator):
         model = str(context["params"]["model_name"])
         before = self.serve.footprint().of_model(model)
         served = self.serve.served_version(model) or ""
-        try:  # first: ml_reconcile must not serve it again while it is being taken off
-            reg.set_serving_intent(
-                self.mlflow.client,
-                model,
-                INTENT_OFF,
-                served,
-                f"{context['dag'].dag_id}/{context['run_id']}",
-            )
-        except MlflowException as exc:  # not a registered model: nothing would re-serve it
-            self.log.info("%s is not in the registry (%s): no intent recorded", model, exc)
-        deleted = self.serve.undeploy(model)
+        by = f"{context['dag'].dag_id}/{context['run_id']}"
+        with reg.model_lease(self.mlflow.client, model, by):
+            try:  # first: ml_reconcile must not serve it again while it is being taken off
+                reg.set_serving_intent(self.mlflow.client, model, INTENT_OFF, served, by)
+            except MlflowException as exc:  # not a registered model: nothing would re-serve it
+                self.log.info("%s is not in the registry (%s): no intent recorded", model, exc)
+            deleted = self.serve.undeploy(model)
         if not deleted:
             self.log.info("%s is not served: nothing to take off", model)
         else:

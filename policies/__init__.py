@@ -107,6 +107,7 @@ from policies._footprint import (
     parse_version_app,
     version_app,
 )
+from policies._lease import LEASE_TTL_S, LeaseState, lease_state
 from policies._metrics import (
     CLASSIFICATION,
     DEFAULT_METRIC,
@@ -247,6 +248,9 @@ from policies._verify import (
 )
 
 __all__ = [
+    "LEASE_TTL_S",
+    "LeaseState",
+    "lease_state",
     "INTENT_DEPLOYING",
     "INTENT_FAILED",
     "INTENT_OFF",

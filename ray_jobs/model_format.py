@@ -356,3 +356,50 @@ def find_model_dir(root: str | Path) -> Path:
         if (candidate / METADATA_FILE).is_file():
             return candidate
     raise FileNotFoundError(f"no {METADATA_FILE} under {root}: not a slaflow model")
+
+
+#: What MLflow itself writes into a ``models:/name/version`` download (the name and version
+#: it came from): not part of what was registered.
+DOWNLOAD_META_FILES = frozenset({"registered_model_meta"})
+
+
+def artifact_digest(root: str | Path) -> str:
+    """SHA-256 of a downloaded artifact tree: every file's path (relative, sorted) and bytes.
+    Recorded on the model version at registration, checked by each replica that loads it."""
+    import hashlib
+
+    root = Path(root)
+    digest = hashlib.sha256()
+    files = sorted(
+        p
+        for p in (root.rglob("*") if root.is_dir() else [root])
+        if p.is_file() and p.name not in DOWNLOAD_META_FILES
+    )
+    for path in files:
+        digest.update(path.relative_to(root).as_posix().encode() if root.is_dir() else b"")
+        digest.update(b"\0")
+        with path.open("rb") as fh:
+            for chunk in iter(lambda: fh.read(1 << 20), b""):
+                digest.update(chunk)
+        digest.update(b"\0")
+    return digest.hexdigest()
+
+
+class ArtifactDigestMismatch(RuntimeError):
+    """The downloaded model is not the one registered: it was changed after registration."""
+
+
+def fetch_verified(model_uri: str, into: str | Path, sha256: str = "") -> Path:
+    """Download ``model_uri`` into ``into`` (tracking and registry URIs as set) and, when
+    ``sha256`` is given, refuse it unless its ``artifact_digest`` is that: what every Serve
+    replica does before it loads a model."""
+    import mlflow
+
+    root = Path(mlflow.artifacts.download_artifacts(artifact_uri=model_uri, dst_path=str(into)))
+    if sha256 and (found := artifact_digest(root)) != sha256:
+        raise ArtifactDigestMismatch(
+            f"{model_uri}: the downloaded artifacts' SHA-256 is {found}, the version was "
+            f"registered with {sha256}: they changed after registration; not serving them. "
+            f"Fix: register a new version from a run (or restore the artifacts)"
+        )
+    return root

@@ -90,13 +90,19 @@ class LatencyWindow:
 
 
 def _load_predictor(
-    model_uri: str, tracking_uri: str, variant: str, variant_uri: str, into: str
+    model_uri: str,
+    tracking_uri: str,
+    variant: str,
+    variant_uri: str,
+    into: str,
+    model_sha256: str = "",
 ) -> tuple[Any, Any]:
     import mlflow
 
     from ray_jobs.model_format import (
         SAVED_MODEL_DIR,
         ModelMetadata,
+        fetch_verified,
         find_model_dir,
         open_predictor,
     )
@@ -107,9 +113,7 @@ def _load_predictor(
     mlflow.set_tracking_uri(tracking_uri)
     mlflow.set_registry_uri(tracking_uri)
     if variant == VARIANT_FULL:
-        local = find_model_dir(
-            mlflow.artifacts.download_artifacts(artifact_uri=model_uri, dst_path=into)
-        )
+        local = find_model_dir(fetch_verified(model_uri, into, model_sha256))
         if (local / SAVED_MODEL_DIR).exists():  # TensorFlow only for the models that need it
             _limit_threads()
         predictor = open_predictor(local)
@@ -150,12 +154,13 @@ class ModelServer:
         variant_uri: str = "",
         tier: str = "warm",
         siblings: dict[str, Any] | None = None,
+        model_sha256: str = "",
     ) -> None:
         # ``siblings``: the version's other tiers, bound here only so that Serve deploys
         # them in the same application; the router calls each tier by name, not through us.
         self._tmp = tempfile.TemporaryDirectory(prefix="slaflow-serve-")
         self._predictor, self._meta = _load_predictor(
-            model_uri, tracking_uri, variant, variant_uri, self._tmp.name
+            model_uri, tracking_uri, variant, variant_uri, self._tmp.name, model_sha256
         )
         self._predictor.predict_proba(np.zeros((1, self._meta.n_features)))  # trace once, now
         self._info = {
@@ -318,8 +323,10 @@ def tier_options(tier: TierSettings) -> dict[str, Any]:
 
 def build_version_app(model_name: str, tracking_uri: str, spec: dict[str, Any]) -> Any:
     """The Serve application of one version: ``spec`` is ``{"version", "model_uri",
-    "variant", "variant_uri", "tiers": [TierSettings as dicts]}``. The ``warm`` tier (or the
-    only one) is the ingress (the application has no HTTP route); the others are bound to it."""
+    "variant", "variant_uri", "model_sha256", "tiers": [TierSettings as dicts]}``. The
+    ``warm`` tier (or the only one) is the ingress (the application has no HTTP route); the
+    others are bound to it. Every tier checks the artifacts it downloads against
+    ``model_sha256`` (when given) before it loads them."""
     tiers = [TierSettings.from_dict(t) for t in spec["tiers"]]
     args = (
         spec["model_uri"],
@@ -330,12 +337,15 @@ def build_version_app(model_name: str, tracking_uri: str, spec: dict[str, Any]) 
         spec.get("variant_uri", ""),
     )
     ingress = next((t for t in tiers if t.route == ROUTE_WARM), tiers[0])
+    digest = str(spec.get("model_sha256") or "")
     bound = {
-        t.route: ModelServer.options(**tier_options(t)).bind(*args, t.route)
+        t.route: ModelServer.options(**tier_options(t)).bind(*args, t.route, model_sha256=digest)
         for t in tiers
         if t is not ingress
     }
-    return ModelServer.options(**tier_options(ingress)).bind(*args, ingress.route, siblings=bound)
+    return ModelServer.options(**tier_options(ingress)).bind(
+        *args, ingress.route, siblings=bound, model_sha256=digest
+    )
 
 
 def overhead_app(num_cpus: float, resource: str = "") -> Any:

@@ -64,6 +64,7 @@ def test_first_run_trains_registers_promotes_and_serves(lifecycle: Any, registry
     version = registry.get_model_version(MODEL, "1")
     assert json.loads(version.tags["slaflow.contract"])["max_epochs"] == 12
     assert version.tags["slaflow.gate.decision"] == "promoted"
+    assert len(version.tags["slaflow.artifact_sha256"]) == 64  # the replicas checked it
     assert version.tags["slaflow.airflow_run_id"].startswith("manual__")
     # Registry review: description, gate with its uncertainty, serving plan, link to Airflow.
     assert "test accuracy" in version.description and "promoted to champion" in version.description

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
 import pytest
 
 from mlflow_config import registry as reg
@@ -89,3 +90,98 @@ def test_deploy_takes_the_variant_from_the_versions_own_run_not_from_tags(
     assert uri == f"runs:/{version.run_id}/serving/int8/variant_int8.tflite"
     assert op._variant_uri(name, str(version.version), "full") == ""
     assert "evil" not in json.dumps(uri)
+
+
+def test_one_writer_per_model_holds_its_lease_on_the_registry(tracking_uri: str) -> None:
+    """model_lease on the real store: a second run waits until the first releases (never two
+    inside at once), the same run re-enters its own lease (a retry), a lease whose holder died
+    is taken over once expired, one held too long fails naming its holder, and another model
+    is never blocked."""
+    import threading
+    import time
+
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri)
+    model = "lease-test-model"
+    inside: list[str] = []
+    order: list[str] = []
+
+    def writer(holder: str, hold_s: float) -> None:
+        with reg.model_lease(client, model, holder, wait_s=30, poll_s=0.05):
+            inside.append(holder)
+            assert len(inside) == 1, inside  # alone
+            order.append(f"{holder} in")
+            time.sleep(hold_s)
+            order.append(f"{holder} out")
+            inside.remove(holder)
+
+    threads = [threading.Thread(target=writer, args=(f"run-{i}", 0.3)) for i in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=60)
+    assert len(order) == 6 and all(
+        order[i].endswith(" in") and order[i + 1] == order[i].replace(" in", " out")
+        for i in range(0, 6, 2)
+    ), order
+    assert client.search_registered_models(f"name = '{reg.LOCK_PREFIX}{model}'") == []
+
+    with reg.model_lease(client, model, "run-a"):
+        with reg.model_lease(client, model, "run-a", wait_s=0):  # a retry of the same run
+            pass
+        with reg.model_lease(client, "other-model", "run-b", wait_s=0):  # not blocked
+            pass
+        with pytest.raises(reg.LeaseBusy, match="being changed by run-a"):
+            with reg.model_lease(client, model, "run-b", wait_s=0.2, poll_s=0.05):
+                pass
+
+    # a holder that died: its lease stays until it expires, then the next run takes it
+    client.create_registered_model(
+        reg.LOCK_PREFIX + model, tags={"holder": "run-dead", "until": repr(time.time() - 1)}
+    )
+    with reg.model_lease(client, model, "run-c", wait_s=0):
+        holder = client.get_registered_model(reg.LOCK_PREFIX + model).tags["holder"]
+        assert holder == "run-c"
+    assert client.search_registered_models(f"name = '{reg.LOCK_PREFIX}{model}'") == []
+
+
+def test_a_model_changed_after_registration_is_refused_where_replicas_load_it(
+    prepared: dict[str, Any], tracking_uri: str, tmp_path: Any
+) -> None:
+    """The digest recorded at registration against the artifact store: the replicas' fetch
+    (``fetch_verified``, before any load) takes the registered files, and refuses them once
+    one byte changed in the store (a trailing space the model itself would never notice),
+    naming both digests."""
+    import mlflow
+    from mlflow.tracking import MlflowClient
+
+    from ray_jobs.model_format import (
+        ArtifactDigestMismatch,
+        artifact_digest,
+        fetch_verified,
+        find_model_dir,
+        open_predictor,
+    )
+    from tests.conftest import log_untrained_model
+
+    for sub in "abc":
+        (tmp_path / sub).mkdir()
+    client = MlflowClient(tracking_uri)
+    mlflow.set_tracking_uri(tracking_uri)
+    mlflow.set_registry_uri(tracking_uri)
+    run = _new_run(client, "digest-run")
+    uri = log_untrained_model(run, prepared, "digest_model")
+    version, _ = reg.register_version(client, "digest-test-model", uri, run, {}, "digest test")
+    registered = artifact_digest(mlflow.artifacts.download_artifacts(uri, dst_path=tmp_path / "a"))
+    served_uri = f"models:/digest-test-model/{version.version}"  # as the deploy task gives it
+    predictor = open_predictor(
+        find_model_dir(fetch_verified(served_uri, tmp_path / "b", registered))
+    )
+    assert predictor.predict_proba(np.zeros((1, 64))).shape == (1, len(prepared["classes"]))
+
+    store = client.get_run(run).info.artifact_uri.removeprefix("file://")
+    with open(f"{store}/digest_model/slaflow_model.json", "a") as fh:
+        fh.write(" ")
+    with pytest.raises(ArtifactDigestMismatch, match=registered):
+        fetch_verified(served_uri, tmp_path / "c", registered)
