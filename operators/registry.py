@@ -113,6 +113,9 @@ class RegisterModelOperator(PlannedStageOperator):
 
         from ray_jobs.model_format import artifact_digest
 
+        # the hook's client sets the process-wide tracking and registry URIs, through which
+        # MLflow resolves a ``models:/m-...`` URI (not through download_artifacts' argument)
+        _ = self.mlflow.client
         with tempfile.TemporaryDirectory(prefix="slaflow-digest-") as tmp:
             local = mlflow.artifacts.download_artifacts(
                 artifact_uri=model_uri, dst_path=tmp, tracking_uri=self.mlflow.tracking_uri
