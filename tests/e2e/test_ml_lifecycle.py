@@ -193,6 +193,10 @@ def test_new_champion_takes_traffic_through_a_canary(lifecycle: Any, registry: A
             "learning_rate": 0.004,
             "target_accuracy": 0.05,
             "stop_margin": 0.0,
+            # served as the full model: the int8 variant of a one-epoch network, within the
+            # slack on accuracy, still answered 15 of 27 probes unlike v2 once (CI, 12-07),
+            # and the canary rightly rolled v2 back; this test is about a canary that passes
+            "serving_accuracy_slack": 0.0,
         }
     )
     assert first["state"] == "success"
