@@ -24,6 +24,12 @@ def run_key(context: Any) -> str:
     return submission_base_id("run", context["dag"].dag_id, context["run_id"])
 
 
+def run_marker(context: Any) -> str:
+    """Who did it, as the registry records it (lease holder, intent, rollback marker,
+    deployed_by): ``dag_id/run_id``, the same for every try of one run."""
+    return f"{context['dag'].dag_id}/{context['run_id']}"
+
+
 def stage_label(context: Any, task_id: str) -> str:
     ids = list(context["dag"].task_ids)
     k = ids.index(task_id) + 1 if task_id in ids else 0

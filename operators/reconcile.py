@@ -14,7 +14,7 @@ from typing import Any
 
 from airflow.sdk.exceptions import AirflowFailException
 
-from operators.base import StageOperator, run_key
+from operators.base import StageOperator, run_key, run_marker
 from policies import (
     CHAMPION,
     INTENT_DEPLOYING,
@@ -52,7 +52,7 @@ class ReconcileServingOperator(StageOperator):
                     f"name a model of the registry, or leave it empty to reconcile every model"
                 ) from exc
         models = [name] if name else _registered_models(client)
-        by = f"{context['dag'].dag_id}/{context['run_id']}"
+        by = run_marker(context)
         repairs: list[dict[str, Any]] = []
         for model in models:
             try:

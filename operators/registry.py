@@ -11,7 +11,7 @@ from urllib.parse import quote
 
 from airflow.sdk.exceptions import AirflowFailException
 
-from operators.base import PlannedStageOperator, StageOperator, run_key
+from operators.base import PlannedStageOperator, StageOperator, run_key, run_marker
 from operators.links import ModelVersionLink
 from policies import (
     CHAMPION,
@@ -233,7 +233,7 @@ class PromoteModelOperator(PlannedStageOperator):
     def execute(self, context: Any) -> dict[str, Any]:
         from mlflow_config import registry as reg
 
-        with reg.model_lease(self.mlflow.client, self.contract.model_name, _by(context)):
+        with reg.model_lease(self.mlflow.client, self.contract.model_name, run_marker(context)):
             return self._promote(context)
 
     def _promote(self, context: Any) -> dict[str, Any]:
@@ -301,7 +301,7 @@ class PromoteModelOperator(PlannedStageOperator):
         )
         if CHAMPION in moved:  # serving must follow: ml_reconcile waits for this run's deploy
             reg.set_serving_intent(
-                client, contract.model_name, INTENT_DEPLOYING, version, _by(context)
+                client, contract.model_name, INTENT_DEPLOYING, version, run_marker(context)
             )
         return {
             "promoted": decision.promote,
@@ -326,7 +326,7 @@ class RollbackModelOperator(StageOperator):
 
         model = str(context["params"]["model_name"])
         client = self.mlflow.client
-        marker = f"{context['dag'].dag_id}/{context['run_id']}"
+        marker = run_marker(context)
         try:
             with reg.model_lease(client, model, marker):
                 moved = reg.rollback(client, model, marker)
@@ -357,8 +357,3 @@ class RollbackModelOperator(StageOperator):
             worker_reason="rollback: no training",
         )
         return {**plan.to_dict(), "rollback": moved}
-
-
-def _by(context: Any) -> str:
-    """Who did it, as the registry records it: ``dag_id/run_id``."""
-    return f"{context['dag'].dag_id}/{context['run_id']}"

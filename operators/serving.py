@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
 
-from operators.base import PlannedStageOperator, RayJobStageOperator, StageOperator
+from operators.base import PlannedStageOperator, RayJobStageOperator, StageOperator, run_marker
 from operators.links import ServeEndpointLink
 from policies import (
     CHAMPION,
@@ -276,7 +276,7 @@ class DeployModelOperator(PlannedStageOperator):
         failure is marked ``failed`` so the reconciler repairs it without waiting."""
         from mlflow_config import registry as reg
 
-        by = f"{context['dag'].dag_id}/{context['run_id']}"
+        by = run_marker(context)
         client, model = self.mlflow.client, self.contract.model_name
         with reg.model_lease(client, model, by):  # one writer per model (policies._lease)
             try:
@@ -370,7 +370,7 @@ class DeployModelOperator(PlannedStageOperator):
                 "endpoint": endpoint,
                 "latency_slo_ms": contract.latency_slo_ms,
                 "latency_percentile": contract.latency_percentile,
-                "deployed_by": f"{context['dag'].dag_id}/{context['run_id']}",
+                "deployed_by": run_marker(context),
                 "deployed_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
                 "plan": plan.to_dict(),
                 "tiers": spec["tiers"],
@@ -590,7 +590,7 @@ class DeployModelOperator(PlannedStageOperator):
                 self._route(model, {**base, "primary": old, "versions": {old: old_entry}})
                 self.serve.wait_routing(model, old, None, self.ready_timeout_s)
                 self._drop_versions(model, keep=old)
-                marker = f"{context['dag'].dag_id}/{context['run_id']}"
+                marker = run_marker(context)
                 try:
                     # to the version that was serving, which need not be previous_champion
                     reg.rollback(client, model, marker, to=old)
@@ -836,7 +836,7 @@ class UndeployModelOperator(StageOperator):
         model = str(context["params"]["model_name"])
         before = self.serve.footprint().of_model(model)
         served = self.serve.served_version(model) or ""
-        by = f"{context['dag'].dag_id}/{context['run_id']}"
+        by = run_marker(context)
         with reg.model_lease(self.mlflow.client, model, by):
             try:  # first: ml_reconcile must not serve it again while it is being taken off
                 reg.set_serving_intent(self.mlflow.client, model, INTENT_OFF, served, by)

@@ -16,7 +16,7 @@ from typing import Any
 
 from airflow.sdk.exceptions import AirflowFailException
 
-from operators.base import RayJobStageOperator
+from operators.base import RayJobStageOperator, run_marker
 from operators.hooks import SparkHook
 from operators.links import MlflowRunLink, RayDashboardLink
 from policies import RunContract
@@ -253,7 +253,7 @@ class TrainModelOperator(RayJobStageOperator):
             client,
             exp_id,
             plan.run_key,
-            run_name=f"{context['dag'].dag_id}/{context['run_id']}",
+            run_name=run_marker(context),
             tags={
                 reg.TAG_AIRFLOW_RUN_ID: context["run_id"],
                 reg.TAG_DAG_ID: context["dag"].dag_id,
