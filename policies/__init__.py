@@ -194,6 +194,7 @@ from policies._routing import (
     ROUTE_ELASTIC,
     ROUTE_WARM,
     CallerRates,
+    InFlightBound,
     RouterThresholds,
     route_request,
 )
@@ -297,6 +298,7 @@ __all__ = [
     "CHECKPOINT_EVERY_S",
     "CONTRACT_VERSION",
     "CallerRates",
+    "InFlightBound",
     "CanaryPolicy",
     "CanaryStats",
     "CanaryVerdict",

@@ -6,6 +6,7 @@ Thresholds come from the profile (``RouterThresholds.from_profile``), never cons
 from __future__ import annotations
 
 import math
+from collections import OrderedDict
 from dataclasses import asdict, dataclass
 from typing import Any, Final, Literal
 
@@ -58,18 +59,52 @@ def route_request(
 
 
 class CallerRates:
-    """Exponentially decayed request rate per caller (half-life ``half_life_s``), bounded."""
+    """Exponentially decayed request rate per caller (half-life ``half_life_s``), bounded: past
+    ``max_callers`` the caller seen longest ago is forgotten, in O(1) (a client that invents a
+    new name per request costs no more than one that does not)."""
 
     def __init__(self, half_life_s: float = 10.0, max_callers: int = 10_000) -> None:
         self._decay = math.log(2.0) / half_life_s
         self._max = max_callers
-        self._seen: dict[str, tuple[float, float]] = {}  # caller -> (rate, t)
+        self._seen: OrderedDict[str, tuple[float, float]] = OrderedDict()  # caller -> (rate, t)
 
     def observe(self, caller: str, now_s: float) -> float:
-        rate, t = self._seen.get(caller, (0.0, now_s))
+        rate, t = self._seen.pop(caller, (0.0, now_s))
         rate = rate * math.exp(-self._decay * max(0.0, now_s - t)) + self._decay
         self._seen[caller] = (rate, now_s)
         if len(self._seen) > self._max:
-            oldest = min(self._seen, key=lambda k: self._seen[k][1])
-            del self._seen[oldest]
+            self._seen.popitem(last=False)
         return rate
+
+    def __len__(self) -> int:
+        return len(self._seen)
+
+
+class InFlightBound:
+    """At most ``limit`` requests in flight per client (its address, which it cannot choose,
+    not the routing hint it sends): one client flooding the endpoint gets 429s while the
+    others keep their share of the router. Holds only clients with requests in flight."""
+
+    def __init__(self, limit: int) -> None:
+        if limit < 1:
+            raise ValueError(f"a client's in-flight bound must be at least 1, got {limit}")
+        self.limit = limit
+        self._n: dict[str, int] = {}
+
+    def enter(self, client: str) -> bool:
+        """Admit one more request of ``client`` (True), or refuse it (False)."""
+        n = self._n.get(client, 0)
+        if n >= self.limit:
+            return False
+        self._n[client] = n + 1
+        return True
+
+    def leave(self, client: str) -> None:
+        n = self._n.get(client, 0) - 1
+        if n > 0:
+            self._n[client] = n
+        else:
+            self._n.pop(client, None)
+
+    def in_flight(self, client: str) -> int:
+        return self._n.get(client, 0)

@@ -21,6 +21,8 @@ from typing import Any
 import numpy as np
 
 NUMERIC = "numeric"
+#: The largest magnitude a float32 input holds; beyond it a value would reach the model as inf.
+F32_MAX = 3.4028234e38
 CATEGORICAL = "categorical"
 OOV = "<oov>"
 #: Most categories kept per column; rarer ones share the out-of-vocabulary slot.
@@ -155,7 +157,7 @@ class FeatureEncoder:
                         x = float(v)
                     except OverflowError:
                         x = math.inf
-                    if not math.isfinite(x) or abs(x) > 3.4e38:
+                    if not math.isfinite(x) or abs(x) > F32_MAX:
                         raise EncodingError(
                             f"instances[{i}][{j}] ({c.name}) must be a finite number within "
                             f"float32 range, got {v!r:.40}"

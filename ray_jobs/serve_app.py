@@ -4,12 +4,12 @@ Each version is a Serve application of its own, ``<model>+v<version>`` (no HTTP 
 deployments are its tiers (``warm``, ``batch``, ``elastic``): the router finds them by name.
 Predictions go through the SavedModel's compiled signature (or the int8 NumPy path), batched
 across concurrent requests with ``@serve.batch``, never ``model.predict`` per request.
-Request parsing and the answer's shape live here too; the router validates each request once.
+The answer's shape lives here too; requests are validated once, by the router's app
+(``ray_jobs.serve_api``).
 """
 
 from __future__ import annotations
 
-import json
 import math
 import tempfile
 import time
@@ -20,50 +20,6 @@ import numpy as np
 from ray import serve
 
 from policies import ROUTE_WARM, TierSettings
-
-MAX_ROWS = 1024
-MAX_BODY_BYTES = 4 * 1024 * 1024
-
-
-class BadRequest(ValueError):
-    def __init__(self, message: str, status: int = 400) -> None:
-        super().__init__(message)
-        self.status = status
-
-
-def parse_instances(
-    payload: Any, feature_names: tuple[str, ...], encoder: Any = None
-) -> np.ndarray:
-    """Validate a request body into the model's float32 input rows; raise BadRequest if it is
-    off. The rows themselves go through the model's ``ray_jobs.features.FeatureEncoder`` (an
-    all-numeric one built from ``feature_names`` when none is given): the one place that turns
-    a row into inputs, for training, evaluation and serving alike."""
-    from ray_jobs.features import EncodingError, FeatureEncoder
-
-    encoder = encoder or FeatureEncoder.numeric(feature_names)
-    names = encoder.input_columns
-    example = (
-        '{"instances": [['
-        + ", ".join(["0.0"] * min(len(names), 3))
-        + (", ..." if len(names) > 3 else "")
-        + "]]}"
-        if encoder.all_numeric
-        else '{"instances": [{' + ", ".join(f'"{c}": ...' for c in names[:3]) + "}]}"
-    )
-    if not isinstance(payload, dict) or "instances" not in payload:
-        raise BadRequest(f"body must be a JSON object with an 'instances' list, e.g. {example}")
-    rows = payload["instances"]
-    if not isinstance(rows, list) or not rows:
-        raise BadRequest("'instances' must be a non-empty list of rows")
-    if len(rows) > MAX_ROWS:
-        raise BadRequest(
-            f"'instances' has {len(rows)} rows; at most {MAX_ROWS} per request: split the request",
-            status=413,
-        )
-    try:
-        return np.asarray(encoder.encode_rows(rows))
-    except EncodingError as exc:
-        raise BadRequest(str(exc)) from exc
 
 
 class LatencyWindow:
@@ -202,24 +158,6 @@ class ModelServer:
         out = await self._predict(x)
         self._window.add(t0, (time.monotonic() - t0) * 1000)
         return out
-
-
-def parse_body(body: bytes, feature_names: tuple[str, ...], encoder: Any = None) -> np.ndarray:
-    """A request body as the model's input rows. With an ``encoder`` that has text columns
-    (``ray_jobs.features.FeatureEncoder``), rows are raw table rows by column name."""
-    if len(body) > MAX_BODY_BYTES:
-        raise BadRequest(f"body is {len(body)} bytes; at most {MAX_BODY_BYTES}", 413)
-    try:
-        payload = json.loads(body)
-    except json.JSONDecodeError as exc:
-        raise BadRequest(f"body is not valid JSON ({exc.msg} at char {exc.pos})") from exc
-    except UnicodeDecodeError as exc:
-        raise BadRequest(f"body is not UTF-8 text (byte {exc.start}): send JSON") from exc
-    except ValueError as exc:  # e.g. an integer of more than 4,300 digits
-        raise BadRequest(f"body holds a number JSON cannot carry here ({str(exc)[:80]})") from exc
-    except RecursionError as exc:
-        raise BadRequest("body nests lists or objects too deep: rows are flat lists") from exc
-    return parse_instances(payload, feature_names, encoder)
 
 
 def answer(proba: np.ndarray, classes: Any, info: dict[str, Any]) -> dict[str, Any]:

@@ -1,6 +1,8 @@
 """The ingress of one model: ``ModelRouter``, the only HTTP route, ``/<model>``.
 
-``POST /<model>`` is validated once here (4xx with the reason), then sent:
+The route is a FastAPI app (``ray_jobs.serve_api``) built on the replica from the served
+model's signature through Serve's FastAPI integration; its OpenAPI document is at
+``/<model>/docs``. ``POST /<model>`` is validated once there (4xx with the reason), then sent:
 - to a version: the primary, or the canary candidate for ``share`` of the requests (its
   answers are compared with the primary's on the same rows, for the canary verdict);
 - to a tier of that version by ``policies.route_request`` (StraightLine): ``warm`` (always-on,
@@ -16,13 +18,15 @@ to the primary, so the client sees no failure.
 
 ``GET /<model>`` describes the primary; ``GET /<model>/-/stats`` gives per-version and
 per-route counts, errors and tail latency since the routing last changed (what the canary
-check and the benchmarks read).
+check and the benchmarks read). Each client address has at most ``client_max_in_flight``
+requests in flight (429 beyond), whatever routing hint it sends.
 """
 
 from __future__ import annotations
 
 import asyncio
 import hashlib
+import json
 import random
 import time
 from collections import defaultdict
@@ -32,35 +36,21 @@ from typing import Any
 import numpy as np
 from ray import serve
 from ray.serve.exceptions import BackPressureError
-from starlette.requests import Request
-from starlette.responses import JSONResponse
 
-from policies import ROUTE_WARM, CallerRates, RouterThresholds, route_request, version_app
-from ray_jobs.serve_app import MAX_BODY_BYTES, BadRequest, LatencyWindow, answer, parse_body
+from policies import (
+    ROUTE_WARM,
+    CallerRates,
+    InFlightBound,
+    RouterThresholds,
+    route_request,
+    version_app,
+)
+from ray_jobs.serve_app import LatencyWindow, answer
 
-#: A hint for routing only (StraightLine's request frequency): a client that names itself
-#: gets its own rate, and a wrong name changes which tier answers it, never whether it is
-#: answered. Without it the client's address is the caller.
-CALLER_HEADER = "x-slaflow-caller"
 #: Seconds a request may wait on the primary before the router answers 504.
 REQUEST_TIMEOUT_S = 30.0
-
-
-async def read_body(request: Request) -> bytes:
-    """The request body, refused with 413 as soon as it passes ``MAX_BODY_BYTES``: a declared
-    Content-Length over the limit is refused before any byte is read, and a streamed body is
-    cut off at the limit rather than held whole."""
-    declared = request.headers.get("content-length", "")
-    if declared.isdigit() and int(declared) > MAX_BODY_BYTES:
-        raise BadRequest(f"body is {declared} bytes; at most {MAX_BODY_BYTES}", 413)
-    chunks: list[bytes] = []
-    size = 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > MAX_BODY_BYTES:
-            raise BadRequest(f"body is over {MAX_BODY_BYTES} bytes: split the request", 413)
-        chunks.append(chunk)
-    return b"".join(chunks)
+#: Requests one client address may have in flight (``client_max_in_flight`` in the config).
+CLIENT_MAX_IN_FLIGHT = 64
 
 
 #: The router's code version, pinned to this file's content. ``serve.run`` otherwise gives
@@ -70,7 +60,12 @@ async def read_body(request: Request) -> bytes:
 #: Serve calls ``reconfigure`` on the running router. Serve 2.60 accepts a version only through
 #: the internal flag of ``Deployment.options``; the integration tests check that a canary step
 #: keeps every replica (router and model) alive.
-ROUTER_CODE_VERSION = "router-" + hashlib.sha256(Path(__file__).read_bytes()).hexdigest()[:12]
+ROUTER_CODE_VERSION = (
+    "router-"
+    + hashlib.sha256(
+        Path(__file__).read_bytes() + (Path(__file__).parent / "serve_api.py").read_bytes()
+    ).hexdigest()[:12]
+)
 
 
 @serve.deployment(
@@ -80,9 +75,12 @@ ROUTER_CODE_VERSION = "router-" + hashlib.sha256(Path(__file__).read_bytes()).he
     health_check_period_s=5,
     max_surge_percent=100,
 )
+@serve.ingress()
 class ModelRouter:
-    def __init__(self, model_name: str) -> None:
+    def __init__(self, model_name: str, signature: dict[str, Any] | None = None) -> None:
         self._model = model_name
+        self._signature = signature
+        self._bound = InFlightBound(CLIENT_MAX_IN_FLIGHT)
         self._cfg: dict[str, Any] = {}
         self._handles: dict[tuple[str, str], Any] = {}
         self._thresholds = RouterThresholds(large_rows=1024, frequent_rps=1.0)
@@ -118,6 +116,13 @@ class ModelRouter:
         t = config.get("thresholds") or {}
         if t:
             self._thresholds = RouterThresholds(int(t["large_rows"]), float(t["frequent_rps"]))
+        self._bound.limit = int(config.get("client_max_in_flight", CLIENT_MAX_IN_FLIGHT))
+
+    def __serve_build_asgi_app__(self) -> Any:
+        """The endpoint's FastAPI app, built here on the replica from the model's signature."""
+        from ray_jobs.serve_api import build_api
+
+        return build_api(self, self._model, self._signature)
 
     def _handle(self, version: str, route: str) -> Any:
         key = (version, route)
@@ -204,35 +209,43 @@ class ModelRouter:
             },
         }
 
-    async def __call__(self, request: Request) -> JSONResponse:
+    async def describe(self) -> dict[str, Any]:
         primary = str(self._cfg["primary"])
-        if request.method == "GET":
-            if request.url.path.rstrip("/").endswith("/-/stats"):
-                return JSONResponse(self.stats())
-            info = dict(await self._describe(primary))
-            info.update(
-                routes=sorted(self._routes(primary)),
-                canary={
-                    "candidate": self._cfg.get("candidate"),
-                    "share": self._cfg.get("share", 0.0),
-                },
-                thresholds=self._thresholds.to_dict(),
-            )
-            return JSONResponse(info)
-        if request.method != "POST":
-            return JSONResponse(
-                {"error": "use POST with a JSON body, or GET for model info"}, status_code=405
-            )
-        t0 = time.monotonic()
-        meta = await self._describe(primary)
-        try:
-            body = await read_body(request)
-            x = parse_body(body, tuple(meta["features"]), self._encoder(meta))
-        except BadRequest as exc:
-            return JSONResponse({"error": str(exc)}, status_code=exc.status)
-        caller = request.headers.get(CALLER_HEADER) or (
-            request.client.host if request.client else "anonymous"
+        info = dict(await self._describe(primary))
+        info.update(
+            routes=sorted(self._routes(primary)),
+            canary={"candidate": self._cfg.get("candidate"), "share": self._cfg.get("share", 0.0)},
+            thresholds=self._thresholds.to_dict(),
         )
+        return info
+
+    async def encoder(self) -> Any:
+        return self._encoder(await self._describe(str(self._cfg["primary"])))
+
+    async def predict(
+        self, x: np.ndarray, caller: str, client: str
+    ) -> tuple[int, dict[str, Any], dict[str, str]]:
+        """Rows already validated by the app, answered as (status, body, headers)."""
+        if not self._bound.enter(client):
+            self._counts[str(self._cfg["primary"])]["refused_client_bound"] += 1
+            return (
+                429,
+                {
+                    "error": f"this client ({client}) already has {self._bound.limit} requests "
+                    f"in flight; wait for their answers or retry later"
+                },
+                {"Retry-After": "1"},
+            )
+        try:
+            return await self._answer(x, caller)
+        finally:
+            self._bound.leave(client)
+
+    async def _answer(
+        self, x: np.ndarray, caller: str
+    ) -> tuple[int, dict[str, Any], dict[str, str]]:
+        primary = str(self._cfg["primary"])
+        t0 = time.monotonic()
         version = self._choose_version()
         route = self._choose_route(version, len(x), caller)
         self._counts[version][f"route_{route}"] += 1
@@ -253,24 +266,25 @@ class ModelRouter:
             if version != primary:
                 self._counts[version]["errors"] += 1
             self._counts[version]["shed"] += 1
-            return JSONResponse(
+            return (
+                503,
                 {
                     "error": f"overloaded: the {route} tier's queue is full "
                     f"(bounded to answer within the SLO); retry later"
                 },
-                status_code=503,
-                headers={"Retry-After": "1"},
+                {"Retry-After": "1"},
             )
         except Exception as exc:
             if version == primary and isinstance(exc, TimeoutError):
                 self._counts[primary]["errors"] += 1
-                return JSONResponse(
+                return (
+                    504,
                     {
                         "error": f"the model did not answer within "
                         f"{self._cfg.get('request_timeout_s', REQUEST_TIMEOUT_S):g} s; "
                         f"retry later"
                     },
-                    status_code=504,
+                    {},
                 )
             if version == primary:
                 raise
@@ -288,20 +302,45 @@ class ModelRouter:
             )
             self._shadows.add(task)
             task.add_done_callback(self._shadows.discard)
+        bad = np.flatnonzero(~np.isfinite(proba).all(axis=1))
+        if bad.size:  # inputs far outside what the model was trained on overflow it
+            self._counts[version]["non_finite_answers"] += 1
+            rows = ", ".join(f"instances[{i}]" for i in bad[:5])
+            return (
+                422,
+                {
+                    "error": f"the model's answer for {rows}{' ...' if bad.size > 5 else ''} "
+                    f"is not a finite number: their values are far outside the range it was "
+                    f"trained on; send values of the training data's scale"
+                },
+                {},
+            )
         info = await self._describe(version)
         body = answer(proba, info["classes"], info)
         body["route"] = route
-        return JSONResponse(body)
+        return 200, body, {}
 
 
-def build_router_app(model_name: str, config: dict[str, Any], node_resource: str = "") -> Any:
+def build_router_app(
+    model_name: str,
+    config: dict[str, Any],
+    node_resource: str = "",
+    signature: dict[str, Any] | None = None,
+) -> Any:
     """The router application of ``model_name``; ``config`` is its ``user_config``
     (``primary``, ``candidate``, ``share``, ``percentile``, ``thresholds``,
-    ``candidate_timeout_s`` and ``versions``: ``{version: {"routes": [...],
-    "warm_max_in_flight": n}}``). ``node_resource`` pins it beside the tiers."""
+    ``candidate_timeout_s``, ``request_timeout_s``, ``client_max_in_flight`` and ``versions``:
+    ``{version: {"routes": [...], "warm_max_in_flight": n}}``). ``node_resource`` pins it
+    beside the tiers. ``signature`` (``ray_jobs.serve_api.signature_of`` of the primary) makes
+    the request and response models; a new signature is a new code version (the replicas
+    restart, with a surge), the same one keeps them."""
     actor: dict[str, Any] = {"num_cpus": 0.05}
     if node_resource:
         actor["resources"] = {node_resource: 0.01}
+    shape = hashlib.sha256(json.dumps(signature, sort_keys=True).encode()).hexdigest()[:8]
     return ModelRouter.options(
-        user_config=config, ray_actor_options=actor, version=ROUTER_CODE_VERSION, _internal=True
-    ).bind(model_name)
+        user_config=config,
+        ray_actor_options=actor,
+        version=f"{ROUTER_CODE_VERSION}-{shape}",
+        _internal=True,
+    ).bind(model_name, signature)

@@ -25,6 +25,9 @@ from ray_jobs.learners import load_snapshot, make_learner, save_snapshot
 from ray_jobs.user_loop import LoopReturned
 
 STATE_FILE = "state.json"
+#: Written last into every checkpoint: each file's size and SHA-256. A checkpoint whose files
+#: do not match it (cut off mid-write, truncated on its disk) is skipped on resume.
+MANIFEST_FILE = "slaflow_manifest.json"
 LATEST = "latest"
 BEST = "best"
 
@@ -265,7 +268,52 @@ def _save_and_report(
         save_snapshot(config, latest, Path(d), LATEST)
         save_snapshot(config, best, Path(d), BEST)
         (Path(d) / STATE_FILE).write_text(json.dumps(state))
+        write_manifest(Path(d))
         ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(d))
+
+
+def _files_of(folder: Path) -> dict[str, dict[str, Any]]:
+    import hashlib
+
+    out: dict[str, dict[str, Any]] = {}
+    for f in sorted(folder.rglob("*")):
+        if f.is_file() and f.name != MANIFEST_FILE:
+            out[f.relative_to(folder).as_posix()] = {
+                "bytes": f.stat().st_size,
+                "sha256": hashlib.sha256(f.read_bytes()).hexdigest(),
+            }
+    return out
+
+
+def write_manifest(folder: Path) -> None:
+    """Each file of a checkpoint folder with its size and digest, written last."""
+    (folder / MANIFEST_FILE).write_text(json.dumps({"files": _files_of(folder)}))
+
+
+def checkpoint_damage(fs: Any, path: str) -> str | None:
+    """What is wrong with the checkpoint at ``path`` on ``fs`` (a pyarrow filesystem), or None:
+    a file of its manifest missing, of another size or another digest. A checkpoint written
+    before manifests were is taken as it is."""
+    import hashlib
+
+    try:
+        with fs.open_input_stream(f"{path}/{MANIFEST_FILE}") as fh:
+            files = json.loads(fh.read())["files"]
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError, KeyError) as exc:
+        return f"its manifest is unreadable ({exc})"
+    for rel, want in files.items():
+        try:
+            with fs.open_input_stream(f"{path}/{rel}") as fh:
+                data = fh.read()
+        except (FileNotFoundError, OSError):
+            return f"{rel} is missing"
+        if len(data) != want["bytes"]:
+            return f"{rel} has {len(data)} bytes, {want['bytes']} were written"
+        if hashlib.sha256(data).hexdigest() != want["sha256"]:
+            return f"{rel} changed since it was written (SHA-256 differs)"
+    return None
 
 
 def anon_rss_mb() -> float | None:
@@ -321,7 +369,7 @@ def latest_checkpoint_path(storage_path: str, run_name: str) -> str | None:
         infos = fs.get_file_info(pafs.FileSelector(base, recursive=False))
     except (FileNotFoundError, OSError):
         return None
-    best: tuple[int, str] | None = None
+    found: list[tuple[int, str]] = []
     for info in infos:
         if info.type != pafs.FileType.Directory or not info.base_name.startswith("checkpoint_"):
             continue
@@ -330,11 +378,18 @@ def latest_checkpoint_path(storage_path: str, run_name: str) -> str | None:
                 epoch = int(json.loads(fh.read())["epoch"])
         except (FileNotFoundError, OSError, ValueError, KeyError):
             continue  # a checkpoint cut off mid-write is skipped, not trusted
-        if best is None or epoch > best[0]:
-            best = (epoch, info.path)
-    if best is None:
-        return None
-    return best[1] if "://" not in storage_path else storage_path.split("://")[0] + "://" + best[1]
+        found.append((epoch, info.path))
+    for epoch, path in sorted(found, reverse=True):
+        damage = checkpoint_damage(fs, path)
+        if damage is not None:
+            print(
+                f"[slaflow] checkpoint {path} (epoch {epoch}) is damaged: {damage}; "
+                f"resuming from an earlier one",
+                flush=True,
+            )
+            continue
+        return path if "://" not in storage_path else storage_path.split("://")[0] + "://" + path
+    return None
 
 
 def run_training(spec: dict[str, Any]) -> dict[str, Any]:

@@ -98,18 +98,37 @@ class ServeHook(BaseHook):
         )
         return app
 
-    def route(self, model: str, config: dict[str, Any], node_resource: str = "") -> None:
+    def route(
+        self,
+        model: str,
+        config: dict[str, Any],
+        node_resource: str = "",
+        signature: dict[str, Any] | None = None,
+    ) -> None:
         """Deploy the model's router, or change its routing in place (no restart: see
-        ``ray_jobs.serve_router.ROUTER_CODE_VERSION``). Does not wait."""
+        ``ray_jobs.serve_router.ROUTER_CODE_VERSION``). Does not wait. ``signature``
+        (``version_signature`` of the primary) makes the endpoint's request and response
+        models; without one the endpoint takes any rows of numbers or named values."""
         from ray_jobs.serve_router import build_router_app
 
         serve = self.connect()
         serve.run(
-            build_router_app(model, config, node_resource),
+            build_router_app(model, config, node_resource, signature),
             name=model,
             route_prefix=f"/{model}",
             blocking=False,
         )
+
+    def version_signature(
+        self, model: str, version: str, route: str, timeout_s: float = 120.0
+    ) -> dict[str, Any]:
+        """The signature a running version serves (its columns, task and classes), asked of
+        its ``route`` tier's replica: what the endpoint's request model is made from."""
+        from ray_jobs.serve_api import signature_of
+
+        serve = self.connect()
+        handle = serve.get_deployment_handle(route, app_name=version_app(model, version))
+        return signature_of(handle.info.remote().result(timeout_s=timeout_s))
 
     def delete(self, app: str, wait: bool = True) -> None:
         """Delete an application; ``wait`` until its replicas are gone (their CPUs free)."""

@@ -16,6 +16,7 @@ from policies import (
     TIER_SPOT,
     AutoscalerConfig,
     CallerRates,
+    InFlightBound,
     CanaryStats,
     LoadSample,
     PlacementInfeasible,
@@ -334,7 +335,26 @@ def test_caller_rates_decay_and_stay_bounded() -> None:
     assert r.observe("b", 5.0) < 0.1
     for c in "cdef":
         r.observe(c, 6.0)
-    assert len(r._seen) == 3
+    assert len(r) == 3
+    # the caller seen longest ago goes first; one seen again is kept
+    r.observe("d", 7.0)
+    r.observe("g", 7.0)
+    assert r.observe("d", 7.0) > r._decay and len(r) == 3
+
+
+def test_one_client_s_requests_in_flight_are_bounded_whatever_it_calls_itself() -> None:
+    bound = InFlightBound(2)
+    assert bound.enter("10.0.0.1") and bound.enter("10.0.0.1")
+    assert not bound.enter("10.0.0.1")  # the third waits for an answer (429)
+    assert bound.enter("10.0.0.2")  # another client is not held up
+    bound.leave("10.0.0.1")
+    assert bound.enter("10.0.0.1") and bound.in_flight("10.0.0.1") == 2
+    for _ in range(2):
+        bound.leave("10.0.0.1")
+    bound.leave("10.0.0.2")
+    assert bound._n == {}  # nothing kept for clients with nothing in flight
+    with pytest.raises(ValueError, match="at least 1"):
+        InFlightBound(0)
 
 
 # ---- canary -------------------------------------------------------------------------------
