@@ -50,6 +50,8 @@ TAG_MLLIB_RESULT = "slaflow.mllib_result"
 #: SHA-256 of the version's model artifacts at registration (``ray_jobs.model_format.
 #: artifact_digest``); every replica checks what it downloaded against it.
 TAG_ARTIFACT_SHA256 = "slaflow.artifact_sha256"
+#: The same for the int8 serving variant's folder (flatbuffer and metadata), when there is one.
+TAG_VARIANT_SHA256 = "slaflow.variant_int8_sha256"
 #: On the registered model: what the stages last said about serving it (policies.ServingIntent).
 TAG_SERVING_INTENT = "slaflow.serving.intent"
 #: On a version: what ml_reconcile last did for it, and why.

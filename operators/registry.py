@@ -66,6 +66,9 @@ class RegisterModelOperator(PlannedStageOperator):
         if self.evaluation.get("model_params"):
             tags[reg.TAG_MODEL_PARAMS] = str(int(self.evaluation["model_params"]))
         tags[reg.TAG_ARTIFACT_SHA256] = self._digest(self.train["model_uri"])
+        variant = self._variant_digest(self.train["mlflow_run_id"])
+        if variant:
+            tags[reg.TAG_VARIANT_SHA256] = variant
         description = (
             f"**{contract.model_name}**, trained by Airflow run [{dag_id} / {run_id}]"
             f"({run_url}).\n\n"
@@ -123,6 +126,14 @@ class RegisterModelOperator(PlannedStageOperator):
             digest = artifact_digest(local)
         self.log.info("Model artifacts' SHA-256: %s", digest)
         return digest
+
+    def _variant_digest(self, run_id: str) -> str:
+        """The int8 variant's digest, when the evaluate task logged one under the run."""
+        from ray_jobs.variants import INT8_ARTIFACT_PATH
+
+        if not self.mlflow.client.list_artifacts(run_id, INT8_ARTIFACT_PATH):
+            return ""
+        return self._digest(f"runs:/{run_id}/{INT8_ARTIFACT_PATH}")
 
 
 class GateOperator(PlannedStageOperator):

@@ -337,6 +337,7 @@ class DeployModelOperator(PlannedStageOperator):
             # what the replicas must find when they download it (absent on versions
             # registered before digests were recorded: not checked)
             "model_sha256": reg.version_tag(client, model, version, reg.TAG_ARTIFACT_SHA256) or "",
+            "variant_sha256": reg.version_tag(client, model, version, reg.TAG_VARIANT_SHA256) or "",
             "tiers": [t.to_dict() for t in tiers],
         }
         self._start_version(model, spec)

@@ -229,6 +229,14 @@ class _BoundedRequest(Request):
                     )
                 chunks.append(chunk)
             self._body = b"".join(chunks)
+            if not self._body and "chunked" in self.headers.get("transfer-encoding", ""):
+                # Ray Serve 2.60 hands a FastAPI ingress a chunked body empty (seen here with
+                # any chunked POST): say so rather than answer "field required".
+                raise HTTPException(
+                    411,
+                    "send the body with a Content-Length: a chunked body reaches this "
+                    "endpoint empty (Ray Serve's HTTP proxy)",
+                )
         return self._body
 
     async def json(self) -> Any:
@@ -313,6 +321,7 @@ def build_api(backend: Backend, model_name: str, signature: Mapping[str, Any] | 
                 "a row is not what the model takes (each wrong place named), or the model's "
                 "answer for it is not finite (values far outside the training data)"
             ),
+            411: _error("a chunked body: send it with a Content-Length"),
             413: _error(f"over {MAX_BODY_BYTES} bytes or {MAX_ROWS} rows: split the request"),
             429: _error("this client has too many requests in flight: retry later"),
             503: _error("overloaded: the tier's queue is full; retry after Retry-After"),

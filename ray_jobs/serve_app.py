@@ -52,6 +52,7 @@ def _load_predictor(
     variant_uri: str,
     into: str,
     model_sha256: str = "",
+    variant_sha256: str = "",
 ) -> tuple[Any, Any]:
     import mlflow
 
@@ -74,12 +75,11 @@ def _load_predictor(
             _limit_threads()
         predictor = open_predictor(local)
         return predictor, predictor.metadata
-    flatbuffer = mlflow.artifacts.download_artifacts(artifact_uri=variant_uri, dst_path=into)
-    meta_uri = variant_uri.rsplit("/", 1)[0] + "/slaflow_model.json"
-    meta = mlflow.artifacts.download_artifacts(artifact_uri=meta_uri, dst_path=into)
-    with open(meta) as fh:
-        metadata = ModelMetadata.from_json(fh.read())
-    return LiteRTPredictor(flatbuffer, threads=_replica_threads()), metadata
+    # the variant's folder (flatbuffer and metadata), checked as the full model is
+    folder_uri, name = variant_uri.rsplit("/", 1)
+    folder = fetch_verified(folder_uri, into, variant_sha256)
+    metadata = ModelMetadata.from_json((folder / "slaflow_model.json").read_text())
+    return LiteRTPredictor(str(folder / name), threads=_replica_threads()), metadata
 
 
 @serve.deployment(
@@ -111,12 +111,19 @@ class ModelServer:
         tier: str = "warm",
         siblings: dict[str, Any] | None = None,
         model_sha256: str = "",
+        variant_sha256: str = "",
     ) -> None:
         # ``siblings``: the version's other tiers, bound here only so that Serve deploys
         # them in the same application; the router calls each tier by name, not through us.
         self._tmp = tempfile.TemporaryDirectory(prefix="slaflow-serve-")
         self._predictor, self._meta = _load_predictor(
-            model_uri, tracking_uri, variant, variant_uri, self._tmp.name, model_sha256
+            model_uri,
+            tracking_uri,
+            variant,
+            variant_uri,
+            self._tmp.name,
+            model_sha256,
+            variant_sha256,
         )
         self._predictor.predict_proba(np.zeros((1, self._meta.n_features)))  # trace once, now
         self._info = {
@@ -261,10 +268,11 @@ def tier_options(tier: TierSettings) -> dict[str, Any]:
 
 def build_version_app(model_name: str, tracking_uri: str, spec: dict[str, Any]) -> Any:
     """The Serve application of one version: ``spec`` is ``{"version", "model_uri",
-    "variant", "variant_uri", "model_sha256", "tiers": [TierSettings as dicts]}``. The
-    ``warm`` tier (or the only one) is the ingress (the application has no HTTP route); the
-    others are bound to it. Every tier checks the artifacts it downloads against
-    ``model_sha256`` (when given) before it loads them."""
+    "variant", "variant_uri", "model_sha256", "variant_sha256", "tiers": [TierSettings as
+    dicts]}``. The ``warm`` tier (or the only one) is the ingress (the application has no
+    HTTP route); the others are bound to it. Every tier checks the artifacts it downloads
+    against ``model_sha256`` (the full model) or ``variant_sha256`` (the variant's folder),
+    when given, before it loads them."""
     tiers = [TierSettings.from_dict(t) for t in spec["tiers"]]
     args = (
         spec["model_uri"],
@@ -275,14 +283,17 @@ def build_version_app(model_name: str, tracking_uri: str, spec: dict[str, Any]) 
         spec.get("variant_uri", ""),
     )
     ingress = next((t for t in tiers if t.route == ROUTE_WARM), tiers[0])
-    digest = str(spec.get("model_sha256") or "")
+    digests = {
+        "model_sha256": str(spec.get("model_sha256") or ""),
+        "variant_sha256": str(spec.get("variant_sha256") or ""),
+    }
     bound = {
-        t.route: ModelServer.options(**tier_options(t)).bind(*args, t.route, model_sha256=digest)
+        t.route: ModelServer.options(**tier_options(t)).bind(*args, t.route, **digests)
         for t in tiers
         if t is not ingress
     }
     return ModelServer.options(**tier_options(ingress)).bind(
-        *args, ingress.route, siblings=bound, model_sha256=digest
+        *args, ingress.route, siblings=bound, **digests
     )
 
 

@@ -104,11 +104,13 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     )
     segment_first = True
 
-    mlflow_client = None
+    metrics_out = None  # rank 0's epoch metrics, written off the training path
     if rank == 0 and config.get("mlflow_run_id"):
         from mlflow.tracking import MlflowClient
 
-        mlflow_client = MlflowClient(config["tracking_uri"])
+        from ray_jobs.metrics_buffer import MetricsBuffer
+
+        metrics_out = MetricsBuffer(MlflowClient(config["tracking_uri"]), config["mlflow_run_id"])
 
     started_at = float(config["started_at"])
     if rank == 0 and state["segments"] and state["segments"][-1].get("resumed_at") is None:
@@ -226,11 +228,12 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
                 state["segments"].append(
                     {"at_s": now_s, "from": world, "to": state["resize_to"], "resumed_at": None}
                 )
-            if mlflow_client is not None:
-                _log_epoch(mlflow_client, config["mlflow_run_id"], row)
+            if metrics_out is not None:
+                metrics_out.log(_epoch_metrics(row))
             if not run_next and not state["resize_to"]:
                 # Training is over: export here, where TensorFlow is loaded, so the driver
-                # never imports it (seconds saved on every run).
+                # never imports it (seconds saved on every run). The epochs' metrics first.
+                _flush_metrics(metrics_out)
                 _export_on_stop(config, state, best_weights, started_at)
             if checkpoint_due(
                 now_s=now_s, last_checkpoint_s=last_checkpoint_s, action=decision["action"]
@@ -244,7 +247,21 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         state.setdefault("overhead_s", []).append(time.time() - epoch_start - fit_s)
         if state["resize_to"]:
             break
+    _flush_metrics(metrics_out)  # the worker exits after this segment: nothing left behind
     learner.close()
+
+
+#: How long a worker waits for its tracking server to take the buffered epoch metrics.
+METRICS_FLUSH_S = 600.0
+
+
+def _flush_metrics(buffer: Any) -> None:
+    if buffer is not None and not buffer.flush(METRICS_FLUSH_S):
+        raise RuntimeError(
+            f"MLflow took none of the last {buffer.pending()} epochs' metrics in "
+            f"{METRICS_FLUSH_S:g} s: is the tracking server up? (a retry resumes from the "
+            f"last checkpoint)"
+        )
 
 
 def _export_on_stop(
@@ -328,7 +345,7 @@ def anon_rss_mb() -> float | None:
     return None
 
 
-def _log_epoch(client: Any, run_id: str, row: dict[str, Any]) -> None:
+def _epoch_metrics(row: dict[str, Any]) -> list[Any]:
     from mlflow.entities import Metric
 
     ts = int(time.time() * 1000)
@@ -347,12 +364,7 @@ def _log_epoch(client: Any, run_id: str, row: dict[str, Any]) -> None:
         "setpoint",
         "progress",
     )
-    client.log_batch(
-        run_id,
-        metrics=[
-            Metric(k, float(row[k]), ts, row["epoch"]) for k in keys if row.get(k) is not None
-        ],
-    )
+    return [Metric(k, float(row[k]), ts, row["epoch"]) for k in keys if row.get(k) is not None]
 
 
 def latest_checkpoint_path(storage_path: str, run_name: str) -> str | None:

@@ -217,7 +217,20 @@ def run_tuning(spec: dict[str, Any]) -> dict[str, Any]:
             break
         done, _ = ray.wait(list(active), num_returns=1)
         rec = active.pop(done[0])
-        out = ray.get(done[0])
+        try:
+            out = ray.get(done[0])
+        except (ray.exceptions.RayActorError, ray.exceptions.ActorUnavailableError) as exc:
+            # Its process died (OOM-killed, its node lost): the trial fails, the study goes on
+            # with the others and starts another in its place while time allows.
+            rec["state"] = "failed"
+            study.tell(rec["trial"], state=optuna.trial.TrialState.FAIL)
+            client.set_terminated(rec["run_id"], RunStatus.to_string(RunStatus.FAILED))
+            print(
+                f"[slaflow] trial {rec['trial'].number} lost its actor after "
+                f"{rec['epochs']} epoch(s) ({type(exc).__name__}): the study goes on without it",
+                flush=True,
+            )
+            continue
         rec["epochs"] = int(out["epoch"])
         rec["durations"].append(float(out["duration_s"]))
         rec["best"] = max(rec["best"], float(out["val_accuracy"]))
@@ -326,6 +339,7 @@ def run_tuning(spec: dict[str, Any]) -> dict[str, Any]:
         "tuning": {
             "trials": len(trials),
             "pruned": sum(1 for t in trials if t["state"] == "pruned"),
+            "failed": sum(1 for t in trials if t["state"] == "failed"),
             "completed": len(finished),
             "best_params": params,
             "best_trial": best["trial"].number,

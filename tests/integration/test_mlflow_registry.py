@@ -165,7 +165,7 @@ def test_a_model_changed_after_registration_is_refused_where_replicas_load_it(
     )
     from tests.conftest import log_untrained_model
 
-    for sub in "abc":
+    for sub in "abcdef":
         (tmp_path / sub).mkdir()
     client = MlflowClient(tracking_uri)
     mlflow.set_tracking_uri(tracking_uri)
@@ -185,3 +185,24 @@ def test_a_model_changed_after_registration_is_refused_where_replicas_load_it(
         fh.write(" ")
     with pytest.raises(ArtifactDigestMismatch, match=registered):
         fetch_verified(served_uri, tmp_path / "c", registered)
+
+    # the int8 variant's folder is checked the same way (register records its digest, each
+    # replica serving the variant fetches the folder through fetch_verified)
+    from ray_jobs.variants import INT8_ARTIFACT_PATH, INT8_FILE
+
+    variant = tmp_path / "variant"
+    variant.mkdir()
+    (variant / INT8_FILE).write_bytes(bytes(range(256)) * 64)
+    (variant / "slaflow_model.json").write_text('{"n": 1}')
+    client.log_artifacts(run, str(variant), INT8_ARTIFACT_PATH)
+    folder_uri = f"runs:/{run}/{INT8_ARTIFACT_PATH}"
+    at_register = artifact_digest(
+        mlflow.artifacts.download_artifacts(folder_uri, dst_path=str(tmp_path / "d"))
+    )
+    assert (fetch_verified(folder_uri, tmp_path / "e", at_register) / INT8_FILE).exists()
+    flatbuffer = f"{store}/{INT8_ARTIFACT_PATH}/{INT8_FILE}"
+    data = bytearray(open(flatbuffer, "rb").read())
+    data[100] ^= 1  # one bit of one weight
+    open(flatbuffer, "wb").write(bytes(data))
+    with pytest.raises(ArtifactDigestMismatch, match=at_register):
+        fetch_verified(folder_uri, tmp_path / "f", at_register)

@@ -8,6 +8,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+import requests
 
 from tests.conftest import job_runner, train_spec
 
@@ -180,12 +181,168 @@ def test_calibration_measures_each_worker_count(ray_cluster: Any, prepared: dict
     assert result["startup_s"] > 0.5  # a worker group and TensorFlow take time to start
 
 
+def _run_with_fault(
+    module: str, base_id: str, spec: dict[str, Any], after: str, fault: Any
+) -> tuple[dict[str, Any], list[str]]:
+    """Run a job and, once a log line holds ``after``, call ``fault(logs)`` until it says it
+    struck (True); the job's result and log lines."""
+    import threading
+    import time
+
+    logs: list[str] = []
+    runner = job_runner(logs.append)
+    box: dict[str, Any] = {}
+    thread = threading.Thread(
+        target=lambda: box.setdefault(
+            "result", runner.run(base_id=base_id, module=module, spec=spec, timeout_s=600)
+        )
+    )
+    thread.start()
+    struck = False
+    until = time.monotonic() + 300
+    while not struck and time.monotonic() < until and thread.is_alive():
+        if any(after in line for line in logs):
+            struck = bool(fault(logs))
+        time.sleep(0.2)
+    thread.join(600)
+    assert struck, (
+        f"the job ended before the fault ({after!r} seen: {any(after in x for x in logs)})"
+    )
+    assert "result" in box, "the job failed: " + "\n".join(logs[-20:])
+    return box["result"], logs
+
+
+def _run_killing_one(
+    ray_cluster: Any, module: str, base_id: str, spec: dict[str, Any], actor_class: str, after: str
+) -> tuple[dict[str, Any], list[str]]:
+    """Run a job and SIGKILL the process of one live ``actor_class`` actor once a log line
+    holds ``after``."""
+    import os
+    import signal
+
+    from ray.util.state import list_actors
+
+    def kill(_: list[str]) -> bool:
+        actors = [
+            a
+            for a in list_actors(
+                address=f"127.0.0.1:{ray_cluster.gcs_port}",
+                filters=[("class_name", "=", actor_class), ("state", "=", "ALIVE")],
+                detail=True,
+                raise_on_missing_output=False,
+            )
+            if a.pid
+        ]
+        if actors:
+            os.kill(actors[-1].pid, signal.SIGKILL)
+        return bool(actors)
+
+    return _run_with_fault(module, base_id, spec, after, kill)
+
+
+def _mlflow_server(backend_uri: str, port: int) -> Any:
+    """An MLflow tracking server on ``backend_uri``, answering /health."""
+    import subprocess
+    import sys
+    import time
+
+    proc = subprocess.Popen(
+        [
+            str(Path(sys.executable).parent / "mlflow"),
+            "server",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--backend-store-uri",
+            backend_uri,
+            "--workers",
+            "1",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    until = time.monotonic() + 90
+    while time.monotonic() < until:
+        try:
+            if requests.get(f"http://127.0.0.1:{port}/health", timeout=2).ok:
+                return proc
+        except requests.RequestException:
+            pass
+        assert proc.poll() is None, "the MLflow server exited at start"
+        time.sleep(0.5)
+    raise AssertionError("the MLflow server did not answer /health in 90 s")
+
+
+def test_training_goes_on_while_mlflow_is_down_and_its_metrics_arrive_later(
+    ray_cluster: Any, prepared: dict[str, Any], tracking_uri: str
+) -> None:
+    """The tracking server stopped for 30 s mid-training: no epoch waits for it (the metrics
+    wait in memory), every epoch's metrics reach the run once it is back, and the run ends
+    with its model."""
+    import os
+    import signal
+    import socket
+    import time
+
+    from mlflow.tracking import MlflowClient
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    server = {"proc": _mlflow_server(tracking_uri, port)}
+    run_id, _ = _mlflow_run("outage-run", "outage")
+    spec = train_spec(
+        prepared,
+        f"http://127.0.0.1:{port}",
+        run_id,
+        "outage-run",
+        max_epochs=25,
+        deadline_s=500.0,
+        stop_accuracy=0.999,
+    )
+    down: dict[str, float] = {}
+
+    def epochs(logs: list[str]) -> int:
+        return sum("[slaflow] epoch " in line for line in logs)
+
+    def outage(logs: list[str]) -> bool:
+        if "at" not in down:
+            os.killpg(server["proc"].pid, signal.SIGKILL)
+            server["proc"].wait()
+            down.update(at=time.monotonic(), epochs_before=epochs(logs))
+            return False
+        if time.monotonic() - down["at"] < 30.0:
+            return False
+        down.update(epochs_while_down=epochs(logs) - down["epochs_before"])
+        server["proc"] = _mlflow_server(tracking_uri, port)
+        down["for"] = time.monotonic() - down["at"]
+        return True
+
+    try:
+        result, logs = _run_with_fault(
+            "ray_jobs.train", "slaflow-train-outage", spec, "[slaflow] epoch 2/", outage
+        )
+    finally:
+        os.killpg(server["proc"].pid, signal.SIGKILL)
+    assert down["for"] >= 30.0
+    history = MlflowClient(tracking_uri).get_metric_history(run_id, "val_accuracy")
+    assert sorted(m.step for m in history) == list(range(1, result["epochs"] + 1))
+    assert result["model_uri"] and result["epochs"] >= 10
+    # training went on while the server was down (an epoch takes ~2 s here)
+    assert down["epochs_while_down"] >= 5, down
+    assert any("took the epoch metrics after" in x or "did not take" in x for x in logs)
+
+
 def test_tuning_study_stays_inside_its_deadline(
     ray_cluster: Any, prepared: dict[str, Any], tracking_uri: str
 ) -> None:
     """Optuna trials as parallel Ray actors, nested MLflow runs, best model exported, and the
     whole study (export included) ends before the deadline. The model is a user's Keras CNN
-    and the space the user's define-by-run function: its keys reach the builder."""
+    and the space the user's define-by-run function: its keys reach the builder. One trial's
+    actor is SIGKILLed after its first epoch: that trial fails (in Optuna and MLflow) and the
+    study goes on."""
     from mlflow.tracking import MlflowClient
 
     run_id, exp = _mlflow_run("tune-run", "tune")
@@ -202,11 +359,13 @@ def test_tuning_study_stays_inside_its_deadline(
         model_params={"dense": 24},
         search_space="examples.digits_cnn:search_space",
     )
-    result = job_runner(lambda _: None).run(
-        base_id="slaflow-tune-test", module="ray_jobs.tune", spec=spec, timeout_s=400
+    result, logs = _run_killing_one(
+        ray_cluster, "ray_jobs.tune", "slaflow-tune-test", spec, "TrialWorker", " epoch 1 val_"
     )
+    assert any("lost its actor" in line for line in logs)
+    assert result["tuning"]["failed"] == 1
     assert result["training_seconds"] <= 100.0 and result["deadline_met"] is True
-    assert result["tuning"]["trials"] >= 2
+    assert result["tuning"]["trials"] >= 3
     assert 0.5 < result["best_val_accuracy"] <= 1.0
     best = result["tuning"]["best_params"]
     assert best["model_params"]["filters"] in (4, 8) and best["batch_size"] == 64
@@ -218,7 +377,8 @@ def test_tuning_study_stays_inside_its_deadline(
         [exp], filter_string=f"tags.`mlflow.parentRunId` = '{run_id}'"
     )
     assert len(children) == result["tuning"]["trials"]
-    assert {c.info.status for c in children} <= {"FINISHED", "KILLED"}
+    assert [c.info.status for c in children].count("FAILED") == 1  # the killed trial
+    assert {c.info.status for c in children} <= {"FINISHED", "KILLED", "FAILED"}
     assert all("filters" in c.data.params["model_params"] for c in children)
     import mlflow
 
@@ -234,12 +394,6 @@ def test_killed_worker_resumes_from_checkpoint_and_replans(
 ) -> None:
     """SIGKILL one Ray Train worker mid-training: Ray Train restarts the group, the loop resumes
     from the last checkpoint (controller state included), and no epoch appears twice."""
-    import os
-    import signal
-    import time
-
-    from ray.util.state import list_actors
-
     run_id, exp = _mlflow_run("kill-run", "kill")
     spec = train_spec(
         prepared,
@@ -250,42 +404,14 @@ def test_killed_worker_resumes_from_checkpoint_and_replans(
         resize_policy="deadline",
         deadline_s=400.0,
     )
-    logs: list[str] = []
-    runner = job_runner(logs.append)
-    import threading
-
-    box: dict[str, Any] = {}
-    thread = threading.Thread(
-        target=lambda: box.setdefault(
-            "result",
-            runner.run(
-                base_id="slaflow-train-kill", module="ray_jobs.train", spec=spec, timeout_s=600
-            ),
-        )
+    result, logs = _run_killing_one(
+        ray_cluster,
+        "ray_jobs.train",
+        "slaflow-train-kill",
+        spec,
+        "RayTrainWorker",
+        "[slaflow] epoch 3/",
     )
-    thread.start()
-    gcs = f"127.0.0.1:{ray_cluster.gcs_port}"
-    killed = None
-    until = time.monotonic() + 300
-    while killed is None and time.monotonic() < until and thread.is_alive():
-        if any("[slaflow] epoch 3/" in line for line in logs):
-            workers = [
-                a
-                for a in list_actors(
-                    address=gcs,
-                    filters=[("class_name", "=", "RayTrainWorker"), ("state", "=", "ALIVE")],
-                    detail=True,
-                    raise_on_missing_output=False,
-                )
-                if a.pid
-            ]
-            if workers:
-                killed = workers[-1].pid
-                os.kill(killed, signal.SIGKILL)
-        time.sleep(0.5)
-    thread.join(600)
-    assert killed is not None, "training ended before a worker could be killed"
-    result = box["result"]
     epochs = [row["epoch"] for row in result["history"]]
     assert epochs == list(range(1, result["epochs"] + 1))  # nothing lost, nothing twice
     assert any("resumed from checkpoint" in line for line in logs)

@@ -155,9 +155,9 @@ def test_small_requests_go_warm_and_large_ones_to_the_batch_path(
 @pytest.mark.parametrize(
     ("body", "status", "words"),
     [
-        ({"instances": [[1.0, 2.0]]}, 400, "must be a list of 64 numbers"),
+        ({"instances": [[1.0, 2.0]]}, 422, "must be a list of 64 numbers"),
         ({"instances": [[0.0] * 64] * 1025}, 413, "at most 1024"),
-        ({"rows": []}, 400, "with an 'instances' list"),
+        ({"rows": []}, 422, "instances: Field required"),
     ],
 )
 def test_router_refuses_bad_requests_with_the_fix(
@@ -170,8 +170,12 @@ def test_router_refuses_bad_requests_with_the_fix(
 @pytest.mark.parametrize(
     ("body", "status", "words"),
     [
-        (b'{"instances": [[1e39' + b", 0" * 63 + b"]]}", 400, "within float32 range"),
-        (b'{"instances": [[' + b"9" * 400 + b", 0" * 63 + b"]]}", 400, "within float32 range"),
+        (
+            b'{"instances": [[1e39' + b", 0" * 63 + b"]]}",
+            422,
+            "instances[0][0]: Input should be less",
+        ),
+        (b'{"instances": [[' + b"9" * 400 + b", 0" * 63 + b"]]}", 422, "a valid number"),
         (b'{"instances": [[' + b"9" * 5000 + b", 0" * 63 + b"]]}", 400, "a number JSON"),
         (b'{"instances": ' + b"[" * 5000 + b"]" * 5000 + b"}", 400, "too deep"),
         (b"\x80\xff", 400, "not UTF-8"),
@@ -189,15 +193,17 @@ def test_hostile_bodies_get_a_4xx_not_a_500(
     assert resp.status_code == status and words in resp.json()["error"], resp.text[:200]
 
 
-def test_a_streamed_body_is_cut_off_at_the_limit(routed: dict[str, Any]) -> None:
-    """Chunked, no Content-Length: the router stops reading at 4 MiB and answers 413."""
+def test_a_chunked_body_is_refused_with_411_naming_the_fix(routed: dict[str, Any]) -> None:
+    """Chunked, no Content-Length: Ray Serve 2.60's proxy hands the FastAPI ingress such a body
+    empty, so the endpoint asks for a Content-Length (411) rather than answer "field
+    required". (In-process, where the body arrives, it is cut off at 4 MiB: the unit tests.)"""
 
     def chunks() -> Any:
         for _ in range(80):
             yield b" " * (64 << 10)  # 5 MiB in all
 
     resp = requests.post(routed["url"], data=chunks(), timeout=60)
-    assert resp.status_code == 413 and "over" in resp.json()["error"]
+    assert resp.status_code == 411 and "Content-Length" in resp.json()["error"], resp.text[:300]
 
 
 def _load(url: str, x: np.ndarray, n: int, threads: int = 8) -> list[requests.Response]:
