@@ -261,6 +261,21 @@ class _BoundedRequest(Request):
         return self._json
 
 
+class _ModelPathIsRoot:
+    """``POST /<model>`` (no trailing slash, as clients call it) reaches the ``/`` route
+    itself: Starlette would answer it with a 307 to ``/<model>/``, which curl does not follow
+    and every other client pays a second round trip for."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] == "http" and scope["path"] in ("", scope.get("root_path", "")):
+            path = scope["path"] + "/"
+            scope = {**scope, "path": path, "raw_path": path.encode()}
+        await self.app(scope, receive, send)
+
+
 class _BoundedRoute(APIRoute):
     def get_route_handler(self) -> Any:
         handler = super().get_route_handler()
@@ -285,6 +300,7 @@ def build_api(backend: Backend, model_name: str, signature: Mapping[str, Any] | 
         strict_content_type=False,  # a body without a Content-Type is read as JSON
     )
     app.router.route_class = _BoundedRoute
+    app.add_middleware(_ModelPathIsRoot)
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(_: Request, exc: RequestValidationError) -> JSONResponse:

@@ -72,7 +72,10 @@ def test_text_columns_and_string_labels_are_served_by_raw_rows(
         body = resp.json()
         assert body["predictions"] == ["finance"]  # a class name, not an index
         missing = requests.post(url, json={"instances": [{"channel": "chat"}]}, timeout=30)
-        assert missing.status_code == 400 and "product.area" in missing.json()["error"]
+        assert missing.status_code == 422, missing.text
+        assert "instances[0].product.area: Field required" in missing.json()["error"]
+        doc = requests.get(f"{url}/openapi.json", timeout=30).json()  # the table's own columns
+        assert "account age (days)" in doc["components"]["schemas"]["Row"]["properties"]
     finally:
         _undeploy(name)
 

@@ -279,7 +279,8 @@ def test_training_goes_on_while_mlflow_is_down_and_its_metrics_arrive_later(
     ray_cluster: Any, prepared: dict[str, Any], tracking_uri: str
 ) -> None:
     """The tracking server stopped for 30 s mid-training: no epoch waits for it (the metrics
-    wait in memory), every epoch's metrics reach the run once it is back, and the run ends
+    wait in memory), training may end while it is still down (the flush before the export
+    waits for it), every epoch's metrics reach the run once it is back, and the run ends
     with its model."""
     import os
     import signal
@@ -298,7 +299,7 @@ def test_training_goes_on_while_mlflow_is_down_and_its_metrics_arrive_later(
         f"http://127.0.0.1:{port}",
         run_id,
         "outage-run",
-        max_epochs=25,
+        max_epochs=12,
         deadline_s=500.0,
         stop_accuracy=0.999,
     )
@@ -329,7 +330,7 @@ def test_training_goes_on_while_mlflow_is_down_and_its_metrics_arrive_later(
     assert down["for"] >= 30.0
     history = MlflowClient(tracking_uri).get_metric_history(run_id, "val_accuracy")
     assert sorted(m.step for m in history) == list(range(1, result["epochs"] + 1))
-    assert result["model_uri"] and result["epochs"] >= 10
+    assert result["model_uri"] and result["epochs"] >= 8
     # training went on while the server was down (an epoch takes ~2 s here)
     assert down["epochs_while_down"] >= 5, down
     assert any("took the epoch metrics after" in x or "did not take" in x for x in logs)

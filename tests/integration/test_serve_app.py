@@ -80,6 +80,18 @@ def test_predictions_match_the_model_in_process(
     assert np.allclose(np.sum(body["probabilities"], axis=1), 1.0, atol=1e-4)
 
 
+def test_the_endpoint_answers_at_its_path_without_a_redirect(
+    endpoint: str, test_rows: tuple[np.ndarray, np.ndarray]
+) -> None:
+    """``POST /<model>`` as clients write it (curl follows no 307 with a POST)."""
+    assert not endpoint.endswith("/")
+    x, _ = test_rows
+    resp = requests.post(
+        endpoint, json={"instances": [x[0].tolist()]}, timeout=10, allow_redirects=False
+    )
+    assert resp.status_code == 200 and not resp.history, resp.status_code
+
+
 def test_rows_by_feature_name(
     endpoint: str, prepared: dict[str, Any], test_rows: tuple[np.ndarray, np.ndarray]
 ) -> None:

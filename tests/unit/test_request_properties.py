@@ -218,6 +218,16 @@ def test_the_openapi_document_is_the_model_s_contract() -> None:
     assert client.get("/docs").status_code == 200
 
 
+def test_the_model_s_path_without_a_trailing_slash_is_answered_not_redirected() -> None:
+    _, backend = CLIENTS["numeric"]
+    client = TestClient(build_api(backend, "m", signature_of(backend.info)), root_path="/m")
+    for path in ("/m", "/m/"):
+        resp = client.post(path, json={"instances": [[1, 2, 3]]}, follow_redirects=False)
+        assert resp.status_code == 200, (path, resp.status_code)
+    assert client.get("/m", follow_redirects=False).json()["model_version"] == "1"
+    assert client.get("/m/-/stats", follow_redirects=False).status_code == 200
+
+
 def test_a_body_without_content_type_is_json_and_a_form_body_is_told_to_be_json() -> None:
     client, _ = CLIENTS["numeric"]
     resp = client.post("/", content=b'{"instances": [[1, 2, 3]]}')
