@@ -507,16 +507,9 @@ class DeployModelOperator(PlannedStageOperator):
         signature (a candidate with other columns is refused by its encoder and answered by
         the primary)."""
         primary = str(config["primary"])
-        if not hasattr(self, "_signatures"):  # per try: what each version serves
-            self._signatures: dict[str, dict[str, Any]] = {}
-        if primary not in self._signatures:
-            routes = config["versions"][primary].get("routes") or ["warm"]
-            self._signatures[primary] = self.serve.version_signature(
-                model, primary, routes[0], self.ready_timeout_s
-            )
-        self.serve.route(
-            model, config, self.contract.serving_node_resource, self._signatures[primary]
-        )
+        routes = config["versions"][primary].get("routes") or ["warm"]
+        signature = self.serve.version_signature(model, primary, routes[0], self.ready_timeout_s)
+        self.serve.route(model, config, self.contract.serving_node_resource, signature)
 
     def _drop_versions(self, model: str, keep: str) -> None:
         """Delete the model's version applications the router no longer sends traffic to
