@@ -21,8 +21,9 @@ from operators.plan import FeasibilityOperator, PlanRunOperator
 from operators.prepare import PrepareDataOperator
 from operators.registry import GateOperator, PromoteModelOperator, RegisterModelOperator
 from operators.review import ReviewPromotionOperator
-from operators.serving import DeployModelOperator, ProfileServingOperator, VerifyEndpointOperator
+from operators.serving import DeployModelOperator, ProfileServingOperator
 from operators.train import EvaluateModelOperator, TrainModelOperator
+from operators.verify import VerifyEndpointOperator
 from slaflow.settings import retrain_schedule
 
 
