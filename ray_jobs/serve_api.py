@@ -230,8 +230,9 @@ class _BoundedRequest(Request):
                 chunks.append(chunk)
             self._body = b"".join(chunks)
             if not self._body and "chunked" in self.headers.get("transfer-encoding", ""):
-                # Ray Serve 2.60 hands a FastAPI ingress a chunked body empty (seen here with
-                # any chunked POST): say so rather than answer "field required".
+                # Ray Serve 2.60's proxy hands a FastAPI ingress a chunked body either whole
+                # or empty (empty on every try on one VM, whole in CI on another): when it
+                # is empty, say so rather than answer "field required".
                 raise HTTPException(
                     411,
                     "send the body with a Content-Length: a chunked body reaches this "

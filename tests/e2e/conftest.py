@@ -2,9 +2,22 @@
 
 from __future__ import annotations
 
+import json
+import os
+from pathlib import Path
 from typing import Any
 
 import pytest
+
+#: Each run's task seconds, one JSON line per run: where the e2e time goes (docs/testing.md).
+TIMINGS = (
+    Path(
+        os.environ.get(
+            "SLAFLOW_TEST_ARTIFACTS", Path(__file__).resolve().parents[2] / "test-artifacts"
+        )
+    )
+    / "e2e-task-seconds.jsonl"
+)
 
 
 @pytest.fixture(scope="module")
@@ -22,7 +35,13 @@ def lifecycle(ray_cluster: Any) -> Any:
         dag = cli.load_dag()
         pattern = None if not only else "(?!" + "|".join(f"{t}$" for t in only) + ").*"
         dag_run = dag.test(run_conf=conf, mark_success_pattern=pattern)
-        return {"state": str(dag_run.state), "tasks": cli.task_results(dag_run)}
+        tasks = cli.task_results(dag_run)
+        TIMINGS.parent.mkdir(parents=True, exist_ok=True)
+        with TIMINGS.open("a") as out:
+            seconds = {t: v["seconds"] for t, v in tasks.items() if v["seconds"]}
+            test = os.environ.get("PYTEST_CURRENT_TEST", "").split(" ")[0]
+            out.write(json.dumps({"test": test, "seconds": seconds}) + "\n")
+        return {"state": str(dag_run.state), "tasks": tasks}
 
     return run
 
