@@ -6,6 +6,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Final, Literal
 
+from policies._metrics import wilson_interval
+
 CANARY_SHARES: Final[tuple[float, ...]] = (0.1, 0.5, 1.0)
 
 
@@ -36,13 +38,18 @@ def canary_verdict(
     max_error_rate: float = 0.01,
     max_latency_ratio: float = 1.5,
     max_disagreement: float = 0.5,
+    disagreement_z: float = 2.33,
 ) -> CanaryVerdict:
     """Advance the canary, wait for more requests, or roll back.
 
     Roll back on: an error rate above ``max_error_rate`` (and above the old version's),
     a tail over the SLO and over ``max_latency_ratio`` x the old version's, or answers that
     disagree with the old version's on more than ``max_disagreement`` of the rows (a model
-    answering wrongly, e.g. constant or shuffled classes).
+    answering wrongly, e.g. constant or shuffled classes). Disagreement is a sequential test:
+    rolled back once the Wilson interval's lower end (``disagreement_z``, 2.33: 99% one-sided)
+    is above ``max_disagreement``; a share above it whose interval still reaches below it
+    waits for more requests (14 of 27 against a 0.42 allowance is not yet evidence: the
+    interval is 0.31-0.72); a share at or below it passes.
     """
     if new.requests < min_requests:
         return CanaryVerdict("wait", f"{new.requests}/{min_requests} canary requests so far")
@@ -59,11 +66,16 @@ def canary_verdict(
             f"tail {new.tail_ms:.1f} ms over the SLO {slo_ms:g} ms"
             + (f" and {new.tail_ms / old_tail:.2f}x the old version's" if old_tail else ""),
         )
-    if new.disagreements / new.requests > max_disagreement:
-        return CanaryVerdict(
-            "rollback",
-            f"{new.disagreements}/{new.requests} answers differ from the serving version's",
+    share = new.disagreements / new.requests
+    if share > max_disagreement:
+        low, high = wilson_interval(new.disagreements, new.requests, disagreement_z)
+        said = (
+            f"{new.disagreements}/{new.requests} answers differ from the serving version's "
+            f"(interval {low:.2f}-{high:.2f}, allowed {max_disagreement:.2f})"
         )
+        if low > max_disagreement:
+            return CanaryVerdict("rollback", said)
+        return CanaryVerdict("wait", f"{said}: not yet sure, more requests")
     if new.tail_ms <= slo_ms:
         latency = f"tail {new.tail_ms:.1f} ms <= SLO {slo_ms:g} ms"
     else:  # over the SLO, but the old version is as slow: the node, not the model
@@ -104,6 +116,7 @@ class CanaryPolicy:
     max_error_rate: float = 0.01
     max_latency_ratio: float = 1.5
     disagreement_margin: float = 0.1
+    disagreement_z: float = 2.33  # the sequential disagreement test's confidence (99%)
     candidate_timeout_s: float = 10.0  # a slower canary call is answered by the old version
 
     def __post_init__(self) -> None:
@@ -147,8 +160,13 @@ def canary_step(
         max_error_rate=policy.max_error_rate,
         max_latency_ratio=policy.max_latency_ratio,
         max_disagreement=disagreement_bound(old_accuracy, new_accuracy, policy.disagreement_margin),
+        disagreement_z=policy.disagreement_z,
     )
     if verdict.action == "wait" and rounds_done >= policy.max_probe_rounds:
+        if new.requests >= policy.min_requests:  # enough traffic, answers still in doubt
+            return CanaryVerdict(
+                "rollback", f"{verdict.reason}, still after {rounds_done} probe rounds"
+            )
         return CanaryVerdict(
             "rollback",
             f"only {new.requests} of the {policy.min_requests} "

@@ -99,6 +99,33 @@ def iter_xy(
             yield _xy(batch.to_pandas(), encoder, label)
 
 
+#: How Train workers get the training split: Ray Data's streaming split, or each worker
+#: reading its strided share of the split's files (a split under ``ray_data_min_bytes``).
+FEED_RAY_DATA = "ray_data"
+FEED_FILES = "files"
+RAY_DATA_MIN_BYTES = 64 << 20
+
+
+def split_bytes(path: str) -> int:
+    """Bytes of a split's Parquet files (local or remote, through pyarrow's filesystem)."""
+    import pyarrow.dataset as pads
+
+    ds = pads.dataset(path, format="parquet")
+    return sum(int(info.size or 0) for info in ds.filesystem.get_file_info(ds.files))
+
+
+def feed_of(spec: Mapping[str, Any], *, user_loop: bool = False) -> str:
+    """Driver side: how this job's workers get the training split. Ray Data for a split of
+    ``ray_data_min_bytes`` or more, and always for a user's loop (it may ask
+    ``ray.train.get_dataset_shard``); under it each worker reads its share of the files."""
+    if user_loop:
+        return FEED_RAY_DATA
+    floor = int(spec.get("ray_data_min_bytes", RAY_DATA_MIN_BYTES))
+    if floor <= 0:
+        return FEED_RAY_DATA
+    return FEED_FILES if split_bytes(str(spec["train_path"])) < floor else FEED_RAY_DATA
+
+
 def training_datasets(spec: Mapping[str, Any]) -> dict[str, Any]:
     """Driver side: the training split as a Ray Dataset, split across the Train workers.
 
@@ -121,22 +148,43 @@ class ShardStream:
     """One Train worker's shard of the training split, streamed from Ray Data: each epoch a new
     pass over the shard in encoded, shuffled chunks (the worker holds one or two chunks, never
     the split). The shards are equal (Ray Train's default ``streaming_split(equal=True)``), so
-    every worker runs the same number of steps."""
+    every worker runs the same number of steps.
+
+    A split under ``ray_data_min_bytes`` (``config["feed"] == "files"``, set by the driver)
+    has no Ray Dataset: the worker reads the split's files once, keeps every ``world``-th row
+    from its rank (``rows`` of them, the same count on every worker) and shuffles the whole
+    shard each epoch."""
 
     def __init__(self, config: Mapping[str, Any], rank: int, world: int) -> None:
+        self._encoder, self._label, _ = _columns(config["profile"])
+        self._width = len(config["profile"]["feature_names"])
+        self._seed = int(config.get("seed", 0)) * 1000 + rank
+        self._epoch = 0
+        self._held: tuple[np.ndarray, np.ndarray] | None = None
+        if config.get("feed") == FEED_FILES:
+            self._shard = None
+            x, y = read_xy(str(config["train_path"]), config["profile"])
+            self.rows = len(y) // world
+            self._held = (x[rank::world][: self.rows], y[rank::world][: self.rows])
+            return
         import ray.train
 
         self._shard = ray.train.get_dataset_shard("train")
-        self._encoder, self._label, _ = _columns(config["profile"])
-        self._width = len(config["profile"]["feature_names"])
         self.rows = int(config["profile"]["split_counts"]["train"]) // world
-        self._seed = int(config.get("seed", 0)) * 1000 + rank
-        self._epoch = 0
 
     def chunks(self, chunk_rows: int = CHUNK_ROWS) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-        """One pass over the shard (a new Ray Data epoch), rows shuffled within each chunk."""
+        """One pass over the shard (a new Ray Data epoch), rows shuffled within each chunk
+        (files feed: over the whole shard)."""
         rng = np.random.default_rng(self._seed + 7919 * self._epoch)
         self._epoch += 1
+        if self._held is not None:
+            x, y = self._held
+            order = rng.permutation(len(y))
+            for start in range(0, len(y), chunk_rows):
+                part = order[start : start + chunk_rows]
+                yield x[part], y[part]
+            return
+        assert self._shard is not None
         # All-numeric tables skip pandas: NumPy columns stacked (a 2,000-column DataFrame per
         # chunk cost more than the training step).
         numeric = self._encoder.all_numeric

@@ -288,7 +288,9 @@ def trainer_for(
     """The Ray Train trainer of the spec's framework: the tf-keras backend
     (``ray_jobs.tf_backend``), Ray Train's XGBoost trainer (its collective for several
     workers) or, for a user's loop, the plain data-parallel trainer; fed the training split
-    by Ray Data (one streamed shard per worker)."""
+    by Ray Data (one streamed shard per worker), or, for a split under
+    ``ray_data_min_bytes``, by each worker reading its share of the files
+    (``data_io.feed_of``)."""
     kind = framework(spec)
     if kind == USER_LOOP:
         # A plain data-parallel trainer: the user's loop sets up its own framework.
@@ -297,10 +299,12 @@ def trainer_for(
         from ray.train.xgboost import XGBoostTrainer as trainer
     else:
         from ray_jobs.tf_backend import tf_trainer as trainer
+    feed = data_io.feed_of(spec, user_loop=kind == USER_LOOP)
+    print(f"[slaflow] the training split is fed to the workers by {feed}", flush=True)
     return trainer(
         train_loop_per_worker,
-        train_loop_config=train_loop_config,
+        train_loop_config={**train_loop_config, "feed": feed},
         scaling_config=scaling_config,
         run_config=run_config,
-        datasets=data_io.training_datasets(spec),
+        datasets=data_io.training_datasets(spec) if feed == data_io.FEED_RAY_DATA else None,
     )

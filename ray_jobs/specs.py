@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 from policies import RunContract
+from slaflow import settings
 
 
 def model_fields(contract: RunContract, data_profile: dict[str, Any]) -> dict[str, Any]:
@@ -29,6 +30,8 @@ def model_fields(contract: RunContract, data_profile: dict[str, Any]) -> dict[st
         "cpus_per_worker": contract.cpus_per_worker,
         # A user's train loop is told how far it may go (its range of epochs).
         "max_epochs": contract.max_epochs,
+        # below this size the workers read the split's files themselves (data_io.feed_of)
+        "ray_data_min_bytes": settings.ray_data_min_bytes(),
     }
 
 

@@ -186,6 +186,25 @@ def profile_batches() -> list[int]:
     return _positive_list("SLAFLOW_PROFILE_BATCHES", "1,16", int, "batch sizes", 1, strict=False)
 
 
+def ray_data_min_bytes() -> int:
+    """Parquet size of a training split from which Train workers are fed by Ray Data's
+    streaming split (``SLAFLOW_RAY_DATA_MIN_BYTES``, default 64 MiB; 0: always). A smaller
+    split is read by each worker straight from its files: Ray Data's start (its coordinator
+    actors and read tasks) took 10-15 s of every training job on 2 cores, more than a small
+    table's whole training. A user's own loop is always fed by Ray Data (it may ask
+    ``ray.train.get_dataset_shard``)."""
+    raw = os.environ.get("SLAFLOW_RAY_DATA_MIN_BYTES", str(64 << 20)).strip()
+    try:
+        value = int(raw)
+    except ValueError as exc:
+        raise ValueError(
+            f"SLAFLOW_RAY_DATA_MIN_BYTES={raw!r}: give a whole number of bytes, e.g. 67108864"
+        ) from exc
+    if value < 0:
+        raise ValueError(f"SLAFLOW_RAY_DATA_MIN_BYTES={raw!r}: give 0 or more bytes")
+    return value
+
+
 def ray_auth_token() -> str | None:
     """The Ray cluster's token for REST calls (dashboard, Serve API), if auth is on."""
     if os.environ.get("RAY_AUTH_TOKEN"):

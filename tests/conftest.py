@@ -190,7 +190,8 @@ def train_spec(
 
 @pytest.fixture(scope="session")
 def trained(ray_cluster: Any, prepared: dict[str, Any], tracking_uri: str) -> dict[str, Any]:
-    """One real Ray Train run (2 workers, 3 epochs), shared by the train and serve tests."""
+    """One real Ray Train run (2 workers, 3 epochs, fed by Ray Data), shared by the train and
+    serve tests."""
     from mlflow_config import registry as reg
     from operators.hooks import MlflowHook
 
@@ -202,7 +203,8 @@ def trained(ray_cluster: Any, prepared: dict[str, Any], tracking_uri: str) -> di
     result = runner.run(
         base_id="slaflow-train-fixture",
         module="ray_jobs.train",
-        spec=train_spec(prepared, tracking_uri, run_id, "fixture-run"),
+        # fed by Ray Data's streaming split (other tests' small splits read their files)
+        spec=train_spec(prepared, tracking_uri, run_id, "fixture-run", ray_data_min_bytes=0),
         timeout_s=600,
     )
     return {

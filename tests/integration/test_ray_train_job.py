@@ -42,6 +42,7 @@ def test_trains_with_two_workers_checkpoints_and_logs(
     history = MlflowClient(tracking_uri).get_metric_history(trained["run_id"], "val_accuracy")
     assert sorted(m.step for m in history) == [1, 2, 3]
     assert any("[slaflow] epoch 3/3" in line for line in trained["logs"])
+    assert any("fed to the workers by ray_data" in line for line in trained["logs"])
     artifacts = {
         a.path for a in MlflowClient(tracking_uri).list_artifacts(trained["run_id"], "training")
     }
@@ -527,6 +528,8 @@ def test_xgboost_trains_on_two_workers_in_one_collective(
     )
     assert result["num_workers"] == 2 and [r["workers"] for r in result["history"]] == [2, 2]
     assert result["epochs"] == 2 and result["best_val_accuracy"] > 0.85
+    # a small split: each worker reads its share of the files, no Ray Data start
+    assert any("fed to the workers by files" in line for line in logs)
     shard = prepared["split_counts"]["train"] // 2
     assert any(f"xgboost collective of 2 worker(s), {shard} rows" in line for line in logs)
     predictor = open_predictor(

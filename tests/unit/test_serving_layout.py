@@ -215,6 +215,36 @@ def test_canary_step_rolls_back_a_step_that_never_got_enough_traffic() -> None:
     assert canary_step(wrong, None, rounds_done=1, **kw).action == "rollback"
 
 
+def test_disagreement_is_a_sequential_test_not_a_threshold_on_a_few_answers() -> None:
+    """The e2e canary (v1 at 0.77, v2 at 0.91: allowance 0.42) once rolled a better v2 back on
+    14 of its first 27 answers; the interval (0.31-0.72) says that is not yet evidence: it
+    waits, then passes once more answers bring the share under the allowance, or rolls back
+    when the rounds are spent and it is still in doubt. A wrong model is rolled back at once."""
+    policy = CanaryPolicy(min_requests=20, max_probe_rounds=4)
+    kw = dict(policy=policy, slo_ms=300.0, old_accuracy=0.7658, new_accuracy=0.9108)
+    doubt = canary_step(CanaryStats(27, 0, 20.0, disagreements=14), None, rounds_done=1, **kw)
+    assert doubt.action == "wait" and "not yet sure" in doubt.reason
+    assert "0.31-0.72" in doubt.reason and "allowed 0.42" in doubt.reason
+    later = canary_step(CanaryStats(90, 0, 20.0, disagreements=30), None, rounds_done=3, **kw)
+    assert later.action == "advance"
+    spent = canary_step(CanaryStats(60, 0, 20.0, disagreements=28), None, rounds_done=4, **kw)
+    assert spent.action == "rollback" and "still after 4 probe rounds" in spent.reason
+    wrong = canary_step(CanaryStats(27, 0, 20.0, disagreements=25), None, rounds_done=1, **kw)
+    assert wrong.action == "rollback" and "not yet sure" not in wrong.reason
+    # the same evidence, surer wanted: a z of 1.0 rolls 14/27 back
+    from policies import canary_verdict
+
+    loose = canary_verdict(
+        CanaryStats(27, 0, 20.0, 14),
+        None,
+        slo_ms=300,
+        min_requests=20,
+        max_disagreement=0.42,
+        disagreement_z=1.0,
+    )
+    assert loose.action == "rollback"
+
+
 def test_an_advance_over_the_slo_says_so() -> None:
     """A canary as slow as the old version advances, and the reason does not claim it met
     the SLO (it said '<= SLO' for a 1500 ms tail before)."""
