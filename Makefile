@@ -12,7 +12,7 @@ export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 
 .PHONY: install browser-deps test-browser rollback undeploy demo test test-quick test-fast \
         test-integration test-e2e test-cluster lint docs ray-up ray-down \
-        mlflow-ui airflow bench-lifecycle bench-data bench-training bench-sim bench-federated bench-spark bench-spark-sim bench-serving clean
+        mlflow-ui airflow chaos bench-lifecycle bench-data bench-training bench-sim bench-federated bench-spark bench-spark-sim bench-serving clean
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -106,6 +106,12 @@ bench-lifecycle: install
 ## -> benchmarks/results/serving.json (about 15 min on 2 cores)
 bench-serving: install
 	$(PY) benchmarks/serving.py
+
+## The fault and fuzz tests (marker chaos: faults injected, hostile input fuzzed, on the real
+## engines and the cluster topology) -> benchmarks/results/reliability.json (`make test`
+## writes the same figures to test-artifacts/reliability.json)
+chaos: install browser-deps
+	SLAFLOW_RELIABILITY_OUT=benchmarks/results/reliability.json $(PY) -m pytest -m chaos $(PYTEST_ARGS)
 
 ## The data path at scale: prepare + train 5 M rows x 32 features, next to a plain Ray Train +
 ## Ray Data loop -> benchmarks/results/data_scale.json (ROWS=, FEATURES= to change the table)

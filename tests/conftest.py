@@ -58,6 +58,30 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     items.sort(key=rank)
 
 
+#: Outcome of each ``chaos`` test (its figures: ``tests/reliability.py``).
+_CHAOS_OUTCOMES: dict[str, str] = {}
+
+
+def pytest_runtest_logreport(report: pytest.TestReport) -> None:
+    """A chaos test's outcome, its parametrized cases as one (failed if any case failed)."""
+    from tests.reliability import test_key
+
+    if "chaos" not in report.keywords:
+        return
+    if report.when == "call" or report.outcome != "passed":  # a failed setup counts too
+        key = test_key(report.nodeid)
+        if _CHAOS_OUTCOMES.get(key) != "failed":
+            _CHAOS_OUTCOMES[key] = report.outcome
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    from tests import reliability
+
+    out = reliability.write(_CHAOS_OUTCOMES)
+    if out is not None:
+        print(f"\n[slaflow] fault and fuzz figures: {out}")
+
+
 @pytest.fixture(scope="session")
 def slaflow_home() -> Path:
     return _HOME

@@ -19,6 +19,7 @@ from tests.cluster.conftest import tails as _tails
 from tests.cluster.conftest import wait_run as _wait_run
 from tests.cluster.conftest import xcom as _xcom
 from tests.cluster.topology import PORTS, Topology
+from tests.reliability import tally
 
 pytestmark = pytest.mark.cluster
 # The browser journey's model settings (the form's defaults), so this run finds the throughput
@@ -48,6 +49,7 @@ def test_rest_api_refuses_a_bad_contract_before_any_run(topology: Topology) -> N
     assert code == 400 and "deadline_s" in json.dumps(body)
 
 
+@pytest.mark.chaos
 @settings(max_examples=80, deadline=None, suppress_health_check=list(HealthCheck))
 @given(data=st.data())
 def test_fuzzed_rest_triggers_are_refused_naming_the_field_never_a_500(
@@ -64,10 +66,12 @@ def test_fuzzed_rest_triggers_are_refused_naming_the_field_never_a_500(
     code, body = topology.api(
         "POST", "/dags/ml_lifecycle/dagRuns", {"logical_date": None, "conf": conf}
     )
+    tally("Airflow REST trigger of ml_lifecycle (random contracts with a bad value)", code)
     assert code == 400, (conf, code, body)
     assert any(name in json.dumps(body) for name in bad), (conf, body)
 
 
+@pytest.mark.chaos
 def test_hostile_trigger_bodies_get_a_4xx(topology: Topology) -> None:
     """Not a contract at all: conf as a list, a string, nested 5,000 deep, a body that is
     not JSON. Each is a 4xx and no run starts."""
@@ -84,6 +88,7 @@ def test_hostile_trigger_bodies_get_a_4xx(topology: Topology) -> None:
     ]
     for raw in bodies:
         code, body = topology.api("POST", "/dags/ml_lifecycle/dagRuns", raw)
+        tally("Airflow REST trigger of ml_lifecycle (bodies that are no contract)", code)
         assert 400 <= code < 500, (raw[:60], code, str(body)[:300])
     after = topology.api("GET", "/dags/ml_lifecycle/dagRuns?limit=1")[1]["total_entries"]
     assert after == before

@@ -16,6 +16,8 @@ from typing import Any
 import pytest
 import requests
 
+from tests.reliability import record
+
 pytestmark = pytest.mark.e2e
 
 MODEL = "e2e-digits"
@@ -535,6 +537,7 @@ def test_undeploy_takes_the_model_off_the_endpoint_and_leaves_the_registry(
     assert intent["state"] == "off" and intent["by"].startswith("ml_undeploy/")
 
 
+@pytest.mark.chaos
 def test_reconcile_serves_the_champion_again_after_serving_is_lost_or_drifts(
     lifecycle: Any,
     registry: Any,
@@ -564,6 +567,11 @@ def test_reconcile_serves_the_champion_again_after_serving_is_lost_or_drifts(
     assert reconcile() == []  # in step
     hook.undeploy(name)  # the applications are gone; the registry says nothing about it
     assert [r["promotion"]["model_version"] for r in reconcile()] == [v1]
+    record(
+        "the model's Serve applications deleted (what a Ray head restart leaves), then "
+        "ml_reconcile",
+        champion_equals_served=hook.served_version(name) == _alias(registry, "champion", name),
+    )
     assert hook.served_version(name) == v1
     done = json.loads(registry.get_model_version(name, v1).tags["slaflow.reconciled"])
     assert "nothing answers at the endpoint" in done["reason"]
@@ -586,6 +594,12 @@ def test_reconcile_serves_the_champion_again_after_serving_is_lost_or_drifts(
     reg.apply_promotion(registry, name, v2, decide_promotion(0.99, 0.85, 0.0, None))
     reg.set_serving_intent(registry, name, "failed", v2, "ml_lifecycle/a-failed-deploy")
     assert [r["promotion"]["model_version"] for r in reconcile()] == [v2]
+    record(
+        "a promote whose deploy failed (champion moved, the old version serving), then "
+        "ml_reconcile",
+        champion_equals_served=hook.served_version(name) == _alias(registry, "champion", name),
+        versions=len(registry.search_model_versions(f"name = '{name}'")),
+    )
     assert hook.served_version(name) == v2 and hook.served_versions(name) == [v2]
     done = json.loads(registry.get_model_version(name, v2).tags["slaflow.reconciled"])
     assert f"v{v1} serves but champion is v{v2}" in done["reason"] and "failed" in done["reason"]

@@ -104,6 +104,7 @@ def versions(trained: dict[str, Any], prepared: dict[str, Any]) -> Iterator[dict
     ServeHook().undeploy(NAME)
 
 
+@pytest.mark.chaos
 def test_a_wrong_canary_is_rolled_back_by_the_deploy_task(
     versions: dict[str, str], prepared: dict[str, Any]
 ) -> None:
@@ -161,8 +162,18 @@ def test_a_wrong_canary_is_rolled_back_by_the_deploy_task(
     assert "slaflow.serving" not in tags  # never recorded as serving
     # the endpoint: v1 alone, no canary; no request failed during the try and the rollback
     info = requests.get(url, timeout=10).json()
-    assert info["model_version"] == v1 and info["canary"]["candidate"] is None
     from operators.hooks import ServeHook
+    from tests.reliability import record
+
+    champion = str(client.get_model_version_by_alias(NAME, "champion").version)
+    record(
+        "a wrong version (an untrained model) promoted and deployed through the DAG's canary",
+        requests_sent=len(codes),
+        requests_failed=sum(c != 200 for c in codes),
+        champion_equals_served=champion == info["model_version"],
+        versions=len(client.search_model_versions(f"name = '{NAME}'")),
+    )
+    assert info["model_version"] == v1 and info["canary"]["candidate"] is None
 
     assert ServeHook().served_versions(NAME) == [v1]  # the canary's application is gone
     assert len(codes) > 50 and set(codes) == {200}, sorted(set(codes))

@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 
 from tests.conftest import job_runner, train_spec
+from tests.reliability import record
 
 pytestmark = pytest.mark.integration
 
@@ -102,6 +103,7 @@ def test_rounds_follow_the_policy_reach_the_target_and_log_to_mlflow(
     assert result["model_uri"]
 
 
+@pytest.mark.chaos
 def test_killed_client_is_left_out_of_its_round_and_comes_back(
     ray_cluster: Any, prepared: dict[str, Any], tracking_uri: str
 ) -> None:
@@ -156,6 +158,12 @@ def test_killed_client_is_left_out_of_its_round_and_comes_back(
     assert killed is not None, "training ended before a client could be killed"
     result = box["result"]
     fl = result["federated"]
+    record(
+        "one federated client's Ray actor SIGKILLed during a round",
+        rounds=fl["rounds"],
+        rounds_with_a_client_left_out=len(fl["left_out"]),
+        participants_per_round=[row["participants"] for row in result["history"]],
+    )
     # Training went on: every round ran, rounds are consecutive, one round lost a client.
     assert fl["rounds"] == 8
     assert [row["round"] for row in result["history"]] == list(range(1, 9))

@@ -11,6 +11,7 @@ import pytest
 import requests
 
 from tests.conftest import job_runner, train_spec
+from tests.reliability import record
 
 pytestmark = pytest.mark.integration
 
@@ -276,6 +277,7 @@ def _mlflow_server(backend_uri: str, port: int) -> Any:
     raise AssertionError("the MLflow server did not answer /health in 90 s")
 
 
+@pytest.mark.chaos
 def test_training_goes_on_while_mlflow_is_down_and_its_metrics_arrive_later(
     ray_cluster: Any, prepared: dict[str, Any], tracking_uri: str
 ) -> None:
@@ -328,8 +330,16 @@ def test_training_goes_on_while_mlflow_is_down_and_its_metrics_arrive_later(
         )
     finally:
         os.killpg(server["proc"].pid, signal.SIGKILL)
-    assert down["for"] >= 30.0
     history = MlflowClient(tracking_uri).get_metric_history(run_id, "val_accuracy")
+    record(
+        "MLflow tracking server SIGKILLed for 30 s during training",
+        down_s=round(down["for"], 1),
+        epochs=result["epochs"],
+        epochs_trained_while_down=down["epochs_while_down"],
+        epoch_metrics_in_mlflow_after=len({m.step for m in history}),
+        model_exported=bool(result["model_uri"]),
+    )
+    assert down["for"] >= 30.0
     assert sorted(m.step for m in history) == list(range(1, result["epochs"] + 1))
     assert result["model_uri"] and result["epochs"] >= 8
     # training went on while the server was down (an epoch takes ~2 s here)
@@ -337,6 +347,7 @@ def test_training_goes_on_while_mlflow_is_down_and_its_metrics_arrive_later(
     assert any("took the epoch metrics after" in x or "did not take" in x for x in logs)
 
 
+@pytest.mark.chaos
 def test_tuning_study_stays_inside_its_deadline(
     ray_cluster: Any, prepared: dict[str, Any], tracking_uri: str
 ) -> None:
@@ -363,6 +374,12 @@ def test_tuning_study_stays_inside_its_deadline(
     )
     result, logs = _run_killing_one(
         ray_cluster, "ray_jobs.tune", "slaflow-tune-test", spec, "TrialWorker", " epoch 1 val_"
+    )
+    record(
+        "one Optuna trial's Ray actor SIGKILLed after its first epoch",
+        trials=result["tuning"]["trials"],
+        trials_failed=result["tuning"]["failed"],
+        deadline_met=result["deadline_met"],
     )
     assert any("lost its actor" in line for line in logs)
     assert result["tuning"]["failed"] == 1
@@ -391,6 +408,7 @@ def test_tuning_study_stays_inside_its_deadline(
     assert "conv2d" in signature  # the user's network was tuned and exported, not the MLP
 
 
+@pytest.mark.chaos
 def test_killed_worker_resumes_from_checkpoint_and_replans(
     ray_cluster: Any, prepared: dict[str, Any], tracking_uri: str
 ) -> None:
@@ -415,6 +433,13 @@ def test_killed_worker_resumes_from_checkpoint_and_replans(
         "[slaflow] epoch 3/",
     )
     epochs = [row["epoch"] for row in result["history"]]
+    record(
+        "one Ray Train worker SIGKILLed after epoch 2",
+        epochs=result["epochs"],
+        epochs_lost=len(set(range(1, result["epochs"] + 1)) - set(epochs)),
+        epochs_twice=len(epochs) - len(set(epochs)),
+        deadline_met=result["deadline_met"],
+    )
     assert epochs == list(range(1, result["epochs"] + 1))  # nothing lost, nothing twice
     assert any("resumed from checkpoint" in line for line in logs)
     assert result["deadline_met"] is True

@@ -12,6 +12,7 @@ import pytest
 import requests
 
 from tests.conftest import tier
+from tests.reliability import tally
 
 pytestmark = pytest.mark.integration
 
@@ -177,11 +178,16 @@ def _fuzz(endpoint: str, op: Any, mode: Any, examples: int) -> list[tuple[int, s
         )
         error = resp.json().get("error", "") if resp.status_code != 200 else ""
         seen.append((resp.status_code, str(error)))
+        tally(
+            f"endpoint {op.method.upper()} {op.path} over HTTP (Schemathesis, {mode.value})",
+            resp.status_code,
+        )
 
     check()
     return seen
 
 
+@pytest.mark.chaos
 def test_fuzzing_the_openapi_document_gets_no_5xx(endpoint: str) -> None:
     """Schemathesis over the endpoint's own OpenAPI document, over real HTTP: bodies the
     document allows are answered (200, conforming to the response model) unless the model's

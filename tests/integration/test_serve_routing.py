@@ -18,6 +18,7 @@ import requests
 
 from policies import AutoscalerConfig, CanaryStats, canary_verdict, version_app
 from tests.conftest import log_untrained_model, tier
+from tests.reliability import record, tally
 
 pytestmark = pytest.mark.integration
 
@@ -183,6 +184,7 @@ def test_router_refuses_bad_requests_with_the_fix(
         (b"[" * (5 << 20), 413, "at most"),
     ],
 )
+@pytest.mark.chaos
 def test_hostile_bodies_get_a_4xx_not_a_500(
     routed: dict[str, Any], body: bytes, status: int, words: str
 ) -> None:
@@ -191,6 +193,7 @@ def test_hostile_bodies_get_a_4xx_not_a_500(
     resp = requests.post(
         routed["url"], data=body, headers={"content-type": "application/json"}, timeout=30
     )
+    tally("endpoint over HTTP (the issue's hostile bodies)", resp.status_code)
     assert resp.status_code == status and words in resp.json()["error"], resp.text[:200]
 
 
@@ -314,6 +317,7 @@ def test_a_canary_step_is_a_routing_change_that_restarts_no_replica(
     assert codes and set(codes) == {200}
 
 
+@pytest.mark.chaos
 def test_wrong_canary_is_rolled_back_without_a_failed_request(
     routed: dict[str, Any], test_rows: tuple[np.ndarray, np.ndarray]
 ) -> None:
@@ -341,6 +345,12 @@ def test_wrong_canary_is_rolled_back_without_a_failed_request(
     assert verdict.action == "rollback" and "differ" in verdict.reason, verdict.reason
     _set_canary(routed, None)  # the rollback: v1 takes all traffic again
     after = _load(url, x, 40)
+    record(
+        "a canary that answers wrongly (an untrained model) takes a share of the traffic",
+        requests_sent=len(answers) + len(after),
+        requests_failed=sum(r.status_code != 200 for r in answers + after),
+        verdict=verdict.reason,
+    )
     assert {r.status_code for r in after} == {200}
     assert {r.json()["model_version"] for r in after} == {"1"}
 
@@ -369,6 +379,7 @@ def test_good_canary_advances(
     _set_canary(routed, None)
 
 
+@pytest.mark.chaos
 def test_slo_autoscaler_adds_a_replica_under_load_and_a_killed_replica_fails_nothing(
     routed: dict[str, Any],
     trained: dict[str, Any],
@@ -444,6 +455,12 @@ def test_slo_autoscaler_adds_a_replica_under_load_and_a_killed_replica_fails_not
             stop.set()
             for w in workers:
                 w.join()
+        record(
+            "one of two Serve replicas killed (ray.kill) under 4 clients' load",
+            requests_sent=len(codes),
+            requests_failed=sum(c != 200 for c in codes),
+            requests_after_the_kill=len(codes) - served_after_kill + 40,
+        )
         assert len(codes) > 50
         assert set(codes) == {200}, {c: codes.count(c) for c in set(codes)}
     finally:

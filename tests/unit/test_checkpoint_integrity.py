@@ -18,6 +18,7 @@ from ray_jobs.train import (
     latest_checkpoint_path,
     write_manifest,
 )
+from tests.reliability import record
 
 pytestmark = pytest.mark.unit
 CONFIG = {"framework": "keras"}
@@ -52,6 +53,7 @@ def test_the_newest_whole_checkpoint_is_resumed(run: Path, tmp_path: Path) -> No
 
 
 @pytest.mark.parametrize("damage", ["truncate", "flip", "delete", "manifest"])
+@pytest.mark.chaos
 def test_a_damaged_newest_checkpoint_falls_back_to_the_previous(
     run: Path, tmp_path: Path, damage: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -67,6 +69,11 @@ def test_a_damaged_newest_checkpoint_falls_back_to_the_previous(
     else:
         (newest / MANIFEST_FILE).write_text("{not json")
     got = latest_checkpoint_path(str(tmp_path / "storage"), "run-1")
+    record(
+        f"the newest checkpoint damaged ({damage})",
+        resumed_from=Path(got or "").name,
+        fell_back_to_the_previous=got == str(run / "checkpoint_000001"),
+    )
     assert got == str(run / "checkpoint_000001")
     assert load_snapshot(CONFIG, Path(got), LATEST)[0][0, 0] == 4.0
     assert "checkpoint_000002 (epoch 6) is damaged" in capsys.readouterr().out

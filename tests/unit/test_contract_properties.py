@@ -21,6 +21,7 @@ from hypothesis import strategies as st
 
 from policies import FIELDS, ContractError, RunContract, contract_json_schema
 from policies._contract import _or_default, _validate
+from tests.reliability import tally
 
 pytestmark = pytest.mark.quick
 
@@ -74,6 +75,7 @@ def schema_accepts(name: str, value: Any) -> bool:
     return jsonschema.Draft202012Validator(SCHEMA["properties"][name]).is_valid(value)
 
 
+@pytest.mark.chaos
 @settings(max_examples=600, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.dictionaries(st.sampled_from(NAMES) | st.text(max_size=12), _values, max_size=6))
 def test_any_contract_is_built_or_refused_naming_a_field(raw: dict[str, Any]) -> None:
@@ -82,7 +84,12 @@ def test_any_contract_is_built_or_refused_naming_a_field(raw: dict[str, Any]) ->
     except ContractError as err:
         assert err.field in KNOWN or err.field in raw, err.field
         assert err.fix and str(err).startswith(f"contract field '{err.field}':")
+        tally("RunContract.from_dict (random contracts)", "refused naming the field")
         return
+    except Exception as exc:  # the crash this test exists to catch; counted, then raised
+        tally("RunContract.from_dict (random contracts)", f"crashed: {type(exc).__name__}")
+        raise
+    tally("RunContract.from_dict (random contracts)", "accepted")
     # What is accepted round-trips and is finite: no NaN or 10**400 gets into a plan.
     again = RunContract.from_dict(contract.to_dict())
     assert again == contract
@@ -93,11 +100,14 @@ def test_any_contract_is_built_or_refused_naming_a_field(raw: dict[str, Any]) ->
     json.dumps(contract.to_dict(), allow_nan=False)
 
 
+@pytest.mark.chaos
 @settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(name=st.sampled_from(NAMES), data=st.data())
 def test_form_schema_and_python_agree_on_any_json_value(name: str, data: Any) -> None:
     value = data.draw(JSON_VALUES, label="value")
-    assert schema_accepts(name, value) == _outcome(name, value), (name, value)
+    agree = schema_accepts(name, value) == _outcome(name, value)
+    tally("trigger form schema vs Python check (random values)", "agree" if agree else "disagree")
+    assert agree, (name, value)
 
 
 def _valid(spec: Any) -> st.SearchStrategy[Any]:

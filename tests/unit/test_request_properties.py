@@ -17,6 +17,7 @@ from starlette.testclient import TestClient
 
 from ray_jobs.features import FeatureEncoder
 from ray_jobs.serve_api import MAX_BODY_BYTES, build_api, signature_of
+from tests.reliability import tally
 
 pytestmark = pytest.mark.quick
 
@@ -119,12 +120,14 @@ def _body(payload: Any) -> bytes:
 def _check(body: bytes, which: str, content_type: str = "application/json") -> int:
     client, _ = CLIENTS[which]
     resp = client.post("/", content=body, headers={"content-type": content_type})
+    tally("endpoint app in-process (Hypothesis bodies)", resp.status_code)
     if resp.status_code != 200:
         assert 400 <= resp.status_code < 500, resp.text
         assert resp.json()["error"]
     return resp.status_code
 
 
+@pytest.mark.chaos
 @settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.fixed_dictionaries({"instances": _json}) | _json)
 def test_any_json_body_is_rows_or_a_4xx(payload: Any) -> None:
@@ -134,6 +137,7 @@ def test_any_json_body_is_rows_or_a_4xx(payload: Any) -> None:
     _check(body, "generic")
 
 
+@pytest.mark.chaos
 @settings(max_examples=200, deadline=None)
 @given(st.binary(max_size=200), st.sampled_from(["application/json", "text/plain", ""]))
 def test_any_bytes_are_rows_or_a_4xx(body: bytes, content_type: str) -> None:
@@ -159,10 +163,12 @@ def test_any_bytes_are_rows_or_a_4xx(body: bytes, content_type: str) -> None:
         (b'{"instances": [["\xff"]]}', 400, "not UTF-8"),
     ],
 )
+@pytest.mark.chaos
 def test_bad_bodies_get_a_4xx_naming_the_place(body: bytes, status: int, words: str) -> None:
     client, backend = CLIENTS["numeric"]
     seen = backend.seen
     resp = client.post("/", content=body, headers={"content-type": "application/json"})
+    tally("endpoint app in-process (the issue's hostile bodies)", resp.status_code)
     assert resp.status_code == status, resp.text
     assert words in resp.json()["error"]
     assert backend.seen == seen  # nothing reached the model
