@@ -244,6 +244,7 @@ from policies._training import (
 from policies._verify import (
     VerifyVerdict,
     accuracy_floor,
+    allowed_exceedances,
     percentile,
     verify_verdict,
 )
@@ -385,6 +386,7 @@ __all__ = [
     "VerifyVerdict",
     "WorkerPlan",
     "accuracy_floor",
+    "allowed_exceedances",
     "after_epoch",
     "apply_review",
     "arbitrate",

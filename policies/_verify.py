@@ -57,6 +57,24 @@ def accuracy_floor(expected: float, n: int, z: float = 3.0) -> float:
     return max(0.0, expected - z * math.sqrt(max(expected * (1 - expected), 1e-6) / n))
 
 
+def allowed_exceedances(n: int, percentile_q: float, alpha: float = 0.01) -> int:
+    """Most of ``n`` requests that may take longer than the SLO while the endpoint still
+    meets it at ``percentile_q``: the largest ``k`` with P(X >= k) > ``alpha`` for
+    X ~ Binomial(n, 1 - q/100). More exceedances than that are evidence (at 1 - ``alpha``)
+    that the tail is over the SLO; fewer are what a compliant endpoint shows by chance (at
+    p99 over 200 requests, 2 slow ones are the expectation: up to 6 are allowed)."""
+    p = max(0.0, min(1.0, 1.0 - percentile_q / 100.0))
+    if n <= 0 or p <= 0.0:
+        return 0
+    tail, k = 1.0, 0  # P(X >= 0)
+    while k < n:
+        tail -= math.comb(n, k) * p**k * (1 - p) ** (n - k)  # now P(X >= k + 1)
+        if tail <= alpha:
+            return k
+        k += 1
+    return n
+
+
 def verify_verdict(
     *,
     latencies_ms: Sequence[float],
@@ -68,8 +86,10 @@ def verify_verdict(
     regression_rmse: tuple[float, float] | None = None,
 ) -> VerifyVerdict:
     """Three checks on what the endpoint did for ``len(latencies_ms)`` real requests:
-    the latency SLO at the contract's percentile, the served answers as accurate as the served
-    variant measured (within sampling noise), and a malformed request refused with a 4xx."""
+    the latency SLO at the contract's percentile (failed only when more requests exceed it
+    than an endpoint meeting it shows by chance: ``allowed_exceedances``), the served answers
+    as accurate as the served variant measured (within sampling noise), and a malformed
+    request refused with a 4xx."""
     n = len(latencies_ms)
     tail = percentile(latencies_ms, percentile_q)
     p50 = percentile(latencies_ms, 50)
@@ -93,12 +113,15 @@ def verify_verdict(
             f"RMSE {served_rmse:.4g} over {n} answers; the served model tested "
             f"{expected_rmse:.4g}, so at most {ceiling:.4g} is expected",
         )
+    over = sum(1 for v in latencies_ms if v > slo_ms)
+    allowed = allowed_exceedances(n, percentile_q)
     checks = (
         GateCheck(
             "latency_slo",
-            tail <= slo_ms,
+            over <= allowed,
             f"p{percentile_q} {tail:.1f} ms {'<=' if tail <= slo_ms else '>'} SLO "
-            f"{slo_ms:g} ms over {n} sequential requests (p50 {p50:.1f} ms)",
+            f"{slo_ms:g} ms over {n} sequential requests (p50 {p50:.1f} ms); {over} over the "
+            f"SLO, at most {allowed} expected by chance of an endpoint that meets it",
         ),
         answers,
         GateCheck(
