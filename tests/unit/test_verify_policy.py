@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import pytest
 
@@ -77,22 +79,13 @@ def test_a_few_slow_requests_are_what_a_compliant_endpoint_shows_by_chance() -> 
 
     assert allowed_exceedances(200, 99) == 6 and allowed_exceedances(200, 95) == 18
     assert allowed_exceedances(200, 100) == 0  # a p100 SLO allows none
-    ok = verify_verdict(
-        latencies_ms=[75.0] * 197 + [321.6, 330.0, 340.0],
-        correct=190,
-        slo_ms=300.0,
-        percentile_q=99,
-        expected_accuracy=0.95,
-        bad_request_status=422,
-    )
+
+    def at_p99_300(latencies: list[float]) -> Any:
+        kw = dict(correct=190, expected_accuracy=0.95, bad_request_status=422)
+        return verify_verdict(latencies_ms=latencies, slo_ms=300.0, percentile_q=99, **kw)
+
+    ok = at_p99_300([75.0] * 197 + [321.6, 330.0, 340.0])
     assert ok.passed and ok.tail_ms > 300.0, ok.reasons
     assert "3 over the SLO, at most 6 expected by chance" in ok.reasons[0]
-    slow = verify_verdict(
-        latencies_ms=[75.0] * 190 + [400.0] * 10,
-        correct=190,
-        slo_ms=300.0,
-        percentile_q=99,
-        expected_accuracy=0.95,
-        bad_request_status=422,
-    )
+    slow = at_p99_300([75.0] * 190 + [400.0] * 10)
     assert not slow.passed and "10 over the SLO, at most 6" in slow.reasons[0]
