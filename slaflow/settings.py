@@ -193,7 +193,9 @@ def ray_data_min_bytes() -> int:
     actors and read tasks) took 10-15 s of every training job on 2 cores, more than a small
     table's whole training. A user's own loop is always fed by Ray Data (it may ask
     ``ray.train.get_dataset_shard``)."""
-    raw = os.environ.get("SLAFLOW_RAY_DATA_MIN_BYTES", str(64 << 20)).strip()
+    from ray_jobs.data_io import RAY_DATA_MIN_BYTES
+
+    raw = os.environ.get("SLAFLOW_RAY_DATA_MIN_BYTES", str(RAY_DATA_MIN_BYTES)).strip()
     try:
         value = int(raw)
     except ValueError as exc:

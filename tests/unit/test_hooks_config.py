@@ -102,3 +102,18 @@ def test_profile_shapes_and_batches_from_the_environment(monkeypatch: pytest.Mon
         with pytest.raises(ValueError, match=f"{var}=.*{words}"):
             fn()
         monkeypatch.delenv(var)
+
+
+def test_the_ray_data_floor_is_read_and_a_bad_one_names_the_setting(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from slaflow.settings import ray_data_min_bytes
+
+    monkeypatch.delenv("SLAFLOW_RAY_DATA_MIN_BYTES", raising=False)
+    assert ray_data_min_bytes() == 64 << 20
+    monkeypatch.setenv("SLAFLOW_RAY_DATA_MIN_BYTES", "0")
+    assert ray_data_min_bytes() == 0
+    for bad, words in (("64MB", "whole number of bytes"), ("-1", "0 or more")):
+        monkeypatch.setenv("SLAFLOW_RAY_DATA_MIN_BYTES", bad)
+        with pytest.raises(ValueError, match=f"SLAFLOW_RAY_DATA_MIN_BYTES='{bad}'.*{words}"):
+            ray_data_min_bytes()
