@@ -19,9 +19,10 @@ from operators.data import training_data_asset
 from operators.params import contract_params
 from operators.plan import FeasibilityOperator, PlanRunOperator
 from operators.prepare import PrepareDataOperator
+from operators.profile import ProfileServingOperator
 from operators.registry import GateOperator, PromoteModelOperator, RegisterModelOperator
 from operators.review import ReviewPromotionOperator
-from operators.serving import DeployModelOperator, ProfileServingOperator
+from operators.serving import DeployModelOperator
 from operators.train import EvaluateModelOperator, TrainModelOperator
 from operators.verify import VerifyEndpointOperator
 from slaflow.settings import retrain_schedule
