@@ -19,6 +19,9 @@ from typing import Any
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
+#: Where tests leave what a person reads after a run: screenshots, task seconds, the chaos
+#: figures (``SLAFLOW_TEST_ARTIFACTS`` moves it).
+ARTIFACTS = Path(os.environ.get("SLAFLOW_TEST_ARTIFACTS", REPO / "test-artifacts"))
 _HOME = Path(tempfile.mkdtemp(prefix="slaflow-test-"))
 for _var in ("RAY_ADDRESS", "RAY_AUTH_TOKEN", "MLFLOW_TRACKING_URI"):
     os.environ.pop(_var, None)

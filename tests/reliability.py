@@ -32,19 +32,19 @@ def test_key(nodeid: str) -> str:
     return nodeid.split("[", 1)[0]
 
 
-def _current_test() -> str:
+def current_test() -> str:
     # "<nodeid> (call)"; a parametrized id may hold spaces
     return test_key(os.environ.get("PYTEST_CURRENT_TEST", "?").rsplit(" (", 1)[0])
 
 
 def tally(target: str, outcome: int | str) -> None:
     """One input tried against ``target`` and its outcome (an HTTP status or a word)."""
-    _TALLIES[(_current_test(), target)][str(outcome)] += 1
+    _TALLIES[(current_test(), target)][str(outcome)] += 1
 
 
 def record(fault: str, **measured: Any) -> None:
     """What the current test measured once ``fault`` was injected."""
-    _RECORDS[_current_test()].append({"fault": fault, **measured})
+    _RECORDS[current_test()].append({"fault": fault, **measured})
 
 
 def _is_server_error(outcome: str) -> bool:
@@ -114,11 +114,9 @@ def write(outcomes: dict[str, str]) -> Path | None:
     doc = report(outcomes)
     if doc is None:
         return None
-    out = Path(
-        os.environ.get("SLAFLOW_RELIABILITY_OUT", "")
-        or Path(os.environ.get("SLAFLOW_TEST_ARTIFACTS", REPO / "test-artifacts"))
-        / "reliability.json"
-    )
+    from tests.conftest import ARTIFACTS
+
+    out = Path(os.environ.get("SLAFLOW_RELIABILITY_OUT", "") or ARTIFACTS / "reliability.json")
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(doc, indent=2) + "\n")
     return out

@@ -21,7 +21,6 @@ Screenshots go to ``test-artifacts/browser/`` (``SLAFLOW_TEST_ARTIFACTS`` to mov
 from __future__ import annotations
 
 import json
-import os
 import time
 from pathlib import Path
 from typing import Any
@@ -32,11 +31,12 @@ import requests
 
 from tests.cluster.conftest import MODEL, tails, task_states, wait_parked, wait_run, xcom
 from tests.cluster.topology import PORTS, Topology
+from tests.conftest import ARTIFACTS
 
 pytestmark = [pytest.mark.cluster, pytest.mark.browser]
 CHROMIUM = Path("/usr/bin/chromium")
 REPO = Path(__file__).resolve().parents[2]
-SHOTS = Path(os.environ.get("SLAFLOW_TEST_ARTIFACTS", REPO / "test-artifacts")) / "browser"
+SHOTS = ARTIFACTS / "browser"
 REQUEST = json.loads((REPO / "examples" / "digit_request.json").read_text())
 
 

@@ -3,21 +3,15 @@
 from __future__ import annotations
 
 import json
-import os
-from pathlib import Path
 from typing import Any
 
 import pytest
 
+from tests.conftest import ARTIFACTS
+from tests.reliability import current_test
+
 #: Each run's task seconds, one JSON line per run: where the e2e time goes (docs/testing.md).
-TIMINGS = (
-    Path(
-        os.environ.get(
-            "SLAFLOW_TEST_ARTIFACTS", Path(__file__).resolve().parents[2] / "test-artifacts"
-        )
-    )
-    / "e2e-task-seconds.jsonl"
-)
+TIMINGS = ARTIFACTS / "e2e-task-seconds.jsonl"
 
 
 @pytest.fixture(scope="module")
@@ -39,7 +33,7 @@ def lifecycle(ray_cluster: Any) -> Any:
         TIMINGS.parent.mkdir(parents=True, exist_ok=True)
         with TIMINGS.open("a") as out:
             seconds = {t: v["seconds"] for t, v in tasks.items() if v["seconds"]}
-            test = os.environ.get("PYTEST_CURRENT_TEST", "").split(" ")[0]
+            test = current_test()
             out.write(json.dumps({"test": test, "seconds": seconds}) + "\n")
         return {"state": str(dag_run.state), "tasks": tasks}
 
