@@ -8,6 +8,12 @@ a canary exists to catch. The next deploy must put v2 beside v1, see its answers
 the 10% step, send all traffic back to v1, move ``champion`` back, mark v2 and fail the
 task, with no failed request from a client calling throughout.
 
+Its first try is killed (SIGKILL, as a lost worker or the OOM killer does: no ``on_kill``
+can run) once v2 takes its 10% share; the split is left as it was, both versions answering.
+The retry is the same run again (``dag.test`` with the same dates gives the same run id, so
+the same lease holder, as an Airflow retry has): it finds v2's application running, runs
+the canary again and restores one routing.
+
 Only ``plan`` and ``deploy`` run (``mark_success_pattern`` marks the rest done): the versions
 are registered by the test, each with a serving profile on its run, as ``profile_serving``
 leaves it, so the deploy task reads everything from the registry, as it does for a version
@@ -16,9 +22,15 @@ promoted by hand."""
 from __future__ import annotations
 
 import json
+import os
+import signal
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
+from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -77,10 +89,52 @@ def _register(client: Any, source: str, run_id: str, accuracy: float) -> str:
     return str(version.version)
 
 
-def _deploy_through_the_dag() -> Any:
+def _deploy_through_the_dag(when: datetime | None = None) -> Any:
+    """A run of plan and deploy; ``when`` (its logical date and run-after) fixes the run id:
+    the same ``when`` again is the same run retried."""
     from slaflow import cli
 
-    return cli.load_dag().test(run_conf=CONTRACT, mark_success_pattern=ONLY_PLAN_AND_DEPLOY)
+    dates: dict[str, Any] = {} if when is None else {"run_after": when, "logical_date": when}
+    return cli.load_dag().test(
+        run_conf=CONTRACT, mark_success_pattern=ONLY_PLAN_AND_DEPLOY, **dates
+    )
+
+
+#: ``_deploy_through_the_dag`` in a process of its own, for the test to kill.
+_KILLED_TRY = (
+    "import datetime, json, sys; from slaflow import cli; cli.airflow_db_ready(); "
+    "when = datetime.datetime.fromisoformat(sys.argv[1]); "
+    "cli.load_dag().test(run_after=when, logical_date=when, run_conf=json.loads(sys.argv[2]), "
+    "mark_success_pattern=sys.argv[3])"
+)
+
+
+def _kill_during_the_canary(when: datetime, url: str, new: str, timeout_s: float = 240) -> float:
+    """Start the deploy in a process of its own and SIGKILL it once the router gives ``new``
+    a canary share; returns that share."""
+    proc = subprocess.Popen(
+        [sys.executable, "-c", _KILLED_TRY, when.isoformat(), json.dumps(CONTRACT)]
+        + [ONLY_PLAN_AND_DEPLOY],
+        env=os.environ.copy(),
+        cwd=Path(__file__).resolve().parents[2],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        start_new_session=True,
+    )
+    deadline = time.monotonic() + timeout_s
+    try:
+        while True:
+            assert proc.poll() is None, (proc.stderr.read() if proc.stderr else b"")[-3000:]
+            assert time.monotonic() < deadline, "the canary never started"
+            canary = requests.get(url, timeout=10).json().get("canary") or {}
+            if canary.get("candidate") == new:
+                os.killpg(proc.pid, signal.SIGKILL)
+                return float(canary.get("share", 0.0))
+            time.sleep(0.2)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=30)
 
 
 @pytest.fixture(scope="module")
@@ -108,7 +162,7 @@ def versions(trained: dict[str, Any], prepared: dict[str, Any]) -> Iterator[dict
 def test_a_wrong_canary_is_rolled_back_by_the_deploy_task(
     versions: dict[str, str], prepared: dict[str, Any]
 ) -> None:
-    from operators.hooks import MlflowHook, RayHook
+    from operators.hooks import MlflowHook, RayHook, ServeHook
     from ray_jobs.data_io import read_xy
     from slaflow.cli import task_results
 
@@ -145,8 +199,16 @@ def test_a_wrong_canary_is_rolled_back_by_the_deploy_task(
 
     caller = threading.Thread(target=client_calling, daemon=True)
     caller.start()
+    when = datetime.now(UTC).replace(microsecond=0)
     try:
-        second = _deploy_through_the_dag()
+        share = _kill_during_the_canary(when, url, v2)
+        # killed mid-step: the split is left as it was, and both versions answer
+        time.sleep(2)
+        left = requests.get(url, timeout=10).json()
+        assert left["model_version"] == v1 and left["canary"]["candidate"] == v2, left
+        assert sorted(ServeHook().served_versions(NAME)) == sorted([v1, v2])
+        killed_codes = len(codes)
+        second = _deploy_through_the_dag(when)  # the retry
     finally:
         stop.set()
         caller.join(timeout=60)
@@ -162,14 +224,15 @@ def test_a_wrong_canary_is_rolled_back_by_the_deploy_task(
     assert "slaflow.serving" not in tags  # never recorded as serving
     # the endpoint: v1 alone, no canary; no request failed during the try and the rollback
     info = requests.get(url, timeout=10).json()
-    from operators.hooks import ServeHook
     from tests.reliability import record
 
     champion = str(client.get_model_version_by_alias(NAME, "champion").version)
     record(
-        "a wrong version (an untrained model) promoted and deployed through the DAG's canary",
+        "a wrong version (an untrained model) promoted and deployed through the DAG's canary; "
+        f"the deploy task's first try killed (SIGKILL) at the canary's {share:.0%} step",
         requests_sent=len(codes),
         requests_failed=sum(c != 200 for c in codes),
+        requests_before_the_retry=killed_codes,
         champion_equals_served=champion == info["model_version"],
         versions=len(client.search_model_versions(f"name = '{NAME}'")),
     )
