@@ -116,3 +116,15 @@ def test_mlflow_runs_with_basic_auth_from_its_own_store(compose: dict) -> None:
         if v.startswith("mlflow-auth:")
     )
     assert "mlflow-auth" in compose["volumes"]
+
+
+def test_every_long_running_service_restarts_when_it_exits(compose: dict) -> None:
+    """Airflow's scheduler exits when its database goes away (tested: PostgreSQL restarted
+    mid-run in tests/cluster); it must be started again, and so must every other service.
+    The one-shot ``airflow db migrate`` must not run again."""
+    services = compose["services"]
+    for name, svc in services.items():
+        if name == "airflow-init":
+            assert "restart" not in svc, name
+        else:
+            assert svc.get("restart") == "unless-stopped", name

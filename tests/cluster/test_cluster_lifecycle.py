@@ -18,8 +18,8 @@ from tests.cluster.conftest import MODEL, task_states, undeploy
 from tests.cluster.conftest import tails as _tails
 from tests.cluster.conftest import wait_run as _wait_run
 from tests.cluster.conftest import xcom as _xcom
-from tests.cluster.topology import PORTS, Topology
-from tests.reliability import tally
+from tests.cluster.topology import PORTS, Topology, restart_postgres
+from tests.reliability import record, tally
 
 pytestmark = pytest.mark.cluster
 # The browser journey's model settings (the form's defaults), so this run finds the throughput
@@ -107,6 +107,7 @@ def test_mlflow_refuses_anonymous_clients_and_serves_signed_in_ones(topology: To
     assert signed.status_code == 200, signed.text
 
 
+@pytest.mark.chaos
 def test_new_training_data_retrains_against_the_champion_and_an_unanswered_review_promotes_nothing(
     topology: Topology,
 ) -> None:
@@ -114,7 +115,11 @@ def test_new_training_data_retrains_against_the_champion_and_an_unanswered_revie
     training_data_watch emit the Asset, the scheduler starts ml_lifecycle on it with the
     unattended contract, the gate compares with the champion (the browser test's, when it ran
     first), the review (policy 'always', 20 s) gets no answer and the version stays
-    challenger, recorded; what served before still serves."""
+    challenger, recorded; what served before still serves.
+
+    PostgreSQL, which holds Airflow's metadata and MLflow's store, is restarted while the run
+    trains: every service's connections are cut. The run must still end as it would have,
+    with one new version (nothing registered twice) and one asset-triggered run."""
     import pandas as pd
     from mlflow.tracking import MlflowClient
     from sklearn.datasets import load_digits
@@ -129,7 +134,14 @@ def test_new_training_data_retrains_against_the_champion_and_an_unanswered_revie
         except Exception:  # noqa: BLE001 - no such model or alias yet
             return None
 
+    def versions() -> int:
+        try:
+            return len(client.search_model_versions(f"name = '{MODEL}'"))
+        except Exception:  # noqa: BLE001 - no such model yet
+            return 0
+
     before = champion()
+    versions_before = versions()
     url = f"http://127.0.0.1:{PORTS['serve']}/{MODEL}"
     try:
         served_before = requests.get(url, timeout=10)
@@ -171,9 +183,31 @@ def test_new_training_data_retrains_against_the_champion_and_an_unanswered_revie
     _, states = watch()  # same bytes again: no event, no second retrain
     assert states == {"check_training_data": "skipped"}
 
+    deadline = time.monotonic() + 600
+    while task_states(topo, run_id).get("train") != "running":  # the fault, mid-training
+        _, run = topo.api("GET", f"/dags/ml_lifecycle/dagRuns/{run_id}")
+        assert run["state"] == "running", f"ended before training: {task_states(topo, run_id)}"
+        assert time.monotonic() < deadline, f"train never ran\n{_tails(topo)}"
+        time.sleep(1)
+    time.sleep(5)  # the Ray job submitted and logging to MLflow
+    down_s = restart_postgres()
+
     state = _wait_run(topo, run_id)
     states = task_states(topo, run_id)
-    assert state == "success", f"{states}\n{_tails(topo)}"
+    _, tis = topo.api("GET", f"/dags/ml_lifecycle/dagRuns/{run_id}/taskInstances")
+    tries = {t["task_id"]: t["try_number"] for t in tis["task_instances"]}
+    record(
+        "PostgreSQL (Airflow's metadata, MLflow's store) restarted during ml_lifecycle's train "
+        "task, on the scheduler",
+        postgres_away_s=round(down_s, 1),
+        run_state=state,
+        tasks_retried=sorted(t for t, n in tries.items() if n > 1),
+        services_restarted=dict(topo.restarts),
+        versions_registered=versions() - versions_before,
+        duplicated_versions=max(0, versions() - versions_before - 1),
+    )
+    assert state == "success", f"{states} tries {tries}\n{_tails(topo)}"
+    assert versions() == versions_before + 1  # retried or not, registered once
     plan = _xcom(topo, run_id, "plan")
     assert plan["contract"]["data_source"] == str(data)
     assert plan["contract"]["review_policy"] == "always"

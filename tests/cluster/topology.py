@@ -6,6 +6,11 @@ artifact root; a Ray head (0 CPUs: it only runs job drivers and Serve's controll
 two Ray worker nodes, one with a custom ``large`` resource; a Spark standalone master and
 worker from pyspark's own classes; Airflow's api-server, scheduler, dag-processor and triggerer
 on PostgreSQL with the LocalExecutor. Every endpoint reaches the DAGs by environment only.
+
+Airflow's four services are supervised as ``restart: unless-stopped`` does in
+docker-compose.yml and a Deployment does on Kubernetes: one that exits is started again.
+Airflow's scheduler exits when its database goes away under it (its loop does not retry a
+lost connection); production runs it supervised, and so does this topology.
 """
 
 from __future__ import annotations
@@ -16,6 +21,7 @@ import secrets
 import signal
 import subprocess
 import sys
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -69,6 +75,10 @@ class Topology:
     #: MLflow runs with basic auth; every client of the topology signs in as its admin.
     mlflow_user: str = "admin"
     mlflow_password: str = field(default_factory=lambda: secrets.token_hex(16))
+    #: How often each supervised service was started again after it exited.
+    restarts: dict[str, int] = field(default_factory=dict)
+    _supervised: dict[str, tuple[list[str], dict[str, str] | None]] = field(default_factory=dict)
+    _stopping: threading.Event = field(default_factory=threading.Event)
 
     @property
     def airflow_db(self) -> str:
@@ -147,7 +157,21 @@ class Topology:
 
     # ------------------------------------------------------------------ processes
 
-    def _spawn(self, name: str, cmd: list[str], env: dict[str, str] | None = None) -> None:
+    def _spawn(
+        self,
+        name: str,
+        cmd: list[str],
+        env: dict[str, str] | None = None,
+        supervise: bool = False,
+    ) -> None:
+        """Start ``name``; ``supervise``: start it again whenever it exits, until ``stop``."""
+        if supervise:
+            first = not self._supervised
+            self._supervised[name] = (cmd, env)
+            if first:
+                threading.Thread(
+                    target=self._supervise, name="topology-supervisor", daemon=True
+                ).start()
         log = open(self.root / "logs" / f"{name}.log", "ab")  # noqa: SIM115 - kept open
         self.procs[name] = subprocess.Popen(
             cmd,
@@ -158,6 +182,20 @@ class Topology:
             start_new_session=True,
             cwd=self.root,
         )
+
+    def _supervise(self) -> None:
+        while not self._stopping.wait(1.0):
+            for name, (cmd, env) in list(self._supervised.items()):
+                proc = self.procs.get(name)
+                if proc is None or proc.poll() is None or self._stopping.is_set():
+                    continue
+                with open(self.root / "logs" / f"{name}.log", "ab") as log:
+                    log.write(
+                        f"\n[topology] {name} exited with {proc.returncode}: starting it "
+                        f"again\n".encode()
+                    )
+                self.restarts[name] = self.restarts.get(name, 0) + 1
+                self._spawn(name, cmd, env)
 
     def _timed(self, name: str, start: float) -> None:
         self.timings[name] = round(time.monotonic() - start, 1)
@@ -388,7 +426,7 @@ class Topology:
             )
         self._timed("airflow_db_migrate_postgres", t)
         for name in ("api-server", "scheduler", "dag-processor", "triggerer"):
-            self._spawn(f"airflow-{name}", [str(BIN / "airflow"), name])
+            self._spawn(f"airflow-{name}", [str(BIN / "airflow"), name], supervise=True)
         _wait(
             "Airflow API",
             lambda: _http_ok(f"{self.airflow_url}/api/v2/version"),
@@ -430,6 +468,7 @@ class Topology:
     # ------------------------------------------------------------------ stop
 
     def stop(self) -> None:
+        self._stopping.set()  # nothing is started again from here on
         if "ray" in sys.modules:
             import ray
 
@@ -465,6 +504,36 @@ class Topology:
             conn.close()
         except Exception as exc:  # best effort: report, never mask the test's own failure
             print(f"could not drop test databases: {exc}", file=sys.stderr)
+
+
+def restart_postgres(timeout_s: float = 120.0) -> float:
+    """Restart the machine's PostgreSQL server: every connection of every service (Airflow's
+    scheduler, api-server, triggerer, dag-processor; MLflow's server) is cut, as a database
+    failover or a server restart does. Debian's ``pg_ctlcluster`` as root (it runs as the
+    cluster's owner); waits until the server answers again and returns the seconds it was away.
+    """
+    import psycopg2
+
+    conn = psycopg2.connect(host="127.0.0.1", user="postgres", dbname="postgres")
+    with conn.cursor() as cur:
+        cur.execute("SHOW cluster_name")
+        version, cluster = str(cur.fetchone()[0]).split("/")
+    conn.close()
+    t = time.monotonic()
+    subprocess.run(
+        ["pg_ctlcluster", version, cluster, "restart", "-m", "fast"],
+        check=True,
+        capture_output=True,
+        timeout=timeout_s,
+    )
+    while True:
+        try:
+            psycopg2.connect(host="127.0.0.1", user="postgres", dbname="postgres").close()
+            return time.monotonic() - t
+        except psycopg2.OperationalError:
+            if time.monotonic() - t > timeout_s:
+                raise
+            time.sleep(0.2)
 
 
 def _decoded(raw: bytes) -> Any:
