@@ -7,8 +7,9 @@ two Ray worker nodes, one with a custom ``large`` resource; a Spark standalone m
 worker from pyspark's own classes; Airflow's api-server, scheduler, dag-processor and triggerer
 on PostgreSQL with the LocalExecutor. Every endpoint reaches the DAGs by environment only.
 
-Airflow's four services are supervised as ``restart: unless-stopped`` does in
-docker-compose.yml and a Deployment does on Kubernetes: one that exits is started again.
+Airflow's four services and the Ray nodes are supervised as ``restart: unless-stopped`` does
+in docker-compose.yml and a Deployment does on Kubernetes: one that exits is started again (a
+Ray worker whose head went away exits, and joins the new head when started again).
 Airflow's scheduler exits when its database goes away under it (its loop does not retry a
 lost connection); production runs it supervised, and so does this topology.
 """
@@ -77,7 +78,9 @@ class Topology:
     mlflow_password: str = field(default_factory=lambda: secrets.token_hex(16))
     #: How often each supervised service was started again after it exited.
     restarts: dict[str, int] = field(default_factory=dict)
-    _supervised: dict[str, tuple[list[str], dict[str, str] | None]] = field(default_factory=dict)
+    _supervised: dict[str, tuple[list[str], dict[str, str] | None, Any]] = field(
+        default_factory=dict
+    )
     _stopping: threading.Event = field(default_factory=threading.Event)
 
     @property
@@ -163,11 +166,13 @@ class Topology:
         cmd: list[str],
         env: dict[str, str] | None = None,
         supervise: bool = False,
+        before_restart: Any = None,
     ) -> None:
-        """Start ``name``; ``supervise``: start it again whenever it exits, until ``stop``."""
+        """Start ``name``; ``supervise``: start it again whenever it exits, until ``stop``
+        (after calling ``before_restart``, if given)."""
         if supervise:
             first = not self._supervised
-            self._supervised[name] = (cmd, env)
+            self._supervised[name] = (cmd, env, before_restart)
             if first:
                 threading.Thread(
                     target=self._supervise, name="topology-supervisor", daemon=True
@@ -183,9 +188,24 @@ class Topology:
             cwd=self.root,
         )
 
+    def kill(self, name: str) -> None:
+        """SIGKILL ``name`` and every process under it, as a lost host does; a supervised
+        service is then started again. Descendants are found through their parents, not the
+        process group: ``ray start`` runs the GCS and the raylet in sessions of their own."""
+        root = self.procs[name].pid
+        doomed = [root, *_descendants(root)]
+        for pid in doomed:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+
+    def ray_nodes_alive(self) -> int:
+        return self._ray_nodes()
+
     def _supervise(self) -> None:
         while not self._stopping.wait(1.0):
-            for name, (cmd, env) in list(self._supervised.items()):
+            for name, (cmd, env, before_restart) in list(self._supervised.items()):
                 proc = self.procs.get(name)
                 if proc is None or proc.poll() is None or self._stopping.is_set():
                     continue
@@ -195,6 +215,8 @@ class Topology:
                         f"again\n".encode()
                     )
                 self.restarts[name] = self.restarts.get(name, 0) + 1
+                if before_restart is not None:
+                    before_restart()
                 self._spawn(name, cmd, env)
 
     def _timed(self, name: str, start: float) -> None:
@@ -248,6 +270,14 @@ class Topology:
                 f"--temp-dir=/tmp/slaflow-cluster-{gcs}",
                 *common,
             ],
+            supervise=True,
+            # `ray start --head` refuses to start where the address it last started at is
+            # still named by a local raylet's flags: here, the workers' raylets on this same
+            # host, which outlive their head for a while (on separate hosts they are not
+            # seen). Forget that address, as a new host would not know it.
+            before_restart=lambda: Path(f"/tmp/slaflow-cluster-{gcs}/ray_current_cluster").unlink(
+                missing_ok=True
+            ),
         )
         _wait(
             "Ray head",
@@ -273,6 +303,7 @@ class Topology:
                     *extra,
                     *common,
                 ],
+                supervise=True,
             )
             _wait(
                 f"Ray worker {i}",
@@ -504,6 +535,23 @@ class Topology:
             conn.close()
         except Exception as exc:  # best effort: report, never mask the test's own failure
             print(f"could not drop test databases: {exc}", file=sys.stderr)
+
+
+def _descendants(pid: int) -> list[int]:
+    """Every process below ``pid`` (Linux: from each process's parent in /proc)."""
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    out, todo = [], [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            out.append(child)
+            todo.append(child)
+    return out
 
 
 def restart_postgres(timeout_s: float = 120.0) -> float:
