@@ -39,6 +39,7 @@ class PrepareDataOperator(PlannedStageOperator):
         from spark_jobs.prepare import (
             DataError,
             find_prepared,
+            public_profile,
             record_prepared,
             reuse_key,
             run_prepare,
@@ -74,7 +75,7 @@ class PrepareDataOperator(PlannedStageOperator):
                 found["split_counts"],
             )
             self._check_task(found)
-            return {**found, "reused": key, "prepare_seconds": 0.0}
+            return public_profile({**found, "reused": key, "prepare_seconds": 0.0})
         hook = SparkHook(self.spark_conn_id)
         master = contract.spark_master or hook.master
         output = f"{data_dir.rstrip('/')}/{self.run_plan.run_key}"
@@ -162,7 +163,7 @@ class PrepareDataOperator(PlannedStageOperator):
             )
         if key is not None:
             record_prepared(data_dir, key, profile)
-        return profile
+        return public_profile(profile)
 
     def _check_task(self, profile: dict[str, Any]) -> None:
         """The data's task must be the one the target metric judges."""

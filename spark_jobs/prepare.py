@@ -614,6 +614,56 @@ def find_prepared(data_dir: str, key: str) -> dict[str, Any] | None:
     return profile
 
 
+#: What the profile holds of the data's own values (label values, category vocabularies, the
+#: one-hot slots named after them, per-feature statistics aligned with those names). They stay
+#: in ``profile.json`` beside the splits, on storage only the engines reach; the XCom (which
+#: whoever can see the DAG run reads in the Airflow UI and REST API) carries counts.
+DATA_VALUE_KEYS = (
+    "classes",
+    "encoding",
+    "feature_names",
+    "train_label_counts",
+    "feature_mean",
+    "feature_std",
+    "feature_min",
+    "feature_max",
+)
+
+
+def profile_file(profile: dict[str, Any]) -> str:
+    """Where the whole profile of ``profile``'s splits lies (beside them)."""
+    return profile["paths"]["train"].rstrip("/").rsplit("/", 1)[0] + "/" + PROFILE_FILE
+
+
+def public_profile(profile: dict[str, Any]) -> dict[str, Any]:
+    """The profile as the prepare task publishes it: counts and shapes, no value of the data
+    (``DATA_VALUE_KEYS`` become their sizes), and ``profile_file`` to read the rest from."""
+    out = {k: v for k, v in profile.items() if k not in DATA_VALUE_KEYS}
+    columns = (profile.get("encoding") or {}).get("columns", [])
+    out.update(
+        classes_count=len(profile.get("classes") or []),
+        feature_count=len(profile.get("feature_names") or []),
+        vocabulary_sizes={c["name"]: len(c["vocab"]) for c in columns if c.get("vocab")},
+        profile_file=profile_file(profile),
+    )
+    return out
+
+
+def full_profile(published: dict[str, Any]) -> dict[str, Any]:
+    """The whole profile back from ``public_profile``'s output (read from ``profile_file``),
+    with what the task added to it (timings, reuse, the Spark deadline's report) on top; a
+    whole profile is returned as it is."""
+    if "profile_file" not in published or "classes" in published:
+        return published
+    import pyarrow.fs as pafs
+
+    uri = str(published["profile_file"])
+    fs, path = pafs.FileSystem.from_uri(uri) if "://" in uri else (pafs.LocalFileSystem(), uri)
+    with fs.open_input_stream(path) as fh:
+        stored: dict[str, Any] = json.loads(fh.read())
+    return {**stored, **{k: v for k, v in published.items() if k not in stored}}
+
+
 def record_prepared(data_dir: str, key: str, profile: dict[str, Any]) -> None:
     _write_text(f"{data_dir.rstrip('/')}/prepared/{key}.json", json.dumps(profile))
 

@@ -52,6 +52,9 @@ def test_text_columns_and_string_labels_are_served_by_raw_rows(
         )
         assert "ticket id" not in prepared["input_columns"]  # drop_columns
         assert "account age (days)" in prepared["input_columns"]  # a name with spaces
+        # the published profile counts the data's values and shows none of them
+        assert prepared["classes_count"] == 5 and prepared["vocabulary_sizes"]["plan"] >= 2
+        assert "finance" not in json.dumps(prepared) and "billing" not in json.dumps(prepared)
         evaluation = out["tasks"]["evaluate"]["value"]
         assert evaluation["test_f1_macro"] >= 0.8 and evaluation["test_metric"] == "f1_macro"
         version = registry.get_model_version_by_alias(name, "champion")
@@ -89,7 +92,7 @@ def test_regression_with_an_rmse_target_is_gated_served_and_verified(
         out = lifecycle(conf)
         assert out["state"] == "success", _states(out)
         prepared = out["tasks"]["prepare"]["value"]
-        assert prepared["task"] == "regression" and prepared["classes"] == []
+        assert prepared["task"] == "regression" and prepared["classes_count"] == 0
         # 442 rows at 0.15/0.15: the fractions held exactly, not left to a per-row draw
         assert prepared["split_counts"] == {"train": 310, "val": 66, "test": 66}
         evaluation = out["tasks"]["evaluate"]["value"]

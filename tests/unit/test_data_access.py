@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import posixpath
+from pathlib import Path
 
 import pytest
 from hypothesis import given, settings
@@ -97,3 +98,49 @@ def test_any_path_is_read_under_a_root_or_refused_never_escaping(scheme: str, pa
     assert any(root.holds(scheme_read, rest) for root in ROOTS), read
     if not scheme_read:
         assert posixpath.isabs(read) and posixpath.normpath(read) == read
+
+
+def test_the_published_profile_holds_counts_and_the_stages_get_the_whole_one(
+    tmp_path: Path,
+) -> None:
+    """What the prepare task publishes (its XCom, readable by whoever sees the run) holds no
+    value of the data: label values, vocabularies and the slots named after them become
+    counts. A stage gets the whole profile back from beside the splits."""
+    import json
+
+    from spark_jobs.prepare import PROFILE_FILE, full_profile, public_profile
+
+    out = tmp_path / "run-1"
+    profile = {
+        "task": "classification",
+        "input_columns": ["email", "age"],
+        "classes": ["alice-team", "bob-team"],
+        "encoding": {
+            "columns": [
+                {"name": "email", "kind": "categorical", "vocab": ["a@x.org", "b@y.org"]},
+                {"name": "age", "kind": "numeric"},
+            ]
+        },
+        "feature_names": ["email=a@x.org", "email=b@y.org", "email=<other>", "age"],
+        "feature_mean": [0.5, 0.5, 0.0, 41.0],
+        "feature_std": [0.5, 0.5, 0.0, 9.0],
+        "feature_min": [0.0, 0.0, 0.0, 18.0],
+        "feature_max": [1.0, 1.0, 1.0, 90.0],
+        "train_label_counts": {"alice-team": 3, "bob-team": 4},
+        "split_counts": {"train": 7, "val": 2, "test": 2},
+        "paths": {s: f"{out}/{s}" for s in ("train", "val", "test")},
+    }
+    out.mkdir()
+    (out / PROFILE_FILE).write_text(json.dumps(profile))
+    published = public_profile({**profile, "prepare_seconds": 1.5})
+    text = json.dumps(published)
+    for value in ("alice-team", "a@x.org", "41.0", "90.0"):
+        assert value not in text, value
+    assert published["classes_count"] == 2 and published["feature_count"] == 4
+    assert published["vocabulary_sizes"] == {"email": 2}
+    assert published["profile_file"] == f"{out}/{PROFILE_FILE}"
+    assert published["input_columns"] == ["email", "age"]  # the schema, not the data
+    whole = full_profile(published)
+    assert whole["classes"] == profile["classes"] and whole["encoding"] == profile["encoding"]
+    assert whole["prepare_seconds"] == 1.5  # what the task added stays
+    assert full_profile(whole) is whole  # already whole
