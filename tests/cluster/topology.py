@@ -200,9 +200,6 @@ class Topology:
             except ProcessLookupError:
                 pass
 
-    def ray_nodes_alive(self) -> int:
-        return self._ray_nodes()
-
     def _supervise(self) -> None:
         while not self._stopping.wait(1.0):
             for name, (cmd, env, before_restart) in list(self._supervised.items()):
@@ -307,7 +304,7 @@ class Topology:
             )
             _wait(
                 f"Ray worker {i}",
-                lambda n=i + 1: self._ray_nodes() >= n,
+                lambda n=i + 1: self.ray_nodes_alive() >= n,
                 120,
                 [self.procs[f"ray-worker-{i}"]],
             )
@@ -330,7 +327,8 @@ class Topology:
             time.sleep(5)
         raise RuntimeError("Ray query failed 3 times:\n" + "\n---\n".join(errors))
 
-    def _ray_nodes(self) -> int:
+    def ray_nodes_alive(self) -> int:
+        """Ray nodes the dashboard reports ALIVE (0 while it does not answer)."""
         import urllib.request
 
         token = Path(self.env()["RAY_AUTH_TOKEN_PATH"]).read_text().strip()
