@@ -56,12 +56,12 @@ class StageOperator(BaseOperator):
     def pre_execute(self, context: Any) -> None:
         self._stage_started = time.monotonic()
         self.log.info("[progress] %s started", stage_label(context, self.task_id))
-        # The prepare task publishes counts only (spark_jobs.prepare.public_profile); a stage
+        # The prepare task publishes counts only (spark_jobs.prepared.public_profile); a stage
         # that reads the data's profile gets the whole of it from beside the splits.
         for name in ("profile", "data_profile"):
             value = getattr(self, name, None)
             if isinstance(value, dict) and "profile_file" in value:
-                from spark_jobs.prepare import full_profile
+                from spark_jobs.prepared import full_profile
 
                 setattr(self, name, full_profile(value))
 

@@ -36,14 +36,8 @@ class PrepareDataOperator(PlannedStageOperator):
             controlled_conf,
             run_with_deadline,
         )
-        from spark_jobs.prepare import (
-            DataError,
-            find_prepared,
-            public_profile,
-            record_prepared,
-            reuse_key,
-            run_prepare,
-        )
+        from spark_jobs.prepare import DataError, reuse_key, run_prepare
+        from spark_jobs.prepared import find_prepared, public_profile, record_prepared
 
         contract = self.contract
         data_dir = Endpoints.from_env().data_dir

@@ -11,10 +11,11 @@ import os
 from pathlib import Path
 from typing import Any
 
+from spark_jobs.prepared import PROFILE_FILE, write_text
+
 BUILTIN_DIGITS = "sklearn:digits"
 LABEL_INDEX = "__label_index"
 LABEL_VALUE = "__label_value"
-PROFILE_FILE = "profile.json"
 SPLITS = ("train", "val", "test")
 SPLIT_COLUMN = "__split"
 MAX_CLASSES = 1000
@@ -541,7 +542,7 @@ def run_prepare(
     if task == REGRESSION and stats is not None:
         profile["label_mean"] = float(stats["y_m"] or 0.0)
         profile["label_std"] = float(stats["y_s"] or 0.0) or 1.0
-    _write_text(f"{output_dir.rstrip('/')}/{PROFILE_FILE}", json.dumps(profile, indent=2))
+    write_text(f"{output_dir.rstrip('/')}/{PROFILE_FILE}", json.dumps(profile, indent=2))
     return profile
 
 
@@ -590,95 +591,8 @@ def reuse_key(
     return hashlib.sha256(blob.encode()).hexdigest()[:24]
 
 
-def find_prepared(data_dir: str, key: str) -> dict[str, Any] | None:
-    """The profile of splits prepared before under ``key``, if they are all still there."""
-    import pyarrow.fs as pafs
-
-    index = f"{data_dir.rstrip('/')}/prepared/{key}.json"
-    fs, path = (
-        pafs.FileSystem.from_uri(index) if "://" in index else (pafs.LocalFileSystem(), index)
-    )
-    try:
-        with fs.open_input_stream(path) as fh:
-            profile: dict[str, Any] = json.loads(fh.read())
-    except (FileNotFoundError, OSError, ValueError):
-        return None
-    for split_path in profile["paths"].values():
-        sfs, spath = (
-            pafs.FileSystem.from_uri(split_path)
-            if "://" in split_path
-            else (pafs.LocalFileSystem(), split_path)
-        )
-        if sfs.get_file_info(spath).type == pafs.FileType.NotFound:
-            return None
-    return profile
-
-
-#: What the profile holds of the data's own values (label values, category vocabularies, the
-#: one-hot slots named after them, per-feature statistics aligned with those names). They stay
-#: in ``profile.json`` beside the splits, on storage only the engines reach; the XCom (which
-#: whoever can see the DAG run reads in the Airflow UI and REST API) carries counts.
-DATA_VALUE_KEYS = (
-    "classes",
-    "encoding",
-    "feature_names",
-    "train_label_counts",
-    "feature_mean",
-    "feature_std",
-    "feature_min",
-    "feature_max",
-)
-
-
-def profile_file(profile: dict[str, Any]) -> str:
-    """Where the whole profile of ``profile``'s splits lies (beside them)."""
-    return profile["paths"]["train"].rstrip("/").rsplit("/", 1)[0] + "/" + PROFILE_FILE
-
-
-def public_profile(profile: dict[str, Any]) -> dict[str, Any]:
-    """The profile as the prepare task publishes it: counts and shapes, no value of the data
-    (``DATA_VALUE_KEYS`` become their sizes), and ``profile_file`` to read the rest from."""
-    out = {k: v for k, v in profile.items() if k not in DATA_VALUE_KEYS}
-    columns = (profile.get("encoding") or {}).get("columns", [])
-    out.update(
-        classes_count=len(profile.get("classes") or []),
-        feature_count=len(profile.get("feature_names") or []),
-        vocabulary_sizes={c["name"]: len(c["vocab"]) for c in columns if c.get("vocab")},
-        profile_file=profile_file(profile),
-    )
-    return out
-
-
-def full_profile(published: dict[str, Any]) -> dict[str, Any]:
-    """The whole profile back from ``public_profile``'s output (read from ``profile_file``),
-    with what the task added to it (timings, reuse, the Spark deadline's report) on top; a
-    whole profile is returned as it is."""
-    if "profile_file" not in published or "classes" in published:
-        return published
-    import pyarrow.fs as pafs
-
-    uri = str(published["profile_file"])
-    fs, path = pafs.FileSystem.from_uri(uri) if "://" in uri else (pafs.LocalFileSystem(), uri)
-    with fs.open_input_stream(path) as fh:
-        stored: dict[str, Any] = json.loads(fh.read())
-    return {**stored, **{k: v for k, v in published.items() if k not in stored}}
-
-
-def record_prepared(data_dir: str, key: str, profile: dict[str, Any]) -> None:
-    _write_text(f"{data_dir.rstrip('/')}/prepared/{key}.json", json.dumps(profile))
-
-
 def _jsonable(value: Any) -> Any:
     return value.item() if hasattr(value, "item") else value
-
-
-def _write_text(uri: str, text: str) -> None:
-    import pyarrow.fs as pafs
-
-    fs, path = pafs.FileSystem.from_uri(uri) if "://" in uri else (pafs.LocalFileSystem(), uri)
-    fs.create_dir(path.rsplit("/", 1)[0], recursive=True)
-    with fs.open_output_stream(path) as fh:
-        fh.write(text.encode())
 
 
 def main() -> None:  # pragma: no cover - spark-submit entrypoint

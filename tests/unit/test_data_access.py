@@ -108,7 +108,7 @@ def test_the_published_profile_holds_counts_and_the_stages_get_the_whole_one(
     counts. A stage gets the whole profile back from beside the splits."""
     import json
 
-    from spark_jobs.prepare import PROFILE_FILE, full_profile, public_profile
+    from spark_jobs.prepared import PROFILE_FILE, full_profile, public_profile
 
     out = tmp_path / "run-1"
     profile = {
@@ -144,3 +144,6 @@ def test_the_published_profile_holds_counts_and_the_stages_get_the_whole_one(
     assert whole["classes"] == profile["classes"] and whole["encoding"] == profile["encoding"]
     assert whole["prepare_seconds"] == 1.5  # what the task added stays
     assert full_profile(whole) is whole  # already whole
+    (out / PROFILE_FILE).unlink()  # the splits removed: the error says what to do
+    with pytest.raises(FileNotFoundError, match="clear the run's prepare task"):
+        full_profile(published)
