@@ -70,7 +70,7 @@ def record_prepared(data_dir: str, key: str, profile: dict[str, Any]) -> None:
 
 def profile_file(profile: dict[str, Any]) -> str:
     """Where the whole profile of ``profile``'s splits lies (beside them)."""
-    return profile["paths"]["train"].rstrip("/").rsplit("/", 1)[0] + "/" + PROFILE_FILE
+    return str(profile["paths"]["train"]).rstrip("/").rsplit("/", 1)[0] + "/" + PROFILE_FILE
 
 
 def public_profile(profile: dict[str, Any]) -> dict[str, Any]:
